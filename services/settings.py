@@ -1,0 +1,118 @@
+"""Typed settings: the one place configuration is read.
+
+Values come from ``CIPHERCARE_*`` environment variables, then an optional TOML
+file named by ``CIPHERCARE_CONFIG``, then the defaults below, which serve one
+machine with nothing installed (SQLite, embedded ledger, development issuer).
+Nothing else in ciphercare reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of a ciphercare deployment, validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="CIPHERCARE_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(default=Path(".ciphercare"), description="Where the embedded defaults keep state.")
+
+    # Off-chain store (SQLAlchemy URL). Empty means SQLite in data_dir.
+    database_url: str = ""
+    database_pool_size: int = Field(default=5, ge=1)
+    database_pool_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Ledger
+    ledger_backend: Literal["embedded", "fabric"] = "embedded"
+    ledger_path: Path | None = None
+    ledger_origin: str = "ciphercare.local/ledger"
+    ledger_signing_key_path: Path | None = None
+    ledger_group_commit_max_batch: int = Field(default=512, ge=1, le=100_000)
+    ledger_group_commit_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    ledger_submit_timeout_s: float = Field(default=10.0, gt=0)
+
+    # gRPC
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    grpc_max_message_bytes: int = Field(default=4 * MiB, ge=64 * 1024)
+    grpc_workers: int = Field(default=16, ge=1)
+    client_deadline_s: float = Field(default=10.0, gt=0)
+
+    # Identity (OIDC). The defaults point at the built-in development issuer.
+    oidc_issuer: str = "http://127.0.0.1:8089/realms/ciphercare"
+    oidc_audience: str = "ciphercare-api"
+    oidc_jwks_url: str = ""  # empty: <issuer>/protocol/openid-connect/certs (Keycloak's layout)
+    oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    oidc_jwks_cache_s: float = Field(default=300.0, gt=0)
+    oidc_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    oidc_org_claim: str = "org"
+    oidc_pid_claim: str = "pid"
+
+    dev_issuer_enabled: bool = True
+    dev_issuer_host: str = "127.0.0.1"
+    dev_issuer_port: int = Field(default=8089, ge=0, le=65535)
+    dev_issuer_key_path: Path | None = None
+    dev_token_ttl_s: int = Field(default=3600, ge=60)
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _only_asymmetric(cls, algs: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"}
+        bad = [a for a in algs if a not in allowed]
+        if bad or not algs:
+            raise ValueError(f"oidc_algorithms must be a non-empty subset of {sorted(allowed)}; got {list(algs)}")
+        return algs
+
+    # Derived locations -------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'offchain.db').resolve()}"
+
+    @property
+    def resolved_ledger_path(self) -> Path:
+        return self.ledger_path or self.data_dir / "ledger.db"
+
+    @property
+    def resolved_ledger_key_path(self) -> Path:
+        return self.ledger_signing_key_path or self.data_dir / "ledger-ed25519.pem"
+
+    @property
+    def resolved_dev_issuer_key_path(self) -> Path:
+        return self.dev_issuer_key_path or self.data_dir / "dev-issuer-rsa.pem"
+
+    @property
+    def resolved_jwks_url(self) -> str:
+        return self.oidc_jwks_url or f"{self.oidc_issuer.rstrip('/')}/protocol/openid-connect/certs"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CIPHERCARE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate settings; ``overrides`` win over the environment (used by tests and the CLI)."""
+    return Settings(**overrides)
