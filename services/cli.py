@@ -1,5 +1,215 @@
-"""The ``ciphercare`` command line (placeholder until wired)."""
+"""The ``ciphercare`` command line.
+
+Exit codes: 0 success, 1 the operation failed (one readable line on stderr),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ciphercare.services.settings import Settings, load_settings
 
 
-def main() -> int:
+class CliError(Exception):
+    """A failure worth one line on stderr and exit code 1."""
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = dict(extra)
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+
+
+# up ---------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ciphercare.services.logs import configure_logging
+    from ciphercare.services.server import Application
+
+    extra: dict[str, Any] = {}
+    if args.port is not None:
+        extra["grpc_port"] = args.port
+    settings = _settings(args, **extra)
+    configure_logging(settings)
+    app = Application.from_settings(settings)
+
+    async def run() -> None:
+        ready = asyncio.Event()
+        ports: list[int] = []
+        task = asyncio.create_task(app.serve(ready, ports))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        print("ciphercare is up", flush=True)
+        print(f"  gRPC (ConsentService, AccessLogService, health, reflection): {settings.grpc_host}:{ports[0]}")
+        if app.dev_issuer_server is not None:
+            print(f"  development identity provider (OIDC, JWKS):                {settings.oidc_issuer}")
+        print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
+        print(f"  off-chain store:                                            {settings.resolved_database_url}")
+        print("  try: ciphercare demo    stop: Ctrl-C", flush=True)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(run())
+    finally:
+        app.close()
     return 0
+
+
+# dev-token ----------------------------------------------------------------------
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from ciphercare.services.auth.devissuer import DevIssuer
+
+    settings = _settings(args)
+    if not settings.dev_issuer_enabled:
+        raise CliError("the development issuer is disabled (CIPHERCARE_DEV_ISSUER_ENABLED=false)")
+    issuer = DevIssuer.from_settings(settings)
+    subject = args.subject or f"dev-{args.role[0]}-{args.org or args.pid or 'user'}"
+    token = issuer.issue(subject=subject, roles=list(args.role), org=args.org or "", pid=args.pid,
+                         ttl_s=args.ttl or settings.dev_token_ttl_s)
+    print(token)
+    return 0
+
+
+# ledger verify --------------------------------------------------------------------
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from ciphercare.ledger.checkpoint import CheckpointSigner
+    from ciphercare.ledger.verify import verify_ledger
+
+    settings = _settings(args)
+    path = Path(args.path) if args.path else settings.resolved_ledger_path
+    if not path.exists():
+        raise CliError(f"no ledger at {path}")
+    if args.vkey:
+        vkey = args.vkey
+    else:
+        key_path = settings.resolved_ledger_key_path
+        if not key_path.exists():
+            raise CliError(f"no signing key at {key_path}; pass --vkey with the log's verifier key")
+        vkey = CheckpointSigner.load(key_path, settings.ledger_origin).vkey
+    report = verify_ledger(path, vkey)
+    if report.ok:
+        print(f"ledger OK: {report.entries_checked} entries and {report.checkpoints_checked} signed checkpoints "
+              f"verified ({path})")
+        return 0
+    error = report.first_error
+    print(f"ledger BAD: first bad entry seq={error.seq} tx={error.tx_id}: {error.message}", file=sys.stderr)
+    return 1
+
+
+# bench ------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ciphercare.services.bench import run_bench
+
+    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None)
+    return 0 if rows else 1
+
+
+# demo --------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ciphercare.services.demo import run_demo
+
+    settings = _settings(args)
+    return run_demo(settings, target=args.target or settings.grpc_target)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from ciphercare.services.server import open_store
+
+    settings = _settings(args)
+    open_store(settings).close()
+    print(f"off-chain store at head: {settings.resolved_database_url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ciphercare", description=__doc__)
+    parser.add_argument("--data-dir", help="state directory for the embedded defaults (CIPHERCARE_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start every service on localhost with the configured defaults")
+    up.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="drive a scripted scenario against running services")
+    demo.add_argument("--target", help="gRPC host:port (default from settings)")
+    demo.set_defaults(func=cmd_demo)
+
+    token = sub.add_parser("dev-token", help="print a token from the development identity provider")
+    token.add_argument("--role", action="append", required=True,
+                       choices=["patient", "clinician", "hospital", "compliance-officer", "admin"])
+    token.add_argument("--org", default="")
+    token.add_argument("--pid", default=None, help="patient pseudonym (for --role patient)")
+    token.add_argument("--subject", default=None)
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.set_defaults(func=cmd_dev_token)
+
+    ledger = sub.add_parser("ledger", help="ledger tools")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    verify = ledger_sub.add_parser("verify", help="recompute every hash and signature offline")
+    verify.add_argument("--path", help="ledger file (default from settings)")
+    verify.add_argument("--vkey", help="verifier key of the log (default: derived from the local signing key)")
+    verify.set_defaults(func=cmd_ledger_verify)
+
+    bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
+    bench.add_argument("which", choices=["ledger"])
+    bench.add_argument("--json", help="write results as JSON to this file")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.set_defaults(func=cmd_bench)
+
+    db = sub.add_parser("db", help="off-chain store")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply Alembic migrations")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"ciphercare: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"ciphercare: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

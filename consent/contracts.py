@@ -1,0 +1,412 @@
+"""The two ciphercare contracts: ``consent`` and ``accesslog``.
+
+Written once against the Fabric Python contract API; they run unchanged on a
+Fabric peer and in the embedded ledger. Every argument is a string (JSON
+arguments are canonical JSON), every return and event payload is canonical
+JSON, the actor always comes from the creator certificate
+(:func:`caller.caller_from_ctx`), and each write transaction validates
+everything before its first ``put_state`` so a refused transaction writes
+nothing. Errors are :class:`errors.ContractError` (message ``"CODE: detail"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fabric_chaincode_python.fabric_contract_api.contractapi import (
+    Contract,
+    ContractChaincode,
+    TransactionContext,
+)
+
+from . import canonical, codes, model
+from .caller import Caller, caller_from_ctx
+from .decision import AccessRequest, decide
+from .errors import (
+    ValidationError,
+    already_exists,
+    failed_precondition,
+    not_found,
+    permission_denied,
+)
+from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord
+
+CONSENT_CONTRACT = "consent"
+ACCESSLOG_CONTRACT = "accesslog"
+
+CONSENT_KEY = "consent"
+CONSENT_BY_PID_KEY = "consent~pid"
+ACCESS_KEY = "access"
+ACCESS_BY_PID_KEY = "access~pid"
+
+EVENT_CONSENT_GRANTED = "ConsentGranted"
+EVENT_CONSENT_REVOKED = "ConsentRevoked"
+EVENT_ACCESS_RECORDED = "AccessRecorded"
+
+#: Value of index entries (Fabric convention: a non-empty placeholder; empty would mean delete).
+_INDEX_VALUE = b"\x00"
+_HEX_TX_ID = re.compile(r"^[0-9a-f]{32,}$")
+
+
+# --- Transaction helpers ------------------------------------------------------------
+
+
+def _to_json(value: Any) -> str:
+    return canonical.dumps(value).decode("utf-8")
+
+
+def _tx_time(stub: Any) -> datetime:
+    """The transaction timestamp (the proposal's channel-header time) as an aware UTC datetime."""
+    ts = stub.get_tx_timestamp()
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            raise failed_precondition("transaction timestamp has no timezone")
+        return ts.astimezone(UTC)
+    seconds = getattr(ts, "seconds", None)
+    if ts is None or not isinstance(seconds, int):
+        raise failed_precondition("transaction timestamp is unavailable")
+    nanos = getattr(ts, "nanos", 0) or 0
+    micros = (nanos // 1_000_000) * 1000  # millisecond precision on chain
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+
+
+def _tx_suffix(stub: Any) -> str:
+    """32 hex characters identifying the transaction: the tx id's prefix (Fabric tx ids are SHA-256 hex)."""
+    tx_id = stub.get_txid()
+    if not isinstance(tx_id, str) or not tx_id:
+        raise failed_precondition("transaction id is unavailable")
+    lowered = tx_id.lower()
+    if _HEX_TX_ID.match(lowered):
+        return lowered[:32]
+    return hashlib.sha256(tx_id.encode("utf-8")).hexdigest()[:32]
+
+
+async def _get(stub: Any, key: str) -> bytes | None:
+    value = await stub.get_state(key)
+    return bytes(value) if value else None
+
+
+async def _keys_with_prefix(stub: Any, object_type: str, attrs: list[str]) -> AsyncIterator[list[str]]:
+    """Attributes of every composite key under ``(object_type, *attrs)``, in key order."""
+    iterator = await stub.get_state_by_partial_composite_key(object_type, attrs)
+    async for kv in iterator:
+        key = kv.key
+        _, parts = stub.split_composite_key(key)
+        yield parts
+
+
+def _has(caller: Caller, role: str) -> bool:
+    return caller.has_role(role)
+
+
+# --- Consent --------------------------------------------------------------------------
+
+
+def _consent_visible(caller: Caller, record: ConsentRecord) -> bool:
+    """Patients see their own; providers see consents naming their org; oversight sees all."""
+    if caller.is_oversight:
+        return True
+    if caller.is_patient and record.pid == caller.pid:
+        return True
+    if caller.is_provider and caller.org in (record.grantee_org, record.recorded_by.org):
+        return True
+    return False
+
+
+def _may_revoke(caller: Caller, record: ConsentRecord) -> bool:
+    if caller.is_patient and record.pid == caller.pid:
+        return True
+    if caller.is_provider and caller.org in (record.grantee_org, record.recorded_by.org):
+        return True
+    return False
+
+
+def _consent_event(record: ConsentRecord) -> bytes:
+    payload: dict[str, Any] = {
+        "consent_id": record.id,
+        "pid": record.pid,
+        "grantee_org": record.grantee_org,
+        "version": record.version,
+        "status": record.status,
+    }
+    if record.revocation_reason is not None:
+        payload["revocation_reason"] = record.revocation_reason
+    return canonical.dumps(payload)
+
+
+class ConsentContract(Contract):
+    """FHIR-Consent-shaped consent records: grant, revoke, read, and the access decision."""
+
+    Name = CONSENT_CONTRACT
+
+    def get_evaluate_transactions(self) -> list[str]:
+        return ["Get", "ListForPatient", "History", "Check"]
+
+    # -- storage --
+
+    @staticmethod
+    def _key(ctx: TransactionContext, consent_id: str) -> str:
+        return ctx.get_stub().create_composite_key(CONSENT_KEY, [consent_id])
+
+    async def _load(self, ctx: TransactionContext, consent_id: str) -> ConsentRecord | None:
+        raw = await _get(ctx.get_stub(), self._key(ctx, consent_id))
+        if raw is None:
+            return None
+        return ConsentRecord.from_dict(canonical.loads(raw), "stored consent")
+
+    async def _for_patient(self, ctx: TransactionContext, pid: str) -> list[ConsentRecord]:
+        stub = ctx.get_stub()
+        records: list[ConsentRecord] = []
+        async for parts in _keys_with_prefix(stub, CONSENT_BY_PID_KEY, [pid]):
+            if len(parts) != 2:
+                continue
+            record = await self._load(ctx, parts[1])
+            if record is not None:
+                records.append(record)
+        records.sort(key=lambda r: (model.parse_time(r.recorded_at, "recorded_at"), r.id))
+        return records
+
+    async def _visible(self, ctx: TransactionContext, caller: Caller, consent_id: str) -> ConsentRecord:
+        consent_id = model.consent_id(consent_id)
+        record = await self._load(ctx, consent_id)
+        if record is None or not _consent_visible(caller, record):
+            raise not_found(f"consent {consent_id} not found")
+        return record
+
+    # -- transactions --
+
+    async def Grant(self, ctx: TransactionContext, consent_json: str) -> str:
+        """Record a new consent (version 1, active); returns the stored record JSON."""
+        caller = caller_from_ctx(ctx)
+        grant = ConsentGrant.from_dict(model.loads_object(consent_json, "consent_json"), "consent")
+        if not caller.is_provider:
+            if not caller.has_role(codes.ROLE_PATIENT):
+                raise permission_denied(
+                    "only a patient (for themselves), a hospital or a clinician may grant a consent"
+                )
+            if caller.pid is None:
+                raise permission_denied("caller's certificate carries no patient pseudonym")
+            if caller.pid != grant.pid:
+                raise permission_denied("a patient may grant consent only for their own pseudonym")
+
+        stub = ctx.get_stub()
+        now = _tx_time(stub)
+        consent_id = "cns-" + _tx_suffix(stub)
+        key = self._key(ctx, consent_id)
+        if await _get(stub, key) is not None:
+            raise already_exists(f"consent {consent_id} already exists")
+        record = ConsentRecord(
+            id=consent_id,
+            version=1,
+            pid=grant.pid,
+            grantee_org=grant.grantee_org,
+            decision=grant.decision,
+            purposes=grant.purposes,
+            data_classes=grant.data_classes,
+            period=grant.period,
+            provisions=grant.provisions,
+            status=codes.CONSENT_STATUS_ACTIVE,
+            document_sha256=grant.document_sha256,
+            recorded_at=model.format_time(now),
+            recorded_by=caller.actor_ref(),
+        )
+        body = canonical.dumps(record.to_dict())
+        index_key = stub.create_composite_key(CONSENT_BY_PID_KEY, [record.pid, consent_id])
+        event = _consent_event(record)
+
+        await stub.put_state(key, body)
+        await stub.put_state(index_key, _INDEX_VALUE)
+        stub.set_event(EVENT_CONSENT_GRANTED, event)
+        return body.decode("utf-8")
+
+    async def Revoke(self, ctx: TransactionContext, consent_id: str, reason_code: str) -> str:
+        """Make a consent inactive (version + 1); returns the new record JSON. History keeps the old one."""
+        caller = caller_from_ctx(ctx)
+        consent_id = model.consent_id(consent_id)
+        reason = model.code(reason_code, "reason_code", codes.REVOCATION_REASONS, "a revocation reason")
+        if not (caller.is_provider or caller.has_role(codes.ROLE_PATIENT)):
+            raise permission_denied("only a patient, a hospital or a clinician may revoke a consent")
+        record = await self._load(ctx, consent_id)
+        if record is None or not _consent_visible(caller, record):
+            raise not_found(f"consent {consent_id} not found")
+        if not _may_revoke(caller, record):
+            raise permission_denied(f"caller may not revoke consent {consent_id}")
+        if record.status != codes.CONSENT_STATUS_ACTIVE:
+            raise failed_precondition(f"consent {consent_id} is already {record.status}")
+
+        stub = ctx.get_stub()
+        now = _tx_time(stub)
+        revoked = ConsentRecord(
+            **{
+                **record.__dict__,
+                "version": record.version + 1,
+                "status": codes.CONSENT_STATUS_INACTIVE,
+                "revoked_at": model.format_time(now),
+                "revoked_by": caller.actor_ref(),
+                "revocation_reason": reason,
+            }
+        )
+        body = canonical.dumps(revoked.to_dict())
+        event = _consent_event(revoked)
+
+        await stub.put_state(self._key(ctx, consent_id), body)
+        stub.set_event(EVENT_CONSENT_REVOKED, event)
+        return body.decode("utf-8")
+
+    async def Get(self, ctx: TransactionContext, consent_id: str) -> str:
+        """The current version of a consent the caller may see (NOT_FOUND otherwise)."""
+        caller = caller_from_ctx(ctx)
+        record = await self._visible(ctx, caller, consent_id)
+        return _to_json(record.to_dict())
+
+    async def ListForPatient(self, ctx: TransactionContext, pid: str) -> str:
+        """The patient's consents the caller may see, oldest first (JSON list of records)."""
+        caller = caller_from_ctx(ctx)
+        pid = model.pid(pid)
+        if not (caller.is_oversight or caller.is_provider or (caller.is_patient and caller.pid == pid)):
+            raise permission_denied("caller may not list this patient's consents")
+        records = [r for r in await self._for_patient(ctx, pid) if _consent_visible(caller, r)]
+        return _to_json([r.to_dict() for r in records])
+
+    async def History(self, ctx: TransactionContext, consent_id: str) -> str:
+        """Every version of a consent the caller may see, oldest first (JSON list of records)."""
+        caller = caller_from_ctx(ctx)
+        record = await self._visible(ctx, caller, consent_id)
+        stub = ctx.get_stub()
+        versions: dict[int, dict[str, Any]] = {}
+        iterator = await stub.get_history_for_key(self._key(ctx, record.id))
+        async for mod in iterator:
+            if getattr(mod, "is_delete", False) or not mod.value:
+                continue
+            version = ConsentRecord.from_dict(canonical.loads(bytes(mod.value)), "stored consent")
+            versions[version.version] = version.to_dict()
+        versions.setdefault(record.version, record.to_dict())
+        return _to_json([versions[v] for v in sorted(versions)])
+
+    async def Check(
+        self, ctx: TransactionContext, pid: str, recipient_org: str, purpose: str, data_class: str, at_iso: str
+    ) -> str:
+        """Decide whether ``recipient_org`` may use ``data_class`` of ``pid`` for ``purpose`` (Decision JSON).
+
+        ``at_iso`` is the instant to decide for; ``""`` means the transaction time.
+        """
+        caller = caller_from_ctx(ctx)
+        at = _tx_time(ctx.get_stub()) if at_iso == "" else model.parse_time(at_iso, "at_iso")
+        request = AccessRequest.validated(pid, recipient_org, purpose, data_class, at)
+        allowed = (
+            caller.is_oversight
+            or (caller.is_provider and caller.org == request.recipient_org)
+            or (caller.is_patient and caller.pid == request.pid)
+        )
+        if not allowed:
+            if caller.is_provider:
+                raise permission_denied("a hospital or clinician may check consent only for its own org")
+            raise permission_denied("caller may not check this patient's consent")
+        decision = decide(await self._for_patient(ctx, request.pid), request)
+        return _to_json(decision.to_dict())
+
+
+# --- Access log ------------------------------------------------------------------------
+
+
+def _event_visible(caller: Caller, event: AccessEvent) -> bool:
+    """Patients see events about themselves; providers see their org's events; oversight sees all."""
+    if caller.is_oversight:
+        return True
+    if caller.is_patient and event.entity.pid == caller.pid:
+        return True
+    if caller.is_provider and event.agent.org == caller.org:
+        return True
+    return False
+
+
+class AccessLogContract(Contract):
+    """IHE-BALP-shaped access events: who accessed which pseudonym, why, with what outcome."""
+
+    Name = ACCESSLOG_CONTRACT
+
+    def get_evaluate_transactions(self) -> list[str]:
+        return ["Get", "ListForPatient"]
+
+    @staticmethod
+    def _key(ctx: TransactionContext, event_id: str) -> str:
+        return ctx.get_stub().create_composite_key(ACCESS_KEY, [event_id])
+
+    async def _load(self, ctx: TransactionContext, event_id: str) -> AccessEvent | None:
+        raw = await _get(ctx.get_stub(), self._key(ctx, event_id))
+        if raw is None:
+            return None
+        return AccessEvent.from_dict(canonical.loads(raw), "stored event")
+
+    async def Record(self, ctx: TransactionContext, event_json: str) -> str:
+        """Append an access event; the agent is the caller. Returns the stored event JSON."""
+        caller = caller_from_ctx(ctx)
+        data = AccessEventInput.from_dict(model.loads_object(event_json, "event_json"), "event")
+        if not caller.is_provider and data.outcome == codes.OUTCOME_SUCCESS:
+            raise permission_denied(
+                "only a hospital or clinician may record outcome 'success'; other callers may record "
+                "'denied' or 'error'"
+            )
+        stub = ctx.get_stub()
+        event = AccessEvent.build("ae-" + _tx_suffix(stub), _tx_time(stub), caller.audit_agent(), data)
+        key = self._key(ctx, event.id)
+        if await _get(stub, key) is not None:
+            raise already_exists(f"access event {event.id} already exists")
+        body = canonical.dumps(event.to_dict())
+        index_key = (
+            None if event.entity.pid is None
+            else stub.create_composite_key(ACCESS_BY_PID_KEY, [event.entity.pid, event.id])
+        )
+
+        await stub.put_state(key, body)
+        if index_key is not None:
+            await stub.put_state(index_key, _INDEX_VALUE)
+        stub.set_event(EVENT_ACCESS_RECORDED, body)
+        return body.decode("utf-8")
+
+    async def Get(self, ctx: TransactionContext, event_id: str) -> str:
+        """One access event the caller may see (NOT_FOUND otherwise)."""
+        caller = caller_from_ctx(ctx)
+        event_id = model.event_id(event_id)
+        event = await self._load(ctx, event_id)
+        if event is None or not _event_visible(caller, event):
+            raise not_found(f"access event {event_id} not found")
+        return _to_json(event.to_dict())
+
+    async def ListForPatient(self, ctx: TransactionContext, pid: str) -> str:
+        """Access events about ``pid`` the caller may see, oldest first (JSON list)."""
+        caller = caller_from_ctx(ctx)
+        pid = model.pid(pid)
+        if not (caller.is_oversight or caller.is_provider or (caller.is_patient and caller.pid == pid)):
+            raise permission_denied("caller may not list this patient's access events")
+        events: list[AccessEvent] = []
+        async for parts in _keys_with_prefix(ctx.get_stub(), ACCESS_BY_PID_KEY, [pid]):
+            if len(parts) != 2:
+                continue
+            event = await self._load(ctx, parts[1])
+            if event is not None and _event_visible(caller, event):
+                events.append(event)
+        events.sort(key=lambda e: (model.parse_time(e.recorded, "recorded"), e.id))
+        return _to_json([e.to_dict() for e in events])
+
+
+def new_chaincode() -> ContractChaincode:
+    """The ciphercare chaincode: both contracts in one ContractChaincode."""
+    return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract())
+
+
+__all__ = [
+    "ACCESSLOG_CONTRACT",
+    "CONSENT_CONTRACT",
+    "AccessLogContract",
+    "ConsentContract",
+    "EVENT_ACCESS_RECORDED",
+    "EVENT_CONSENT_GRANTED",
+    "EVENT_CONSENT_REVOKED",
+    "ValidationError",
+    "new_chaincode",
+]

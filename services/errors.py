@@ -1,0 +1,130 @@
+"""One table from domain errors to gRPC status codes, applied by one interceptor.
+
+Servicers raise domain exceptions; :class:`ErrorMappingInterceptor` turns each
+into a status with a precise message. Anything unexpected becomes INTERNAL with
+an opaque message (details go to the structured log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ciphercare.ledger.api import CommitError, EndorseError, LedgerTimeout
+from ciphercare.services.convert import ConversionError
+
+log = logging.getLogger("ciphercare.errors")
+
+
+@dataclass
+class ServiceError(Exception):
+    """A servicer's own refusal with an explicit status."""
+
+    code: grpc.StatusCode
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def invalid(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def forbidden(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+def precondition(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+ENDORSE_CODES: dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and caller-facing message for ``exc`` (the one table)."""
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.message
+    if isinstance(exc, EndorseError):
+        return ENDORSE_CODES.get(exc.code, grpc.StatusCode.INTERNAL), (
+            exc.message if exc.code in ENDORSE_CODES else "the contract failed; see the server log"
+        )
+    if isinstance(exc, ConversionError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, LedgerTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, CommitError):
+        return grpc.StatusCode.UNAVAILABLE, f"ledger commit failed for {exc.tx_id}; nothing was written"
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("unhandled error in %s", method, exc_info=(type(exc), exc, exc.__traceback__))
+    else:
+        log.info("rpc refused", extra={"method": method, "code": code.name})
+    await context.abort(code, message)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary and unary-stream handler with :func:`status_for`."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_uu(request, context)
+                except (grpc.aio.AbortError, grpc.aio.BaseError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
+                    await _abort(context, method, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except (grpc.aio.AbortError, grpc.aio.BaseError):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    await _abort(context, method, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,82 @@
+"""FHIR R4 documents kept off-chain: the Consent resource behind each ledger record.
+
+R4 because that is what hospital EHRs exchange today; its Consent.provision
+has the explicit ``type`` (permit/deny) and ``class`` our provisions carry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ciphercare.consent import canonical
+
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
+ORG_SYSTEM = "urn:ciphercare:organization"
+MAX_DOCUMENT_BYTES = 256 * 1024
+
+
+class FhirDocumentError(ValueError):
+    """The supplied FHIR document is not an acceptable Consent resource."""
+
+
+def _provision(p: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": p["type"]}
+    if p.get("period"):
+        out["period"] = dict(p["period"])
+    if p.get("actors"):
+        out["actor"] = [
+            {
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                     "code": "IRCP"}]},
+                "reference": {"identifier": {"system": ORG_SYSTEM, "value": org}},
+            }
+            for org in p["actors"]
+        ]
+    if p.get("purposes"):
+        out["purpose"] = [{"system": ACT_REASON, "code": code} for code in p["purposes"]]
+    if p.get("data_classes"):
+        out["class"] = [{"system": RESOURCE_TYPES, "code": code} for code in p["data_classes"]]
+    if p.get("provisions"):
+        out["provision"] = [_provision(child) for child in p["provisions"]]
+    return out
+
+
+def consent_document(grant: dict[str, Any], recorded_on: str) -> dict[str, Any]:
+    """An R4 Consent resource equivalent to a Grant input (used when the caller sends none)."""
+    root = {
+        "type": grant["decision"],
+        "period": grant.get("period") or {},
+        "actors": [grant["grantee_org"]],
+        "purposes": grant["purposes"],
+        "data_classes": grant["data_classes"],
+        "provisions": grant.get("provisions", []),
+    }
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": grant["pid"]}},
+        "dateTime": recorded_on,
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": _provision(root),
+    }
+
+
+def parse_consent_document(text: str) -> dict[str, Any]:
+    """Validate a caller-supplied Consent resource enough to keep it; the ledger record is authoritative."""
+    if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
+        raise FhirDocumentError(f"fhir_consent_json is larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FhirDocumentError(f"fhir_consent_json is not JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(document, dict) or document.get("resourceType") != "Consent":
+        raise FhirDocumentError("fhir_consent_json must be a FHIR resource with resourceType 'Consent'")
+    try:
+        canonical.dumps(document)
+    except canonical.CanonicalJSONError as exc:
+        raise FhirDocumentError(f"fhir_consent_json cannot be stored canonically: {exc}") from exc
+    return document

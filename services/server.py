@@ -1,0 +1,186 @@
+"""Wiring: build every part from :class:`Settings` and serve them over gRPC.
+
+``Application`` owns the ledger, the off-chain store, the token verifier and,
+in the embedded default, the development identity provider. ``serve`` adds
+health checking and reflection so ``grpcurl`` works out of the box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ciphercare.consent import canonical
+from ciphercare.consent.contracts import new_chaincode
+from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
+from ciphercare.ledger.embedded import EmbeddedLedger
+from ciphercare.services.access_log_service import AccessLogServicer, AccessProjector
+from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
+from ciphercare.services.auth.interceptor import AuthInterceptor, RejectedCall
+from ciphercare.services.auth.rules import RULES
+from ciphercare.services.auth.tokens import TokenVerifier
+from ciphercare.services.consent_service import ConsentServicer
+from ciphercare.services.errors import ErrorMappingInterceptor
+from ciphercare.services.gateway import LedgerGateway
+from ciphercare.services.settings import Settings
+from ciphercare.services.store import OffchainStore
+from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
+
+log = logging.getLogger("ciphercare.server")
+
+SERVICE_NAMES = (
+    consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+    access_log_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+# The identity under which the server itself logs refusals of callers it could not authenticate.
+GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="ciphercare", roles=frozenset(),
+                              client_id="ciphercare-server")
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The configured ledger backend."""
+    if settings.ledger_backend != "embedded":
+        raise NotImplementedError(
+            "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return EmbeddedLedger(
+        path=settings.resolved_ledger_path,
+        signing_key_path=settings.resolved_ledger_key_path,
+        origin=settings.ledger_origin,
+        chaincode=new_chaincode(),
+        max_batch=settings.ledger_group_commit_max_batch,
+        max_wait_ms=settings.ledger_group_commit_max_wait_ms,
+    )
+
+
+def open_store(settings: Settings) -> OffchainStore:
+    store = OffchainStore.from_url(
+        settings.resolved_database_url,
+        pool_size=settings.database_pool_size,
+        pool_timeout_s=settings.database_pool_timeout_s,
+    )
+    store.migrate()
+    return store
+
+
+@dataclass
+class Application:
+    """Every long-lived part of a ciphercare server, built from settings."""
+
+    settings: Settings
+    ledger: Ledger
+    store: OffchainStore
+    verifier: TokenVerifier
+    dev_issuer_server: DevIssuerServer | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Application:
+        dev_server = None
+        if settings.dev_issuer_enabled:
+            issuer = DevIssuer.from_settings(settings)
+            dev_server = DevIssuerServer.for_issuer(issuer, settings)
+            dev_server.start()
+        ledger = open_ledger(settings)
+        store = open_store(settings)
+        verifier = TokenVerifier.from_settings(settings)
+        return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server)
+
+    @property
+    def gateway(self) -> LedgerGateway:
+        return LedgerGateway(self.ledger, submit_timeout_s=self.settings.ledger_submit_timeout_s)
+
+    async def log_rejection(self, call: RejectedCall) -> None:
+        """Every refused call that named a patient leaves a ``denied`` access event (fail closed)."""
+        if not call.pid:
+            return
+        principal = call.principal or GATEWAY_PRINCIPAL
+        event = {
+            "type": "110110",
+            "subtype": "read",
+            "action": "E",
+            "outcome": "denied",
+            "outcome_desc": call.code.lower().replace("_", "-"),
+            "purpose_of_use": "TREAT",
+            "source": {"observer": "ciphercare/" + call.method.rsplit("/", 2)[-2].split(".")[-1]},
+            "entity": {"pid": call.pid, "data_classes": []},
+        }
+        try:
+            await self.gateway.submit(principal, "accesslog", "Record", canonical.dumps(event).decode())
+        except EndorseError as exc:
+            # A pid that fails validation cannot be logged under that pid; the refusal still stands.
+            log.warning("denied access event not recorded: %s", exc.code)
+        except LedgerError:
+            log.exception("denied access event not recorded")
+
+    def build_server(self) -> grpc.aio.Server:
+        options = [
+            ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", self.settings.grpc_max_message_bytes),
+        ]
+        server = grpc.aio.server(
+            interceptors=[
+                AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
+                ErrorMappingInterceptor(),
+            ],
+            options=options,
+        )
+        gateway = self.gateway
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(gateway, self.store), server)
+        access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
+            AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey()),  # type: ignore[attr-defined]
+            server,
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        self._health = health_servicer
+        return server
+
+    async def serve(self, ready: asyncio.Event | None = None, port_holder: list[int] | None = None) -> None:
+        """Run until cancelled: catch the projection up, start serving, follow the ledger."""
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.settings.grpc_workers * 4))
+        projector = AccessProjector(self.ledger, self.store)
+        applied = projector.catch_up()
+        if applied:
+            log.info("projection caught up", extra={"events": applied})
+        server = self.build_server()
+        port = server.add_insecure_port(self.settings.grpc_target)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {self.settings.grpc_target}")
+        if port_holder is not None:
+            port_holder.append(port)
+        await server.start()
+        for name in ("", *SERVICE_NAMES[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        follow = asyncio.create_task(projector.follow())
+        if ready is not None:
+            ready.set()
+        try:
+            await server.wait_for_termination()
+        finally:
+            for name in ("", *SERVICE_NAMES[:2]):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.stop(grace=2.0)
+            projector.stop()
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follow
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.store.close()
+        if self.dev_issuer_server is not None:
+            self.dev_issuer_server.stop()
