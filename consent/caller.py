@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +23,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from . import codes, model
+from .cache import LRU
 from .errors import ContractError, permission_denied
 
 ATTRIBUTE_EXTENSION_OID = x509.ObjectIdentifier("1.2.3.4.5.6.7.8.1")
@@ -94,34 +93,7 @@ class _CertIdentity:
     pid: str | None
 
 
-class _LRU:
-    """A small thread-safe LRU of parsed certificates, keyed by SHA-256 of the cert bytes."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[bytes, _CertIdentity | ContractError] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> _CertIdentity | ContractError | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: bytes, value: _CertIdentity | ContractError) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-_cache = _LRU(CACHE_SIZE)
+_cache: LRU[bytes, _CertIdentity | ContractError] = LRU(CACHE_SIZE)
 
 
 def clear_cache() -> None:

@@ -91,9 +91,10 @@ REVOCATION_REASON_SYSTEM = "https://ciphercare.dev/fhir/CodeSystem/consent-revoc
 REVOCATION_REASONS: Mapping[str, str] = MappingProxyType(
     {
         "patient-request": "Revoked at the patient's request",
-        "care-ended": "Care relationship ended",
+        "withdrawn-by-organization": "Withdrawn by the recording or grantee organisation",
         "superseded": "Replaced by a newer consent",
         "entered-in-error": "Recorded in error",
+        "care-ended": "Care relationship ended",
         "legal": "Legal or regulatory requirement",
     }
 )

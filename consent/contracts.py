@@ -11,6 +11,7 @@ nothing. Errors are :class:`errors.ContractError` (message ``"CODE: detail"``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import (
 )
 
 from . import canonical, codes, model
+from .cache import LRU
 from .caller import Caller, caller_from_ctx
 from .decision import AccessRequest, decide
 from .errors import (
@@ -47,9 +49,17 @@ EVENT_CONSENT_GRANTED = "ConsentGranted"
 EVENT_CONSENT_REVOKED = "ConsentRevoked"
 EVENT_ACCESS_RECORDED = "AccessRecorded"
 
+#: Parsed stored records keyed by SHA-256 of their bytes: re-validating every record on every Check
+#: dominates its cost, and records are immutable values.
+_PARSED: LRU[bytes, ConsentRecord | AccessEvent] = LRU(4096)
+
 #: Value of index entries (Fabric convention: a non-empty placeholder; empty would mean delete).
 _INDEX_VALUE = b"\x00"
 _HEX_TX_ID = re.compile(r"^[0-9a-f]{32,}$")
+
+
+class StoredStateError(RuntimeError):
+    """World state holds a value these contracts did not write: an INTERNAL fault, never a client error."""
 
 
 # --- Transaction helpers ------------------------------------------------------------
@@ -90,6 +100,34 @@ async def _get(stub: Any, key: str) -> bytes | None:
     return bytes(value) if value else None
 
 
+def _parse_consent(raw: bytes) -> ConsentRecord:
+    """A stored consent, validated once per distinct value."""
+    digest = b"c" + hashlib.sha256(raw).digest()
+    cached = _PARSED.get(digest)
+    if isinstance(cached, ConsentRecord):
+        return cached
+    try:
+        record = ConsentRecord.from_dict(canonical.loads(raw), "stored consent")
+    except (ValidationError, ValueError) as exc:  # corrupt state is an internal fault, not bad input
+        raise StoredStateError(f"stored consent is malformed: {exc}") from None
+    _PARSED.put(digest, record)
+    return record
+
+
+def _parse_event(raw: bytes) -> AccessEvent:
+    """A stored access event, validated once per distinct value."""
+    digest = b"e" + hashlib.sha256(raw).digest()
+    cached = _PARSED.get(digest)
+    if isinstance(cached, AccessEvent):
+        return cached
+    try:
+        event = AccessEvent.from_dict(canonical.loads(raw), "stored event")
+    except (ValidationError, ValueError) as exc:
+        raise StoredStateError(f"stored access event is malformed: {exc}") from None
+    _PARSED.put(digest, event)
+    return event
+
+
 async def _keys_with_prefix(stub: Any, object_type: str, attrs: list[str]) -> AsyncIterator[list[str]]:
     """Attributes of every composite key under ``(object_type, *attrs)``, in key order."""
     iterator = await stub.get_state_by_partial_composite_key(object_type, attrs)
@@ -97,10 +135,6 @@ async def _keys_with_prefix(stub: Any, object_type: str, attrs: list[str]) -> As
         key = kv.key
         _, parts = stub.split_composite_key(key)
         yield parts
-
-
-def _has(caller: Caller, role: str) -> bool:
-    return caller.has_role(role)
 
 
 # --- Consent --------------------------------------------------------------------------
@@ -156,7 +190,7 @@ class ConsentContract(Contract):
         raw = await _get(ctx.get_stub(), self._key(ctx, consent_id))
         if raw is None:
             return None
-        return ConsentRecord.from_dict(canonical.loads(raw), "stored consent")
+        return _parse_consent(raw)
 
     async def _for_patient(self, ctx: TransactionContext, pid: str) -> list[ConsentRecord]:
         stub = ctx.get_stub()
@@ -182,12 +216,12 @@ class ConsentContract(Contract):
     async def Grant(self, ctx: TransactionContext, consent_json: str) -> str:
         """Record a new consent (version 1, active); returns the stored record JSON."""
         caller = caller_from_ctx(ctx)
+        if not (caller.is_provider or caller.has_role(codes.ROLE_PATIENT)):
+            raise permission_denied(
+                "only a patient (for themselves), a hospital or a clinician may grant a consent"
+            )
         grant = ConsentGrant.from_dict(model.loads_object(consent_json, "consent_json"), "consent")
         if not caller.is_provider:
-            if not caller.has_role(codes.ROLE_PATIENT):
-                raise permission_denied(
-                    "only a patient (for themselves), a hospital or a clinician may grant a consent"
-                )
             if caller.pid is None:
                 raise permission_denied("caller's certificate carries no patient pseudonym")
             if caller.pid != grant.pid:
@@ -240,15 +274,13 @@ class ConsentContract(Contract):
 
         stub = ctx.get_stub()
         now = _tx_time(stub)
-        revoked = ConsentRecord(
-            **{
-                **record.__dict__,
-                "version": record.version + 1,
-                "status": codes.CONSENT_STATUS_INACTIVE,
-                "revoked_at": model.format_time(now),
-                "revoked_by": caller.actor_ref(),
-                "revocation_reason": reason,
-            }
+        revoked = dataclasses.replace(
+            record,
+            version=record.version + 1,
+            status=codes.CONSENT_STATUS_INACTIVE,
+            revoked_at=model.format_time(now),
+            revoked_by=caller.actor_ref(),
+            revocation_reason=reason,
         )
         body = canonical.dumps(revoked.to_dict())
         event = _consent_event(revoked)
@@ -282,13 +314,19 @@ class ConsentContract(Contract):
         async for mod in iterator:
             if getattr(mod, "is_delete", False) or not mod.value:
                 continue
-            version = ConsentRecord.from_dict(canonical.loads(bytes(mod.value)), "stored consent")
+            version = _parse_consent(bytes(mod.value))
             versions[version.version] = version.to_dict()
         versions.setdefault(record.version, record.to_dict())
         return _to_json([versions[v] for v in sorted(versions)])
 
     async def Check(
-        self, ctx: TransactionContext, pid: str, recipient_org: str, purpose: str, data_class: str, at_iso: str
+        self,
+        ctx: TransactionContext,
+        pid: str,
+        recipient_org: str,
+        purpose: str,
+        data_class: str,
+        at_iso: str,
     ) -> str:
         """Decide whether ``recipient_org`` may use ``data_class`` of ``pid`` for ``purpose`` (Decision JSON).
 
@@ -340,7 +378,7 @@ class AccessLogContract(Contract):
         raw = await _get(ctx.get_stub(), self._key(ctx, event_id))
         if raw is None:
             return None
-        return AccessEvent.from_dict(canonical.loads(raw), "stored event")
+        return _parse_event(raw)
 
     async def Record(self, ctx: TransactionContext, event_json: str) -> str:
         """Append an access event; the agent is the caller. Returns the stored event JSON."""
@@ -358,7 +396,8 @@ class AccessLogContract(Contract):
             raise already_exists(f"access event {event.id} already exists")
         body = canonical.dumps(event.to_dict())
         index_key = (
-            None if event.entity.pid is None
+            None
+            if event.entity.pid is None
             else stub.create_composite_key(ACCESS_BY_PID_KEY, [event.entity.pid, event.id])
         )
 
@@ -407,6 +446,5 @@ __all__ = [
     "EVENT_ACCESS_RECORDED",
     "EVENT_CONSENT_GRANTED",
     "EVENT_CONSENT_REVOKED",
-    "ValidationError",
     "new_chaincode",
 ]

@@ -33,7 +33,9 @@ class AccessRequest:
     at: datetime
 
     @classmethod
-    def validated(cls, pid: str, recipient_org: str, purpose: str, data_class: str, at: datetime) -> AccessRequest:
+    def validated(
+        cls, pid: str, recipient_org: str, purpose: str, data_class: str, at: datetime
+    ) -> AccessRequest:
         """Build a request, refusing unknown codes and malformed ids (INVALID_ARGUMENT)."""
         if at.tzinfo is None:
             raise ValidationError("at: must carry a timezone")
@@ -41,7 +43,9 @@ class AccessRequest:
             pid=model.pid(pid, "pid"),
             recipient_org=model.org(recipient_org, "recipient_org"),
             purpose=model.code(purpose, "purpose", codes.PURPOSES_OF_USE, "a v3 ActReason purpose-of-use"),
-            data_class=model.code(data_class, "data_class", codes.DATA_CLASSES, "a FHIR resource-type data class"),
+            data_class=model.code(
+                data_class, "data_class", codes.DATA_CLASSES, "a FHIR resource-type data class"
+            ),
             at=at,
         )
 
@@ -67,7 +71,9 @@ def _provision_matches(p: ConsentProvision, req: AccessRequest) -> bool:
     return True
 
 
-def _refine(decision: str, path: str, provisions: tuple[ConsentProvision, ...], req: AccessRequest) -> _Outcome:
+def _refine(
+    decision: str, path: str, provisions: tuple[ConsentProvision, ...], req: AccessRequest
+) -> _Outcome:
     """The outcome of a node: its own decision unless applying children override it (deny wins among them)."""
     outcomes = [
         _refine(p.type, f"{path}.{i + 1}" if path else str(i + 1), p.provisions, req)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from . import codes
@@ -35,15 +36,14 @@ ORG_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 #: An IdP subject (Keycloak ``sub`` is a UUID); no '@' so e-mail addresses never land on chain.
 SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
-OBSERVER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: A service / reporting-system name, e.g. "scoring-service", "hospital-a/ehr", "ciphercare/ConsentService".
+OBSERVER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 #: A short code-like reason ("consent-deny", "no-consent", "context-invalid") -- never prose.
 OUTCOME_DESC_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CONSENT_ID_RE = re.compile(r"^cns-[0-9a-f]{32}$")
 EVENT_ID_RE = re.compile(r"^ae-[0-9a-f]{32}$")
-TIME_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})$"
-)
+TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/~-]{1,40}$")
 
 
@@ -71,9 +71,7 @@ def shown(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _fields(
-    data: Any, path: str, required: Iterable[str], optional: Iterable[str] = ()
-) -> dict[str, Any]:
+def _fields(data: Any, path: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
     """Check ``data`` is an object with exactly the allowed keys; return it."""
     if not isinstance(data, dict):
         raise ValidationError(f"{path}: expected an object, got {shown(data)}")
@@ -184,7 +182,8 @@ def parse_time(value: Any, path: str) -> datetime:
         raise ValidationError(f"{path}: expected an ISO-8601 timestamp, got {shown(value)}")
     if not TIME_RE.match(value):
         raise ValidationError(
-            f"{path}: {shown(value)} is not an ISO-8601 timestamp with timezone (YYYY-MM-DDTHH:MM:SS[.ffffff]Z)"
+            f"{path}: {shown(value)} is not an ISO-8601 timestamp with timezone "
+            "(YYYY-MM-DDTHH:MM:SS[.ffffff]Z)"
         )
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -215,7 +214,7 @@ def _optional_time(value: Any, path: str) -> str | None:
     return None if value is None else _norm_time(value, path)
 
 
-def loads_object(text: str | bytes, what: str) -> dict[str, Any]:
+def loads_object(text: str | bytes, what: str = "argument") -> dict[str, Any]:
     """Parse a JSON argument strictly: an object, no duplicate keys, no floats/NaN, bounded size."""
     raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
     if len(raw) > MAX_JSON_BYTES:
@@ -260,11 +259,14 @@ class Period:
 
     @classmethod
     def from_dict(cls, data: Any, path: str, *, require_start: bool) -> Period:
-        d = _fields(data, path, ("start",) if require_start else (), ("end",) if require_start else ("start", "end"))
-        start = _norm_time(d["start"], f"{path}.start") if require_start else _optional_time(
-            d.get("start"), f"{path}.start"
-        )
+        if require_start:  # a consent's root period: start required, end optional (open-ended)
+            d = _fields(data, path, ("start",), ("end",))
+        else:  # a nested provision's period: either bound may be missing
+            d = _fields(data, path, (), ("start", "end"))
+        start = _optional_time(d.get("start"), f"{path}.start")
         end = _optional_time(d.get("end"), f"{path}.end")
+        if require_start and start is None:
+            raise ValidationError(f"{path}.start: a consent period needs a start time")
         if start is None and end is None:
             raise ValidationError(f"{path}: a period needs a start or an end")
         if start is not None and end is not None and parse_time(end, "end") <= parse_time(start, "start"):
@@ -274,11 +276,18 @@ class Period:
     def to_dict(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end}
 
+    @cached_property
+    def _bounds(self) -> tuple[datetime | None, datetime | None]:
+        start = None if self.start is None else parse_time(self.start, "start")
+        end = None if self.end is None else parse_time(self.end, "end")
+        return start, end
+
     def relation(self, at: datetime) -> str:
         """``"before"`` (not yet valid), ``"within"`` or ``"after"`` (expired) for instant ``at``."""
-        if self.start is not None and at < parse_time(self.start, "start"):
+        start, end = self._bounds
+        if start is not None and at < start:
             return "before"
-        if self.end is not None and at >= parse_time(self.end, "end"):
+        if end is not None and at >= end:
             return "after"
         return "within"
 
@@ -323,8 +332,9 @@ class ConsentProvision:
     provisions: tuple[ConsentProvision, ...] = ()
 
     @classmethod
-    def from_dict(cls, data: Any, path: str = "provision", *, depth: int = 1, budget: list[int] | None = None
-                  ) -> ConsentProvision:
+    def from_dict(
+        cls, data: Any, path: str = "provision", *, depth: int = 1, budget: list[int] | None = None
+    ) -> ConsentProvision:
         if depth > MAX_PROVISION_DEPTH:
             raise ValidationError(f"{path}: provisions nest deeper than {MAX_PROVISION_DEPTH} levels")
         budget = budget if budget is not None else [MAX_PROVISIONS_TOTAL]
@@ -335,12 +345,26 @@ class ConsentProvision:
         period = d.get("period")
         return cls(
             type=code(d["type"], f"{path}.type", codes.DECISIONS, "a provision type (permit|deny)"),
-            purposes=_code_list(d.get("purposes", []), f"{path}.purposes", codes.PURPOSES_OF_USE,
-                                "a v3 ActReason purpose-of-use", non_empty=False),
-            data_classes=_code_list(d.get("data_classes", []), f"{path}.data_classes", codes.DATA_CLASSES,
-                                    "a FHIR resource-type data class", non_empty=False),
-            actors=_string_list(d.get("actors", []), f"{path}.actors", ORG_RE, "an organisation id", MAX_ACTORS),
-            period=None if period is None else Period.from_dict(period, f"{path}.period", require_start=False),
+            purposes=_code_list(
+                d.get("purposes", []),
+                f"{path}.purposes",
+                codes.PURPOSES_OF_USE,
+                "a v3 ActReason purpose-of-use",
+                non_empty=False,
+            ),
+            data_classes=_code_list(
+                d.get("data_classes", []),
+                f"{path}.data_classes",
+                codes.DATA_CLASSES,
+                "a FHIR resource-type data class",
+                non_empty=False,
+            ),
+            actors=_string_list(
+                d.get("actors", []), f"{path}.actors", ORG_RE, "an organisation id", MAX_ACTORS
+            ),
+            period=None
+            if period is None
+            else Period.from_dict(period, f"{path}.period", require_start=False),
             provisions=parse_provisions(d.get("provisions", []), f"{path}.provisions", depth + 1, budget),
         )
 
@@ -355,8 +379,9 @@ class ConsentProvision:
         }
 
 
-def parse_provisions(value: Any, path: str, depth: int = 1, budget: list[int] | None = None
-                     ) -> tuple[ConsentProvision, ...]:
+def parse_provisions(
+    value: Any, path: str, depth: int = 1, budget: list[int] | None = None
+) -> tuple[ConsentProvision, ...]:
     """Parse a bounded list of nested provisions (``depth`` of its members, 1 = directly under the root)."""
     if not isinstance(value, list):
         raise ValidationError(f"{path}: expected a list of provisions, got {shown(value)}")
@@ -366,7 +391,8 @@ def parse_provisions(value: Any, path: str, depth: int = 1, budget: list[int] | 
         raise ValidationError(f"{path}: provisions nest deeper than {MAX_PROVISION_DEPTH} levels")
     budget = budget if budget is not None else [MAX_PROVISIONS_TOTAL]
     return tuple(
-        ConsentProvision.from_dict(item, f"{path}[{i}]", depth=depth, budget=budget) for i, item in enumerate(value)
+        ConsentProvision.from_dict(item, f"{path}[{i}]", depth=depth, budget=budget)
+        for i, item in enumerate(value)
     )
 
 
@@ -395,11 +421,19 @@ class ConsentGrant:
         return cls(
             pid=pid(d["pid"], f"{path}.pid"),
             grantee_org=org(d["grantee_org"], f"{path}.grantee_org"),
-            decision=code(d["decision"], f"{path}.decision", codes.DECISIONS, "a consent decision (permit|deny)"),
-            purposes=_code_list(d["purposes"], f"{path}.purposes", codes.PURPOSES_OF_USE, _PURPOSE_WHAT,
-                                non_empty=True),
-            data_classes=_code_list(d["data_classes"], f"{path}.data_classes", codes.DATA_CLASSES,
-                                    _DATA_CLASS_WHAT, non_empty=True),
+            decision=code(
+                d["decision"], f"{path}.decision", codes.DECISIONS, "a consent decision (permit|deny)"
+            ),
+            purposes=_code_list(
+                d["purposes"], f"{path}.purposes", codes.PURPOSES_OF_USE, _PURPOSE_WHAT, non_empty=True
+            ),
+            data_classes=_code_list(
+                d["data_classes"],
+                f"{path}.data_classes",
+                codes.DATA_CLASSES,
+                _DATA_CLASS_WHAT,
+                non_empty=True,
+            ),
             period=Period.from_dict(d["period"], f"{path}.period", require_start=True),
             provisions=parse_provisions(d.get("provisions", []), f"{path}.provisions"),
             document_sha256=sha256_hex(d["document_sha256"], f"{path}.document_sha256"),
@@ -440,19 +474,39 @@ class ConsentRecord:
     revocation_reason: str | None = None
 
     FIELDS = (
-        "id", "version", "pid", "grantee_org", "decision", "purposes", "data_classes", "period", "provisions",
-        "status", "document_sha256", "recorded_at", "recorded_by", "revoked_at", "revoked_by", "revocation_reason",
+        "id",
+        "version",
+        "pid",
+        "grantee_org",
+        "decision",
+        "purposes",
+        "data_classes",
+        "period",
+        "provisions",
+        "status",
+        "document_sha256",
+        "recorded_at",
+        "recorded_by",
+        "revoked_at",
+        "revoked_by",
+        "revocation_reason",
     )
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "consent") -> ConsentRecord:
         d = _fields(data, path, cls.FIELDS)
         grant = ConsentGrant.from_dict({k: d[k] for k in ConsentGrant.FIELDS + ("provisions",)}, path)
-        status = code(d["status"], f"{path}.status", codes.CONSENT_STATUSES, "a consent status (active|inactive)")
-        revoked_by = None if d["revoked_by"] is None else ActorRef.from_dict(d["revoked_by"], f"{path}.revoked_by")
+        status = code(
+            d["status"], f"{path}.status", codes.CONSENT_STATUSES, "a consent status (active|inactive)"
+        )
+        revoked_by = (
+            None if d["revoked_by"] is None else ActorRef.from_dict(d["revoked_by"], f"{path}.revoked_by")
+        )
         reason = d["revocation_reason"]
         if reason is not None:
-            reason = code(reason, f"{path}.revocation_reason", codes.REVOCATION_REASONS, "a revocation reason")
+            reason = code(
+                reason, f"{path}.revocation_reason", codes.REVOCATION_REASONS, "a revocation reason"
+            )
         record = cls(
             id=consent_id(d["id"], f"{path}.id"),
             version=_integer(d["version"], f"{path}.version", 1),
@@ -473,7 +527,9 @@ class ConsentRecord:
         )
         revoked_parts = (record.revoked_at, record.revoked_by, record.revocation_reason)
         if status == codes.CONSENT_STATUS_INACTIVE and any(p is None for p in revoked_parts):
-            raise ValidationError(f"{path}: an inactive consent needs revoked_at, revoked_by and revocation_reason")
+            raise ValidationError(
+                f"{path}: an inactive consent needs revoked_at, revoked_by and revocation_reason"
+            )
         if status == codes.CONSENT_STATUS_ACTIVE and any(p is not None for p in revoked_parts):
             raise ValidationError(f"{path}: an active consent cannot carry revocation fields")
         return record
@@ -535,7 +591,14 @@ class AuditSource:
     @classmethod
     def from_dict(cls, data: Any, path: str) -> AuditSource:
         d = _fields(data, path, ("observer",))
-        return cls(observer=_string(d["observer"], f"{path}.observer", OBSERVER_RE, "a service name"))
+        return cls(
+            observer=_string(
+                d["observer"],
+                f"{path}.observer",
+                OBSERVER_RE,
+                "a service name (letters, digits, . _ / : -; no spaces)",
+            )
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"observer": self.observer}
@@ -560,12 +623,19 @@ class AuditEntity:
         return cls(
             pid=None if d.get("pid") is None else pid(d["pid"], f"{path}.pid"),
             consent_id=None if cid is None else consent_id(cid, f"{path}.consent_id"),
-            model_sha256=None if d.get("model_sha256") is None else sha256_hex(d["model_sha256"],
-                                                                               f"{path}.model_sha256"),
-            data_classes=_code_list(d.get("data_classes", []), f"{path}.data_classes", codes.DATA_CLASSES,
-                                    _DATA_CLASS_WHAT, non_empty=False),
-            detail_sha256=None if d.get("detail_sha256") is None else sha256_hex(d["detail_sha256"],
-                                                                                 f"{path}.detail_sha256"),
+            model_sha256=None
+            if d.get("model_sha256") is None
+            else sha256_hex(d["model_sha256"], f"{path}.model_sha256"),
+            data_classes=_code_list(
+                d.get("data_classes", []),
+                f"{path}.data_classes",
+                codes.DATA_CLASSES,
+                _DATA_CLASS_WHAT,
+                non_empty=False,
+            ),
+            detail_sha256=None
+            if d.get("detail_sha256") is None
+            else sha256_hex(d["detail_sha256"], f"{path}.detail_sha256"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -600,7 +670,9 @@ class AccessEventInput:
             for assigned in ("agent", "id", "recorded"):
                 if assigned in data:
                     origin = "the caller's certificate" if assigned == "agent" else "the transaction"
-                    raise ValidationError(f"{path}.{assigned}: must not be supplied; it is taken from {origin}")
+                    raise ValidationError(
+                        f"{path}.{assigned}: must not be supplied; it is taken from {origin}"
+                    )
         d = _fields(data, path, cls.FIELDS, cls.OPTIONAL)
         return cls._build(d, path, strict_entity=False)
 
@@ -608,14 +680,25 @@ class AccessEventInput:
     def _build(cls, d: dict[str, Any], path: str, *, strict_entity: bool) -> AccessEventInput:
         purpose = d.get("purpose_of_use")
         return cls(
-            type=code(d["type"], f"{path}.type", codes.AUDIT_EVENT_TYPES, "an AuditEvent type (DICOM/ciphercare)"),
-            subtype=code(d["subtype"], f"{path}.subtype", codes.AUDIT_EVENT_SUBTYPES, "an AuditEvent subtype"),
+            type=code(
+                d["type"], f"{path}.type", codes.AUDIT_EVENT_TYPES, "an AuditEvent type (DICOM/ciphercare)"
+            ),
+            subtype=code(
+                d["subtype"], f"{path}.subtype", codes.AUDIT_EVENT_SUBTYPES, "an AuditEvent subtype"
+            ),
             action=code(d["action"], f"{path}.action", codes.AUDIT_ACTIONS, "an AuditEvent action"),
-            outcome=code(d["outcome"], f"{path}.outcome", codes.AUDIT_OUTCOMES, "an outcome (success|denied|error)"),
-            outcome_desc=_string(d.get("outcome_desc", ""), f"{path}.outcome_desc", OUTCOME_DESC_RE,
-                                 "a short code-like reason (letters, digits, . _ : -; no spaces)"),
-            purpose_of_use=None if purpose is None else code(purpose, f"{path}.purpose_of_use",
-                                                             codes.PURPOSES_OF_USE, _PURPOSE_WHAT),
+            outcome=code(
+                d["outcome"], f"{path}.outcome", codes.AUDIT_OUTCOMES, "an outcome (success|denied|error)"
+            ),
+            outcome_desc=_string(
+                d.get("outcome_desc", ""),
+                f"{path}.outcome_desc",
+                OUTCOME_DESC_RE,
+                "a short code-like reason (letters, digits, . _ : -; no spaces)",
+            ),
+            purpose_of_use=None
+            if purpose is None
+            else code(purpose, f"{path}.purpose_of_use", codes.PURPOSES_OF_USE, _PURPOSE_WHAT),
             source=AuditSource.from_dict(d["source"], f"{path}.source"),
             entity=AuditEntity.from_dict(d["entity"], f"{path}.entity", strict=strict_entity),
         )
@@ -637,15 +720,36 @@ class AccessEvent:
     source: AuditSource
     entity: AuditEntity
 
-    FIELDS = ("id", "type", "subtype", "action", "recorded", "outcome", "outcome_desc", "purpose_of_use",
-              "agent", "source", "entity")
+    FIELDS = (
+        "id",
+        "type",
+        "subtype",
+        "action",
+        "recorded",
+        "outcome",
+        "outcome_desc",
+        "purpose_of_use",
+        "agent",
+        "source",
+        "entity",
+    )
 
     @classmethod
-    def build(cls, event_id_: str, recorded: datetime, agent: AuditAgent, data: AccessEventInput) -> AccessEvent:
+    def build(
+        cls, event_id_: str, recorded: datetime, agent: AuditAgent, data: AccessEventInput
+    ) -> AccessEvent:
         return cls(
-            id=event_id(event_id_, "id"), type=data.type, subtype=data.subtype, action=data.action,
-            recorded=format_time(recorded), outcome=data.outcome, outcome_desc=data.outcome_desc,
-            purpose_of_use=data.purpose_of_use, agent=agent, source=data.source, entity=data.entity,
+            id=event_id(event_id_, "id"),
+            type=data.type,
+            subtype=data.subtype,
+            action=data.action,
+            recorded=format_time(recorded),
+            outcome=data.outcome,
+            outcome_desc=data.outcome_desc,
+            purpose_of_use=data.purpose_of_use,
+            agent=agent,
+            source=data.source,
+            entity=data.entity,
         )
 
     @classmethod
@@ -654,11 +758,16 @@ class AccessEvent:
         body = AccessEventInput._build(d, path, strict_entity=True)
         return cls(
             id=event_id(d["id"], f"{path}.id"),
-            type=body.type, subtype=body.subtype, action=body.action,
+            type=body.type,
+            subtype=body.subtype,
+            action=body.action,
             recorded=_norm_time(d["recorded"], f"{path}.recorded"),
-            outcome=body.outcome, outcome_desc=body.outcome_desc, purpose_of_use=body.purpose_of_use,
+            outcome=body.outcome,
+            outcome_desc=body.outcome_desc,
+            purpose_of_use=body.purpose_of_use,
             agent=AuditAgent.from_dict(d["agent"], f"{path}.agent"),
-            source=body.source, entity=body.entity,
+            source=body.source,
+            entity=body.entity,
         )
 
     @property
@@ -712,7 +821,9 @@ class Decision:
             decision=code(d["decision"], f"{path}.decision", codes.DECISIONS, "a decision (permit|deny)"),
             consent_id=None if cid is None else consent_id(cid, f"{path}.consent_id"),
             reason=d["reason"],
-            reason_code=code(d["reason_code"], f"{path}.reason_code", codes.DECISION_REASONS, "a decision reason"),
+            reason_code=code(
+                d["reason_code"], f"{path}.reason_code", codes.DECISION_REASONS, "a decision reason"
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def format_vkey(key_name: str, public_key: bytes) -> str:
 
 def parse_vkey(vkey: str) -> tuple[str, bytes]:
     """Parse a note verifier key; returns ``(key name, 32-byte public key)``."""
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)
     if len(parts) != 3:
         raise ValueError("verifier key must have the form <name>+<hex keyhash>+<base64 key>")
     name, hash_hex, key_b64 = parts
@@ -220,6 +220,12 @@ class CheckpointVerifier:
     def verify(self, note: bytes | str, origin: str | None = None) -> Checkpoint:
         """Check ``note``'s signature and parse it; raises :class:`CheckpointError` with the reason."""
         data = note.encode("utf-8") if isinstance(note, str) else bytes(note)
+        body = self.open_note(data)
+        return self._parse_body(body, data, origin)
+
+    def open_note(self, note: bytes | str) -> bytes:
+        """Check a signed note's signature by this key and return its text (any note, not only checkpoints)."""
+        data = note.encode("utf-8") if isinstance(note, str) else bytes(note)
         try:
             text_str = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -266,7 +272,7 @@ class CheckpointVerifier:
             raise CheckpointError(
                 f"note is not signed by key {self.key_name!r} (key id {self.key_id.hex()})"
             )
-        return self._parse_body(body, data, origin)
+        return body
 
     def _parse_body(self, body: bytes, note: bytes, origin: str | None) -> Checkpoint:
         lines = body.decode("utf-8").split("\n")[:-1]

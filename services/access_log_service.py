@@ -44,10 +44,10 @@ def index_from_event(event: CommittedEvent) -> AccessEventIndex:
         event_id=record["id"],
         tx_id=event.tx_id,
         recorded_ms=int(recorded.timestamp() * 1000),
-        pid=record["entity"]["pid"],
+        pid=record["entity"].get("pid") or "",
         agent_subject=record["agent"]["subject"],
         agent_org=record["agent"]["org"],
-        purpose=record.get("purpose_of_use", ""),
+        purpose=record.get("purpose_of_use") or "",
         outcome=record["outcome"],
         event_json=event.payload,
     )

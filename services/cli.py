@@ -62,7 +62,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("ciphercare is up", flush=True)
         print(f"  gRPC (ConsentService, AccessLogService, health, reflection): {settings.grpc_host}:{ports[0]}")
         if app.dev_issuer_server is not None:
-            print(f"  development identity provider (OIDC, JWKS):                {settings.oidc_issuer}")
+            print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
         print(f"  off-chain store:                                            {settings.resolved_database_url}")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     client_deadline_s: float = Field(default=10.0, gt=0)
 
     # Identity (OIDC). The defaults point at the built-in development issuer.
-    oidc_issuer: str = "http://127.0.0.1:8089/realms/ciphercare"
+    oidc_issuer: str = ""  # empty: the development issuer at dev_issuer_host:dev_issuer_port
     oidc_audience: str = "ciphercare-api"
     oidc_jwks_url: str = ""  # empty: <issuer>/protocol/openid-connect/certs (Keycloak's layout)
     oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
@@ -90,8 +90,12 @@ class Settings(BaseSettings):
         return self.dev_issuer_key_path or self.data_dir / "dev-issuer-rsa.pem"
 
     @property
+    def resolved_oidc_issuer(self) -> str:
+        return self.oidc_issuer or f"http://{self.dev_issuer_host}:{self.dev_issuer_port}/realms/ciphercare"
+
+    @property
     def resolved_jwks_url(self) -> str:
-        return self.oidc_jwks_url or f"{self.oidc_issuer.rstrip('/')}/protocol/openid-connect/certs"
+        return self.oidc_jwks_url or f"{self.resolved_oidc_issuer.rstrip('/')}/protocol/openid-connect/certs"
 
     @property
     def grpc_target(self) -> str:

@@ -188,7 +188,9 @@ class JwksCache:
         try:
             self._fetch()
         except JwksError as exc:
-            log.warning("JWKS fetch from %s failed (keeping %d cached keys): %s", self.url, len(self._keys), exc)
+            log.warning(
+                "JWKS fetch from %s failed (keeping %d cached keys): %s", self.url, len(self._keys), exc
+            )
 
     def _fetch(self) -> None:
         """Download and parse the JWKS, then swap the key map. Caller holds ``_fetch_lock``."""

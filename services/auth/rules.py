@@ -90,9 +90,10 @@ _TABLE: dict[str, AccessRule] = {
 }
 
 #: Full gRPC method name -> rule. Read-only; methods absent from it are denied.
-ACCESS_RULES: Mapping[str, AccessRule] = MappingProxyType(_TABLE)
+RULES: Mapping[str, AccessRule] = MappingProxyType(_TABLE)
+ACCESS_RULES = RULES  # alias
 
 
-def rule_for(method: str, rules: Mapping[str, AccessRule] = ACCESS_RULES) -> AccessRule | None:
+def rule_for(method: str, rules: Mapping[str, AccessRule] = RULES) -> AccessRule | None:
     """The rule for ``method`` or ``None`` (which callers must treat as deny)."""
     return rules.get(method)

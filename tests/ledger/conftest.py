@@ -1,0 +1,28 @@
+"""Fixtures for the ledger tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from ledger_testkit import ORIGIN, kv_chaincode
+
+from ciphercare.ledger.embedded import EmbeddedLedger
+
+
+@pytest.fixture
+def make_ledger(tmp_path: Path) -> Iterator[Callable[..., EmbeddedLedger]]:
+    """Open embedded ledgers under tmp_path; all are closed at teardown."""
+    opened: list[EmbeddedLedger] = []
+
+    def _make(**kw: object) -> EmbeddedLedger:
+        params: dict[str, object] = {"max_batch": 64, "max_wait_ms": 2.0}
+        params.update(kw)
+        led = EmbeddedLedger(tmp_path / "ledger.db", tmp_path / "checkpoint.key", ORIGIN, kv_chaincode, **params)
+        opened.append(led)
+        return led
+
+    yield _make
+    for led in opened:
+        led.close()
