@@ -165,8 +165,16 @@ class CheckpointSigner:
         self.public_key = _raw_public_key(key.public_key())
         self.key_id = key_hash(self.key_name, self.public_key)
 
+    @classmethod
+    def load(cls, key_path: str | os.PathLike[str], origin: str, key_name: str | None = None) -> CheckpointSigner:
+        """Open an EXISTING key (never generates one; for tools such as ``ledger verify``)."""
+        if not Path(key_path).is_file():
+            raise FileNotFoundError(f"no checkpoint signing key at {key_path}")
+        return cls(key_path, origin, key_name)
+
+    @property
     def vkey(self) -> str:
-        """The verifier key string to hand to offline verifiers."""
+        """The verifier key string (``<name>+<hex key hash>+<base64 key>``) to hand to offline verifiers."""
         return format_vkey(self.key_name, self.public_key)
 
     def verifier(self) -> CheckpointVerifier:
@@ -214,7 +222,9 @@ class CheckpointVerifier:
         name, key = parse_vkey(vkey)
         return cls(key, name)
 
+    @property
     def vkey(self) -> str:
+        """This verifier's key in note verifier-key form."""
         return format_vkey(self.key_name, self.public_key)
 
     def verify(self, note: bytes | str, origin: str | None = None) -> Checkpoint:

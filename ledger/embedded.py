@@ -175,7 +175,7 @@ class EmbeddedLedger:
 
     def public_key_vkey(self) -> str:
         """The checkpoint verifier key (``<name>+<hash>+<key>``) for offline verifiers."""
-        return self._signer.vkey()
+        return self._signer.vkey
 
     # ------------------------------------------------------------------ evaluate
 
@@ -364,8 +364,8 @@ class EmbeddedLedger:
         """The latest signed checkpoint."""
         return self._log.latest_checkpoint()
 
-    def checkpoint_at(self, size: int) -> Checkpoint:
-        """The stored checkpoint for exactly ``size`` entries (one per committed batch)."""
+    def checkpoint_at(self, size: int) -> Checkpoint | None:
+        """The stored checkpoint for exactly ``size`` entries, or None if no batch ended there."""
         return self._log.checkpoint_at(size)
 
     def entry(self, seq: int) -> LedgerEntry:

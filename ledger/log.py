@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -137,13 +138,48 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_MAX_SAFE_INT = 2**53 - 1
+
+
+def _fast_canonical(value: object) -> bytes:
+    """``canonical.dumps`` minus its recursive type walk, for leaf objects built below from str/int/None only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _fast_path_matches_canonical() -> bool:
+    """Self-check at import: the fast encoder must give canonical.dumps's exact bytes, else it is not used."""
+    sample = {
+        "v": 1, "ts_ms": _MAX_SAFE_INT, "s": "\x00k\x01\u00e9\u2014\U0001f600\n\"\\/", "n": None,
+        "l": ["a", {"z": "", "a": "b"}], "neg": -5,
+    }  # fmt: skip
+    return _fast_canonical(sample) == canonical.dumps(sample)
+
+
+_USE_FAST_ENCODER = _fast_path_matches_canonical()
+
+
 def encode_leaf(tx: PendingTx) -> bytes:
-    """The canonical JSON leaf for ``tx`` (writes sorted by key; duplicates rejected)."""
+    """The canonical JSON leaf for ``tx`` (writes sorted by key; duplicates rejected).
+
+    The object holds only str / int / None / lists / dicts built here, so when
+    the import-time self-check shows the plain encoder produces
+    ``canonical.dumps``'s bytes we skip its recursive type walk (a third of the
+    append cost); the integer range it would check is checked explicitly.
+    """
     writes = sorted(tx.writes, key=lambda w: w[0])
     for a, b in zip(writes, writes[1:], strict=False):
         if a[0] == b[0]:
             raise ValueError(f"transaction {tx.tx_id} writes key {a[0]!r} twice")
-    return canonical.dumps(
+    if not isinstance(tx.ts_ms, int) or isinstance(tx.ts_ms, bool) or not 0 <= tx.ts_ms <= _MAX_SAFE_INT:
+        raise ValueError(f"transaction {tx.tx_id} timestamp {tx.ts_ms!r} is not a non-negative safe integer")
+    for name, value in (("tx_id", tx.tx_id), ("contract", tx.contract), ("function", tx.function)):
+        if not isinstance(value, str):
+            raise ValueError(f"transaction {tx.tx_id}: {name} must be a string")
+    for arg in tx.args:
+        if not isinstance(arg, str):
+            raise ValueError(f"transaction {tx.tx_id}: arguments must be strings")
+    encode = _fast_canonical if _USE_FAST_ENCODER else canonical.dumps
+    return encode(
         {
             "v": LEAF_VERSION,
             "tx_id": tx.tx_id,
@@ -354,7 +390,7 @@ class TransactionLog:
         want = {
             "schema_version": SCHEMA_VERSION,
             "origin": self.signer.origin,
-            "vkey": self.signer.vkey(),
+            "vkey": self.signer.vkey,
             "channel": self.channel,
             "chaincode": self.chaincode,
         }
@@ -531,14 +567,16 @@ class TransactionLog:
         """The checkpoint for the current size."""
         return self._latest
 
-    def checkpoint_at(self, size: int) -> Checkpoint:
-        """The stored checkpoint for exactly ``size`` entries (one is stored per batch)."""
+    def checkpoint_at(self, size: int) -> Checkpoint | None:
+        """The stored checkpoint for exactly ``size`` entries, or None (one is stored per committed batch)."""
         latest = self._latest
+        if size < 0 or size > latest.size:
+            raise ValueError(f"tree size {size} out of range: the ledger has {latest.size} entries")
         if size == latest.size:
             return latest
         row = self._reader().execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
         if row is None:
-            raise KeyError(f"no checkpoint stored for tree size {size}")
+            return None
         return self.verifier.verify(bytes(row[0]), origin=self.signer.origin)
 
     def checkpoint_sizes(self) -> list[int]:

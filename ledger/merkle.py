@@ -144,6 +144,10 @@ class MerkleTree:
     def __len__(self) -> int:
         return self._size
 
+    def memory_bytes(self) -> int:
+        """Bytes held in hash slots (about 64 per leaf)."""
+        return sum(len(lvl) for lvl in self._levels)
+
     def leaf_hash_at(self, index: int) -> bytes:
         """The stored hash of leaf ``index``."""
         if index < 0 or index >= self._size:
@@ -259,7 +263,7 @@ class MerkleTree:
 # ---------------------------------------------------------------------- verification
 
 
-def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
+def root_from_inclusion_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """Run RFC 9162 section 2.1.3.2 over ``proof`` and return the computed root.
 
     Raises :class:`ProofError` when the proof has the wrong shape.
@@ -289,16 +293,16 @@ def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequenc
     return r
 
 
-def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> bool:
-    """RFC 9162 section 2.1.3.2: does ``proof`` show leaf hash ``leaf`` at ``index`` under ``root``?"""
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2: does ``proof`` show leaf HASH ``leaf`` at ``index`` of ``size`` under ``root``?"""
     try:
-        return root_from_inclusion_proof(index, size, leaf, proof) == root
+        return root_from_inclusion_proof(leaf, index, size, proof) == root
     except ProofError:
         return False
 
 
 def check_consistency(
-    first: int, second: int, first_root: bytes, second_root: bytes, proof: Sequence[bytes]
+    first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes
 ) -> None:
     """RFC 9162 section 2.1.4.2; raises :class:`ProofError` saying why the proof fails.
 
@@ -361,11 +365,11 @@ def check_consistency(
 
 
 def verify_consistency(
-    first: int, second: int, first_root: bytes, second_root: bytes, proof: Sequence[bytes]
+    first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes
 ) -> bool:
     """RFC 9162 section 2.1.4.2: is the tree of size ``second`` an append-only extension of ``first``?"""
     try:
-        check_consistency(first, second, first_root, second_root, proof)
+        check_consistency(first, second, proof, first_root, second_root)
     except ProofError:
         return False
     return True

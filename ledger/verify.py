@@ -158,8 +158,8 @@ def _verify(
     counters: dict[str, int],
 ) -> None:
     vkey = meta.get("vkey")
-    if vkey is not None and vkey != verifier.vkey():
-        raise _Failed(VerifyError(None, None, f"ledger was created with key {vkey}, not {verifier.vkey()}"))
+    if vkey is not None and vkey != verifier.vkey:
+        raise _Failed(VerifyError(None, None, f"ledger was created with key {vkey}, not {verifier.vkey}"))
 
     # Duplicate tx ids: report the later occurrence.
     dup = conn.execute(

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import CommittedEvent, Ledger, Principal
 from ciphercare.services import convert
@@ -161,6 +160,9 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
                 raise invalid("detail_json must be a JSON object")
             detail_sha = self.store.put_document("access-detail", canonical.dumps(detail))
         event = convert.record_input_from_proto(request, detail_sha)
+        if not event["source"]["observer"]:
+            # BALP: the observer is the system that saw the access; default to the caller's client.
+            event["source"]["observer"] = principal.client_id or principal.org or "unknown-client"
         receipt = await self.gateway.submit(principal, CONTRACT, "Record", self.gateway.arg(event))
         committed = [e for e in receipt.events if e.name == EVENT_NAME]
         if len(committed) != 1:

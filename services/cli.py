@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ciphercare.services.settings import Settings, load_settings
+from pydantic import ValidationError
 
 
 class CliError(Exception):
@@ -50,7 +49,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def run() -> None:
         ready = asyncio.Event()
         ports: list[int] = []
-        task = asyncio.create_task(app.serve(ready, ports))
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.serve(ready, ports, stop))
         waiter = asyncio.create_task(ready.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
@@ -58,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop.set)
         print("ciphercare is up", flush=True)
         print(f"  gRPC (ConsentService, AccessLogService, health, reflection): {settings.grpc_host}:{ports[0]}")
         if app.dev_issuer_server is not None:
@@ -66,10 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
         print(f"  off-chain store:                                            {settings.resolved_database_url}")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await task
 
     try:
         asyncio.run(run())

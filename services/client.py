@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
-
 from ciphercare.ledger.checkpoint import CheckpointVerifier
-from ciphercare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
+from ciphercare.ledger.merkle import ProofError as MerkleProofError
+from ciphercare.ledger.merkle import check_consistency, leaf_hash, verify_inclusion
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
 
 TokenSource = Callable[[], str]
@@ -138,6 +138,8 @@ class CiphercareClient:
         second = verifier.verify(proof.second_checkpoint.signed_note.encode("utf-8"))
         if (first.size, second.size) != (proof.first_tree_size, proof.second_tree_size):
             raise ProofError("consistency proof sizes do not match its checkpoints")
-        if not verify_consistency(first.size, second.size, list(proof.hashes), first.root_hash, second.root_hash):
-            raise ProofError(f"log at {second.size} is not an extension of the log at {first.size}")
+        try:
+            check_consistency(first.size, second.size, list(proof.hashes), first.root_hash, second.root_hash)
+        except MerkleProofError as exc:
+            raise ProofError(f"log at {second.size} is not an extension of the log at {first.size}: {exc}") from exc
         return first.size, second.size

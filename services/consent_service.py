@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-
 from ciphercare.consent import canonical
 from ciphercare.services import convert
 from ciphercare.services.auth.interceptor import current_principal

@@ -12,7 +12,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import grpc
-
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient, ProofError
 from ciphercare.services.settings import Settings
@@ -85,7 +84,8 @@ def run_demo(settings: Settings, target: str) -> int:
                 source_observer="hospital-a/ehr", detail_json='{"view": "chart"}',
             ))
             events.append(recorded.event.id)
-            step(f"hospital-a logs its EHR {subtype} of {data_class}", f"{recorded.event.id} seq {recorded.event.sequence}")
+            step(f"hospital-a logs its EHR {subtype} of {data_class}",
+                 f"{recorded.event.id} seq {recorded.event.sequence}")
 
         revoked = clients["patient"].revoke(consent_id, "patient-request")
         step("patient revokes the consent", f"version {revoked.consent.version}, status inactive")
@@ -100,11 +100,13 @@ def run_demo(settings: Settings, target: str) -> int:
         events.append(refused.event.id)
         step("hospital-a logs the refused access", f"{refused.event.id} denied")
 
+        visible = clients["hospital-b"].list_for_patient(pid, include_inactive=True)
+        step("hospital-b lists the patient's consents", f"{len(visible)} visible (none name hospital-b)")
         try:
-            clients["hospital-b"].list_for_patient(pid)
-            step("hospital-b lists the patient's consents", "returned (unexpected)")
+            clients["patient"].list_for_patient(f"{pid}-someone-else")
+            step("the patient lists another patient's consents", "returned (unexpected)")
         except grpc.RpcError as exc:
-            step("hospital-b lists the patient's consents", f"refused: {exc.code().name}")
+            step("the patient lists another patient's consents", f"refused: {exc.code().name}")
 
         found = list(compliance.search_all(access_log_pb2.SearchRequest(pid=pid, page_size=2)))
         summary = ", ".join(f"{OUTCOME[e.outcome]}" for e in found)

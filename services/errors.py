@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-
 from ciphercare.ledger.api import CommitError, EndorseError, LedgerTimeout
 from ciphercare.services.convert import ConversionError
 

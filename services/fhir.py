@@ -14,6 +14,7 @@ from ciphercare.consent import canonical
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 ORG_SYSTEM = "urn:ciphercare:organization"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 MAX_DOCUMENT_BYTES = 256 * 1024
 
 
@@ -56,7 +57,7 @@ def consent_document(grant: dict[str, Any], recorded_on: str) -> dict[str, Any]:
     return {
         "resourceType": "Consent",
         "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
         "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": grant["pid"]}},
         "dateTime": recorded_on,

@@ -14,9 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
@@ -32,6 +29,8 @@ from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.settings import Settings
 from ciphercare.services.store import OffchainStore
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("ciphercare.server")
 
@@ -148,8 +147,16 @@ class Application:
         self._health = health_servicer
         return server
 
-    async def serve(self, ready: asyncio.Event | None = None, port_holder: list[int] | None = None) -> None:
-        """Run until cancelled: catch the projection up, start serving, follow the ledger."""
+    async def serve(
+        self,
+        ready: asyncio.Event | None = None,
+        port_holder: list[int] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled), then shut down gracefully.
+
+        Catches the access-log projection up with the ledger first, then follows it.
+        """
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=self.settings.grpc_workers * 4))
         projector = AccessProjector(self.ledger, self.store)
@@ -168,16 +175,21 @@ class Application:
         follow = asyncio.create_task(projector.follow())
         if ready is not None:
             ready.set()
+        stop = stop or asyncio.Event()
         try:
-            await server.wait_for_termination()
+            await stop.wait()
         finally:
-            for name in ("", *SERVICE_NAMES[:2]):
-                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-            await server.stop(grace=2.0)
-            projector.stop()
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follow
+            await asyncio.shield(self._shutdown(server, projector, follow))
+
+    async def _shutdown(self, server: grpc.aio.Server, projector: AccessProjector,
+                        follow: asyncio.Task[None]) -> None:
+        for name in ("", *SERVICE_NAMES[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace=2.0)
+        projector.stop()
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await follow
 
     def close(self) -> None:
         self.ledger.close()

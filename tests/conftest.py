@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest_helpers import free_port
-
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
 from ciphercare.services.server import Application
 from ciphercare.services.settings import Settings, load_settings
+from conftest_helpers import free_port
 
 
 class ServerThread:
@@ -28,6 +27,7 @@ class ServerThread:
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="ciphercare-test-server", daemon=True)
 
     def _run(self) -> None:
@@ -36,7 +36,8 @@ class ServerThread:
             self.app = Application.from_settings(self.settings)
             ready = asyncio.Event()
             ports: list[int] = []
-            self._task = asyncio.create_task(self.app.serve(ready, ports))
+            self._stop = asyncio.Event()
+            self._task = asyncio.create_task(self.app.serve(ready, ports, self._stop))
             waiter = asyncio.create_task(ready.wait())
             await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if ports:
@@ -63,7 +64,7 @@ class ServerThread:
 
     def stop(self) -> None:
         if self._loop is not None and self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+            self._loop.call_soon_threadsafe(self._stop.set)  # type: ignore[union-attr]
         self._thread.join(30)
         if self.app is not None:
             self.app.close()

@@ -89,7 +89,7 @@ def verify_consistency(first: int, second: int, proof: list[bytes], first_root: 
 
 def parse_vkey(vkey: str) -> tuple[str, bytes, Ed25519PublicKey]:
     """C2SP signed-note verifier key: ``name+hexkeyhash+base64(0x01 || pubkey)``."""
-    name, key_hash_hex, key_b64 = vkey.split("+")
+    name, key_hash_hex, key_b64 = vkey.split("+", 2)
     raw = base64.b64decode(key_b64)
     if raw[0] != 0x01 or len(raw) != 33:
         raise ValueError("not an Ed25519 verifier key")

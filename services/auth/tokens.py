@@ -104,9 +104,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: Python accepts them, RFC 8259 does not
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(_b64url_decode(segment, what), object_pairs_hook=_no_duplicates)
+        obj = json.loads(
+            _b64url_decode(segment, what), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+        )
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise _fail(f"malformed token: {what} is not a valid JSON object") from None
     if not isinstance(obj, dict):

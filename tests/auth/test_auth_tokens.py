@@ -390,3 +390,37 @@ def test_idp_unreachable_message(dev_issuer: DevIssuer, clock: FakeClock) -> Non
         dev_issuer.issuer, AUDIENCE, JwksCache("http://127.0.0.1:9/certs", 300, 0.5, clock=clock), ["RS256"]
     )
     rejects(verifier, dev_issuer.issue("a", ["patient"], "x"), "could not be fetched")
+
+
+def test_concurrent_unknown_kid_lookups_fetch_once(dev_server: DevIssuerServer, clock: FakeClock) -> None:
+    import threading
+
+    jwks = JwksCache(dev_server.jwks_url, 300, clock=clock)
+    barrier = threading.Barrier(8)
+    results: list[object] = []
+
+    def look() -> None:
+        barrier.wait()
+        results.append(jwks.get(f"unknown-{threading.get_ident()}"))
+
+    threads = [threading.Thread(target=look) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [None] * 8
+    assert jwks.fetch_count == 1
+
+
+def test_bench_runs_without_network_on_hot_path() -> None:
+    from ciphercare.services.auth.bench import bench_token_verification
+
+    result = bench_token_verification(200)
+    assert result["n"] == 200 and result["jwks_fetches"] == 1
+    assert 0 < result["p50_us"] <= result["p99_us"]
+
+
+def test_non_json_number_constants_rejected(verifier: TokenVerifier, dev_issuer: DevIssuer) -> None:
+    # A (validly signed) exp of Infinity would never expire; Python's json would accept it.
+    token = dev_issuer.issue("a", ["patient"], "x", extra_claims={"exp": float("inf")})
+    rejects(verifier, token, "payload is not a valid JSON object")

@@ -1,14 +1,20 @@
-"""Fixtures for the ledger tests."""
+"""Fixtures for the ledger tests; also makes ledger_testkit importable (pytest uses --import-mode=importlib)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ledger_testkit import ORIGIN, kv_chaincode
 
-from ciphercare.ledger.embedded import EmbeddedLedger
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from ledger_testkit import ORIGIN, kv_chaincode  # noqa: E402
+
+from ciphercare.ledger.embedded import EmbeddedLedger  # noqa: E402
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def test_roundtrip_and_format(signer: CheckpointSigner) -> None:
     got = signer.verifier().verify(cp.note, origin=ORIGIN)
     assert got == cp
     # Also through the vkey string an offline verifier would be handed.
-    assert CheckpointVerifier.from_vkey(signer.vkey()).verify(cp.note) == cp
+    assert CheckpointVerifier.from_vkey(signer.vkey).verify(cp.note) == cp
 
 
 def test_tampered_notes_are_rejected(signer: CheckpointSigner) -> None:

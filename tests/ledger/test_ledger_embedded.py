@@ -194,11 +194,11 @@ def test_group_commit_from_concurrent_submitters(make_ledger: MakeLedger) -> Non
         cp = r.checkpoint
         assert r.seq < cp.size and verifier.verify(cp.note, origin=ORIGIN) == cp
         proof = led.inclusion_proof(r.seq, cp.size)
-        assert verify_inclusion(r.seq, cp.size, leaf_hash(led.entry(r.seq).leaf), list(proof.hashes), cp.root_hash)
+        assert verify_inclusion(leaf_hash(led.entry(r.seq).leaf), r.seq, cp.size, list(proof.hashes), cp.root_hash)
     sizes = sorted(cps)
     for a, b in zip(sizes, sizes[1:], strict=False):
         proof = led.consistency_proof(a, b)
-        assert verify_consistency(a, b, cps[a].root_hash, cps[b].root_hash, list(proof.hashes))
+        assert verify_consistency(a, b, list(proof.hashes), cps[a].root_hash, cps[b].root_hash)
         assert led.checkpoint_at(a) == cps[a]
 
 
@@ -260,7 +260,7 @@ def test_reopen_keeps_everything(make_ledger: MakeLedger, tmp_path: Path) -> Non
     r = again.submit(ALICE, "kv", "Put", ["k-new", "z"])
     assert r.seq == size
     proof = again.consistency_proof(size, size + 1)
-    assert verify_consistency(size, size + 1, root, r.checkpoint.root_hash, list(proof.hashes))
+    assert verify_consistency(size, size + 1, list(proof.hashes), root, r.checkpoint.root_hash)
 
 
 def test_reopen_with_another_key_or_origin_is_refused(make_ledger: MakeLedger, tmp_path: Path) -> None:

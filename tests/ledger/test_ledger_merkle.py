@@ -173,7 +173,7 @@ def test_inclusion_proofs_all_pairs_small(small: tuple[Reference, MerkleTree]) -
             assert proof == ref.path(m, 0, n), (m, n)
             lh = ref.mth(m, m + 1)
             assert ref_verify_inclusion(m, n, lh, proof, root), (m, n)
-            assert verify_inclusion(m, n, lh, proof, root), (m, n)
+            assert verify_inclusion(lh, m, n, proof, root), (m, n)
 
 
 def test_consistency_proofs_all_pairs_small(small: tuple[Reference, MerkleTree]) -> None:
@@ -183,9 +183,9 @@ def test_consistency_proofs_all_pairs_small(small: tuple[Reference, MerkleTree])
             proof = tree.consistency_proof(m, n)
             assert proof == ref.proof(m, n), (m, n)
             assert ref_verify_consistency(m, n, ref.mth(0, m), ref.mth(0, n), proof), (m, n)
-            assert verify_consistency(m, n, ref.mth(0, m), ref.mth(0, n), proof), (m, n)
+            assert verify_consistency(m, n, proof, ref.mth(0, m), ref.mth(0, n)), (m, n)
         assert tree.consistency_proof(n, n) == []
-        assert verify_consistency(n, n, ref.mth(0, n), ref.mth(0, n), [])
+        assert verify_consistency(n, n, [], ref.mth(0, n), ref.mth(0, n))
 
 
 def test_random_proofs_on_a_few_thousand_leaves() -> None:
@@ -222,12 +222,12 @@ def test_verify_inclusion_rejects_tampering(small: tuple[Reference, MerkleTree])
     proof = tree.inclusion_proof(m, n)
     bad = list(proof)
     bad[2] = bytes(32)
-    assert not verify_inclusion(m, n, lh, bad, root)
-    assert not verify_inclusion(m + 1, n, lh, proof, root)
-    assert not verify_inclusion(m, 2 * n, lh, proof, root)  # (n+1 can share the path shape; the size is bound by the signed checkpoint)
-    assert not verify_inclusion(m, n, lh, proof[:-1], root)
-    assert not verify_inclusion(m, n, lh, proof + [bytes(32)], root)
-    assert not verify_inclusion(n, n, lh, proof, root)
+    assert not verify_inclusion(lh, m, n, bad, root)
+    assert not verify_inclusion(lh, m + 1, n, proof, root)
+    assert not verify_inclusion(lh, m, 2 * n, proof, root)  # (n+1 can share the path shape; the size is bound by the signed checkpoint)
+    assert not verify_inclusion(lh, m, n, proof[:-1], root)
+    assert not verify_inclusion(lh, m, n, proof + [bytes(32)], root)
+    assert not verify_inclusion(lh, n, n, proof, root)
     assert not ref_verify_inclusion(m, n, lh, bad, root)
 
 
@@ -236,15 +236,15 @@ def test_verify_consistency_rejects_tampering(small: tuple[Reference, MerkleTree
     m, n = 13, 70
     proof = tree.consistency_proof(m, n)
     r1, r2 = ref.mth(0, m), ref.mth(0, n)
-    assert verify_consistency(m, n, r1, r2, proof)
-    assert not verify_consistency(m, n, ref.mth(0, m + 1), r2, proof)
-    assert not verify_consistency(m, n, r1, ref.mth(0, n - 1), proof)
-    assert not verify_consistency(m, n, r1, r2, proof[:-1])
-    assert not verify_consistency(m, n, r1, r2, [])
-    assert not verify_consistency(m, n, r1, r2, [bytes(32)] + proof[1:])
-    assert not verify_consistency(n, n, r1, r2, [])
+    assert verify_consistency(m, n, proof, r1, r2)
+    assert not verify_consistency(m, n, proof, ref.mth(0, m + 1), r2)
+    assert not verify_consistency(m, n, proof, r1, ref.mth(0, n - 1))
+    assert not verify_consistency(m, n, proof[:-1], r1, r2)
+    assert not verify_consistency(m, n, [], r1, r2)
+    assert not verify_consistency(m, n, [bytes(32)] + proof[1:], r1, r2)
+    assert not verify_consistency(n, n, [], r1, r2)
     with pytest.raises(ProofError, match="second root"):
-        check_consistency(m, n, r1, ref.mth(0, n - 1), proof)
+        check_consistency(m, n, proof, r1, ref.mth(0, n - 1))
 
 
 # ----------------------------------------------------------------------------- tree mechanics

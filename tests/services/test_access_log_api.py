@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 import rfc9162
-
 from ciphercare.v1 import access_log_pb2
 
 SUCCESS = access_log_pb2.ACCESS_OUTCOME_SUCCESS
@@ -210,15 +209,18 @@ def test_patients_cannot_prove_arbitrary_entries(env):
 def test_bad_record_input(env):
     hospital = env.hospital()
     pid = new_pid()
+    def req(**fields):
+        base = {"type": "110110", "subtype": "read", "action": "R", "outcome": SUCCESS,
+                "purpose_of_use": "TREAT", "pid": pid}
+        base.update(fields)
+        return access_log_pb2.RecordRequest(**{k: v for k, v in base.items() if v is not None})
+
     cases = [
-        (access_log_pb2.RecordRequest(type="110110", action="R", outcome=SUCCESS, purpose_of_use="TREAT"), "pid"),
-        (access_log_pb2.RecordRequest(type="110110", action="R", outcome=SUCCESS, purpose_of_use="NOPE", pid=pid),
-         "NOPE"),
-        (access_log_pb2.RecordRequest(type="110110", action="Z", outcome=SUCCESS, purpose_of_use="TREAT", pid=pid),
-         "action"),
-        (access_log_pb2.RecordRequest(type="110110", action="R", purpose_of_use="TREAT", pid=pid), "outcome"),
-        (access_log_pb2.RecordRequest(type="110110", action="R", outcome=SUCCESS, purpose_of_use="TREAT", pid=pid,
-                                      detail_json="[1,2"), "detail_json"),
+        (req(pid=None), "pid"),
+        (req(purpose_of_use="NOPE"), "NOPE"),
+        (req(action="Z"), "action"),
+        (req(outcome=None), "outcome"),
+        (req(detail_json="[1,2"), "detail_json"),
     ]
     for request, fragment in cases:
         before = env.app.ledger.size()

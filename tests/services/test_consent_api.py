@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from ciphercare.v1 import common_pb2, consent_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
 PERMIT = consent_pb2.CONSENT_DECISION_PERMIT
 DENY = consent_pb2.CONSENT_DECISION_DENY
@@ -269,7 +268,10 @@ def test_bad_tokens_are_unauthenticated(env, kind):
     # A refusal that named a patient leaves exactly one denied access event; the grant itself is not written.
     assert _ledger_size(env) == before + 1
     entry = env.app.ledger.entry(before)
-    assert entry.contract == "accesslog" and b'"denied"' in entry.leaf
+    assert entry.contract == "accesslog"
+    (event,) = [json.loads(e.payload) for e in entry.events if e.name == "AccessRecorded"]
+    assert event["outcome"] == "denied" and event["entity"]["pid"] == pid
+    assert event["outcome_desc"] == "unauthenticated"
 
 
 def test_wrong_role_is_permission_denied(env):

@@ -60,7 +60,7 @@ def test_decision_round_trip() -> None:
 
 def test_checkpoint_round_trip() -> None:
     checkpoint = Checkpoint(origin="o", size=5, root_hash=b"\x01" * 32, timestamp_ms=1_700_000_000_123,
-                            note=b"o\n5\nAQ==\n\n\u2014 k abc\n".decode().encode(), key_name="k", key_id=b"\0\0\0\1")
+                            note="o\n5\nAQ==\n\n\u2014 k abc\n".encode(), key_name="k", key_id=b"\0\0\0\1")
     assert convert.checkpoint_from_proto(convert.checkpoint_to_proto(checkpoint), key_id=b"\0\0\0\1") == checkpoint
 
 

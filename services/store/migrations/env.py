@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-
 from ciphercare.services.store.models import Base
 
 target_metadata = Base.metadata
