@@ -279,9 +279,7 @@ class CheckpointVerifier:
                 raise CheckpointError(f"invalid signature by key {name!r}") from exc
             found = True
         if not found:
-            raise CheckpointError(
-                f"note is not signed by key {self.key_name!r} (key id {self.key_id.hex()})"
-            )
+            raise CheckpointError(f"note is not signed by key {self.key_name!r} (key id {self.key_id.hex()})")
         return body
 
     def _parse_body(self, body: bytes, note: bytes, origin: str | None) -> Checkpoint:

@@ -90,7 +90,7 @@ class EventStream:
     def __next__(self) -> CommittedEvent:
         ledger = self._ledger
         while True:
-            if self._closed:
+            if self._closed or ledger._closed:
                 raise StopIteration
             if self._buffer:
                 return self._buffer.popleft()
@@ -152,8 +152,12 @@ class EmbeddedLedger:
         self.max_wait = max_wait_ms / 1000.0
         self._signer = CheckpointSigner(signing_key_path, origin, key_name)
         self._log = TransactionLog(self.path, self._signer, channel=channel, chaincode=chaincode_name)
-        self._msp = EmbeddedMSP(msp_dir if msp_dir is not None else self.path.parent / "msp")
-        self._runtime = ChaincodeRuntime(chaincode, channel=channel, chaincode_name=chaincode_name)
+        try:
+            self._msp = EmbeddedMSP(msp_dir if msp_dir is not None else self.path.parent / "msp")
+            self._runtime = ChaincodeRuntime(chaincode, channel=channel, chaincode_name=chaincode_name)
+        except BaseException:
+            self._log.close()
+            raise
         self.channel = channel
         self.chaincode_name = chaincode_name
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)

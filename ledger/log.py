@@ -331,8 +331,7 @@ class StateView:
             (key,),
         )
         return [
-            HistoryRecord(seq, tx_id, ts, None if v is None else bytes(v), bool(d))
-            for seq, tx_id, ts, v, d in rows
+            HistoryRecord(seq, tx_id, ts, None if v is None else bytes(v), bool(d)) for seq, tx_id, ts, v, d in rows
         ]
 
 
@@ -402,9 +401,7 @@ class TransactionLog:
             return
         for key, value in want.items():
             if have.get(key) != value:
-                raise LedgerError(
-                    f"{self.path}: ledger {key} is {have.get(key)!r} but this process uses {value!r}"
-                )
+                raise LedgerError(f"{self.path}: ledger {key} is {have.get(key)!r} but this process uses {value!r}")
 
     def _load_tree(self) -> MerkleTree:
         count, max_seq = self._wconn.execute("SELECT COUNT(*), MAX(seq) FROM entries").fetchone()

@@ -301,9 +301,7 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         return False
 
 
-def check_consistency(
-    first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes
-) -> None:
+def check_consistency(first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes) -> None:
     """RFC 9162 section 2.1.4.2; raises :class:`ProofError` saying why the proof fails.
 
     Also accepts the trivial cases the RFC leaves out: ``first == second``
@@ -364,9 +362,7 @@ def check_consistency(
         raise ProofError("consistency proof does not reproduce the second root")
 
 
-def verify_consistency(
-    first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes
-) -> bool:
+def verify_consistency(first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes) -> bool:
     """RFC 9162 section 2.1.4.2: is the tree of size ``second`` an append-only extension of ``first``?"""
     try:
         check_consistency(first, second, proof, first_root, second_root)

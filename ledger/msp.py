@@ -22,13 +22,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ciphercare.consent import canonical
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fabric_protos.msp import identities_pb2
-
-from ciphercare.consent import canonical
 
 from .api import Principal
 
@@ -231,9 +230,7 @@ class EmbeddedMSP:
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + _CERT_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.UnrecognizedExtension(x509.ObjectIdentifier(ATTR_OID), attrs_json), critical=False
-            )
+            .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(ATTR_OID), attrs_json), critical=False)
             .sign(ca.key, hashes.SHA256())
         )
         pem = cert.public_bytes(serialization.Encoding.PEM)

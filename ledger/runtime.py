@@ -268,9 +268,7 @@ class WorldStateStub(ChaincodeStubInterface):
         committed = self._view.range(start, end)
         if self._overlay is None or not self._overlay.values:
             return committed
-        pending = {
-            k: v for k, v in self._overlay.values.items() if k >= start and (not end or k < end)
-        }
+        pending = {k: v for k, v in self._overlay.values.items() if k >= start and (not end or k < end)}
         if not pending:
             return committed
         merged = {k: v for k, v in committed}

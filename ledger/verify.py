@@ -82,7 +82,9 @@ class _Failed(Exception):
         self.error = error
 
 
-def _verifier_for(key: str | bytes | CheckpointVerifier, key_name: str | None, meta: dict[str, str]) -> CheckpointVerifier:
+def _verifier_for(
+    key: str | bytes | CheckpointVerifier, key_name: str | None, meta: dict[str, str]
+) -> CheckpointVerifier:
     if isinstance(key, CheckpointVerifier):
         return key
     if isinstance(key, str):
@@ -243,7 +245,8 @@ def _verify(
             stored_events = []
             while next_event is not None and next_event[0] <= seq:
                 if next_event[0] < seq:
-                    raise _Failed(VerifyError(int(next_event[0]), seq_tx(int(next_event[0])), "event row without a matching leaf event"))  # type: ignore[arg-type]
+                    bad = int(next_event[0])  # type: ignore[call-overload]
+                    raise _Failed(VerifyError(bad, seq_tx(bad), "event row without a matching leaf event"))
                 stored_events.append((next_event[2], bytes(next_event[3])))  # type: ignore[arg-type]
                 next_event = next(events_cur, None)
             if stored_events != list(d.events):
@@ -252,7 +255,8 @@ def _verify(
             stored_writes = []
             while next_hist is not None and next_hist[0] <= seq:
                 if next_hist[0] < seq:
-                    raise _Failed(VerifyError(int(next_hist[0]), seq_tx(int(next_hist[0])), "history row without a matching leaf write"))  # type: ignore[arg-type]
+                    bad = int(next_hist[0])  # type: ignore[call-overload]
+                    raise _Failed(VerifyError(bad, seq_tx(bad), "history row without a matching leaf write"))
                 _s, key, value, is_delete = next_hist
                 stored_writes.append((key, None if is_delete else bytes(value)))  # type: ignore[arg-type]
                 if bool(is_delete) != (value is None):
@@ -310,9 +314,7 @@ def _compare_state(
             raise _Failed(VerifyError(seq, seq_tx(seq), f"state value of key {a[0]!r} differs from replay"))
         if int(a[2]) != int(b[2]):
             seq = int(b[2])
-            raise _Failed(
-                VerifyError(seq, seq_tx(seq), f"state version of key {a[0]!r} is {a[2]}, replay says {b[2]}")
-            )
+            raise _Failed(VerifyError(seq, seq_tx(seq), f"state version of key {a[0]!r} is {a[2]}, replay says {b[2]}"))
         counters["state"] += 1
         a = next(stored, None)
         b = next(replayed, None)

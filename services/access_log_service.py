@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import grpc
+
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import CommittedEvent, Ledger, Principal
 from ciphercare.services import convert

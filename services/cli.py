@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from ciphercare.services.settings import Settings, load_settings
 from pydantic import ValidationError
+
+from ciphercare.services.settings import Settings, load_settings
+
+COMMAND_MODULES = (
+    "ciphercare.services.cli_scoring",
+    "ciphercare.services.cli_privacy",
+)
 
 
 class CliError(Exception):
@@ -188,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply Alembic migrations")
     upgrade.set_defaults(func=cmd_db_upgrade)
+
+    # Commands of other rooms register themselves; each module owns its subcommands.
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

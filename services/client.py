@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+
 from ciphercare.ledger.checkpoint import CheckpointVerifier
 from ciphercare.ledger.merkle import ProofError as MerkleProofError
 from ciphercare.ledger.merkle import check_consistency, leaf_hash, verify_inclusion

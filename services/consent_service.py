@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
+
 from ciphercare.consent import canonical
 from ciphercare.services import convert
 from ciphercare.services.auth.interceptor import current_principal

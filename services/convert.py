@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from ciphercare.ledger.api import Checkpoint, Receipt
 from ciphercare.v1 import access_log_pb2, common_pb2, consent_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 DECISION_TO_PROTO = {
     "permit": consent_pb2.CONSENT_DECISION_PERMIT,

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import grpc
+
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient, ProofError
 from ciphercare.services.settings import Settings

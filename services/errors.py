@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
 from ciphercare.ledger.api import CommitError, EndorseError, LedgerTimeout
 from ciphercare.services.convert import ConversionError
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import Ledger, LedgerTimeout, Principal, Receipt
 from ciphercare.services.errors import ServiceError

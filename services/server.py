@@ -14,6 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
@@ -29,8 +32,6 @@ from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.settings import Settings
 from ciphercare.services.store import OffchainStore
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("ciphercare.server")
 

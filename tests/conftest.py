@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest_helpers import free_port
+
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
 from ciphercare.services.server import Application
 from ciphercare.services.settings import Settings, load_settings
-from conftest_helpers import free_port
 
 
 class ServerThread:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest_helpers import free_port
+
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
 from ciphercare.services.settings import load_settings
 from ciphercare.v1 import access_log_pb2
-from conftest_helpers import free_port
 
 CLI = [sys.executable, "-m", "ciphercare.services.cli"]
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from grpc import aio
+
 from ciphercare.ledger.api import Principal
 from ciphercare.services.auth.rules import RULES, AccessRule
 from ciphercare.services.auth.tokens import AuthError, TokenVerifier
-from grpc import aio
 
 log = logging.getLogger(__name__)
 

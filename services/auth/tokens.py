@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.exceptions import PyJWTError
+
 from ciphercare.ledger.api import Principal
 from ciphercare.services.auth.jwks import CachedKey, JwksCache
 from ciphercare.services.auth.rules import KNOWN_ROLES
-from jwt.algorithms import Algorithm, get_default_algorithms
-from jwt.exceptions import PyJWTError
 
 if TYPE_CHECKING:
     from ciphercare.services.settings import Settings

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from ciphercare.services.store.models import AccessEventRow, Document, ProjectionCursor
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
+
+from ciphercare.services.store.models import AccessEventRow, Document, ProjectionCursor
 
 ACCESS_PROJECTION = "access-events"
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+
+from ciphercare.ledger.api import Principal
+from ciphercare.ledger.msp import ATTR_OID
 from cryptography import x509
 from fabric_chaincode_python.fabric_contract_api.contractapi import (
     Contract,
     ContractChaincode,
     TransactionContext,
 )
-
-from ciphercare.ledger.api import Principal
-from ciphercare.ledger.msp import ATTR_OID
 
 ORIGIN = "ciphercare.test/ledger"
 

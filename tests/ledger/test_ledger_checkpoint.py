@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from ciphercare.ledger.checkpoint import (
     CheckpointError,
     CheckpointSigner,
@@ -31,11 +30,12 @@ def signer(tmp_path: Path) -> CheckpointSigner:
 def test_signed_note_known_answer_from_the_note_spec() -> None:
     """The example key and note of golang.org/x/mod/sumdb/note (key hash + Ed25519 over the text)."""
     vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+    sig = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
     note = (
         "If you think cryptography is the answer to your problem,\n"
         "then you don't know what your problem is.\n"
         "\n"
-        "\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+        f"\u2014 PeterNeumann {sig}\n"
     )
     name, key = parse_vkey(vkey)
     assert name == "PeterNeumann"

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ciphercare.ledger.checkpoint import CheckpointSigner
 from ciphercare.ledger.embedded import EmbeddedLedger
 from ciphercare.ledger.verify import verify_ledger

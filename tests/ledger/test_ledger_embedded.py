@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ledger_testkit import ALICE, BOB, ORIGIN
-
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import CommittedEvent, EndorseError, Ledger, LedgerError
 from ciphercare.ledger.checkpoint import CheckpointSigner, CheckpointVerifier
@@ -21,6 +19,7 @@ from ciphercare.ledger.embedded import EmbeddedLedger
 from ciphercare.ledger.log import PendingTx, TransactionLog, decode_leaf
 from ciphercare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ciphercare.ledger.msp import msp_id_for_org
+from ledger_testkit import ALICE, BOB, ORIGIN
 
 MakeLedger = Callable[..., EmbeddedLedger]
 

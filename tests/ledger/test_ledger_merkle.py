@@ -13,7 +13,6 @@ import random
 from functools import lru_cache
 
 import pytest
-
 from ciphercare.ledger.merkle import (
     MerkleTree,
     ProofError,
@@ -224,7 +223,8 @@ def test_verify_inclusion_rejects_tampering(small: tuple[Reference, MerkleTree])
     bad[2] = bytes(32)
     assert not verify_inclusion(lh, m, n, bad, root)
     assert not verify_inclusion(lh, m + 1, n, proof, root)
-    assert not verify_inclusion(lh, m, 2 * n, proof, root)  # (n+1 can share the path shape; the size is bound by the signed checkpoint)
+    # (n + 1 can share n's path shape: the size is bound by the signed checkpoint, not the path.)
+    assert not verify_inclusion(lh, m, 2 * n, proof, root)
     assert not verify_inclusion(lh, m, n, proof[:-1], root)
     assert not verify_inclusion(lh, m, n, proof + [bytes(32)], root)
     assert not verify_inclusion(lh, n, n, proof, root)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 import rfc9162
+
 from ciphercare.v1 import access_log_pb2
 
 SUCCESS = access_log_pb2.ACCESS_OUTCOME_SUCCESS

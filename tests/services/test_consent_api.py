@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from ciphercare.v1 import common_pb2, consent_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from ciphercare.v1 import common_pb2, consent_pb2
 
 PERMIT = consent_pb2.CONSENT_DECISION_PERMIT
 DENY = consent_pb2.CONSENT_DECISION_DENY

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from ciphercare.services.store.models import Base
 
 target_metadata = Base.metadata
