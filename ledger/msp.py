@@ -22,12 +22,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ciphercare.consent import canonical
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fabric_protos.msp import identities_pb2
+
+from ciphercare.consent import canonical
 
 from .api import Principal
 
@@ -97,7 +98,7 @@ class _OrgCA:
         self.cert = cert
 
     @classmethod
-    def create(cls, org: str, mspid: str) -> _OrgCA:
+    def create(cls, org: str) -> _OrgCA:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -135,7 +136,7 @@ class _OrgCA:
         return cls(org, key, cert)
 
     @classmethod
-    def load_or_create(cls, org: str, mspid: str, directory: Path) -> _OrgCA:
+    def load_or_create(cls, org: str, directory: Path) -> _OrgCA:
         """Load the CA from ``directory`` or create and persist it (key file 0600)."""
         key_path = directory / "ca-key.pem"
         cert_path = directory / "ca-cert.pem"
@@ -145,7 +146,7 @@ class _OrgCA:
                 raise ValueError(f"{key_path} is not an EC private key")
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             return cls(org, key, cert)
-        ca = cls.create(org, mspid)
+        ca = cls.create(org)
         directory.mkdir(parents=True, exist_ok=True)
         key_pem = ca.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -180,11 +181,10 @@ class EmbeddedMSP:
     def _ca(self, org: str) -> _OrgCA:
         ca = self._cas.get(org)
         if ca is None:
-            mspid = msp_id_for_org(org)
             if self._dir is None:
-                ca = _OrgCA.create(org, mspid)
+                ca = _OrgCA.create(org)
             else:
-                ca = _OrgCA.load_or_create(org, mspid, self._dir / mspid)
+                ca = _OrgCA.load_or_create(org, self._dir / msp_id_for_org(org))
             self._cas[org] = ca
         return ca
 

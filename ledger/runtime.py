@@ -36,7 +36,7 @@ import logging
 import os
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import ContractChaincode
 from fabric_chaincode_python.fabric_shim.interfaces import ChaincodeStubInterface
@@ -47,7 +47,7 @@ from fabric_protos.peer import chaincode_event_pb2 as event_pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .api import ChaincodeEvent, EndorseError
-from .log import HistoryRecord, StateView
+from .log import HistoryRecord
 from .msp import Identity
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,16 @@ _DISPATCH_ERROR_PREFIXES = (
 _EMPTY_KEY_SUBSTITUTE = "\x01"
 _MAX_UNICODE_RUNE = "\U0010ffff"
 _ERROR_THRESHOLD = 400
+
+
+class StateReader(Protocol):
+    """Committed world-state reads the stub needs (``ledger.log.StateView`` implements it)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def range(self, start: str, end: str) -> list[tuple[str, bytes]]: ...
+
+    def history(self, key: str) -> list[HistoryRecord]: ...
 
 
 class ChaincodeSuspended(RuntimeError):
@@ -178,7 +188,7 @@ class WorldStateStub(ChaincodeStubInterface):
 
     def __init__(
         self,
-        view: StateView,
+        view: StateReader,
         overlay: BatchOverlay | None,
         *,
         tx_id: str,
@@ -453,7 +463,7 @@ class ChaincodeRuntime:
 
     def execute(
         self,
-        view: StateView,
+        view: StateReader,
         overlay: BatchOverlay | None,
         identity: Identity,
         contract: str,

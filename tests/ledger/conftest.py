@@ -12,8 +12,9 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from ciphercare.ledger.embedded import EmbeddedLedger  # noqa: E402
 from ledger_testkit import ORIGIN, kv_chaincode  # noqa: E402
+
+from ciphercare.ledger.embedded import EmbeddedLedger  # noqa: E402
 
 
 @pytest.fixture

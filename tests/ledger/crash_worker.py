@@ -10,9 +10,10 @@ import sys
 import threading
 from pathlib import Path
 
+from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, ContractChaincode, TransactionContext
+
 from ciphercare.ledger.api import Principal
 from ciphercare.ledger.embedded import EmbeddedLedger
-from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, ContractChaincode, TransactionContext
 
 ORIGIN = "ciphercare.test/crash"
 

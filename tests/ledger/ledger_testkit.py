@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ciphercare.ledger.api import Principal
-from ciphercare.ledger.msp import ATTR_OID
 from cryptography import x509
 from fabric_chaincode_python.fabric_contract_api.contractapi import (
     Contract,
     ContractChaincode,
     TransactionContext,
 )
+
+from ciphercare.ledger.api import Principal
+from ciphercare.ledger.msp import ATTR_OID
 
 ORIGIN = "ciphercare.test/ledger"
 
@@ -54,6 +55,11 @@ class KVContract(Contract):
     async def Scan(self, ctx: TransactionContext, start: str, end: str) -> str:
         it = await ctx.get_stub().get_state_by_range(start, end)
         return json.dumps([[kv.key, kv.value.decode()] async for kv in it])
+
+    async def Page(self, ctx: TransactionContext, start: str, end: str, size: int, bookmark: str) -> str:
+        it = await ctx.get_stub().get_state_by_range_with_pagination(start, end, size, bookmark)
+        keys = [kv.key async for kv in it]
+        return json.dumps({"keys": keys, "bookmark": it.bookmark, "count": it.fetched_records_count})
 
     async def PutComposite(self, ctx: TransactionContext, kind: str, a: str, b: str, value: str) -> None:
         stub = ctx.get_stub()

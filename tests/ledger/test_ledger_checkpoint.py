@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from ciphercare.ledger.checkpoint import (
     CheckpointError,
     CheckpointSigner,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ciphercare.ledger.checkpoint import CheckpointSigner
 from ciphercare.ledger.embedded import EmbeddedLedger
 from ciphercare.ledger.verify import verify_ledger

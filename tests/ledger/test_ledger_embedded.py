@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ledger_testkit import ALICE, BOB, ORIGIN
+
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import CommittedEvent, EndorseError, Ledger, LedgerError
 from ciphercare.ledger.checkpoint import CheckpointSigner, CheckpointVerifier
@@ -19,7 +21,6 @@ from ciphercare.ledger.embedded import EmbeddedLedger
 from ciphercare.ledger.log import PendingTx, TransactionLog, decode_leaf
 from ciphercare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ciphercare.ledger.msp import msp_id_for_org
-from ledger_testkit import ALICE, BOB, ORIGIN
 
 MakeLedger = Callable[..., EmbeddedLedger]
 
@@ -138,6 +139,18 @@ def test_range_composite_delete_and_history(make_ledger: MakeLedger) -> None:
     assert [(h[1], h[2]) for h in hist] == [("", True), ("C", False)]
     with pytest.raises(EndorseError):
         led.evaluate(ALICE, "kv", "Scan", ["\x00consent", ""])  # composite keys are not simple range keys
+
+
+def test_paginated_range_in_evaluate_only(make_ledger: MakeLedger) -> None:
+    led = make_ledger()
+    for k in "abcde":
+        led.submit(ALICE, "kv", "Put", [k, k])
+    page1 = json.loads(led.evaluate(ALICE, "kv", "Page", ["a", "", "2", ""]))
+    assert page1 == {"keys": ["a", "b"], "bookmark": "c", "count": 2}
+    page3 = json.loads(led.evaluate(ALICE, "kv", "Page", ["a", "", "2", "e"]))
+    assert page3 == {"keys": ["e"], "bookmark": "", "count": 1}
+    with pytest.raises(EndorseError, match="read-only"):
+        led.submit(ALICE, "kv", "Page", ["a", "", "2", ""])
 
 
 def test_creator_identity_and_tx_metadata(make_ledger: MakeLedger) -> None:

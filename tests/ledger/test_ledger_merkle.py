@@ -13,6 +13,7 @@ import random
 from functools import lru_cache
 
 import pytest
+
 from ciphercare.ledger.merkle import (
     MerkleTree,
     ProofError,

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ledger_testkit import ALICE, ORIGIN
+
 from ciphercare.ledger.checkpoint import CheckpointSigner, parse_vkey
 from ciphercare.ledger.embedded import EmbeddedLedger
 from ciphercare.ledger.verify import verify_ledger
-from ledger_testkit import ALICE, ORIGIN
 
 MakeLedger = Callable[..., EmbeddedLedger]
 
