@@ -31,6 +31,12 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     """A currently free loopback TCP port."""
     with socket.socket() as sock:
@@ -104,9 +110,11 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
                                 continue
                             latencies.append(time.perf_counter() - t0)
 
+                    cpu_before = _process_cpu_s(proc.pid)
                     start = time.perf_counter()
                     await asyncio.gather(*(worker(n) for n in range(concurrency)))
                     elapsed = time.perf_counter() - start
+                    server_cpu = _process_cpu_s(proc.pid) - cpu_before
                     return {
                         "requests": len(latencies),
                         "errors": errors,
@@ -114,6 +122,7 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
                         "p50_ms": _percentile(latencies, 0.50) * 1000,
                         "p99_ms": _percentile(latencies, 0.99) * 1000,
                         "concurrency": concurrency,
+                        "server_cpu_us_per_request": server_cpu / max(1, len(latencies)) * 1e6,
                     }
 
             return asyncio.run(load())

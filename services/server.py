@@ -31,6 +31,7 @@ from ciphercare.services.errors import ErrorMappingInterceptor
 from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.settings import Settings
 from ciphercare.services.store import OffchainStore
+from ciphercare.services.token_cache import CachingVerifier
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
 
 log = logging.getLogger("ciphercare.server")
@@ -81,7 +82,7 @@ class Application:
     settings: Settings
     ledger: Ledger
     store: OffchainStore
-    verifier: TokenVerifier
+    verifier: CachingVerifier
     dev_issuer_server: DevIssuerServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -94,7 +95,7 @@ class Application:
             dev_server.start()
         ledger = open_ledger(settings)
         store = open_store(settings)
-        verifier = TokenVerifier.from_settings(settings)
+        verifier = CachingVerifier(TokenVerifier.from_settings(settings))
         return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server)
 
     @property
