@@ -60,6 +60,8 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float) -> int:
 
 def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str, Any]:
     """Consent ``Check`` requests per second over real gRPC on loopback, server in a subprocess."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     from ciphercare.services.auth.devissuer import DevIssuer
     from ciphercare.services.settings import load_settings
     from ciphercare.v1 import common_pb2, consent_pb2, consent_pb2_grpc
@@ -115,6 +117,23 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
                     await asyncio.gather(*(worker(n) for n in range(concurrency)))
                     elapsed = time.perf_counter() - start
                     server_cpu = _process_cpu_s(proc.pid) - cpu_before
+
+                    # The floor: the same load on grpc.health.v1 Check (no auth, no ledger).
+                    health = health_pb2_grpc.HealthStub(channel)
+                    floor: list[float] = []
+                    floor_stop = time.perf_counter() + min(duration_s, 3.0)
+
+                    async def floor_worker() -> None:
+                        while time.perf_counter() < floor_stop:
+                            t0 = time.perf_counter()
+                            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                            floor.append(time.perf_counter() - t0)
+
+                    floor_cpu_before = _process_cpu_s(proc.pid)
+                    floor_start = time.perf_counter()
+                    await asyncio.gather(*(floor_worker() for _ in range(concurrency)))
+                    floor_elapsed = time.perf_counter() - floor_start
+                    floor_cpu = _process_cpu_s(proc.pid) - floor_cpu_before
                     return {
                         "requests": len(latencies),
                         "errors": errors,
@@ -123,6 +142,8 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
                         "p99_ms": _percentile(latencies, 0.99) * 1000,
                         "concurrency": concurrency,
                         "server_cpu_us_per_request": server_cpu / max(1, len(latencies)) * 1e6,
+                        "grpc_floor_rps": len(floor) / floor_elapsed,
+                        "grpc_floor_server_cpu_us": floor_cpu / max(1, len(floor)) * 1e6,
                     }
 
             return asyncio.run(load())
@@ -160,6 +181,12 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None) -> li
                  "target": "<= 10 ms", "met": "yes" if check["p99_ms"] <= 10 else "NO"})
     rows.append({"metric": "Check latency p50 over gRPC", "value": f"{check['p50_ms']:.2f} ms",
                  "target": "", "met": ""})
+    rows.append({"metric": "Check server CPU per request", "value": f"{check['server_cpu_us_per_request']:.0f} us",
+                 "target": "", "met": ""})
+    rows.append({"metric": "gRPC floor: Health.Check RPS, same load", "value": f"{check['grpc_floor_rps']:.0f}",
+                 "target": "", "met": ""})
+    rows.append({"metric": "gRPC floor: server CPU per Health.Check",
+                 "value": f"{check['grpc_floor_server_cpu_us']:.0f} us", "target": "", "met": ""})
     print(_table(rows))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
