@@ -48,8 +48,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RSA_BITS = 2048
-DEFAULT_SCOPE = "openid profile email"
-SERVICE_ACCOUNT_SCOPE = "profile email"
+# Keycloak 26's scope strings and housekeeping claims (observed on real tokens, see tests/keycloak).
+DEFAULT_SCOPE = "openid email profile"
+SERVICE_ACCOUNT_SCOPE = "email profile"
+#: The roles of Keycloak's ``account`` client that every realm's default role grants a user.
+ACCOUNT_CLIENT_ROLES = ("manage-account", "manage-account-links", "view-profile")
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 _MAX_FORM_BYTES = 64 * 1024
 
@@ -251,56 +254,73 @@ class DevIssuer:
         client_id: str = "ciphercare-dev",
         ttl_s: int = 3600,
         extra_claims: Mapping[str, Any] | None = None,
+        *,
+        username: str | None = None,
     ) -> str:
-        """A signed RS256 access token in Keycloak's shape.
+        """A signed RS256 user access token in Keycloak 26's shape (authorization-code flow).
 
-        ``extra_claims`` are applied last and may override any claim; a value of
-        ``None`` removes the claim (tests use this to build broken tokens).
+        Claims, in Keycloak's order: ``exp``, ``iat``, ``auth_time``, ``jti``, ``iss``,
+        ``aud`` (the API audience plus Keycloak's ``account`` client), ``sub``,
+        ``typ: Bearer``, ``azp``, ``sid``, ``acr``, ``realm_access`` (with the realm's
+        default roles), ``resource_access`` (the ``account`` client's roles), ``scope``,
+        ``email_verified``, then ``org`` / ``pid`` when given and ``preferred_username``.
+        ``extra_claims`` are applied last and may override any claim; a value of ``None``
+        removes the claim (tests use this to build broken tokens).
         """
         now = int(time.time())
         claims: dict[str, Any] = {
             "exp": now + int(ttl_s),
             "iat": now,
-            "jti": str(uuid.uuid4()),
+            "auth_time": now,
+            "jti": f"onrtac:{uuid.uuid4()}",
             "iss": self._issuer,
-            "aud": self.audience,
+            "aud": [self.audience, "account"],
             "sub": subject,
             "typ": "Bearer",
             "azp": client_id,
             "sid": str(uuid.uuid4()),
-            "scope": DEFAULT_SCOPE,
+            "acr": "1",
             "realm_access": {"roles": self._realm_roles(roles)},
-            "preferred_username": subject,
+            "resource_access": {"account": {"roles": list(ACCOUNT_CLIENT_ROLES)}},
+            "scope": DEFAULT_SCOPE,
+            "email_verified": False,
         }
-        if org is not None:
+        if org:
             claims["org"] = org
         if pid is not None:
             claims["pid"] = pid
+        claims["preferred_username"] = username or subject
         return self._sign(claims, extra_claims)
 
     def issue_client_credentials(self, client_id: str, scope: str | None = None) -> tuple[str, int]:
-        """A service-account token for a configured dev client (no secret check); returns (token, ttl)."""
+        """A service-account token for a configured dev client (no secret check); returns (token, ttl).
+
+        Keycloak 26's client-credentials shape: a single-string ``aud``, only the
+        service account's own realm roles, no ``sid``/``auth_time``, ``org`` from the
+        client's hardcoded-claim mapper.
+        """
         client = self.clients[client_id]
         now = int(time.time())
         ttl = self.token_ttl_s
         claims: dict[str, Any] = {
             "exp": now + ttl,
             "iat": now,
-            "jti": str(uuid.uuid4()),
+            "jti": f"trrtcc:{uuid.uuid4()}",
             "iss": self._issuer,
             "aud": self.audience,
             # Keycloak's service-account user id is a stable UUID per client.
             "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self._issuer}/service-account/{client_id}")),
             "typ": "Bearer",
             "azp": client_id,
+            "acr": "1",
+            "realm_access": {"roles": sorted(client.roles)},
             "scope": scope or SERVICE_ACCOUNT_SCOPE,
-            "realm_access": {"roles": self._realm_roles(client.roles)},
-            "preferred_username": f"service-account-{client_id}",
-            "client_id": client_id,
+            "email_verified": False,
             "org": client.org,
         }
         if client.pid is not None:
             claims["pid"] = client.pid
+        claims["preferred_username"] = f"service-account-{client_id}"
         return self._sign(claims, None), ttl
 
     def _realm_roles(self, roles: Iterable[str]) -> list[str]:
@@ -391,11 +411,15 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "/protocol/openid-connect/certs":
             owner._count("jwks")
             self._send_json(HTTPStatus.OK, owner.issuer.jwks())
+        elif owner.login is not None and owner.login.handle_get(self, route):
+            pass  # browser login (services/auth/devlogin.py)
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": "Resource not found"})
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
         if not self._is_token_path():
+            if self.server.owner.login is not None and self.server.owner.login.handle_post(self, self._route()):
+                return
             self._drain()
             self._send_json(HTTPStatus.NOT_FOUND, {"error": "Resource not found"})
             return
@@ -461,6 +485,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._oauth_error(HTTPStatus.BAD_REQUEST, "invalid_request", "Missing form parameter: grant_type")
             return
         if grant != "client_credentials":
+            if self.server.owner.login is not None and self.server.owner.login.handle_token(self, grant, fields):
+                return
             self._oauth_error(HTTPStatus.BAD_REQUEST, "unsupported_grant_type", "Unsupported grant_type")
             return
         creds = self._client_credentials(fields)
@@ -513,6 +539,8 @@ class DevIssuerServer:
         self._thread: threading.Thread | None = None
         self._counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()
+        #: Optional browser login (services/auth/devlogin.DevLogin), attached by the wiring before start().
+        self.login: Any = None
 
     @classmethod
     def for_issuer(cls, issuer: DevIssuer, settings: Settings) -> DevIssuerServer:
@@ -586,7 +614,7 @@ class DevIssuerServer:
     def discovery_document(self) -> dict[str, Any]:
         """The OIDC discovery document (the subset this server implements)."""
         base = self.issuer_url
-        return {
+        document: dict[str, Any] = {
             "issuer": base,
             "token_endpoint": self.token_url,
             "jwks_uri": self.jwks_url,
@@ -598,6 +626,9 @@ class DevIssuerServer:
             "scopes_supported": ["openid", "profile", "email"],
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "azp", "realm_access", "org", "pid"],
         }
+        if self.login is not None:
+            document.update(self.login.discovery_additions(base))
+        return document
 
     # --------------------------------------------------------------- stats
 
