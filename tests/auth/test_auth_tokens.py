@@ -77,10 +77,11 @@ def test_expired_within_leeway_is_accepted(verifier: TokenVerifier, dev_issuer: 
 def test_token_shape_is_keycloaks(dev_issuer: DevIssuer) -> None:
     header, claims, _ = split(dev_issuer.issue("frank", ["clinician"], "h", pid="P-9"))
     assert header == {"alg": "RS256", "typ": "JWT", "kid": dev_issuer.kid}
-    assert list(claims)[:8] == ["exp", "iat", "jti", "iss", "aud", "sub", "typ", "azp"]
-    assert claims["typ"] == "Bearer" and claims["scope"] == "openid profile email"
+    # Keycloak 26's user access token (tests/keycloak compares the shapes with a real Keycloak).
+    assert list(claims)[:9] == ["exp", "iat", "auth_time", "jti", "iss", "aud", "sub", "typ", "azp"]
+    assert claims["typ"] == "Bearer" and claims["scope"] == "openid email profile"
     assert claims["exp"] - claims["iat"] == 3600
-    assert claims["iss"] == dev_issuer.issuer and claims["aud"] == AUDIENCE
+    assert claims["iss"] == dev_issuer.issuer and claims["aud"] == [AUDIENCE, "account"]
     assert claims["preferred_username"] == "frank" and claims["pid"] == "P-9" and claims["org"] == "h"
     assert "clinician" in claims["realm_access"]["roles"]
 
