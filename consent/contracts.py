@@ -49,6 +49,11 @@ EVENT_CONSENT_GRANTED = "ConsentGranted"
 EVENT_CONSENT_REVOKED = "ConsentRevoked"
 EVENT_ACCESS_RECORDED = "AccessRecorded"
 
+#: Right to erasure: an admin records, through ``accesslog:Record``, an access event with this
+#: outcome_desc (type 110110, subtype delete, action D, outcome success, no detail); off-chain stores
+#: destroy the patient's data key when they see it. Only admins may use it (see ``Record``).
+ERASURE_OUTCOME_DESC = "patient-erasure"
+
 #: Parsed stored records keyed by SHA-256 of their bytes: re-validating every record on every Check
 #: dominates its cost, and records are immutable values.
 _PARSED: LRU[bytes, ConsentRecord | AccessEvent] = LRU(4096)
@@ -362,6 +367,20 @@ def _event_visible(caller: Caller, event: AccessEvent) -> bool:
     return False
 
 
+def _check_erasure(caller: Caller, data: AccessEventInput) -> None:
+    """An erasure event is an admin's, of one exact shape: it makes off-chain stores destroy data."""
+    if not caller.has_role(codes.ROLE_ADMIN):
+        raise permission_denied(f"only an admin may record a {ERASURE_OUTCOME_DESC!r} event")
+    shape = (data.type, data.subtype, data.action, data.outcome)
+    if shape != ("110110", "delete", "D", codes.OUTCOME_SUCCESS) or data.entity.pid is None:
+        raise ValidationError(
+            f"event: a {ERASURE_OUTCOME_DESC!r} event has type 110110, subtype delete, action D, outcome success "
+            "and a pid"
+        )
+    if data.entity.detail_sha256 is not None or data.entity.consent_id is not None:
+        raise ValidationError(f"event.entity: a {ERASURE_OUTCOME_DESC!r} event carries only the pid")
+
+
 class AccessLogContract(Contract):
     """IHE-BALP-shaped access events: who accessed which pseudonym, why, with what outcome."""
 
@@ -384,7 +403,9 @@ class AccessLogContract(Contract):
         """Append an access event; the agent is the caller. Returns the stored event JSON."""
         caller = caller_from_ctx(ctx)
         data = AccessEventInput.from_dict(model.loads_object(event_json, "event_json"), "event")
-        if not caller.is_provider and data.outcome == codes.OUTCOME_SUCCESS:
+        if data.outcome_desc == ERASURE_OUTCOME_DESC:
+            _check_erasure(caller, data)
+        elif not caller.is_provider and data.outcome == codes.OUTCOME_SUCCESS:
             raise permission_denied(
                 "only a hospital or clinician may record outcome 'success'; other callers may record "
                 "'denied' or 'error'"
@@ -434,8 +455,10 @@ class AccessLogContract(Contract):
 
 
 def new_chaincode() -> ContractChaincode:
-    """The ciphercare chaincode: both contracts in one ContractChaincode."""
-    return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract())
+    """The ciphercare chaincode: consent, access log and the scoring-model registry in one ContractChaincode."""
+    from .model_registry import ModelRegistryContract
+
+    return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract(), ModelRegistryContract())
 
 
 __all__ = [
@@ -446,5 +469,6 @@ __all__ = [
     "EVENT_ACCESS_RECORDED",
     "EVENT_CONSENT_GRANTED",
     "EVENT_CONSENT_REVOKED",
+    "ERASURE_OUTCOME_DESC",
     "new_chaincode",
 ]

@@ -24,6 +24,7 @@ from ciphercare.services.auth.interceptor import current_principal
 from ciphercare.services.errors import forbidden, invalid, not_found, precondition
 from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.store import AccessEventIndex, AccessQuery, OffchainStore
+from ciphercare.services.store.consistency import committed_events
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
 
 CONTRACT = "accesslog"
@@ -98,17 +99,9 @@ class AccessProjector:
         end = self.ledger.size()
         if start >= end:
             return 0
-        stream = self.ledger.events(start, frozenset({EVENT_NAME}))
-        rows: list[AccessEventIndex] = []
-        try:
-            for event in stream:
-                if event.seq >= end:
-                    break
-                rows.append(index_from_event(event))
-                if event.seq == end - 1:
-                    break
-        finally:
-            stream.close()
+        # A bounded read of [start, end): a following stream would block for ever when the
+        # last entries carry no AccessRecorded event (e.g. a restart after a Grant).
+        rows = [index_from_event(e) for e in committed_events(self.ledger, start, end, frozenset({EVENT_NAME}))]
         self.store.project_access_events(rows, next_seq=end)
         return len(rows)
 
@@ -159,7 +152,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
                 raise invalid(f"detail_json is not JSON: {exc.msg} at position {exc.pos}") from exc
             if not isinstance(detail, dict):
                 raise invalid("detail_json must be a JSON object")
-            detail_sha = self.store.put_document("access-detail", canonical.dumps(detail))
+            detail_sha = self.store.put_document("access-detail", canonical.dumps(detail), pid=request.pid)
         event = convert.record_input_from_proto(request, detail_sha)
         if not event["source"]["observer"]:
             # BALP: the observer is the system that saw the access; default to the caller's client.

@@ -12,7 +12,7 @@ from ciphercare.services.auth.interceptor import current_principal
 from ciphercare.services.errors import invalid, not_found
 from ciphercare.services.fhir import FhirDocumentError, consent_document, parse_consent_document
 from ciphercare.services.gateway import LedgerGateway
-from ciphercare.services.store import OffchainStore
+from ciphercare.services.store import DocumentErasedError, OffchainStore
 from ciphercare.v1 import consent_pb2, consent_pb2_grpc
 
 CONTRACT = "consent"
@@ -55,7 +55,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         # The document goes off-chain first (content-addressed, idempotent): a crash
         # before the ledger write leaves an unreferenced document, never a consent
         # whose document is missing.
-        grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document))
+        grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document),
+                                                           pid=grant["pid"])
         receipt = await self.gateway.submit(principal, CONTRACT, "Grant", self.gateway.arg(grant))
         record = self.gateway.result(receipt)
         return consent_pb2.GrantResponse(
@@ -80,7 +81,10 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         principal = current_principal()
         _require(request.consent_id, "consent_id")
         record = self.gateway.evaluate(principal, CONTRACT, "Get", request.consent_id)
-        document = self.store.get_document(record.get("document_sha256", ""))
+        try:
+            document = self.store.get_document(record.get("document_sha256", ""), pid=record["pid"])
+        except DocumentErasedError as exc:
+            raise not_found(f"the FHIR document of consent {request.consent_id} was erased (right to erasure)") from exc
         if document is None:
             raise not_found(f"the FHIR document of consent {request.consent_id} is missing from the off-chain store")
         return consent_pb2.GetConsentResponse(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,8 +31,10 @@ from ciphercare.services.consent_service import ConsentServicer
 from ciphercare.services.errors import ErrorMappingInterceptor
 from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.settings import Settings
+from ciphercare.services.privacy import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.store import OffchainStore
 from ciphercare.services.token_cache import CachingVerifier
+from ciphercare.services.store.consistency import PrivacyProjector, check_store
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
 
 log = logging.getLogger("ciphercare.server")
@@ -66,13 +69,7 @@ def open_ledger(settings: Settings) -> Ledger:
 
 
 def open_store(settings: Settings) -> OffchainStore:
-    store = OffchainStore.from_url(
-        settings.resolved_database_url,
-        pool_size=settings.database_pool_size,
-        pool_timeout_s=settings.database_pool_timeout_s,
-    )
-    store.migrate()
-    return store
+    return open_offchain_store(settings)  # pool, timeouts, key-encryption key, Alembic to head
 
 
 @dataclass
@@ -86,6 +83,7 @@ class Application:
     dev_issuer_server: DevIssuerServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy.py)
     @classmethod
     def from_settings(cls, settings: Settings) -> Application:
         dev_server = None
@@ -95,8 +93,10 @@ class Application:
             dev_server.start()
         ledger = open_ledger(settings)
         store = open_store(settings)
+        owner_lock = ledger_owner_lock(settings)
         verifier = CachingVerifier(TokenVerifier.from_settings(settings))
-        return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server)
+        return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server,
+                   owner_lock=owner_lock)
 
     @property
     def gateway(self) -> LedgerGateway:
@@ -134,6 +134,7 @@ class Application:
             interceptors=[
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
                 ErrorMappingInterceptor(),
+                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
             ],
             options=options,
         )
@@ -162,9 +163,10 @@ class Application:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=self.settings.grpc_workers * 4))
         projector = AccessProjector(self.ledger, self.store)
-        applied = projector.catch_up()
-        if applied:
-            log.info("projection caught up", extra={"events": applied})
+        # Both projections catch up (repairing a crash's gap), orphans are reported: one "store check" log line.
+        check_store(self.ledger, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s,
+                    access_catch_up=projector.catch_up)
+        privacy = PrivacyProjector(self.ledger, self.store)
         server = self.build_server()
         port = server.add_insecure_port(self.settings.grpc_target)
         if port == 0:
@@ -177,6 +179,7 @@ class Application:
         follow = asyncio.create_task(projector.follow())
         if ready is not None:
             ready.set()
+        self._tasks.append(asyncio.create_task(privacy.follow()))
         stop = stop or asyncio.Event()
         try:
             await stop.wait()
@@ -194,7 +197,13 @@ class Application:
             await follow
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         self.ledger.close()
         self.store.close()
         if self.dev_issuer_server is not None:
             self.dev_issuer_server.stop()
+        if self.owner_lock is not None:
+            self.owner_lock.release()

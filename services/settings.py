@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     database_url: str = ""
     database_pool_size: int = Field(default=5, ge=1)
     database_pool_timeout_s: float = Field(default=10.0, gt=0)
+    database_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    database_statement_timeout_ms: int = Field(default=30_000, ge=100)
+    database_lock_timeout_ms: int = Field(default=10_000, ge=10)
+    # Envelope encryption of off-chain PHI: the key-encryption key (32 bytes, file mode 0600,
+    # generated on first start). Empty: data_dir/kek.key. Unreferenced documents older than
+    # orphan_grace_s are deleted at start-up (must exceed the ledger submit timeout).
+    kek_path: Path | None = None
+    orphan_grace_s: float = Field(default=600.0, ge=0)
 
     # Ledger
     ledger_backend: Literal["embedded", "fabric"] = "embedded"
@@ -76,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'offchain.db').resolve()}"
+
+    @property
+    def resolved_kek_path(self) -> Path:
+        return self.kek_path or self.data_dir / "kek.key"
 
     @property
     def resolved_ledger_path(self) -> Path:

@@ -3,9 +3,21 @@
 from ciphercare.services.store.repository import (
     AccessEventIndex,
     AccessQuery,
+    DocumentErasedError,
     DocumentIntegrityError,
     OffchainStore,
+    StoreConfigError,
     make_engine,
+    redacted_url,
 )
 
-__all__ = ["AccessEventIndex", "AccessQuery", "DocumentIntegrityError", "OffchainStore", "make_engine"]
+__all__ = [
+    "AccessEventIndex",
+    "AccessQuery",
+    "DocumentErasedError",
+    "DocumentIntegrityError",
+    "OffchainStore",
+    "StoreConfigError",
+    "make_engine",
+    "redacted_url",
+]

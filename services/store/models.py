@@ -1,8 +1,9 @@
 """Off-chain tables (SQLAlchemy 2 declarative). Schema changes go through Alembic only.
 
 What lives here and never on the ledger: full FHIR documents and access details
-(content-addressed by the SHA-256 the ledger records), the searchable projection
-of access events, and the pseudonym registry.
+(content-addressed by the SHA-256 the ledger records, sealed under per-patient
+data keys), the wrapped data keys, the searchable projection of access events,
+the erasures applied, and the pseudonym registry.
 """
 
 from __future__ import annotations
@@ -16,14 +17,61 @@ class Base(DeclarativeBase):
 
 
 class Document(Base):
-    """A document kept off-chain and referenced on-chain by its SHA-256 (content-addressed)."""
+    """A PHI-bearing document kept off-chain, referenced on-chain by the SHA-256 of its plaintext.
+
+    The body is sealed (AES-256-GCM) under the data key of the patient ``pid``
+    (``key_id``); ``sha256`` stays the hash of the plaintext canonical JSON, which
+    is what the ledger records. Rows from before migration 0002 have ``key_id``
+    NULL (plaintext) until start-up seals them. ``ledger_seq`` is the ledger entry
+    that references the document, NULL until seen (an orphan if it stays NULL).
+    """
 
     __tablename__ = "documents"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), nullable=False)  # fhir-consent | access-detail
     body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    ledger_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (
+        Index("ix_documents_pid", "pid"),
+        Index("ix_documents_unreferenced", "ledger_seq", "created_ms"),
+    )
+
+
+class DataKey(Base):
+    """A patient's data key, only ever stored wrapped by the key-encryption key ``kek_id``.
+
+    Deleting the row is the erasure: every ciphertext under ``key_id`` becomes noise.
+    """
+
+    __tablename__ = "data_keys"
+
+    pid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    kek_id: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Erasure(Base):
+    """A patient erasure applied to this store: the projection of one erasure event on the ledger."""
+
+    __tablename__ = "erasures"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[str] = mapped_column(String(64), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    tx_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    erased_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    applied_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    documents_shredded: Mapped[int] = mapped_column(Integer, nullable=False)
+    keys_destroyed: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (Index("ix_erasures_pid", "pid"),)
 
 
 class AccessEventRow(Base):
@@ -73,4 +121,4 @@ class Pseudonym(Base):
     __table_args__ = (UniqueConstraint("org", "mrn_hmac", name="uq_pseudonyms_org_mrn"),)
 
 
-__all__ = ["Base", "Document", "AccessEventRow", "ProjectionCursor", "Pseudonym", "Text"]
+__all__ = ["Base", "DataKey", "Document", "Erasure", "AccessEventRow", "ProjectionCursor", "Pseudonym", "Text"]
