@@ -21,6 +21,7 @@ from ciphercare.services.settings import Settings, load_settings
 COMMAND_MODULES = (
     "ciphercare.services.cli_scoring",
     "ciphercare.services.cli_privacy",
+    "ciphercare.services.web.cli",
 )
 
 
@@ -66,14 +67,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        web = None
+        if settings.web_enabled:
+            from ciphercare.services.web.server import start_web
+
+            web = await asyncio.to_thread(start_web, settings, ports[0])
         print("ciphercare is up", flush=True)
         print(f"  gRPC (ConsentService, AccessLogService, health, reflection): {settings.grpc_host}:{ports[0]}")
         if app.dev_issuer_server is not None:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
         print(f"  off-chain store:                                            {settings.resolved_database_url}")
+        if web is not None:
+            print(f"  web (patient portal, compliance console):                   {web.url}/")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)
-        await task
+        try:
+            await task
+        finally:
+            if web is not None:
+                web.stop()
 
     try:
         asyncio.run(run())

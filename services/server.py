@@ -24,6 +24,7 @@ from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
 from ciphercare.ledger.embedded import EmbeddedLedger
 from ciphercare.services.access_log_service import AccessLogServicer, AccessProjector
 from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
+from ciphercare.services.auth.devlogin import DevLogin
 from ciphercare.services.auth.interceptor import AuthInterceptor, RejectedCall
 from ciphercare.services.auth.rules import RULES
 from ciphercare.services.auth.tokens import TokenVerifier
@@ -90,6 +91,7 @@ class Application:
         if settings.dev_issuer_enabled:
             issuer = DevIssuer.from_settings(settings)
             dev_server = DevIssuerServer.for_issuer(issuer, settings)
+            dev_server.login = DevLogin.from_settings(issuer, settings)  # browser login for the web app
             dev_server.start()
         ledger = open_ledger(settings)
         store = open_store(settings)

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     dev_issuer_key_path: Path | None = None
     dev_token_ttl_s: int = Field(default=3600, ge=60)
 
+    # Web (patient portal, compliance console; started by `ciphercare up`). OIDC authorization code + PKCE.
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=3000, ge=0, le=65535)
+    web_public_url: str = ""  # empty: http://<web_host>:<web_port>; redirect URI is <this>/auth/callback
+    web_oidc_client_id: str = "ciphercare-portal"
+    web_session_idle_s: int = Field(default=1800, ge=60)
+    web_session_max_s: int = Field(default=8 * 3600, ge=300)
+    web_ledger_vkey: str = ""  # pin the checkpoint verifier key; empty: the one the service serves (pinned per session)
+
     @field_validator("oidc_algorithms")
     @classmethod
     def _only_asymmetric(cls, algs: tuple[str, ...]) -> tuple[str, ...]:
@@ -108,6 +118,10 @@ class Settings(BaseSettings):
     @property
     def resolved_jwks_url(self) -> str:
         return self.oidc_jwks_url or f"{self.resolved_oidc_issuer.rstrip('/')}/protocol/openid-connect/certs"
+
+    @property
+    def resolved_web_url(self) -> str:
+        return (self.web_public_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
     @property
     def grpc_target(self) -> str:

@@ -1,0 +1,360 @@
+"""The compliance console: search access events, check the ledger's integrity, export, chart.
+
+Searches run as the signed-in user, so the services scope them (a compliance
+officer sees everything, a clinician their organisation). Integrity is checked
+here with the SDK: the latest checkpoint's signature, its consistency with the
+last checkpoint this session verified, and the inclusion proof of each event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from ciphercare.consent import codes
+from ciphercare.consent.model import EVENT_ID_RE, ORG_RE, PID_RE, SUBJECT_RE
+from ciphercare.ledger.checkpoint import CheckpointError
+from ciphercare.services.client import CiphercareClient, ProofError
+from ciphercare.services.web import chart, exports, present
+from ciphercare.services.web.app import WebApp
+from ciphercare.services.web.portal import pinned_vkey
+from ciphercare.services.web.receipts import access_event_receipt, verify_receipt
+from ciphercare.services.web.sessions import Session, VerifiedCheckpoint
+from ciphercare.v1 import access_log_pb2
+
+PAGE_SIZES = (10, 25, 50, 100)
+CHART_CAP = 5000
+EXPORT_CAP = 10_000
+FILTER_FIELDS = ("pid", "requester", "organization", "purpose", "outcome", "recorded_from", "recorded_to", "size")
+
+
+def routes(web: WebApp) -> list[Route]:
+    return [
+        Route("/console", web.page(search)),
+        Route("/console/verify", web.page(verify), methods=["POST"]),
+        Route("/console/patient", web.page(patient_lookup)),
+        Route("/console/events/{event_id}", web.page(event_detail)),
+        Route("/console/events/{event_id}/receipt.json", web.page(event_receipt)),
+        Route("/console/export.csv", web.page(export_csv)),
+        Route("/console/export.fhir.json", web.page(export_fhir)),
+    ]
+
+
+@dataclass
+class Filters:
+    """The search form: raw values, per-field errors, and the SearchRequest they make."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    request: access_log_pb2.SearchRequest = field(default_factory=access_log_pb2.SearchRequest)
+    page_size: int = 25
+
+    @classmethod
+    def parse(cls, source: Any) -> Filters:
+        f = cls(values={k: str(source.get(k, "") or "").strip() for k in FILTER_FIELDS})
+        v, e, r = f.values, f.errors, f.request
+        if v["pid"]:
+            if PID_RE.match(v["pid"]):
+                r.pid = v["pid"]
+            else:
+                e["pid"] = "A patient pseudonym is 3-64 letters, digits, dots, hyphens or underscores."
+        if v["requester"]:
+            if SUBJECT_RE.match(v["requester"]):
+                r.requester_subject = v["requester"]
+            else:
+                e["requester"] = "Enter the requester's subject id exactly as shown in the results."
+        if v["organization"]:
+            if ORG_RE.match(v["organization"]):
+                r.organization = v["organization"]
+            else:
+                e["organization"] = "Use the organisation's id, for example hospital-a."
+        if v["purpose"]:
+            if v["purpose"] in codes.PURPOSES_OF_USE:
+                r.purpose_of_use = v["purpose"]
+            else:
+                e["purpose"] = "Choose a purpose from the list."
+        if v["outcome"]:
+            if v["outcome"] in present.OUTCOME_CODES:
+                r.outcome = present.OUTCOME_CODES[v["outcome"]]
+            else:
+                e["outcome"] = "Choose an outcome from the list."
+        start = f._time("recorded_from")
+        end = f._time("recorded_to")
+        if start is not None:
+            r.recorded_from.CopyFrom(_ts(start))
+        if end is not None:
+            r.recorded_to.CopyFrom(_ts(end))
+        if start is not None and end is not None and end <= start:
+            e["recorded_to"] = "The end of the time range must be after its start."
+        if v["size"]:
+            if v["size"].isdigit() and int(v["size"]) in PAGE_SIZES:
+                f.page_size = int(v["size"])
+            else:
+                e["size"] = f"Choose {', '.join(map(str, PAGE_SIZES))} per page."
+        return f
+
+    def _time(self, name: str) -> datetime | None:
+        text = self.values[name]
+        if not text:
+            return None
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            self.errors[name] = "Enter a date and time (UTC) like 2026-11-21T14:30."
+            return None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+    def query(self, **extra: str) -> str:
+        items = {k: v for k, v in self.values.items() if v}
+        items.update({k: v for k, v in extra.items() if v})
+        return urllib.parse.urlencode(items)
+
+    @property
+    def any(self) -> bool:
+        return any(v for k, v in self.values.items() if k != "size")
+
+
+def _ts(dt: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+# ----------------------------------------------------------------------- search
+
+
+async def search(web: WebApp, request: Request, session: Session) -> Response:
+    filters = Filters.parse(request.query_params)
+    page_token = request.query_params.get("page", "")
+    events: list[access_log_pb2.AccessEvent] = []
+    all_events: list[access_log_pb2.AccessEvent] = []
+    next_token = ""
+    if not filters.errors:
+        page_request = access_log_pb2.SearchRequest()
+        page_request.CopyFrom(filters.request)
+        page_request.page_size = filters.page_size
+        page_request.page_token = page_token
+
+        def load(client: CiphercareClient) -> tuple[Any, list[access_log_pb2.AccessEvent]]:
+            page = client.call(client.access_log.Search, page_request)
+            overview = access_log_pb2.SearchRequest()
+            overview.CopyFrom(filters.request)
+            overview.page_size = 1000
+            return page, list(itertools.islice(client.search_all(overview), CHART_CAP))
+
+        page, all_events = await web.call(session, load)
+        events, next_token = list(page.events), page.next_page_token
+    data, unit = chart.buckets(all_events)
+    counts = {name: sum(1 for e in all_events if present.OUTCOME_WORDS.get(e.outcome) == name)
+              for name in ("allowed", "denied", "error")}
+    user = session.user
+    return web.render(request, "console.html", {
+        "title": "Access log", "filters": filters, "events": [present.access_view(e) for e in events],
+        "next_query": filters.query(page=next_token) if next_token else "",
+        "first_query": filters.query() if page_token else "", "total": len(all_events),
+        "capped": len(all_events) >= CHART_CAP, "counts": counts,
+        "chart_svg": chart.svg(data, unit), "chart_rows": data, "chart_unit": unit,
+        "purposes": list(codes.PURPOSES_OF_USE.items()), "page_sizes": PAGE_SIZES,
+        "integrity": session.integrity, "inclusion": session.inclusion, "page_token": page_token,
+        "scope_note": _scope_note(user.roles if user else frozenset(), user.org if user else ""),
+        "export_query": filters.query(),
+    }, 400 if filters.errors else 200)
+
+
+def _scope_note(roles: frozenset[str], org: str) -> str:
+    if roles & {"compliance-officer", "admin"}:
+        return "You see every access event on the ledger."
+    if roles & {"clinician", "hospital"}:
+        return f"The service shows you the access events of your organisation ({org})."
+    return "The service shows you the access events about you."
+
+
+async def patient_lookup(web: WebApp, request: Request, session: Session) -> Response:
+    pid = request.query_params.get("pid", "").strip()
+    if not PID_RE.match(pid):
+        session.flash.append({"text": "Enter a valid patient pseudonym to open a patient's consents."})
+        return RedirectResponse("/console", status_code=303)
+    return RedirectResponse(f"/patients/{urllib.parse.quote(pid)}", status_code=303)
+
+
+# -------------------------------------------------------------------- integrity
+
+
+def _verified(checkpoint: Any, note: str) -> VerifiedCheckpoint:
+    return VerifiedCheckpoint(origin=checkpoint.origin, tree_size=checkpoint.size,
+                              root_hash_hex=checkpoint.root_hash.hex(), timestamp_ms=checkpoint.timestamp_ms,
+                              signed_note=note, verified_at=time.time())
+
+
+def check_integrity(web: WebApp, session: Session, client: CiphercareClient,
+                    event_ids: list[str]) -> dict[str, Any]:
+    """Verify the latest checkpoint, its consistency with the session's last one, and events' inclusion (SDK)."""
+    report: dict[str, Any] = {"checked_at": datetime.now(UTC).strftime("%d %b %Y, %H:%M:%S UTC"), "ok": False,
+                              "problems": []}
+    verifier, latest = client.verifier()
+    vkey = pinned_vkey(web, session, latest.verifier_key)
+    report["vkey"] = vkey
+    try:
+        checkpoint = verifier.verify(latest.checkpoint.signed_note.encode("utf-8"))
+    except CheckpointError as exc:
+        report["problems"].append(f"The latest checkpoint's signature does not verify: {exc}")
+        return report
+    current = _verified(checkpoint, latest.checkpoint.signed_note)
+    report["checkpoint"] = current
+    previous = session.last_checkpoint
+    if previous is None:
+        report["consistency"] = "first"
+    else:
+        try:
+            old = client.call(client.access_log.GetCheckpoint,
+                              access_log_pb2.GetCheckpointRequest(tree_size=previous.tree_size))
+            again = verifier.verify(old.checkpoint.signed_note.encode("utf-8"))
+            if again.root_hash.hex() != previous.root_hash_hex:
+                raise ProofError(f"the ledger now signs a different root for size {previous.tree_size} "
+                                 "than the one verified before (a fork)")
+            client.verify_consistency(previous.tree_size, verifier, current.tree_size)
+            report["consistency"] = "consistent"
+            report["previous"] = previous
+        except (ProofError, CheckpointError) as exc:
+            report["consistency"] = "inconsistent"
+            report["previous"] = previous
+            report["problems"].append(f"The log is not consistent with the checkpoint verified before: {exc}")
+    included = 0
+    for event_id in event_ids:
+        try:
+            proof = client.verify_event_inclusion(event_id, verifier)
+        except (ProofError, CheckpointError) as exc:
+            session.inclusion[event_id] = {"ok": False, "message": str(exc)}
+            report["problems"].append(f"Event {event_id}: {exc}")
+        else:
+            included += 1
+            session.inclusion[event_id] = {"ok": True, "tree_size": proof.tree_size, "leaf_index": proof.leaf_index,
+                                           "root": proof.root_hash.hex()}
+    report["events_checked"], report["events_included"] = len(event_ids), included
+    if report["consistency"] != "inconsistent":
+        session.previous_checkpoint, session.last_checkpoint = previous, current
+    report["ok"] = not report["problems"]
+    return report
+
+
+async def verify(web: WebApp, request: Request, session: Session) -> Response:
+    form = await request.form()
+    filters = Filters.parse(form)
+    page_token = str(form.get("page", ""))
+    event_ids: list[str] = []
+
+    def run(client: CiphercareClient) -> dict[str, Any]:
+        if not filters.errors:
+            page_request = access_log_pb2.SearchRequest()
+            page_request.CopyFrom(filters.request)
+            page_request.page_size = filters.page_size
+            page_request.page_token = page_token
+            event_ids.extend(e.id for e in client.call(client.access_log.Search, page_request).events)
+        return check_integrity(web, session, client, event_ids)
+
+    session.integrity = await web.call(session, run)
+    return RedirectResponse(f"/console?{filters.query(page=page_token)}#integrity", status_code=303)
+
+
+# ----------------------------------------------------------------------- events
+
+
+def _event_id(request: Request) -> str | None:
+    event_id = request.path_params["event_id"]
+    return event_id if EVENT_ID_RE.match(event_id) else None
+
+
+async def event_detail(web: WebApp, request: Request, session: Session) -> Response:
+    event_id = _event_id(request)
+    if event_id is None:
+        return web.error(request, 404, "Not found", "There is no access event at this address.")
+
+    def load(client: CiphercareClient) -> tuple[access_log_pb2.AccessEvent, dict[str, Any]]:
+        event = client.call(client.access_log.Get, access_log_pb2.GetAccessEventRequest(event_id=event_id)).event
+        verifier, latest = client.verifier()
+        pinned_vkey(web, session, latest.verifier_key)
+        try:
+            proof = client.verify_event_inclusion(event_id, verifier)
+            result = {"ok": True, "tree_size": proof.tree_size, "leaf_index": proof.leaf_index,
+                      "root": proof.root_hash.hex()}
+        except (ProofError, CheckpointError) as exc:
+            result = {"ok": False, "message": str(exc)}
+        return event, result
+
+    event, inclusion = await web.call(session, load)
+    session.inclusion[event_id] = inclusion
+    return web.render(request, "event.html", {
+        "title": f"Access event {event_id}", "event": present.access_view(event), "raw": event,
+        "inclusion": inclusion, "data_classes": list(event.data_classes),
+    })
+
+
+async def event_receipt(web: WebApp, request: Request, session: Session) -> Response:
+    event_id = _event_id(request)
+    if event_id is None:
+        return web.error(request, 404, "Not found", "There is no access event at this address.")
+
+    def load(client: CiphercareClient) -> tuple[Any, Any, str]:
+        event = client.call(client.access_log.Get, access_log_pb2.GetAccessEventRequest(event_id=event_id)).event
+        proof = client.call(client.access_log.GetInclusionProof,
+                            access_log_pb2.GetInclusionProofRequest(event_id=event_id))
+        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
+        return event, proof, served
+
+    event, proof, served = await web.call(session, load)
+    vkey = pinned_vkey(web, session, served)
+    receipt = access_event_receipt(event, proof, vkey)
+    check = verify_receipt(receipt, vkey)
+    if not check.ok:
+        return web.error(request, 502, "Proof did not verify", "; ".join(check.problems))
+    receipt["verified_by_console"] = {"ok": True, "checks": check.checks}
+    return Response(json.dumps(receipt, indent=2) + "\n", media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="receipt-{event_id}.json"'})
+
+
+# ---------------------------------------------------------------------- exports
+
+
+async def _export_events(web: WebApp, session: Session, filters: Filters) -> list[access_log_pb2.AccessEvent]:
+    request = access_log_pb2.SearchRequest()
+    request.CopyFrom(filters.request)
+    request.page_size = 1000
+    return await web.call(session, lambda c: list(itertools.islice(c.search_all(request), EXPORT_CAP)))
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+async def export_csv(web: WebApp, request: Request, session: Session) -> Response:
+    filters = Filters.parse(request.query_params)
+    if filters.errors:
+        return web.error(request, 400, "Export not possible", "Fix the search filters first: "
+                         + " ".join(filters.errors.values()))
+    events = await _export_events(web, session, filters)
+    return Response(exports.to_csv(events), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="access-events-{_stamp()}.csv"'})
+
+
+async def export_fhir(web: WebApp, request: Request, session: Session) -> Response:
+    filters = Filters.parse(request.query_params)
+    if filters.errors:
+        return web.error(request, 400, "Export not possible", "Fix the search filters first: "
+                         + " ".join(filters.errors.values()))
+    bundle_type = request.query_params.get("bundle", "searchset")
+    if bundle_type not in ("searchset", "collection"):
+        return web.error(request, 400, "Export not possible", "bundle must be searchset or collection.")
+    events = await _export_events(web, session, filters)
+    bundle = exports.audit_bundle(events, f"{web.base_url}/console/export.fhir.json?{filters.query()}", bundle_type)
+    return Response(json.dumps(bundle, indent=2) + "\n", media_type="application/fhir+json", headers={
+        "Content-Disposition": f'attachment; filename="audit-events-{_stamp()}.json"'})
