@@ -33,10 +33,18 @@ from ciphercare.services.errors import ErrorMappingInterceptor
 from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.settings import Settings
 from ciphercare.services.privacy import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
+from ciphercare.services.scoring_service import ScoringServicer
 from ciphercare.services.store import OffchainStore
 from ciphercare.services.token_cache import CachingVerifier
 from ciphercare.services.store.consistency import PrivacyProjector, check_store
-from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
+from ciphercare.v1 import (
+    access_log_pb2,
+    access_log_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
 
 log = logging.getLogger("ciphercare.server")
 
@@ -45,6 +53,7 @@ SERVICE_NAMES = (
     access_log_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
+    scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
 )
 
 # The identity under which the server itself logs refusals of callers it could not authenticate.
@@ -146,6 +155,7 @@ class Application:
             AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey()),  # type: ignore[attr-defined]
             server,
         )
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(gateway, self.settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
