@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest_helpers import free_port
+from sqlalchemy.pool import NullPool
 
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
@@ -117,9 +121,61 @@ class Env:
         return self.client(self.token("compliance-officer", org="regulator", subject="officer-1"))
 
 
+# --- The off-chain store on SQLite and on a real PostgreSQL --------------------------------------------
+#
+# scripts/setup/10-postgres.sh starts the server and exports CIPHERCARE_TEST_POSTGRES_URL (a superuser URL).
+# Isolation: every test module (every store test) gets a database of its own, created empty and migrated
+# by the code under test, dropped afterwards. Rolling back a transaction is not an option: the servicers
+# commit, and the concurrency tests need several connections that see each other's commits.
+
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL server's superuser URL; skips (fails under CI=true) when there is none."""
+    url = os.environ.get("CIPHERCARE_TEST_POSTGRES_URL", "")
+    if not url:
+        message = "CIPHERCARE_TEST_POSTGRES_URL is not set (scripts/setup/10-postgres.sh starts PostgreSQL)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "cc") -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test or module; dropped (connections and all) afterwards."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(postgres_admin_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        try:
+            yield admin.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module", params=DATABASE_BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The off-chain store URL for a module: "" (SQLite in the data dir, the default) or a fresh PostgreSQL db."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    settings = make_settings(tmp_path_factory.mktemp("ciphercare"))
+def env(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Env]:
+    settings = make_settings(tmp_path_factory.mktemp("ciphercare"), database_url=database_url)
     server = ServerThread(settings).start()
     try:
         yield Env(server=server, issuer=DevIssuer.from_settings(settings))
