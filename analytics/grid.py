@@ -21,7 +21,7 @@ import numpy as np
 
 from ciphercare.analytics.datasets import DatasetSchema, SchemaError
 
-DEFAULT_BINS = 12
+DEFAULT_BINS = 10
 
 
 def _round_sig(value: float, digits: int = 2) -> float:

@@ -25,14 +25,14 @@ MAX_ENCRYPTED_DEPTH = 3
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Hyper-parameters (documented defaults: 100 trees of depth 3, learning rate 0.1)."""
+    """Hyper-parameters (defaults: 100 trees of depth 3, learning rate 0.05, min child weight 5)."""
 
     n_trees: int = 100
     max_depth: int = 3
-    learning_rate: float = 0.1
+    learning_rate: float = 0.05
     subsample: float = 0.8
     colsample_bytree: float = 0.8
-    min_child_weight: float = 1.0
+    min_child_weight: float = 5.0
     reg_lambda: float = 1.0
     bins: int = DEFAULT_BINS
     test_fraction: float = 0.2
