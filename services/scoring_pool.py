@@ -41,16 +41,18 @@ def _evaluator(context_path: str, context_id: str) -> Any:
     return evaluator
 
 
-def _form(model_path: str, model_sha256: str) -> Any:
+def _form(model_path: str, model_sha256: str, evaluator: Any) -> Any:
     from ciphercare.analytics.forms import model_form
     from ciphercare.analytics.model import ModelPackage
+    from ciphercare.analytics.scoring import check_model
 
-    form = _FORMS.get(model_sha256)
-    if form is None:
-        form = model_form(ModelPackage.load(Path(model_path), expected_sha256=model_sha256))
+    entry = _FORMS.get(model_sha256)
+    if entry is None:
+        package = ModelPackage.load(Path(model_path), expected_sha256=model_sha256)
         _FORMS.clear()
-        _FORMS[model_sha256] = form
-    return form
+        entry = _FORMS[model_sha256] = (package, model_form(package))
+    check_model(entry[0], evaluator)
+    return entry[1]
 
 
 def evaluate_batch(context_path: str, context_id: str, model_path: str, model_sha256: str,
@@ -58,7 +60,7 @@ def evaluate_batch(context_path: str, context_id: str, model_path: str, model_sh
     """Validate one batch's bit ciphertexts and evaluate the model on them (runs in a worker)."""
     started = time.perf_counter()
     evaluator = _evaluator(context_path, context_id)
-    form = _form(model_path, model_sha256)
+    form = _form(model_path, model_sha256, evaluator)
     bits = [evaluator.load_ciphertext(env, f"ciphertext (batch {batch_index}, edge {j})")
             for j, env in enumerate(envelopes)]
     return evaluator.evaluate(form, bits), time.perf_counter() - started
@@ -66,8 +68,7 @@ def evaluate_batch(context_path: str, context_id: str, model_path: str, model_sh
 
 def warm(context_path: str, context_id: str, model_path: str, model_sha256: str) -> int:
     """Load a context and the model into this worker's caches (returns the worker's pid)."""
-    _evaluator(context_path, context_id)
-    _form(model_path, model_sha256)
+    _form(model_path, model_sha256, _evaluator(context_path, context_id))
     return os.getpid()
 
 
