@@ -265,6 +265,8 @@ class TokenVerifier:
         """Registered-claim checks, after the signature has been verified."""
         for name in ("exp", "sub", "iss", "aud"):
             if claims.get(name) is None:
+                if name == "aud":  # Keycloak omits aud when no audience mapper applies to the client
+                    raise _fail(f"wrong audience: token has no aud claim (the IdP must add {self.audience!r})")
                 raise _fail(f"missing required claim {name!r}")
         now = self._clock()
         leeway = self.leeway_s
@@ -313,7 +315,10 @@ def _single_string(value: object, claim: str) -> str | None:
     """A string claim; a one-element list (Keycloak multivalued mapper) is accepted too."""
     if value is None:
         return None
-    if isinstance(value, list) and len(value) == 1:
+    if isinstance(value, list):
+        if len(value) != 1:
+            # Never pick one of several organisations or pseudonyms: the token names no single actor.
+            raise _fail(f"malformed token: claim {claim!r} must have exactly one value")
         value = value[0]
     if not isinstance(value, str):
         raise _fail(f"malformed token: claim {claim!r} must be a string")

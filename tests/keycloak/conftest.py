@@ -30,6 +30,7 @@ from conftest import ServerThread, make_settings  # noqa: E402  (tests/conftest.
 from keycloak_testkit import (  # noqa: E402
     AUDIENCE,
     EXPIRY_PROBE,
+    NO_AUDIENCE,
     OTHER_API,
     ROGUE,
     KeycloakServer,
@@ -96,7 +97,7 @@ def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeycloakServe
     except KeycloakUnavailable as exc:
         pytest.fail(f"Keycloak did not start: {exc}")
     server.client_secrets = {**client_secrets, EXPIRY_PROBE: test_secret, OTHER_API: test_secret,  # type: ignore[attr-defined]
-                             ROGUE: test_secret}
+                             NO_AUDIENCE: test_secret, ROGUE: test_secret}
     server.demo_password = password  # type: ignore[attr-defined]
     print(f"\nKeycloak {server.version} ready in {server.start_seconds:.1f} s "
           f"(http {server.http_port}, management {server.management_port})")

@@ -49,6 +49,7 @@ VISITOR = "visitor"  # signed in, but holds no ciphercare role
 EXPIRY_PROBE = "expiry-probe"  # hospital-a service account whose tokens live 1 s
 OTHER_API = "other-api-client"  # a hospital-a service account whose tokens are for another API
 ROGUE = "rogue"  # a client of another realm (its own signing key)
+NO_AUDIENCE = "no-audience-client"  # a hospital-a service account without the audience mapper
 
 _NO_PROXY = urllib.request.ProxyHandler({})
 
@@ -110,12 +111,16 @@ def test_realms(secret: str) -> list[dict[str, Any]]:
         *realm["clients"],
         _service_client(EXPIRY_PROBE, secret, AUDIENCE, "hospital-a", **{"access.token.lifespan": "1"}),
         _service_client(OTHER_API, secret, "other-api", "hospital-a"),
+        {**_service_client(NO_AUDIENCE, secret, AUDIENCE, "hospital-a"),
+         "protocolMappers": _service_client(NO_AUDIENCE, secret, AUDIENCE, "hospital-a")["protocolMappers"][1:]},
     ]
     realm["users"] = [
         *realm["users"],
         {"username": f"service-account-{EXPIRY_PROBE}", "enabled": True, "serviceAccountClientId": EXPIRY_PROBE,
          "realmRoles": ["hospital"]},
         {"username": f"service-account-{OTHER_API}", "enabled": True, "serviceAccountClientId": OTHER_API,
+         "realmRoles": ["hospital"]},
+        {"username": f"service-account-{NO_AUDIENCE}", "enabled": True, "serviceAccountClientId": NO_AUDIENCE,
          "realmRoles": ["hospital"]},
         {"username": VISITOR, "enabled": True, "email": "visitor@example.org", "emailVerified": True,
          "firstName": "Vic", "lastName": "Visitor", "attributes": {"org": ["hospital-a"]},

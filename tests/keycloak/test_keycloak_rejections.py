@@ -17,7 +17,16 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from keycloak_testkit import EXPIRY_PROBE, OTHER_API, ROGUE, ROGUE_REALM, KeycloakTokens, claims_of, header_of
+from keycloak_testkit import (
+    EXPIRY_PROBE,
+    NO_AUDIENCE,
+    OTHER_API,
+    ROGUE,
+    ROGUE_REALM,
+    KeycloakTokens,
+    claims_of,
+    header_of,
+)
 
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
 
@@ -54,6 +63,7 @@ def expired(tokens: KeycloakTokens) -> str:
 BAD_TOKENS: dict[str, tuple[Callable[[KeycloakTokens], str], str]] = {
     "expired": (expired, "token expired"),
     "wrong-audience": (lambda t: t.client_credentials(OTHER_API), "wrong audience"),
+    "no-audience": (lambda t: t.client_credentials(NO_AUDIENCE), "token has no aud claim"),
     "wrong-issuer": (lambda t: t.client_credentials("hospital-a", host="localhost"), "wrong issuer"),
     "tampered": (lambda t: tampered(t.client_credentials("hospital-a")), "bad signature"),
     "unsigned": (lambda t: unsigned(t.client_credentials("hospital-a")), "unsupported alg 'none'"),

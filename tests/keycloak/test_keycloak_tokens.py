@@ -17,7 +17,7 @@ import pytest
 from keycloak_testkit import AUDIENCE, REALM, REALM_FILE, KeycloakServer, KeycloakTokens, claims_of, header_of
 
 from ciphercare.services.auth.bench import bench_verifier
-from ciphercare.services.auth.devissuer import DevIssuer
+from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.auth.jwks import JwksCache
 from ciphercare.services.auth.tokens import AuthError, TokenVerifier
 
@@ -166,3 +166,39 @@ def test_verification_cost_of_a_keycloak_token(keycloak: KeycloakServer, kc_toke
     assert result["jwks_fetches"] == 1
     # Goal is <= 200 us (p50); the bound here leaves room for a loaded shared CI machine.
     assert result["p50_us"] < 1000, result
+
+
+
+def test_the_realm_refuses_a_second_org_or_pid_value(keycloak: KeycloakServer, kc_tokens: KeycloakTokens) -> None:
+    """org and pid are single-valued, admin-only attributes in the realm's user profile.
+
+    Keycloak's user-attribute mapper (multivalued off) would silently put only the
+    first of several values into the token, so the realm must never hold two.
+    """
+    import urllib.error
+
+    for username, attribute, values in (("clinician-b", "org", ["hospital-b", "hospital-a"]),
+                                        ("patient-1002", "pid", ["pt-1002", "pt-1001"])):
+        user = keycloak.admin("GET", f"{REALM}/users?username={username}&exact=true")[0]
+        user["attributes"] = {**user.get("attributes", {}), attribute: values}
+        with pytest.raises(urllib.error.HTTPError) as err:
+            keycloak.admin("PUT", f"{REALM}/users/{user['id']}", user)
+        assert err.value.code == 400
+        after = keycloak.admin("GET", f"{REALM}/users/{user['id']}")
+        assert after["attributes"][attribute] == values[:1]
+    assert verifier_for(keycloak).verify(kc_tokens.user("clinician-b", "ciphercare-console")).org == "hospital-b"
+
+
+
+def test_a_claim_with_several_values_names_no_actor(keycloak: KeycloakServer, kc_tokens: KeycloakTokens) -> None:
+    """A realm whose mapper is multivalued sends lists: one value is accepted, several are refused."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dev = DevIssuer(Path(tmp) / "k.pem", "http://127.0.0.1:0/realms/ciphercare", AUDIENCE)
+        with DevIssuerServer(dev, "127.0.0.1", 0) as server:
+            verifier = TokenVerifier(dev.issuer, AUDIENCE, JwksCache(server.jwks_url, ttl_s=300.0))
+            one = dev.issue("u", ["clinician"], None, extra_claims={"org": ["hospital-a"]})
+            two = dev.issue("u", ["clinician"], None, extra_claims={"org": ["hospital-a", "hospital-b"]})
+            assert verifier.verify(one).org == "hospital-a"
+            with pytest.raises(AuthError, match="exactly one value"):
+                verifier.verify(two)
+    assert verifier_for(keycloak).verify(kc_tokens.user("clinician-a", "ciphercare-console")).org == "hospital-a"
