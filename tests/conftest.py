@@ -173,6 +173,16 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=DATABASE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An explicit off-chain store URL for one test: a SQLite file in tmp_path or a fresh PostgreSQL db."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'offchain.db'}"
+        return
+    with fresh_postgres_database("cs") as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Env]:
     settings = make_settings(tmp_path_factory.mktemp("ciphercare"), database_url=database_url)

@@ -58,6 +58,10 @@ class DocumentErasedError(LookupError):
     """The document belonged to a patient whose data was erased (its data key is destroyed)."""
 
 
+class _KeyErasedMeanwhile(Exception):
+    """Internal: the data key a write used was destroyed before the write committed."""
+
+
 class StoreConfigError(RuntimeError):
     """The store was asked to seal or open PHI without a key-encryption key."""
 
@@ -322,6 +326,15 @@ class OffchainStore:
         if not pid:
             raise ValueError("a document must belong to a patient pseudonym")
         digest = hashlib.sha256(body).hexdigest()
+        for _ in range(3):
+            try:
+                return self._put_sealed(kind, body, pid, digest)
+            except _KeyErasedMeanwhile:
+                continue
+        raise StoreConfigError(f"could not seal a document of kind {kind}: its patient's key kept being erased")
+
+    def _put_sealed(self, kind: str, body: bytes, pid: str, digest: str) -> str:
+        """One attempt: seal under the current key, insert, and confirm the key outlived the write."""
         with self.session() as session, session.begin():
             key = self._data_key(session, pid, create=True)
             if key is None:  # pragma: no cover - created just above in this transaction
@@ -334,6 +347,10 @@ class OffchainStore:
                     ledger_seq=None,
                 ).on_conflict_do_nothing(index_elements=["sha256", "pid"])
             )
+            # Inside the write transaction now: if an erasure destroyed the key since we read it
+            # (SQLite reads it before taking the write lock), start again under a new key.
+            if session.scalar(select(DataKey.key_id).where(DataKey.pid == pid)) != key_id:
+                raise _KeyErasedMeanwhile  # rolls this transaction back
         return digest
 
     def get_document(self, sha256: str, *, pid: str) -> bytes | None:
