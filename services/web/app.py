@@ -102,7 +102,8 @@ class WebApp:
                                        f"{self.base_url}/auth/callback", TokenVerifier.from_settings(settings))
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                  autoescape=jinja2.select_autoescape(["html", "svg"]),
-                                 undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                                 trim_blocks=True, lstrip_blocks=True)
+        env.filters["ucfirst"] = lambda text: str(text)[:1].upper() + str(text)[1:]
         self.templates = Jinja2Templates(env=env)
 
     # ---------------------------------------------------------------- pages
@@ -332,7 +333,8 @@ class WebApp:
             *console.routes(self),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
-        app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+        app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error,
+                                                            Exception: self._crash})
         app.add_middleware(SecurityHeaders, form_targets=_origin(self.oidc.issuer))
         app.state.web = self
         return app
@@ -345,6 +347,13 @@ class WebApp:
                     405: ("Not allowed", "This address does not accept that kind of request.")}
         title, message = messages.get(status, ("Error", "The request could not be handled."))
         return self.error(request, status, title, message)
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        log.error("web request failed", exc_info=(type(exc), exc, exc.__traceback__))
+        request.state.session = None  # render without user data
+        return self.error(request, 500, "Something went wrong",
+                          "The page could not be shown because of an error in ciphercare. Nothing was changed "
+                          "unless a confirmation said so.")
 
     def close(self) -> None:
         self.services.close()

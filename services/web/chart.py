@@ -61,7 +61,7 @@ def svg(data: list[Bucket], unit: str, width: int = 640, height: int = 220) -> s
     top = max(b.total for b in data) or 1
     left, bottom, right, head = 36, 40, 8, 10
     plot_w, plot_h = width - left - right, height - bottom - head
-    bar_w = plot_w / len(data)
+    bar_w = min(plot_w / len(data), 56.0)
     totals = {name: sum(b.counts.get(name, 0) for b in data) for _, name, _ in OUTCOMES}
     desc = (f"{sum(totals.values())} accesses over {len(data)} {unit}s: " +
             ", ".join(f"{n} {name}" for name, n in totals.items()))

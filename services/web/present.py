@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -109,7 +109,8 @@ def consent_view(consent: consent_pb2.Consent, now: datetime | None = None) -> C
     what = [data_class_words(c) for c in consent.data_classes] or ["all of your data"]
     why = [purpose_words(p) for p in consent.purposes] or ["any purpose"]
     permit = consent.decision != consent_pb2.CONSENT_DECISION_DENY
-    until = f"until {when(end, with_time=False)}" if end else "until you revoke it"
+    # The period's end is exclusive: a consent "until 19 February" ends at 20 February 00:00 UTC.
+    until = f"until {when(end - timedelta(seconds=1), with_time=False)}" if end else "until you revoke it"
     verb = "may use" if permit else "may not use"
     sentence = f"{who} {verb} {human_list(what)} for {human_list(why)}, {until}."
     return ConsentView(
