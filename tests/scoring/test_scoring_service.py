@@ -191,3 +191,43 @@ def test_clinician_may_read_model_info_but_not_score(env) -> None:  # type: igno
         assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         clinician.close()
+
+
+def test_no_log_no_result(env, hospital: ScoringClient) -> None:  # type: ignore[no-untyped-def]
+    """If one patient's access event cannot be committed, the batch holding it is withheld."""
+    import asyncio
+
+    from ciphercare.ledger.api import CommitError, Principal
+    from ciphercare.services.gateway import LedgerGateway
+    from ciphercare.services.scoring_service import ScoringServicer
+
+    hospital.register(key_owner().public_context)
+    pids = ["pt-score-log-1", "pt-score-log-2"]
+    for pid in pids:
+        grant(env, pid)
+
+    class FailingGateway(LedgerGateway):
+        async def submit(self, principal: Principal, contract: str, function: str, *args: str):  # type: ignore[no-untyped-def]
+            if function == "Record" and json.loads(args[0])["entity"]["pid"] == pids[1]:
+                raise CommitError("tx-injected", "disk full (injected)")
+            return await super().submit(principal, contract, function, *args)
+
+    real = env.app.gateway
+    servicer = ScoringServicer(FailingGateway(real.ledger, submit_timeout_s=10), env.settings)
+    envelopes = key_owner().encrypt_bits(default_training().package.grid.bits(_rows()[:2]))[0]
+    principal = Principal(subject="svc-hospital-a", org="hospital-a", roles=frozenset({"hospital"}))
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield scoring_pb2.ScoreRequest(header=_header(pids))
+        for j, e in enumerate(envelopes):
+            yield scoring_pb2.ScoreRequest(bits=scoring_pb2.BitCiphertext(batch_index=0, edge_index=j, ciphertext=e))
+
+    async def run() -> list[scoring_pb2.ScoreResponse]:
+        return [r async for r in servicer._score(requests(), principal)]
+
+    responses = asyncio.run(run())
+    score = responses[-1].score
+    assert score.ciphertext == b""  # withheld: no result leaves without its log
+    statuses = {o.pid: (o.status, o.reason_code) for o in score.outcomes}
+    assert statuses[pids[1]] == (scoring_pb2.PATIENT_STATUS_ERROR, "access-event-not-recorded")
+    assert statuses[pids[0]] == (scoring_pb2.PATIENT_STATUS_ERROR, "batch-withheld")
