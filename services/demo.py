@@ -30,6 +30,19 @@ def _ts(moment: datetime):  # type: ignore[no-untyped-def]
     return ts
 
 
+def _encrypted_scoring_round(target: str, issuer: DevIssuer, step, settings: Settings) -> bool:  # type: ignore[no-untyped-def]
+    """One consented and one refused patient through encrypted risk scoring (services/scoring_demo.py)."""
+    from ciphercare.services.scoring_demo import scoring_round
+    from ciphercare.services.sdk_scoring import ScoringError
+
+    try:
+        scoring_round(target, issuer, step, deadline_s=settings.client_deadline_s)
+    except ScoringError as exc:
+        print(f"ciphercare demo: encrypted scoring failed: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def run_demo(settings: Settings, target: str) -> int:
     issuer = DevIssuer.from_settings(settings)
     pid = f"pt-demo-{secrets.token_hex(4)}"
@@ -119,6 +132,8 @@ def run_demo(settings: Settings, target: str) -> int:
             step(f"inclusion proof of {event_id[:14]}…", f"verified in tree of {proof.tree_size}")
         first, second = compliance.verify_consistency(mid_size, verifier)
         step("consistency proof: the log only grew since the grant's receipt", f"{first} -> {second} verified")
+        if not _encrypted_scoring_round(target, issuer, step, settings):
+            return 1
         print(f"\nAll {len(steps)} steps done; every proof verified against Ed25519-signed checkpoints.")
         return 0
     except ProofError as exc:
