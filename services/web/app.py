@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -374,7 +374,3 @@ def _safe_next(value: str) -> str:
 def create_app(settings: Settings, grpc_target: str, *, oidc: OidcClient | None = None) -> Starlette:
     """The ASGI app for ``settings``, talking to the gRPC services at ``grpc_target``."""
     return WebApp(settings, WebConfig(grpc_target), oidc=oidc).build()
-
-
-def html_response(text: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(text, status_code=status)

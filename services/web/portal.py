@@ -270,9 +270,18 @@ def _receipt_href(pid: str, tx_id: str) -> str:
 
 def _change_receipt(web: WebApp, session: Session, client: CiphercareClient, change: str,
                     consent: consent_pb2.Consent, ledger: common_pb2.LedgerReceipt) -> dict[str, Any]:
-    """A receipt for a consent change: with the inclusion proof when the service hands one to this user."""
-    served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
-    vkey = pinned_vkey(web, session, served)
+    """A receipt for a consent change: with the inclusion proof when the service hands one to this user.
+
+    The change is already committed: a failure here yields a receipt that says what is missing, never an error.
+    """
+    try:
+        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
+        vkey = pinned_vkey(web, session, served)
+    except (grpc.RpcError, ServiceRefusal) as exc:
+        problem = exc.message if isinstance(exc, ServiceRefusal) else f"{exc.code().name}: {exc.details()}"
+        receipt = consent_change_receipt(change, consent, ledger, "", None, f"no trusted verifier key: {problem}")
+        receipt["verified_by_portal"] = {"ok": False, "checks": [], "problems": [problem]}
+        return receipt
     proof = None
     refusal = ""
     try:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
 from web_testkit import access, check_receipt_independently, download_json, screenshot, sign_in
 
+from ciphercare.services import cli
 from ciphercare.services.web.receipts import verify_receipt
 
 
-def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, page: Any) -> None:
+def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, page: Any, tmp_path: Path) -> None:
     base = web_env.base
     page.goto(base + "/")
     screenshot(page, "01-home")
@@ -96,6 +100,15 @@ def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, pa
     assert receipt["event"]["id"] == recorded.id
     assert check_receipt_independently(receipt) == recorded.sequence
     assert verify_receipt(receipt).ok
+    # ... and with `ciphercare receipt verify`, which fails on a tampered leaf.
+    good = tmp_path / "receipt.json"
+    good.write_text(json.dumps(receipt))
+    assert cli.main(["receipt", "verify", str(good)]) == 0
+    forged = dict(receipt, inclusion_proof={**receipt["inclusion_proof"], "leaf": base64.b64encode(
+        base64.b64decode(receipt["inclusion_proof"]["leaf"]).replace(b"hospital-b", b"hospital-x")).decode()})
+    bad = tmp_path / "forged.json"
+    bad.write_text(json.dumps(forged))
+    assert cli.main(["receipt", "verify", str(bad)]) == 1
 
     # Phone width: no sideways scrolling, the table becomes stacked rows.
     page.set_viewport_size({"width": 390, "height": 844})
