@@ -9,24 +9,46 @@ only when the distribution is absent.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import grpc
 import pytest
 
 _HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # pytest runs with --import-mode=importlib; appended so tests/conftest wins
+if _HERE not in sys.path:  # pytest runs with --import-mode=importlib
     sys.path.append(_HERE)
 
-from conftest import ServerThread, make_settings  # noqa: E402  (tests/conftest.py)
+
+def _root_conftest() -> ModuleType:
+    """tests/conftest.py as a module: ``import conftest`` may find another directory's conftest."""
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == path:
+            return module
+    spec = importlib.util.spec_from_file_location("ciphercare_tests_conftest", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ServerThread = _root_conftest().ServerThread
+make_settings = _root_conftest().make_settings
+
 from keycloak_testkit import (  # noqa: E402
     AUDIENCE,
     EXPIRY_PROBE,
@@ -72,7 +94,7 @@ class KeycloakPersonas:
 
 
 @pytest.fixture(scope="session")
-def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeycloakServer]:
+def keycloak() -> Iterator[KeycloakServer]:
     """A real Keycloak with the ciphercare realm (plus test-only accounts), once per session."""
     home = os.environ.get("CIPHERCARE_TEST_KEYCLOAK_HOME", "")
     if not home or not (Path(home) / "bin" / "kc.sh").is_file():
@@ -91,10 +113,13 @@ def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeycloakServe
         "CIPHERCARE_KC_HOSPITAL_B_SECRET": client_secrets["hospital-b"],
         "CIPHERCARE_KC_DEMO_PASSWORD": password,
     }
-    server = KeycloakServer(Path(home), tmp_path_factory.mktemp("keycloak"), test_realms(test_secret), env)
+    # Not under pytest's basetemp: concurrent pytest runs on this machine prune old basetemps.
+    workdir = Path(tempfile.mkdtemp(prefix="ciphercare-keycloak-"))
+    server = KeycloakServer(Path(home), workdir, test_realms(test_secret), env)
     try:
         server.start()
     except KeycloakUnavailable as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
         pytest.fail(f"Keycloak did not start: {exc}")
     server.client_secrets = {**client_secrets, EXPIRY_PROBE: test_secret, OTHER_API: test_secret,  # type: ignore[attr-defined]
                              NO_AUDIENCE: test_secret, ROGUE: test_secret}
@@ -105,6 +130,7 @@ def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeycloakServe
         yield server
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +139,7 @@ def kc_tokens(keycloak: KeycloakServer) -> KeycloakTokens:
 
 
 @pytest.fixture(scope="module")
-def kc_server(keycloak: KeycloakServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+def kc_server(keycloak: KeycloakServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A ciphercare server that trusts only the real Keycloak (configuration only: no dev issuer).
 
     One second of clock leeway (instead of 30) so the one-second tokens of the
@@ -145,7 +171,7 @@ def _dev_client_token(settings_issuer: str, client_id: str, secret: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, DevIssuer]]:
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, DevIssuer]]:
     """A ciphercare server with the embedded default: the development issuer."""
     settings = make_settings(tmp_path_factory.mktemp("ciphercare-dev"))
     server = ServerThread(settings).start()
@@ -162,14 +188,14 @@ def _world(target: str, tokens: object) -> World:
 
 
 @pytest.fixture(scope="module")
-def kc_world(kc_server: ServerThread, kc_tokens: KeycloakTokens) -> Iterator[World]:
+def kc_world(kc_server: Any, kc_tokens: KeycloakTokens) -> Iterator[World]:
     world = _world(kc_server.target, KeycloakPersonas(kc_tokens))
     yield world
     world.channel.close()
 
 
 @pytest.fixture(scope="module")
-def dev_world(dev_server: tuple[ServerThread, DevIssuer]) -> Iterator[World]:
+def dev_world(dev_server: tuple[Any, DevIssuer]) -> Iterator[World]:
     server, issuer = dev_server
     issuer_url = server.settings.resolved_oidc_issuer
 
