@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest_helpers import free_port
@@ -171,6 +172,12 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         return
     with fresh_postgres_database() as url:
         yield url
+
+
+@pytest.fixture
+def server_kit() -> SimpleNamespace:
+    """ServerThread, Env and make_settings for tests that start (and restart) servers of their own."""
+    return SimpleNamespace(ServerThread=ServerThread, Env=Env, make_settings=make_settings)
 
 
 @pytest.fixture(params=DATABASE_BACKENDS)
