@@ -13,6 +13,7 @@ if _HERE not in sys.path:  # pytest runs with --import-mode=importlib
     sys.path.insert(0, _HERE)
 
 from auth_testkit import AUDIENCE, FakeClock, make_verifier  # noqa: E402
+
 from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer  # noqa: E402
 from ciphercare.services.auth.tokens import TokenVerifier  # noqa: E402
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from auth_testkit import AUDIENCE, make_verifier, split
+
 from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer, jwk_thumbprint, rsa_public_jwk
 from ciphercare.services.settings import load_settings
 

@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import pytest
 from auth_testkit import make_verifier
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from ciphercare.ledger.api import Principal
 from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.auth.interceptor import (
@@ -23,7 +25,6 @@ from ciphercare.services.auth.interceptor import (
     principal_or_none,
 )
 from ciphercare.services.auth.rules import RULES, AccessRule
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 CONSENT = "ciphercare.v1.ConsentService"
 ACCESS_LOG = "ciphercare.v1.AccessLogService"

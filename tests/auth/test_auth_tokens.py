@@ -10,13 +10,14 @@ import time
 import jwt
 import pytest
 from auth_testkit import AUDIENCE, FakeClock, StaticJwks, b64url, b64url_json, make_verifier, split
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from ciphercare.ledger.api import Principal
 from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.auth.jwks import JwksCache, parse_jwks
 from ciphercare.services.auth.tokens import AuthError, TokenVerifier
 from ciphercare.services.settings import load_settings
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 
 def rejects(verifier: TokenVerifier, token: str, fragment: str) -> AuthError:
