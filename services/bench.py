@@ -167,6 +167,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_bench(which: str, *, quick: bool = False, out: Path | None = None) -> list[dict[str, Any]]:
+    if which == "scoring":  # encrypted risk scoring: services/scoring_bench.py
+        from ciphercare.services.scoring_bench import run_scoring_bench
+
+        return run_scoring_bench(quick=quick, out=out)
     if which != "ledger":
         raise ValueError(f"unknown benchmark {which!r}")
     from ciphercare.ledger.bench import run_ledger_bench
