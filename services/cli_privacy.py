@@ -11,18 +11,37 @@ they say so and exit 1 otherwise). Exit codes: 0 success, 1 failure (one line on
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 
-def _fail(message: str) -> Exception:
-    from ciphercare.services.cli import CliError
+class PrivacyCliError(Exception):
+    """A failure worth one line on stderr and exit code 1."""
 
-    return CliError(message)
+
+def _fail(message: str) -> Exception:
+    return PrivacyCliError(message)
+
+
+def _one_line_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Exit 1 with one line on stderr for this room's errors (also when cli.py runs as ``__main__``)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except PrivacyCliError as exc:
+            print(f"ciphercare: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -30,7 +49,12 @@ def _settings(args: argparse.Namespace) -> Any:
     from ciphercare.services.cli import _settings as cli_settings
     from ciphercare.services.logs import configure_logging
 
-    settings = cli_settings(args)
+    try:
+        settings = cli_settings(args)
+    except Exception as exc:
+        if type(exc).__name__ == "CliError":  # cli.py's, possibly from its __main__ copy
+            raise PrivacyCliError(str(exc)) from exc
+        raise
     configure_logging(settings, level=logging.WARNING)
     return settings
 
@@ -44,6 +68,7 @@ def _owner_lock(settings: Any) -> Any:
         raise _fail(f"{exc}; stop it first") from exc
 
 
+@_one_line_errors
 def cmd_patient_erase(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: logging is configured before heavy imports log anything
     from ciphercare.ledger.api import LedgerError
@@ -75,6 +100,7 @@ def cmd_patient_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line_errors
 def cmd_store_check(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: logging is configured before heavy imports log anything
     from ciphercare.services.privacy import open_offchain_store
@@ -107,6 +133,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@_one_line_errors
 def cmd_store_rotate_kek(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: logging is configured before heavy imports log anything
     from ciphercare.services.crypto import CryptoError, KeyEncryptionKey

@@ -200,3 +200,52 @@ class Errors:
                 raise AssertionError(f"expected {code.name}, got {exc.code().name}: {details}") from exc
             return details
         raise AssertionError(f"expected {code.name}, the call succeeded")
+
+
+# --- PHI-bearing inputs ----------------------------------------------------------------------
+
+
+def consent_document(pid: str, c: Canaries) -> str:
+    """A FHIR R4 Consent as an EHR would send it: names, an MRN and narrative text inside."""
+    return json.dumps({
+        "resourceType": "Consent",
+        "status": "active",
+        "identifier": [{"system": "urn:oid:1.2.3.4.5.mrn", "value": "MRN" + c.mrn("consent.identifier.mrn")}],
+        "patient": {
+            "identifier": {"system": "urn:ciphercare:pid", "value": pid},
+            "display": f"{c.name('consent.patient.given')} {c.name('consent.patient.family')}",
+        },
+        "text": {"status": "generated",
+                 "div": f"<div>Patient {c.words('consent.text.div')} agrees to share labs with Dr Smith.</div>"},
+        "performer": [{"display": c.name("consent.performer.display")}],
+        "provision": {"type": "permit"},
+    })
+
+
+def access_detail(c: Canaries) -> str:
+    return json.dumps({
+        "patient_name": c.name("detail.patient_name"),
+        "mrn": c.mrn("detail.mrn"),
+        "note": f"Reviewed {c.words('detail.note')} discharge summary; HbA1c 9.1%",
+    })
+
+
+def decrypted_documents(settings: Settings) -> bytes:
+    """Everything the store can still read: every document row, opened with the deployment's keys."""
+    from ciphercare.services.privacy import open_offchain_store
+    from ciphercare.services.store import DocumentErasedError
+    from ciphercare.services.store.models import Document
+
+    store = open_offchain_store(settings, migrate=False)
+    try:
+        with store.session() as session:
+            rows = [(row.sha256, row.pid) for row in session.query(Document)]
+        out = b""
+        for sha, owner in rows:
+            try:
+                out += store.get_document(sha, pid=owner) or b""
+            except DocumentErasedError:
+                continue
+        return out
+    finally:
+        store.close()

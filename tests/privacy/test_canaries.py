@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from privacy_testkit import Canaries, Errors, Scanner, json_logs, log_lines
+from privacy_testkit import Canaries, Errors, Scanner, access_detail, consent_document, json_logs, log_lines
 
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
@@ -23,31 +23,6 @@ from ciphercare.services.store.models import Document
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-def consent_document(pid: str, c: Canaries) -> str:
-    """A FHIR R4 Consent as an EHR would send it: names, an MRN and narrative text inside."""
-    return json.dumps({
-        "resourceType": "Consent",
-        "status": "active",
-        "identifier": [{"system": "urn:oid:1.2.3.4.5.mrn", "value": "MRN" + c.mrn("consent.identifier.mrn")}],
-        "patient": {
-            "identifier": {"system": "urn:ciphercare:pid", "value": pid},
-            "display": f"{c.name('consent.patient.given')} {c.name('consent.patient.family')}",
-        },
-        "text": {"status": "generated",
-                 "div": f"<div>Patient {c.words('consent.text.div')} agrees to share labs with Dr Smith.</div>"},
-        "performer": [{"display": c.name("consent.performer.display")}],
-        "provision": {"type": "permit"},
-    })
-
-
-def access_detail(c: Canaries) -> str:
-    return json.dumps({
-        "patient_name": c.name("detail.patient_name"),
-        "mrn": c.mrn("detail.mrn"),
-        "note": f"Reviewed {c.words('detail.note')} discharge summary; HbA1c 9.1%",
-    })
 
 
 def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: str, server_kit) -> None:
