@@ -11,13 +11,14 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from ciphercare.consent import canonical
-from ciphercare.consent.caller import msp_id_for_org
-from ciphercare.consent.model import ConsentRecord
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from ciphercare.consent import canonical
+from ciphercare.consent.caller import msp_id_for_org
+from ciphercare.consent.model import ConsentRecord
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
 _MISSING = object()

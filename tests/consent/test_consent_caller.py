@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from consent_testkit import make_cert
+
 from ciphercare.consent import caller as caller_mod
 from ciphercare.consent.cache import LRU
 from ciphercare.consent.caller import Caller, caller_from_ctx, caller_from_identity, msp_id_for_org
 from ciphercare.consent.errors import ContractError
-from consent_testkit import make_cert
 
 
 class _Identity:

@@ -6,9 +6,10 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
+from consent_testkit import record
+
 from ciphercare.consent.decision import AccessRequest, decide, evaluate_consent
 from ciphercare.consent.errors import ValidationError
-from consent_testkit import record
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 REVOKED = {

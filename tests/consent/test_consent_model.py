@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from consent_testkit import doc_hash, grant_dict, record
+
 from ciphercare.consent import canonical
 from ciphercare.consent.errors import ValidationError
 from ciphercare.consent.model import (
@@ -20,7 +22,6 @@ from ciphercare.consent.model import (
     loads_object,
     parse_time,
 )
-from consent_testkit import doc_hash, grant_dict, record
 
 
 def rejects(fn: Any, data: Any, *fragments: str) -> str:

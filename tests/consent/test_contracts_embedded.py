@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, Principal
