@@ -10,12 +10,13 @@ from ciphercare.consent import canonical
 from ciphercare.services import convert
 from ciphercare.services.auth.interceptor import current_principal
 from ciphercare.services.errors import invalid, not_found
-from ciphercare.services.fhir import FhirDocumentError, consent_document, parse_consent_document
+from ciphercare.services.fhir import FhirDocumentError, consent_document, has_source, parse_consent_document
 from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.store import DocumentErasedError, OffchainStore
 from ciphercare.v1 import consent_pb2, consent_pb2_grpc
 
 CONTRACT = "consent"
+STAFF_ROLES = frozenset({"hospital", "clinician"})
 
 
 def _now_iso() -> str:
@@ -45,6 +46,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         grant = convert.grant_input_from_proto(request, document_sha256="0" * 64)
         if not grant["period"].get("start"):
             grant["period"]["start"] = _now_iso()
+        on_behalf = bool(principal.roles & STAFF_ROLES) and not (
+            "patient" in principal.roles and principal.pid == request.pid
+        )
         if request.fhir_consent_json:
             try:
                 document = parse_consent_document(request.fhir_consent_json)
@@ -52,6 +56,13 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 raise invalid(str(exc)) from exc
         else:
             document = consent_document(grant, grant["period"]["start"])
+        if on_behalf and not has_source(document):
+            # Staff record a patient's consent only with the evidence of it (FHIR R4 Consent.source[x]:
+            # the signed form or a reference to it), kept off-chain under the hash the ledger records.
+            raise invalid(
+                "a consent recorded on a patient's behalf must carry the evidence of their agreement: "
+                "send fhir_consent_json with sourceAttachment (the signed form) or sourceReference"
+            )
         # The document goes off-chain first (content-addressed, idempotent): a crash
         # before the ledger write leaves an unreferenced document, never a consent
         # whose document is missing.

@@ -66,6 +66,15 @@ def consent_document(grant: dict[str, Any], recorded_on: str) -> dict[str, Any]:
     }
 
 
+def has_source(document: dict[str, Any]) -> bool:
+    """Does the Consent carry the evidence of the patient's agreement (R4 ``source[x]``)?"""
+    attachment = document.get("sourceAttachment")
+    reference = document.get("sourceReference")
+    attached = isinstance(attachment, dict) and bool(attachment.get("data") or attachment.get("url"))
+    referenced = isinstance(reference, dict) and bool(reference.get("reference") or reference.get("identifier"))
+    return attached or referenced
+
+
 def parse_consent_document(text: str) -> dict[str, Any]:
     """Validate a caller-supplied Consent resource enough to keep it; the ledger record is authoritative."""
     if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:

@@ -101,9 +101,12 @@ class World:
 
     def grant(self, writer: str, target: str) -> consent_pb2.Consent:
         pid, org = (PID_OWN, ORG_OWN) if target == "own" else (PID_OTHER, ORG_OTHER)
+        # Staff record consents with the evidence of the patient's agreement (Consent.sourceReference).
+        evidence = json.dumps({"resourceType": "Consent", "status": "active",
+                               "sourceReference": {"reference": f"DocumentReference/signed-form-{pid}"}})
         request = consent_pb2.GrantRequest(pid=pid, grantee_organization=org, purposes=["TREAT"],
                                            decision=consent_pb2.CONSENT_DECISION_PERMIT,
-                                           data_classes=["Observation"])
+                                           data_classes=["Observation"], fhir_consent_json=evidence)
         return self.consent_stub.Grant(request, metadata=self.meta(writer), timeout=15).consent
 
     def record(self, writer: str, target: str) -> access_log_pb2.AccessEvent:

@@ -283,3 +283,26 @@ def test_wrong_role_is_permission_denied(env):
                                                purposes=["TREAT"], data_classes=["Observation"]))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "compliance-officer" in err.value.details()
+
+
+def test_staff_record_a_consent_only_with_evidence_of_the_patients_agreement(env):
+    import json
+
+    pid = new_pid()
+    hospital = env.hospital("hospital-b")
+    request = consent_pb2.GrantRequest(pid=pid, grantee_organization="hospital-b", decision=PERMIT,
+                                       purposes=["TREAT"], data_classes=["Observation"])
+    before = _ledger_size(env)
+    with pytest.raises(grpc.RpcError) as err:
+        hospital.grant(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "evidence" in err.value.details()
+    assert _ledger_size(env) == before
+    request.fhir_consent_json = json.dumps({
+        "resourceType": "Consent", "status": "active",
+        "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": pid}},
+        "sourceReference": {"reference": "DocumentReference/signed-consent-form-0042"},
+    })
+    recorded = hospital.grant(request)
+    assert recorded.consent.recorded_by.organization == "hospital-b"
+    assert check(env, pid, org="hospital-b").decision == PERMIT
