@@ -103,7 +103,8 @@ class Session:
     integrity: dict[str, Any] = field(default_factory=dict)
     inclusion: dict[str, dict[str, Any]] = field(default_factory=dict)
     receipts: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    flash: list[str] = field(default_factory=list)
+    #: One-time messages for the next page: ``text`` and optionally ``href`` + ``link``.
+    flash: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def signed_in(self) -> bool:
@@ -174,5 +175,12 @@ class SessionStore:
         return len(self._sessions)
 
     def _evict(self) -> None:
+        """Over the limit: drop the least recently used sessions, not-signed-in ones first."""
+        excess = len(self._sessions) - self.max_sessions
+        if excess <= 0:
+            return
+        anonymous = [sid for sid, s in self._sessions.items() if s.user is None][:excess]
+        for sid in anonymous:
+            del self._sessions[sid]
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
