@@ -53,10 +53,21 @@ def _server_process(data_dir: Path) -> tuple[subprocess.Popen[str], int, Any]:
     return proc, port, load_settings(data_dir=data_dir, dev_issuer_port=issuer_port)
 
 
-async def _grant_all(target: str, token: str, pids: list[str]) -> None:
+async def worker_once(stub: Any, issuer: Any, pid: str) -> None:
+    from ciphercare.v1 import common_pb2, consent_pb2
+
+    token = issuer.issue(subject=f"patient-{pid}", roles=["patient"], org="", pid=pid)
+    await stub.Grant(consent_pb2.GrantRequest(
+        pid=pid, grantee_organization="hospital-a", decision=consent_pb2.CONSENT_DECISION_PERMIT,
+        purposes=["TREAT"], data_classes=["Observation"], period=common_pb2.Period()),
+        metadata=[("authorization", f"Bearer {token}")], timeout=60)
+
+
+async def _grant_all(target: str, issuer: Any, pids: list[str]) -> None:
+    """Each patient grants hospital-a TREAT on Observation (with their own token)."""
     import grpc
 
-    from ciphercare.v1 import common_pb2, consent_pb2, consent_pb2_grpc
+    from ciphercare.v1 import consent_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = consent_pb2_grpc.ConsentServiceStub(channel)
@@ -64,12 +75,9 @@ async def _grant_all(target: str, token: str, pids: list[str]) -> None:
 
         async def worker() -> None:
             while queue:
-                pid = queue.pop()
-                await stub.Grant(consent_pb2.GrantRequest(
-                    pid=pid, grantee_organization="hospital-a", decision=consent_pb2.CONSENT_DECISION_PERMIT,
-                    purposes=["TREAT"], data_classes=["Observation"], period=common_pb2.Period()),
-                    metadata=[("authorization", f"Bearer {token}")], timeout=60)
+                await worker_once(stub, issuer, queue.pop())
 
+        await worker_once(stub, issuer, queue.pop())  # the server fetches its issuer's JWKS once, then caches it
         await asyncio.gather(*(worker() for _ in range(48)))
 
 
@@ -175,7 +183,7 @@ def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete:
             token = issuer.issue(subject="bench-hospital-a", roles=["hospital"], org="hospital-a", ttl_s=7200)
             pids = [f"pt-bench-{i:05d}" for i in range(n)]
             t0 = time.perf_counter()
-            asyncio.run(_grant_all(target, token, pids))
+            asyncio.run(_grant_all(target, issuer, pids))
             raw["grant_s"] = time.perf_counter() - t0
             client = ScoringClient.connect(target, token, deadline_s=1800)
             try:

@@ -187,6 +187,8 @@ class ScoringClient:
                     encryptor.start()
                 elif kind == "score":
                     score = response.score
+                    run.timings.setdefault("first_result_s", time.perf_counter() - started)
+                    run.timings["last_result_s"] = time.perf_counter() - started
                     run.download_bytes += len(score.ciphertext)
                     members = permitted[score.batch_index * info.slots:][:score.patient_count]
                     margins = keys.decrypt(score.ciphertext, len(members)) if score.ciphertext else None
