@@ -23,8 +23,8 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # --import-mode=importlib: make web_testkit importable, after tests/ (conftest wins)
     sys.path.append(_HERE)
 
-from conftest import Env, ServerThread, make_settings  # noqa: E402  (tests/conftest.py)
 from conftest_helpers import free_port  # noqa: E402
+from web_testkit import Env, ServerThread, make_settings  # noqa: E402  (tests/conftest.py, by path)
 
 from ciphercare.services.auth.devissuer import DevIssuer  # noqa: E402
 from ciphercare.services.web.app import create_app  # noqa: E402

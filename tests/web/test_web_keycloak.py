@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
-from web_testkit import screenshot
+from web_testkit import ServerThread, make_settings, screenshot
 
 _KEYCLOAK_TESTS = str(Path(__file__).resolve().parents[1] / "keycloak")
 if _KEYCLOAK_TESTS not in sys.path:
     sys.path.append(_KEYCLOAK_TESTS)
 
-from conftest import ServerThread, make_settings  # noqa: E402  (tests/conftest.py)
 from conftest_helpers import free_port  # noqa: E402
 from keycloak_testkit import AUDIENCE, REALM_FILE, KeycloakServer, KeycloakUnavailable  # noqa: E402
 

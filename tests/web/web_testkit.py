@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from rfc9162 import leaf_hash, verify_inclusion, verify_note  # the tests' independent RFC 9162 reference
@@ -14,6 +17,25 @@ from ciphercare.v1 import access_log_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+
+
+def _shared_conftest() -> ModuleType:
+    """tests/conftest.py by path: a bare ``import conftest`` may find another directory's conftest first."""
+    name = "ciphercare_tests_shared_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "conftest.py")
+        if spec is None or spec.loader is None:
+            raise ImportError("tests/conftest.py not found")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_shared = _shared_conftest()
+Env = _shared.Env
+ServerThread = _shared.ServerThread
+make_settings = _shared.make_settings
 
 
 def screenshot(page: Any, name: str) -> Path:
