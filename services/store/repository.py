@@ -13,6 +13,7 @@ document or a pseudonym into a log line.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from ciphercare.services.store.models import (
     ProjectionCursor,
     Pseudonym,
 )
+
+log = logging.getLogger("ciphercare.store")
 
 ACCESS_PROJECTION = "access-events"
 PRIVACY_PROJECTION = "privacy"
@@ -248,8 +251,13 @@ class OffchainStore:
         return self.engine.dialect.name
 
     def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to ``revision`` with Alembic."""
+        """Bring the schema to ``revision`` with Alembic (one log line when it changed)."""
+        before = self.schema_revision()
         self._alembic("upgrade", revision)
+        after = self.schema_revision()
+        if after != before:
+            log.info("off-chain schema migrated", extra={"from_revision": before or "none", "to_revision": after,
+                                                         "dialect": self.dialect})
 
     def downgrade(self, revision: str) -> None:
         """Take the schema back to ``revision`` (tests of the migrations)."""

@@ -147,7 +147,7 @@ def test_sigkill_mid_burst_is_repaired_on_restart_and_reported(tmp_path: Path, s
     issuer_port = free_port()
     env_vars = dict(os.environ, CIPHERCARE_DATA_DIR=str(data_dir), CIPHERCARE_DATABASE_URL=store_url,
                     CIPHERCARE_GRPC_PORT="0", CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                    CIPHERCARE_ORPHAN_GRACE_S="0")
+                    CIPHERCARE_ORPHAN_GRACE_S="0", CIPHERCARE_WEB_ENABLED="false")
     settings = load_settings(data_dir=data_dir, database_url=store_url, dev_issuer_port=issuer_port,
                              orphan_grace_s=0)
     proc, port = start_up(env_vars)
