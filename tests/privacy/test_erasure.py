@@ -9,10 +9,13 @@ erasure stays readable until the key-encryption key is rotated -- then it is not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from privacy_testkit import (
     log_lines,
 )
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from ciphercare.services.auth.devissuer import DevIssuer
@@ -213,3 +217,61 @@ def test_an_erasure_on_the_ledger_but_not_yet_in_the_store_is_applied_at_start(
     gone = Scanner(c.tokens)
     gone.scan_bytes("decrypted documents", decrypted_documents(settings))
     assert not gone.findings, gone.report()
+
+
+def test_a_backup_restored_after_an_erasure_is_erased_again_at_start(
+        tmp_path: Path, store_url: str, server_kit: Any) -> None:
+    """The ledger remembers erasures: a store restored from an older backup re-applies them when it starts."""
+    c = Canaries()
+    pid = "pt-restore-" + c.mrn("x")[:6]
+    del c.tokens["x"]
+    settings = server_kit.make_settings(tmp_path / "data", database_url=store_url, orphan_grace_s=0)
+    server = server_kit.ServerThread(settings).start()
+    try:
+        populate(server_kit.Env(server=server, issuer=DevIssuer.from_settings(settings)), pid, c, "p")
+    finally:
+        server.stop()
+
+    with copy_of_database(store_url, tmp_path) as backup_url:  # the backup, taken before the erasure
+        result = run_cli(settings, "patient", "erase", pid)
+        assert result.returncode == 0, result.stderr
+        restored = settings.model_copy(update={"database_url": backup_url})
+        readable = Scanner(c.tokens)
+        readable.scan_bytes("decrypted documents", decrypted_documents(restored))
+        assert readable.findings  # the backup still holds the patient's data and key
+
+        with json_logs(restored) as logs:
+            server = server_kit.ServerThread(restored).start()
+            server.stop()
+            report = [json.loads(line) for line in log_lines(logs) if '"store check"' in line][0]
+        assert report["erasures_applied"] == 1 and report["ok"] is True
+        after = Scanner(c.tokens)
+        after.scan_bytes("decrypted documents", decrypted_documents(restored))
+        assert not after.findings, after.report()
+
+
+@contextlib.contextmanager
+def copy_of_database(url: str, tmp_path: Path) -> Iterator[str]:
+    """A copy of the off-chain database as it is now (a file copy for SQLite, TEMPLATE for PostgreSQL)."""
+    if url.startswith("sqlite"):
+        source = Path(url.split("///", 1)[1])
+        target = tmp_path / "backup.db"
+        shutil.copyfile(source, target)
+        for suffix in ("-wal", "-shm"):
+            if Path(str(source) + suffix).exists():
+                shutil.copyfile(str(source) + suffix, str(target) + suffix)
+        yield f"sqlite:///{target}"
+        return
+    parsed = make_url(url)
+    name = parsed.database + "_bk"
+    engine = create_engine(parsed.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{parsed.database}"')
+        try:
+            yield parsed.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        engine.dispose()
