@@ -82,6 +82,33 @@ class Form:
         return {"products": products, "scalar_products": scalar, "relinearisations": relin}
 
 
+def split_form(form: Form, parts: int) -> list[Form]:
+    """Split ``form`` into ``parts`` Forms whose sum is ``form``, balancing the encrypted work.
+
+    Top-level pivot groups go whole to the least-loaded part (a relinearisation weighs most, then a
+    product, then a constant product); linear terms are dealt round-robin; the constant stays in part 0.
+    """
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    out = [Form() for _ in range(parts)]
+    load = [0.0] * parts
+
+    def cost(sub: Form) -> float:
+        c = sub.counts()
+        return 6.0 * (c["relinearisations"] + (1 if sub.piv else 0)) + 2.0 * (c["products"] + 1) + c["scalar_products"]
+
+    for edge, sub in sorted(form.piv.items(), key=lambda item: -cost(item[1])):
+        k = load.index(min(load))
+        out[k].piv[edge] = sub
+        load[k] += cost(sub)
+    for i, (edge, coefficient) in enumerate(sorted(form.lin.items())):
+        k = load.index(min(load)) if i % 4 == 0 else i % parts
+        out[k].lin[edge] = coefficient
+        load[k] += 1.0
+    out[0].const = form.const
+    return out
+
+
 def tree_form(node: TreeNode) -> Form:
     """A tree as a Form: ``N = L + b (R - L)``."""
     if node.is_leaf:

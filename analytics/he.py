@@ -504,18 +504,47 @@ class Evaluator:
 
     def evaluate(self, form: Form, bits: Sequence[Any], *, stats: dict[str, int] | None = None) -> bytes:
         """The model's margin for every slot, flooded and re-randomised, as an envelope."""
+        return self.finish([self._evaluate(form, bits, stats)])
+
+    def evaluate_partial(self, form: Form, bits: Sequence[Any]) -> bytes:
+        """One part of a split Form, relinearised but NOT flooded: for :meth:`finish_partials` only.
+
+        Never send this to a client: an unflooded, un-re-randomised result exposes the evaluation.
+        """
+        return seal_save(self._evaluate(form, bits, None))
+
+    def finish_partials(self, partials: Sequence[bytes]) -> bytes:
+        """Sum partial results (from :meth:`evaluate_partial`), then flood and re-randomise."""
         from tenseal import sealapi
 
+        loaded = []
+        for data in partials:
+            ct = seal_load(sealapi.Ciphertext(), self.seal, data)
+            if ct.scale != self.params.result_scale or ct.size() != 2:
+                raise HEError("partial result has the wrong scale or size")
+            loaded.append(ct)
+        return self.finish(loaded)
+
+    def _evaluate(self, form: Form, bits: Sequence[Any], stats: dict[str, int] | None) -> Any:
         backend = CkksBackend(self, bits)
         result = evaluate(form, backend, self.params.result_scale)
         backend.relinearise(result)
+        if stats is not None:
+            stats.update(backend.stats)
+        return result
+
+    def finish(self, results: Sequence[Any]) -> bytes:
+        """Sum, flood with Gaussian noise, add a fresh encryption of zero; the envelope a client may see."""
+        from tenseal import sealapi
+
+        result = results[0]
+        for other in results[1:]:
+            self.evaluator.add_inplace(result, other)
         self._flood(result)
         zero = sealapi.Ciphertext()
         self._encryptor.encrypt_zero(self.parms_id, zero)
         zero.scale = result.scale
         self.evaluator.add_inplace(result, zero)
-        if stats is not None:
-            stats.update(backend.stats)
         return ENVELOPE_MAGIC + self._tag + seal_save(result)
 
     def _flood(self, result: Any) -> None:

@@ -66,6 +66,25 @@ def evaluate_batch(context_path: str, context_id: str, model_path: str, model_sh
     return evaluator.evaluate(form, bits), time.perf_counter() - started
 
 
+def evaluate_part(context_path: str, context_id: str, model_path: str, model_sha256: str,
+                  envelopes: list[bytes], batch_index: int, part: int, parts: int) -> tuple[bytes, float]:
+    """Part ``part`` of ``parts`` of one batch (validates every ciphertext); the partial stays on the server."""
+    from ciphercare.analytics.forms import split_form
+
+    started = time.perf_counter()
+    evaluator = _evaluator(context_path, context_id)
+    form = split_form(_form(model_path, model_sha256, evaluator), parts)[part]
+    bits = [evaluator.load_ciphertext(env, f"ciphertext (batch {batch_index}, edge {j})")
+            for j, env in enumerate(envelopes)]
+    return evaluator.evaluate_partial(form, bits), time.perf_counter() - started
+
+
+def finish_parts(context_path: str, context_id: str, partials: list[bytes]) -> tuple[bytes, float]:
+    """Sum the parts of a batch, flood and re-randomise: the ciphertext the client receives."""
+    started = time.perf_counter()
+    return _evaluator(context_path, context_id).finish_partials(partials), time.perf_counter() - started
+
+
 def warm(context_path: str, context_id: str, model_path: str, model_sha256: str) -> int:
     """Load a context and the model into this worker's caches (returns the worker's pid)."""
     _form(model_path, model_sha256, _evaluator(context_path, context_id))

@@ -257,10 +257,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             return
 
         # 3. Ciphertexts for the permitted patients: validate, evaluate each batch as it completes.
-        from ciphercare.services.scoring_pool import EvaluationPool, evaluate_batch
+        from ciphercare.services.scoring_pool import EvaluationPool
 
         pool = EvaluationPool.shared()
-        loop = asyncio.get_running_loop()
+        parts = pool.workers if batch_count < pool.workers else 1  # small calls: split each batch over the workers
         pending: dict[int, list[bytes | None]] = {}
         futures: dict[int, asyncio.Future[tuple[bytes, float]]] = {}
         received = 0
@@ -285,9 +285,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             if all(item is not None for item in row):
                 envelopes = [item for item in row if item is not None]
                 del pending[bits.batch_index]
-                futures[bits.batch_index] = asyncio.wrap_future(pool.submit(
-                    evaluate_batch, str(context_path), header.context_id, str(deployment.path),
-                    deployment.sha256, envelopes, bits.batch_index), loop=loop)
+                futures[bits.batch_index] = asyncio.ensure_future(_evaluate_batch(
+                    pool, parts, str(context_path), header.context_id, deployment, envelopes, bits.batch_index))
         if received != expected:
             for future in futures.values():
                 future.cancel()
@@ -355,6 +354,20 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             if isinstance(result, asyncio.CancelledError):
                 raise result
         return list(results)
+
+
+async def _evaluate_batch(pool: Any, parts: int, context_path: str, context_id: str, deployment: Deployment,
+                          envelopes: list[bytes], batch_index: int) -> tuple[bytes, float]:
+    """One batch in the worker pool: whole, or split into ``parts`` summed and finished by a worker."""
+    from ciphercare.services.scoring_pool import evaluate_batch, evaluate_part, finish_parts
+
+    model, sha = str(deployment.path), deployment.sha256
+    if parts <= 1:
+        return await asyncio.wrap_future(pool.submit(evaluate_batch, context_path, context_id, model, sha, envelopes,
+                                                     batch_index))
+    partials = await asyncio.gather(*(asyncio.wrap_future(pool.submit(
+        evaluate_part, context_path, context_id, model, sha, envelopes, batch_index, k, parts)) for k in range(parts)))
+    return await asyncio.wrap_future(pool.submit(finish_parts, context_path, context_id, [p[0] for p in partials]))
 
 
 def _org(principal: Principal) -> str:

@@ -97,3 +97,24 @@ def test_parameters_are_128_bit_secure_per_the_he_standard() -> None:
 def test_result_modulus_holds_the_model() -> None:
     evaluator = Evaluator(key_owner().public_context)
     assert default_training().package.margin_bound < evaluator.max_margin()
+
+
+def test_split_evaluation_equals_the_whole_model() -> None:
+    """A batch split over two workers (partials summed, then flooded once) gives the same scores."""
+    from ciphercare.analytics.forms import split_form
+
+    result = default_training()
+    package, x = result.package, result.test.x[:40]
+    form = model_form(package)
+    bits = package.grid.bits(x)
+    parts = split_form(form, 2)
+    assert all(not p.is_constant for p in parts)
+    whole = evaluate(form, PlainBackend(bits), 1.0)
+    assert np.max(np.abs(sum(evaluate(p, PlainBackend(bits), 1.0) for p in parts) - whole)) < 1e-12
+
+    keys = key_owner()
+    evaluator = Evaluator(keys.public_context)
+    cts = [evaluator.load_ciphertext(e) for e in keys.encrypt_bits(bits)[0]]
+    partials = [evaluator.evaluate_partial(p, cts) for p in parts]
+    margins = keys.decrypt(evaluator.finish_partials(partials), len(x))
+    assert np.max(np.abs(margins - result.xgboost_margin(x))) <= 1e-3
