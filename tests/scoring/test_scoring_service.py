@@ -231,3 +231,11 @@ def test_no_log_no_result(env, hospital: ScoringClient) -> None:  # type: ignore
     statuses = {o.pid: (o.status, o.reason_code) for o in score.outcomes}
     assert statuses[pids[1]] == (scoring_pb2.PATIENT_STATUS_ERROR, "access-event-not-recorded")
     assert statuses[pids[0]] == (scoring_pb2.PATIENT_STATUS_ERROR, "batch-withheld")
+
+
+def test_scoring_service_is_listed_by_reflection(env) -> None:  # type: ignore[no-untyped-def]
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(env.server.target) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "ciphercare.v1.ScoringService" in services
