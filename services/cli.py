@@ -71,7 +71,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if settings.web_enabled:
             from ciphercare.services.web.server import start_web
 
-            web = await asyncio.to_thread(start_web, settings, ports[0])
+            try:
+                web = await asyncio.to_thread(start_web, settings, ports[0])
+            except OSError as exc:  # the gRPC services stay up without the web app
+                print(f"ciphercare: web app not started: {exc}", file=sys.stderr, flush=True)
         print("ciphercare is up", flush=True)
         print(f"  gRPC (ConsentService, AccessLogService, health, reflection): {settings.grpc_host}:{ports[0]}")
         if app.dev_issuer_server is not None:

@@ -71,4 +71,8 @@ def start_web(settings: Settings, grpc_port: int) -> WebServer:
     """Serve the web app of ``settings`` against the gRPC services on ``grpc_port`` (same host)."""
     host = "127.0.0.1" if settings.grpc_host in _WILDCARD else settings.grpc_host
     app = create_app(settings, f"{host}:{grpc_port}")
-    return WebServer(app, settings.web_host, settings.web_port, public_url=settings.resolved_web_url).start()
+    try:
+        return WebServer(app, settings.web_host, settings.web_port, public_url=settings.resolved_web_url).start()
+    except OSError:
+        app.state.web.close()
+        raise
