@@ -152,12 +152,19 @@ class OrphanDocument:
     created_ms: int
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        _set_sqlite_pragmas(dbapi_connection, busy_timeout_ms)
+
+    return apply
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")  # a writer waits this long for the lock
     # Deleted rows (destroyed data keys, erased documents) are overwritten with zeros, not left in free pages.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
@@ -196,7 +203,7 @@ def make_engine(
     ``statement_timeout_ms``, wait for a lock ``lock_timeout_ms``, and a session may
     sit idle inside a transaction ``idle_in_transaction_timeout_ms`` before it is
     cancelled, so no request can hold a lock or a pooled connection forever.
-    SQLite: one file, writers wait up to ``pool_timeout_s`` for the write lock.
+    SQLite: one file; a writer waits up to ``pool_timeout_s`` for the write lock, then fails.
     """
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -208,7 +215,7 @@ def make_engine(
             connect_args={"timeout": pool_timeout_s, "check_same_thread": False},
             hide_parameters=True,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(int(pool_timeout_s * 1000)))
         return engine
     if not url.startswith("postgresql+psycopg"):
         raise StoreConfigError(

@@ -267,7 +267,7 @@ def test_engine_timeouts_and_pool_limits(store_url: str) -> None:
         engine = make_engine(store_url, pool_timeout_s=1.5)
         with engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
-            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10000
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1500
         engine.dispose()
         return
     engine = make_engine(store_url, pool_size=1, pool_timeout_s=0.5, statement_timeout_ms=300, lock_timeout_ms=200)
@@ -298,19 +298,22 @@ def test_postgres_urls_mean_psycopg3() -> None:
 
 
 def test_lock_timeout_bounds_a_blocked_writer(store_url: str, kek: KeyEncryptionKey) -> None:
-    if not store_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL lock_timeout (SQLite waits busy_timeout for its single writer lock)")
-    store = OffchainStore.from_url(store_url, kek=kek, lock_timeout_ms=200)
+    """A writer blocked by another transaction fails after the lock timeout instead of hanging."""
+    store = OffchainStore.from_url(store_url, kek=kek, lock_timeout_ms=200, pool_timeout_s=0.3)
     store.migrate()
+    sqlite = store.dialect == "sqlite"
     try:
         sha = store.put_document("access-detail", body(a=1), pid="pt-100")
         with store.engine.connect() as holder:
-            holder.execute(text("BEGIN"))
-            holder.execute(text("SELECT 1 FROM documents WHERE sha256 = :s FOR UPDATE"), {"s": sha})
+            if sqlite:  # SQLite has one writer lock for the whole file
+                holder.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                holder.execute(text("BEGIN"))
+                holder.execute(text("SELECT 1 FROM documents WHERE sha256 = :s FOR UPDATE"), {"s": sha})
             started = time.monotonic()
             with pytest.raises(DBAPIError):
                 store.apply_privacy_batch([DocumentRef(sha, "pt-100", 1)], [], None)
-            assert time.monotonic() - started < 5
-            holder.execute(text("ROLLBACK"))
+            assert 0.1 < time.monotonic() - started < 5
+            holder.exec_driver_sql("ROLLBACK")
     finally:
         store.close()
