@@ -226,6 +226,20 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise precondition(f"no signed checkpoint exists at tree size {size}; pass 0 for the latest")
         return checkpoint
 
+    def _about_own_patient(self, seq: int, principal: Principal) -> bool:
+        """Is ledger entry ``seq`` solely about the calling patient (every event it emitted names their pid)?"""
+        if "patient" not in principal.roles or not principal.pid or seq >= self.ledger.size():
+            return False
+        events = self.ledger.entry(seq).events
+        if not events:
+            return False
+        for event in events:
+            payload = json.loads(event.payload)
+            pid = payload.get("pid") or (payload.get("entity") or {}).get("pid")
+            if pid != principal.pid:
+                return False
+        return True
+
     async def GetCheckpoint(
         self, request: access_log_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> access_log_pb2.GetCheckpointResponse:
@@ -242,9 +256,12 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         if target == "event_id":
             seq = self._visible(request.event_id, principal).seq
         elif target == "sequence":
-            if not principal.roles & ALL_SCOPE_ROLES:
-                raise forbidden("only compliance officers and admins may ask for proofs of arbitrary entries")
             seq = request.sequence
+            if not principal.roles & ALL_SCOPE_ROLES and not self._about_own_patient(seq, principal):
+                raise forbidden(
+                    "only compliance officers and admins may ask for proofs of entries that are not about "
+                    "the caller's own patient record"
+                )
         else:
             raise invalid("event_id or sequence is required")
         checkpoint = self._checkpoint_at(request.tree_size)

@@ -230,3 +230,23 @@ def test_bad_record_input(env):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fragment
         assert fragment in err.value.details()
         assert env.app.ledger.size() == before
+
+
+def test_patients_can_prove_the_entries_about_themselves(env):
+    from ciphercare.v1 import consent_pb2
+
+    pid = new_pid()
+    patient = env.patient(pid)
+    granted = patient.grant(consent_pb2.GrantRequest(
+        pid=pid, grantee_organization="hospital-a", decision=consent_pb2.CONSENT_DECISION_PERMIT,
+        purposes=["TREAT"], data_classes=["Observation"]))
+    proof = patient.call(patient.access_log.GetInclusionProof,
+                         access_log_pb2.GetInclusionProofRequest(sequence=granted.receipt.sequence))
+    head = patient.call(patient.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+    _, size, root = rfc9162.verify_note(proof.checkpoint.signed_note, head.verifier_key)
+    assert rfc9162.verify_inclusion(proof.leaf, granted.receipt.sequence, size, list(proof.hashes), root)
+    other = env.patient(new_pid())
+    with pytest.raises(grpc.RpcError) as err:
+        other.call(other.access_log.GetInclusionProof,
+                   access_log_pb2.GetInclusionProofRequest(sequence=granted.receipt.sequence))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
