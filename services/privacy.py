@@ -27,6 +27,7 @@ from grpc import aio
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import ACCESSLOG_CONTRACT, ERASURE_OUTCOME_DESC
+from ciphercare.consent.model import PID_RE
 from ciphercare.ledger.api import Ledger, Principal
 from ciphercare.services.crypto import KeyEncryptionKey
 from ciphercare.services.settings import Settings
@@ -70,10 +71,12 @@ def pid_refusal(pid: str) -> str | None:
 
 
 class PseudonymGuardInterceptor(aio.ServerInterceptor):
-    """Refuses (INVALID_ARGUMENT) any unary request whose ``pid`` field looks like a name or an MRN.
+    """Refuses (INVALID_ARGUMENT) any request naming a patient by something shaped like a name or an MRN.
 
-    Placed first, so neither authentication's denied-access logging nor a servicer
-    ever handles such a value.
+    Looks at every field called ``pid`` or ``pids``, at any depth of the request message
+    (e.g. ``ScoreHeader.pids`` inside a streamed ``ScoreRequest``), in unary requests and in
+    every message of a client stream. Placed first, so neither authentication's
+    denied-access logging nor a servicer ever handles such a value.
     """
 
     async def intercept_service(
@@ -82,8 +85,10 @@ class PseudonymGuardInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
+        if handler is None:
+            return None
+        codec = {"request_deserializer": handler.request_deserializer,
+                 "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
@@ -91,11 +96,7 @@ class PseudonymGuardInterceptor(aio.ServerInterceptor):
                 await _guard(request, context)
                 return await inner_uu(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **codec)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
@@ -104,18 +105,54 @@ class PseudonymGuardInterceptor(aio.ServerInterceptor):
                 async for item in inner_us(request, context):
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: aio.ServicerContext) -> Any:
+                return await inner_su(_guarded(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **codec)
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
+                async for item in inner_ss(_guarded(requests, context), context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
         return handler
 
 
+async def _guarded(requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
+    async for request in requests:
+        await _guard(request, context)
+        yield request
+
+
+def request_pids(message: Any, depth: int = 0) -> list[str]:
+    """Every string in a field named ``pid`` or ``pids`` of a protobuf message, nested messages included."""
+    found: list[str] = []
+    list_fields = getattr(message, "ListFields", None)
+    if list_fields is None or depth > 8:
+        return found
+    for descriptor, value in list_fields():
+        repeated = descriptor.label == descriptor.LABEL_REPEATED
+        if descriptor.type == descriptor.TYPE_STRING and descriptor.name in ("pid", "pids"):
+            found.extend(value if repeated else [value])
+        elif descriptor.type == descriptor.TYPE_MESSAGE and not (
+            descriptor.message_type and descriptor.message_type.GetOptions().map_entry
+        ):
+            for item in value if repeated else [value]:
+                found.extend(request_pids(item, depth + 1))
+    return found
+
+
 async def _guard(request: Any, context: aio.ServicerContext) -> None:
-    pid = getattr(request, "pid", None)
-    if isinstance(pid, str) and pid:
-        refusal = pid_refusal(pid)
+    for pid in request_pids(request):
+        # Only values the pseudonym syntax would accept: anything else is refused by the validators
+        # behind (which never put it on the ledger); this guard closes what they would let through.
+        refusal = pid_refusal(pid) if PID_RE.match(pid) else None
         if refusal is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
 

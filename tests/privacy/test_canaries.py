@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import struct
+import sys
 from pathlib import Path
 
 import grpc
@@ -19,10 +22,14 @@ from privacy_testkit import Canaries, Errors, Scanner, access_detail, consent_do
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
 from ciphercare.services.privacy import open_offchain_store
+from ciphercare.services.sdk_scoring import ScoringClient, ScoringError
 from ciphercare.services.store.models import Document
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "scoring"))
+from scoring_testkit import default_training, key_owner  # noqa: E402  (the scoring room's test kit)
 
 
 def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: str, server_kit) -> None:
@@ -31,13 +38,13 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
     errors = Errors()
     pid = "pt-cnry-" + c.mrn("pseudonym-suffix")[:6]  # a pseudonym: allowed everywhere
     del c.tokens["pseudonym-suffix"]
+    feature_value = 61.0 + secrets.randbelow(10**9) / 10**10  # an age no one has: 61.0xxxxxxxxx
 
     with json_logs(settings) as logs:
         server = server_kit.ServerThread(settings).start()
         try:
             env = server_kit.Env(server=server, issuer=DevIssuer.from_settings(settings))
             patient, hospital, officer = env.patient(pid), env.hospital(), env.officer()
-            size_before = env.app.ledger.size()
 
             # --- accepted PHI-bearing input: consent with a FHIR document, access with details
             granted = patient.grant(consent_pb2.GrantRequest(
@@ -56,7 +63,15 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
             assert recorded.event.id in {e.id for e in found}
             verifier, _ = officer.verifier()
             officer.verify_event_inclusion(recorded.event.id, verifier)
+            # Encrypted scoring: distinctive feature values never leave the hospital in the clear.
+            scorer = ScoringClient.connect(server.target, env.token("hospital", org="hospital-a",
+                                                                   subject="svc-hospital-a"), deadline_s=120)
+            rows = default_training().test.x[:1].astype(float).copy()
+            rows[0, 0] = feature_value
+            scored = scorer.score(key_owner(), [pid], rows, purpose="TREAT", data_class="Observation")
+            assert [r.status for r in scored.results] == ["scored"]
             patient.revoke(granted.consent.id, "patient-request")
+            size_accepted = env.app.ledger.size()
 
             # --- PHI where it must be refused, and never echoed
             refused = {
@@ -99,16 +114,29 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
             errors.expect(grpc.StatusCode.PERMISSION_DENIED, patient.record, access_log_pb2.RecordRequest(
                 type="110110", subtype="read", action="R", outcome=access_log_pb2.ACCESS_OUTCOME_SUCCESS,
                 purpose_of_use="TREAT", pid=pid, detail_json=json.dumps({"x": c.name("refused.role.detail")})))
+            # A name-shaped pid inside a streamed ScoreHeader is refused too, before any event is recorded.
+            scorer_size = env.app.ledger.size()
+            try:
+                scorer.score(key_owner(), [f"{c.name('refused.score.pid')}.Roe"], rows)
+                raise AssertionError("scoring a name-shaped pid succeeded")
+            except (grpc.RpcError, ScoringError) as exc:
+                message = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+                errors.messages.append(f"score: {message}")
+                assert "pseudonym, not an identifier" in message, message
+            assert env.app.ledger.size() == scorer_size
+            scorer.close()
             # Nothing refused was written, except the one denied event for the refused role.
-            assert env.app.ledger.size() == size_before + 3 + 1
+            assert env.app.ledger.size() == size_accepted + 1
         finally:
             server.stop()
         lines = log_lines(logs)
 
     accepted = {label: token for label, token in c.tokens.items() if not label.startswith("refused.")}
-    assert len(accepted) == 8 and len(c.tokens) - len(accepted) == 12
+    assert len(accepted) == 8 and len(c.tokens) - len(accepted) == 13
 
     scanner = Scanner(c.tokens)
+    scanner.patterns["features.value.float64"] = {struct.pack("<d", feature_value), struct.pack(">d", feature_value)}
+    scanner.patterns["features.value.text"] = {repr(feature_value).encode(), f"{feature_value:.6f}".encode()}
     scanner.scan_tree(settings.data_dir)  # ledger (+ WAL, checkpoints, MSP), keys, and the SQLite store if any
     scanner.scan_database(store_url)  # every row, every column, documents.body included (ciphertext)
     where_pg = scanner.scan_postgres_files(store_url) if store_url.startswith("postgresql") else "n/a"
@@ -119,7 +147,7 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
         assert where_pg.startswith("PostgreSQL files under"), where_pg
 
     assert any(json.loads(line)["msg"] == "store check" for line in lines)
-    assert len(errors.messages) == 12 and scanner.scanned["files"] >= 3 and scanner.scanned["rows"] >= 4
+    assert len(errors.messages) == 13 and scanner.scanned["files"] >= 3 and scanner.scanned["rows"] >= 4
     assert all("pseudonym, not an identifier" in m for m in errors.messages[:5])
 
     # The PHI is in the store -- sealed: with the key-encryption key every accepted canary decrypts back.
