@@ -43,6 +43,13 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 # up ---------------------------------------------------------------------------
 
 
+def _display_url(settings: Settings) -> str:
+    """The database URL with any password masked (it is printed and may be logged)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ciphercare.services.logs import configure_logging
     from ciphercare.services.server import Application
@@ -80,7 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if app.dev_issuer_server is not None:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
-        print(f"  off-chain store:                                            {settings.resolved_database_url}")
+        print(f"  off-chain store:                                            {_display_url(settings)}")
         if web is not None:
             print(f"  web (patient portal, compliance console):                   {web.url}/")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)

@@ -10,7 +10,13 @@ from ciphercare.consent import canonical
 from ciphercare.services import convert
 from ciphercare.services.auth.interceptor import current_principal
 from ciphercare.services.errors import invalid, not_found
-from ciphercare.services.fhir import FhirDocumentError, consent_document, has_source, parse_consent_document
+from ciphercare.services.fhir import (
+    FhirDocumentError,
+    consent_document,
+    document_pid,
+    has_source,
+    parse_consent_document,
+)
 from ciphercare.services.gateway import LedgerGateway
 from ciphercare.services.store import DocumentErasedError, OffchainStore
 from ciphercare.v1 import consent_pb2, consent_pb2_grpc
@@ -56,6 +62,10 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 raise invalid(str(exc)) from exc
         else:
             document = consent_document(grant, grant["period"]["start"])
+        named = document_pid(document)
+        if named is not None and named != request.pid:
+            # Erasure finds a patient's documents by pid: a document about someone else must not hide here.
+            raise invalid("fhir_consent_json names a different patient than pid")
         if on_behalf and not has_source(document):
             # Staff record a patient's consent only with the evidence of it (FHIR R4 Consent.source[x]:
             # the signed form or a reference to it), kept off-chain under the hash the ledger records.

@@ -45,7 +45,7 @@ def _encrypted_scoring_round(target: str, issuer: DevIssuer, step, settings: Set
 
 def run_demo(settings: Settings, target: str) -> int:
     issuer = DevIssuer.from_settings(settings)
-    pid = f"pt-demo-{secrets.token_hex(4)}"
+    pid = f"pt-demo-{secrets.randbelow(10**8):08d}"
     tokens = {
         "patient": issuer.issue(subject=f"patient-{pid}", roles=["patient"], org="", pid=pid),
         "hospital-a": issuer.issue(subject="svc-hospital-a-ehr", roles=["hospital"], org="hospital-a",

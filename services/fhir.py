@@ -66,6 +66,16 @@ def consent_document(grant: dict[str, Any], recorded_on: str) -> dict[str, Any]:
     }
 
 
+def document_pid(document: dict[str, Any]) -> str | None:
+    """The pseudonym a Consent names as its patient (``patient.identifier`` in our system), if any."""
+    patient = document.get("patient")
+    identifier = patient.get("identifier") if isinstance(patient, dict) else None
+    if isinstance(identifier, dict) and identifier.get("system") == "urn:ciphercare:pid":
+        value = identifier.get("value")
+        return value if isinstance(value, str) else ""
+    return None
+
+
 def has_source(document: dict[str, Any]) -> bool:
     """Does the Consent carry the evidence of the patient's agreement (R4 ``source[x]``)?"""
     attachment = document.get("sourceAttachment")

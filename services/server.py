@@ -26,17 +26,18 @@ from ciphercare.services.access_log_service import AccessLogServicer, AccessProj
 from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.auth.devlogin import DevLogin
 from ciphercare.services.auth.interceptor import AuthInterceptor, RejectedCall
+from ciphercare.services.auth.jwks import JwksError
 from ciphercare.services.auth.rules import RULES
 from ciphercare.services.auth.tokens import TokenVerifier
 from ciphercare.services.consent_service import ConsentServicer
 from ciphercare.services.errors import ErrorMappingInterceptor
 from ciphercare.services.gateway import LedgerGateway
-from ciphercare.services.settings import Settings
 from ciphercare.services.privacy import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring_service import ScoringServicer
+from ciphercare.services.settings import Settings
 from ciphercare.services.store import OffchainStore
-from ciphercare.services.token_cache import CachingVerifier
 from ciphercare.services.store.consistency import PrivacyProjector, check_store
+from ciphercare.services.token_cache import CachingVerifier
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
@@ -92,8 +93,8 @@ class Application:
     verifier: CachingVerifier
     dev_issuer_server: DevIssuerServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
     owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy.py)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Application:
         dev_server = None
@@ -102,10 +103,16 @@ class Application:
             dev_server = DevIssuerServer.for_issuer(issuer, settings)
             dev_server.login = DevLogin.from_settings(issuer, settings)  # browser login for the web app
             dev_server.start()
+        owner_lock = ledger_owner_lock(settings)
         ledger = open_ledger(settings)
         store = open_store(settings)
-        owner_lock = ledger_owner_lock(settings)
-        verifier = CachingVerifier(TokenVerifier.from_settings(settings))
+        token_verifier = TokenVerifier.from_settings(settings)
+        try:
+            # Warm the key cache now, so the first burst of requests never races for the first fetch.
+            token_verifier.jwks.refresh()
+        except JwksError as exc:  # the IdP may be down at start; requests fetch the keys later
+            log.warning("JWKS not fetched at start-up; will retry on first use", extra={"error": type(exc).__name__})
+        verifier = CachingVerifier(token_verifier)
         return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server,
                    owner_lock=owner_lock)
 
@@ -143,9 +150,9 @@ class Application:
         ]
         server = grpc.aio.server(
             interceptors=[
+                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
                 ErrorMappingInterceptor(),
-                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
             ],
             options=options,
         )
@@ -189,9 +196,9 @@ class Application:
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         follow = asyncio.create_task(projector.follow())
+        self._tasks.append(asyncio.create_task(privacy.follow()))
         if ready is not None:
             ready.set()
-        self._tasks.append(asyncio.create_task(privacy.follow()))
         stop = stop or asyncio.Event()
         try:
             await stop.wait()
@@ -207,15 +214,15 @@ class Application:
         follow.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await follow
-
-    def close(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def close(self) -> None:
         self.ledger.close()
         self.store.close()
-        if self.dev_issuer_server is not None:
-            self.dev_issuer_server.stop()
         if self.owner_lock is not None:
             self.owner_lock.release()
+        if self.dev_issuer_server is not None:
+            self.dev_issuer_server.stop()

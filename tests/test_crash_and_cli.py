@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "ciphercare.services.cli"]
 
 def start_server(data_dir: Path, issuer_port: int) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, CIPHERCARE_DATA_DIR=str(data_dir), CIPHERCARE_GRPC_PORT="0",
-               CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port))
+               CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false")
     proc = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     port = 0
