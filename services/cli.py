@@ -227,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Libraries configure logging at import (the Fabric shim sets the root logger to DEBUG);
+    # commands other than `up` (which installs JSON logging) report through their own output.
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except CliError as exc:
