@@ -49,7 +49,7 @@ def test_msp_id_for_org() -> None:
 
 
 def test_msp_id_matches_ledger_copy() -> None:
-    ledger_msp = pytest.importorskip("ciphercare.ledger.msp")
+    from ciphercare.ledger import msp as ledger_msp
     for org in ("hospital-a", "st_marys-clinic", "x1", "ciphercare"):
         assert ledger_msp.msp_id_for_org(org) == msp_id_for_org(org)
         assert ledger_msp.ATTR_OID == caller_mod.ATTRIBUTE_EXTENSION_OID.dotted_string
@@ -75,8 +75,8 @@ def test_no_pid_and_no_roles() -> None:
     assert c.pid is None and c.roles == frozenset() and not c.is_patient
 
 
-def test_real_msp_certificate_if_available() -> None:
-    ledger_msp = pytest.importorskip("ciphercare.ledger.msp")
+def test_real_msp_certificate() -> None:
+    from ciphercare.ledger import msp as ledger_msp
     from ciphercare.ledger.api import Principal
 
     ident = ledger_msp.EmbeddedMSP().identity(

@@ -133,7 +133,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "in-test-runtime":
         yield InTestWorldState()
         return
-    embedded = pytest.importorskip("ciphercare.ledger.embedded", reason="EmbeddedLedger not built yet")
+    from ciphercare.ledger import embedded
     led = embedded.EmbeddedLedger(
         tmp_path / "ledger.db",
         tmp_path / "checkpoint.key",
