@@ -162,6 +162,10 @@ class EventStream(Protocol):
 
     def __iter__(self) -> Iterator[CommittedEvent]: ...
 
+    def next_batch(self, max_events: int = 1024) -> list[CommittedEvent]:
+        """Block for the next event, then return it with every further one already committed."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -104,6 +104,26 @@ class EventStream:
                 while not self._closed and ledger.size() <= self._next_seq:
                     ledger._commit_cond.wait(timeout=1.0)
 
+    def next_batch(self, max_events: int = 1024) -> list[CommittedEvent]:
+        """Block for the next event, then return it with every further one already committed.
+
+        Lets a follower apply a burst of commits in one off-chain transaction instead of one
+        each. Raises ``StopIteration`` when the stream is closed.
+        """
+        ledger = self._ledger
+        batch = [next(self)]
+        while len(batch) < max_events:
+            if self._buffer:
+                batch.append(self._buffer.popleft())
+                continue
+            size = ledger.size()
+            if self._next_seq >= size or self._closed:
+                break
+            end = min(size, self._next_seq + _EVENT_CHUNK)
+            self._buffer.extend(ledger._log.committed_events(self._next_seq, end, self._names))
+            self._next_seq = end
+        return batch
+
     @property
     def next_seq(self) -> int:
         """The first seq whose events have not been read from the store yet."""

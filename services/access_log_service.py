@@ -109,14 +109,16 @@ class AccessProjector:
         """Apply new events as they commit, until cancelled."""
         self.catch_up()
         start = self.store.projection_cursor()
-        self._stream = self.ledger.events(start, frozenset({EVENT_NAME}))
-        iterator = iter(self._stream)
+        stream = self._stream = self.ledger.events(start, frozenset({EVENT_NAME}))
         try:
             while True:
-                event = await asyncio.to_thread(next, iterator, None)
-                if event is None:
+                # A burst of commits is applied in one off-chain transaction, off the event loop.
+                try:
+                    events = await asyncio.to_thread(stream.next_batch)
+                except StopIteration:
                     return
-                self.store.project_access_events([index_from_event(event)], next_seq=event.seq + 1)
+                rows = [index_from_event(event) for event in events]
+                await asyncio.to_thread(self.store.project_access_events, rows, events[-1].seq + 1)
         finally:
             self.stop()
 

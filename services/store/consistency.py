@@ -160,16 +160,17 @@ class PrivacyProjector:
         """Apply new entries as they commit, until cancelled."""
         self.catch_up()
         start = self.store.projection_cursor("privacy")
-        self._stream = self.ledger.events(start, PRIVACY_EVENTS)
-        iterator = iter(self._stream)
+        stream = self._stream = self.ledger.events(start, PRIVACY_EVENTS)
         try:
             while True:
-                event = await asyncio.to_thread(next, iterator, None)
-                if event is None:
+                # A burst of commits is applied in one off-chain transaction, off the event loop.
+                try:
+                    events = await asyncio.to_thread(stream.next_batch)
+                except StopIteration:
                     return
-                entry = _Entry(event.seq, event.tx_id, "", (ChaincodeEvent(event.name, event.payload),))
-                refs, erasures = self.translate([entry])
-                result = await asyncio.to_thread(self.store.apply_privacy_batch, refs, erasures, event.seq + 1)
+                entries = [_Entry(e.seq, e.tx_id, "", (ChaincodeEvent(e.name, e.payload),)) for e in events]
+                refs, erasures = self.translate(entries)
+                result = await asyncio.to_thread(self.store.apply_privacy_batch, refs, erasures, events[-1].seq + 1)
                 for missing in result.missing:
                     log.error("ledger references a missing document", extra={"seq": missing.seq, "pid": missing.pid})
                 for erasure in result.erasures_applied:

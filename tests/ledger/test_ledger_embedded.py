@@ -338,3 +338,23 @@ def test_failed_append_leaves_nothing_half_applied(tmp_path: Path) -> None:
         assert tlog.checkpoint_sizes() == [0, 2, 3]
     finally:
         tlog.close()
+
+
+def test_next_batch_returns_every_committed_event_at_once_then_blocks(make_ledger: MakeLedger) -> None:
+    led = make_ledger(max_batch=64, max_wait_ms=1.0)
+    for i in range(40):
+        led.submit(ALICE, "kv", "Put", [f"k{i}", "v"])
+    stream = led.events(3)
+    batch = stream.next_batch(max_events=1000)
+    assert [e.seq for e in batch] == list(range(3, 40))
+    results: list[list[CommittedEvent]] = []
+    reader = threading.Thread(target=lambda: results.append(stream.next_batch()))
+    reader.start()
+    time.sleep(0.2)
+    assert reader.is_alive(), "next_batch returned without a new commit"
+    led.submit(ALICE, "kv", "Put", ["late", "v"])
+    reader.join(10)
+    assert [e.seq for e in results[0]] == [40]
+    stream.close()
+    with pytest.raises(StopIteration):
+        stream.next_batch()
