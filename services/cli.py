@@ -83,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             except OSError as exc:  # the gRPC services stay up without the web app
                 print(f"ciphercare: web app not started: {exc}", file=sys.stderr, flush=True)
         print("ciphercare is up", flush=True)
-        print(f"  gRPC (ConsentService, AccessLogService, health, reflection): {settings.grpc_host}:{ports[0]}")
+        print(f"  gRPC (Consent, AccessLog, Scoring; health, reflection):     {settings.grpc_host}:{ports[0]}")
         if app.dev_issuer_server is not None:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
