@@ -231,6 +231,15 @@ class ConsentContract(Contract):
                 raise permission_denied("caller's certificate carries no patient pseudonym")
             if caller.pid != grant.pid:
                 raise permission_denied("a patient may grant consent only for their own pseudonym")
+        elif grant.evidence_sha256 is None and not (
+            caller.has_role(codes.ROLE_PATIENT) and caller.pid == grant.pid
+        ):
+            # Staff record a patient's consent only with the evidence of the patient's agreement
+            # (its hash; the signed form or its reference lives off-chain in the FHIR document).
+            raise ValidationError(
+                "consent.evidence_sha256: a consent recorded on a patient's behalf must reference the "
+                "evidence of their agreement"
+            )
 
         stub = ctx.get_stub()
         now = _tx_time(stub)
@@ -252,6 +261,7 @@ class ConsentContract(Contract):
             document_sha256=grant.document_sha256,
             recorded_at=model.format_time(now),
             recorded_by=caller.actor_ref(),
+            evidence_sha256=grant.evidence_sha256,
         )
         body = canonical.dumps(record.to_dict())
         index_key = stub.create_composite_key(CONSENT_BY_PID_KEY, [record.pid, consent_id])

@@ -412,12 +412,16 @@ class ConsentGrant:
     period: Period
     provisions: tuple[ConsentProvision, ...]
     document_sha256: str
+    #: SHA-256 of the evidence of the patient's agreement (the off-chain FHIR Consent.source[x]);
+    #: required when staff record a consent on a patient's behalf.
+    evidence_sha256: str | None = None
 
     FIELDS = ("pid", "grantee_org", "decision", "purposes", "data_classes", "period", "document_sha256")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "consent") -> ConsentGrant:
-        d = _fields(data, path, cls.FIELDS, ("provisions",))
+        d = _fields(data, path, cls.FIELDS, ("provisions", "evidence_sha256"))
+        evidence = d.get("evidence_sha256")
         return cls(
             pid=pid(d["pid"], f"{path}.pid"),
             grantee_org=org(d["grantee_org"], f"{path}.grantee_org"),
@@ -437,10 +441,11 @@ class ConsentGrant:
             period=Period.from_dict(d["period"], f"{path}.period", require_start=True),
             provisions=parse_provisions(d.get("provisions", []), f"{path}.provisions"),
             document_sha256=sha256_hex(d["document_sha256"], f"{path}.document_sha256"),
+            evidence_sha256=None if evidence is None else sha256_hex(evidence, f"{path}.evidence_sha256"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "pid": self.pid,
             "grantee_org": self.grantee_org,
             "decision": self.decision,
@@ -450,6 +455,9 @@ class ConsentGrant:
             "provisions": [p.to_dict() for p in self.provisions],
             "document_sha256": self.document_sha256,
         }
+        if self.evidence_sha256 is not None:
+            out["evidence_sha256"] = self.evidence_sha256
+        return out
 
 
 @dataclass(frozen=True)
@@ -472,6 +480,7 @@ class ConsentRecord:
     revoked_at: str | None = None
     revoked_by: ActorRef | None = None
     revocation_reason: str | None = None
+    evidence_sha256: str | None = None
 
     FIELDS = (
         "id",
@@ -494,8 +503,11 @@ class ConsentRecord:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "consent") -> ConsentRecord:
-        d = _fields(data, path, cls.FIELDS)
-        grant = ConsentGrant.from_dict({k: d[k] for k in ConsentGrant.FIELDS + ("provisions",)}, path)
+        d = _fields(data, path, cls.FIELDS, ("evidence_sha256",))
+        grant_fields = {k: d[k] for k in ConsentGrant.FIELDS + ("provisions",)}
+        if d.get("evidence_sha256") is not None:
+            grant_fields["evidence_sha256"] = d["evidence_sha256"]
+        grant = ConsentGrant.from_dict(grant_fields, path)
         status = code(
             d["status"], f"{path}.status", codes.CONSENT_STATUSES, "a consent status (active|inactive)"
         )
@@ -524,6 +536,7 @@ class ConsentRecord:
             revoked_at=_optional_time(d["revoked_at"], f"{path}.revoked_at"),
             revoked_by=revoked_by,
             revocation_reason=reason,
+            evidence_sha256=grant.evidence_sha256,
         )
         revoked_parts = (record.revoked_at, record.revoked_by, record.revocation_reason)
         if status == codes.CONSENT_STATUS_INACTIVE and any(p is None for p in revoked_parts):
@@ -552,6 +565,7 @@ class ConsentRecord:
             "revoked_at": self.revoked_at,
             "revoked_by": None if self.revoked_by is None else self.revoked_by.to_dict(),
             "revocation_reason": self.revocation_reason,
+            "evidence_sha256": self.evidence_sha256,
         }
 
 

@@ -14,6 +14,7 @@ from ciphercare.services.fhir import (
     FhirDocumentError,
     consent_document,
     document_pid,
+    evidence_sha256,
     has_source,
     parse_consent_document,
 )
@@ -76,6 +77,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         # The document goes off-chain first (content-addressed, idempotent): a crash
         # before the ledger write leaves an unreferenced document, never a consent
         # whose document is missing.
+        evidence = evidence_sha256(document)
+        if evidence is not None:
+            grant["evidence_sha256"] = evidence
         grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document),
                                                            pid=grant["pid"])
         receipt = await self.gateway.submit(principal, CONTRACT, "Grant", self.gateway.arg(grant))

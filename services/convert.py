@@ -188,6 +188,7 @@ def consent_to_proto(record: dict[str, Any]) -> consent_pb2.Consent:
         document_sha256=record.get("document_sha256", ""),
         recorded_by=actor_to_proto(record.get("recorded_by")),
         revocation_reason=record.get("revocation_reason") or "",
+        evidence_sha256=record.get("evidence_sha256") or "",
     )
     if record.get("recorded_at"):
         message.recorded_at.CopyFrom(timestamp_from_iso(record["recorded_at"]))
@@ -216,6 +217,7 @@ def consent_from_proto(message: consent_pb2.Consent) -> dict[str, Any]:
         "revoked_at": iso_from_timestamp(message.revoked_at) if message.HasField("revoked_at") else None,
         "revoked_by": actor_from_proto(message.revoked_by) if message.HasField("revoked_by") else None,
         "revocation_reason": message.revocation_reason or None,
+        "evidence_sha256": message.evidence_sha256 or None,
     }
     return record
 

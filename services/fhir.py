@@ -6,6 +6,7 @@ has the explicit ``type`` (permit/deny) and ``class`` our provisions carry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -74,6 +75,14 @@ def document_pid(document: dict[str, Any]) -> str | None:
         value = identifier.get("value")
         return value if isinstance(value, str) else ""
     return None
+
+
+def evidence_sha256(document: dict[str, Any]) -> str | None:
+    """SHA-256 of the Consent's evidence (``sourceAttachment`` / ``sourceReference``), canonical JSON."""
+    if not has_source(document):
+        return None
+    evidence = {k: document[k] for k in ("sourceAttachment", "sourceReference") if k in document}
+    return hashlib.sha256(canonical.dumps(evidence)).hexdigest()
 
 
 def has_source(document: dict[str, Any]) -> bool:

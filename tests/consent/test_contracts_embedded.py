@@ -164,6 +164,7 @@ def grant_input(**overrides: Any) -> dict[str, Any]:
         "period": {"start": "2025-01-01T00:00:00Z", "end": "2030-01-01T00:00:00Z"},
         "provisions": [],
         "document_sha256": doc_sha(),
+        "evidence_sha256": doc_sha("signed consent form"),
     }
     d.update(overrides)
     return d
@@ -506,3 +507,15 @@ def test_corrupt_state_is_internal_not_client_error() -> None:
     led.state[key] = led.state[key].replace(b'"TREAT"', b'"FOO"')
     err = refused("INTERNAL", evaluate, led, OFFICER, "consent", "Get", cid)
     assert err.message.startswith("stored consent is malformed")
+
+
+def test_staff_grants_need_evidence_patients_do_not(ledger: Backend) -> None:
+    without = grant_input()
+    del without["evidence_sha256"]
+    for staff in (CLINICIAN_A, HOSPITAL_A):
+        refused("INVALID_ARGUMENT", submit, ledger, staff, "consent", "Grant", canonical.dumps(without).decode(),
+                fragment="evidence")
+    mine = json.loads(submit(ledger, PATIENT_1, "consent", "Grant", canonical.dumps(without).decode()).result)
+    assert mine["evidence_sha256"] is None
+    recorded = grant(ledger, HOSPITAL_A)
+    assert recorded["evidence_sha256"] == doc_sha("signed consent form")

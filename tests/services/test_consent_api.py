@@ -305,4 +305,5 @@ def test_staff_record_a_consent_only_with_evidence_of_the_patients_agreement(env
     })
     recorded = hospital.grant(request)
     assert recorded.consent.recorded_by.organization == "hospital-b"
+    assert len(recorded.consent.evidence_sha256) == 64
     assert check(env, pid, org="hospital-b").decision == PERMIT

@@ -26,6 +26,7 @@ CONSENT = {
     "revoked_at": "2026-03-01T10:00:00.000Z",
     "revoked_by": {"subject": "u1", "org": "", "roles": ["patient"], "client": "portal"},
     "revocation_reason": "patient-request",
+    "evidence_sha256": "ef" * 32,
 }
 
 EVENT = {

@@ -43,7 +43,7 @@ class ConsentProvision(_message.Message):
     def __init__(self, type: _Optional[_Union[ConsentDecision, str]] = ..., purposes: _Optional[_Iterable[str]] = ..., data_classes: _Optional[_Iterable[str]] = ..., actors: _Optional[_Iterable[str]] = ..., period: _Optional[_Union[_common_pb2.Period, _Mapping]] = ..., provisions: _Optional[_Iterable[_Union[ConsentProvision, _Mapping]]] = ...) -> None: ...
 
 class Consent(_message.Message):
-    __slots__ = ("id", "version", "status", "pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions", "document_sha256", "recorded_at", "recorded_by", "revoked_at", "revoked_by", "revocation_reason")
+    __slots__ = ("id", "version", "status", "pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions", "document_sha256", "recorded_at", "recorded_by", "revoked_at", "revoked_by", "revocation_reason", "evidence_sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Consent(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: int
     status: ConsentStatus
@@ -76,7 +77,8 @@ class Consent(_message.Message):
     revoked_at: _timestamp_pb2.Timestamp
     revoked_by: _common_pb2.Actor
     revocation_reason: str
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ConsentStatus, str]] = ..., pid: _Optional[str] = ..., grantee_organization: _Optional[str] = ..., decision: _Optional[_Union[ConsentDecision, str]] = ..., purposes: _Optional[_Iterable[str]] = ..., data_classes: _Optional[_Iterable[str]] = ..., period: _Optional[_Union[_common_pb2.Period, _Mapping]] = ..., provisions: _Optional[_Iterable[_Union[ConsentProvision, _Mapping]]] = ..., document_sha256: _Optional[str] = ..., recorded_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revoked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revocation_reason: _Optional[str] = ...) -> None: ...
+    evidence_sha256: str
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ConsentStatus, str]] = ..., pid: _Optional[str] = ..., grantee_organization: _Optional[str] = ..., decision: _Optional[_Union[ConsentDecision, str]] = ..., purposes: _Optional[_Iterable[str]] = ..., data_classes: _Optional[_Iterable[str]] = ..., period: _Optional[_Union[_common_pb2.Period, _Mapping]] = ..., provisions: _Optional[_Iterable[_Union[ConsentProvision, _Mapping]]] = ..., document_sha256: _Optional[str] = ..., recorded_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revoked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revocation_reason: _Optional[str] = ..., evidence_sha256: _Optional[str] = ...) -> None: ...
 
 class GrantRequest(_message.Message):
     __slots__ = ("pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions", "fhir_consent_json")
