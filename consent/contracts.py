@@ -62,6 +62,11 @@ _PARSED: LRU[bytes, ConsentRecord | AccessEvent] = LRU(4096)
 _INDEX_VALUE = b"\x00"
 _HEX_TX_ID = re.compile(r"^[0-9a-f]{32,}$")
 
+#: ``consent:CheckMany``: at most this many pids per call (one Score chunk), and the argument's size bound
+#: (every pid at its longest: 64 characters, two quotes and a comma, plus the brackets).
+MAX_CHECK_MANY = 4096
+MAX_CHECK_MANY_BYTES = MAX_CHECK_MANY * (64 + 3) + 2
+
 
 class StoredStateError(RuntimeError):
     """World state holds a value these contracts did not write: an INTERNAL fault, never a client error."""
@@ -183,7 +188,7 @@ class ConsentContract(Contract):
     Name = CONSENT_CONTRACT
 
     def get_evaluate_transactions(self) -> list[str]:
-        return ["Get", "ListForPatient", "History", "Check"]
+        return ["Get", "ListForPatient", "History", "Check", "CheckMany"]
 
     # -- storage --
 
@@ -348,19 +353,82 @@ class ConsentContract(Contract):
         ``at_iso`` is the instant to decide for; ``""`` means the transaction time.
         """
         caller = caller_from_ctx(ctx)
-        at = _tx_time(ctx.get_stub()) if at_iso == "" else model.parse_time(at_iso, "at_iso")
+        at = _check_time(ctx, at_iso)
         request = AccessRequest.validated(pid, recipient_org, purpose, data_class, at)
-        allowed = (
-            caller.is_oversight
-            or (caller.is_provider and caller.org == request.recipient_org)
-            or (caller.is_patient and caller.pid == request.pid)
-        )
-        if not allowed:
-            if caller.is_provider:
-                raise permission_denied("a hospital or clinician may check consent only for its own org")
-            raise permission_denied("caller may not check this patient's consent")
-        decision = decide(await self._for_patient(ctx, request.pid), request)
-        return _to_json(decision.to_dict())
+        _authorize_check(caller, request)
+        return _to_json(await self._decide(ctx, request))
+
+    async def CheckMany(
+        self,
+        ctx: TransactionContext,
+        pids_json: str,
+        recipient_org: str,
+        purpose: str,
+        data_class: str,
+        at_iso: str,
+    ) -> str:
+        """``Check`` for every pid of ``pids_json`` (a JSON array of distinct pids, 1..MAX_CHECK_MANY).
+
+        Returns the JSON array of their Decisions, in the order of ``pids_json``; each equals what
+        ``Check`` returns for that pid. Validation and authorization are Check's, applied to every pid
+        before any is decided: one malformed or unauthorized pid refuses the whole call.
+        """
+        caller = caller_from_ctx(ctx)
+        at = _check_time(ctx, at_iso)
+        pids = _pid_list(pids_json)
+        first = AccessRequest.validated(pids[0], recipient_org, purpose, data_class, at)
+        requests = [first] + [dataclasses.replace(first, pid=p) for p in pids[1:]]
+        for request in requests:
+            _authorize_check(caller, request)
+        return _to_json([await self._decide(ctx, request) for request in requests])
+
+    async def _decide(self, ctx: TransactionContext, request: AccessRequest) -> dict[str, Any]:
+        """The Decision (as a dict) for an already validated and authorized request."""
+        return decide(await self._for_patient(ctx, request.pid), request).to_dict()
+
+
+def _check_time(ctx: TransactionContext, at_iso: str) -> datetime:
+    """The instant a Check decides for: ``at_iso``, or the transaction time when it is ``""``."""
+    return _tx_time(ctx.get_stub()) if at_iso == "" else model.parse_time(at_iso, "at_iso")
+
+
+def _authorize_check(caller: Caller, request: AccessRequest) -> None:
+    """Who may ask for a decision: oversight; a provider for its own org; a patient for themselves."""
+    allowed = (
+        caller.is_oversight
+        or (caller.is_provider and caller.org == request.recipient_org)
+        or (caller.is_patient and caller.pid == request.pid)
+    )
+    if not allowed:
+        if caller.is_provider:
+            raise permission_denied("a hospital or clinician may check consent only for its own org")
+        raise permission_denied("caller may not check this patient's consent")
+
+
+def _pid_list(pids_json: str) -> list[str]:
+    """``CheckMany``'s pids: a JSON array of 1..MAX_CHECK_MANY distinct valid pids (INVALID_ARGUMENT otherwise)."""
+    if not isinstance(pids_json, str):
+        raise ValidationError(f"pids_json: expected a JSON array of pids, got {model.shown(pids_json)}")
+    if len(pids_json.encode("utf-8")) > MAX_CHECK_MANY_BYTES:
+        raise ValidationError(f"pids_json: larger than {MAX_CHECK_MANY_BYTES} bytes")
+    try:
+        value = canonical.loads(pids_json)
+    except (ValueError, RecursionError):
+        raise ValidationError("pids_json: not valid JSON") from None
+    if not isinstance(value, list):
+        raise ValidationError(f"pids_json: expected a JSON array of pids, got {model.shown(value)}")
+    if not value:
+        raise ValidationError("pids_json: name at least one pid")
+    if len(value) > MAX_CHECK_MANY:
+        raise ValidationError(f"pids_json: at most {MAX_CHECK_MANY} pids per call, got {len(value)}")
+    pids = [model.pid(item, f"pids_json[{i}]") for i, item in enumerate(value)]
+    if len(set(pids)) != len(pids):
+        seen: set[str] = set()
+        for i, p in enumerate(pids):
+            if p in seen:
+                raise ValidationError(f"pids_json[{i}]: {p!r} appears twice")
+            seen.add(p)
+    return pids
 
 
 # --- Access log ------------------------------------------------------------------------

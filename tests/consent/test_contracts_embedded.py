@@ -415,6 +415,114 @@ def test_revoke_authorization(ledger: Backend) -> None:
     assert revoked["revoked_by"]["org"] == "hospital-b"
 
 
+def check_many(
+    led: Backend,
+    who: Principal,
+    pids: Sequence[str] | str,
+    purpose: str = "TREAT",
+    data_class: str = "Observation",
+    org: str = "hospital-a",
+    at: str = "",
+) -> list[dict[str, Any]]:
+    arg = pids if isinstance(pids, str) else canonical.dumps(list(pids)).decode()
+    raw = led.evaluate(who, "consent", "CheckMany", [arg, org, purpose, data_class, at])
+    decisions = json.loads(raw)
+    assert bytes(raw) == canonical.dumps(decisions)  # canonical bytes
+    return decisions
+
+
+def mixed_patients(led: Backend) -> list[str]:
+    """Patients whose Check for hospital-a/TREAT/Observation is permit, deny, expired, revoked, other-org, none."""
+    grant(led, pid="pat-0001")
+    grant(led, pid="pat-0002", decision="deny")
+    grant(led, pid="pat-0003", period={"start": "2025-01-01T00:00:00Z", "end": "2025-02-01T00:00:00Z"})
+    revoked = grant(led, pid="pat-0004")
+    submit(led, CLINICIAN_A, "consent", "Revoke", revoked["id"], "patient-request")
+    grant(led, CLINICIAN_B, pid="pat-0005", grantee_org="hospital-b")
+    grant(led, pid="pat-0007", provisions=[{"type": "deny", "data_classes": ["Observation"]}])
+    return ["pat-0001", "pat-0002", "pat-0003", "pat-0004", "pat-0005", "pat-0006", "pat-0007"]
+
+
+def test_check_many_equals_check(ledger: Backend) -> None:
+    pids = mixed_patients(ledger)
+    singles = {p: check(ledger, CLINICIAN_A, pid=p) for p in pids}
+    assert [singles[p]["reason_code"] for p in pids] == [
+        "consent-permit",
+        "consent-deny",
+        "consent-expired",
+        "consent-revoked",
+        "no-consent",
+        "no-consent",
+        "consent-deny",
+    ]
+    for order in (pids, list(reversed(pids)), pids[3:] + pids[:3], ["pat-0004"]):
+        assert check_many(ledger, CLINICIAN_A, order) == [singles[p] for p in order]
+    for who, kwargs in (
+        (OFFICER, {"at": "2025-01-15T00:00:00Z"}),
+        (OFFICER, {"purpose": "HRESCH"}),
+        (HOSPITAL_A, {"data_class": "RiskAssessment"}),
+        (CLINICIAN_B, {"org": "hospital-b"}),
+    ):
+        many = check_many(ledger, who, pids, **kwargs)
+        assert many == [check(ledger, who, pid=p, **kwargs) for p in pids], (who, kwargs)
+    assert check_many(ledger, OFFICER, pids, at="2025-01-15T00:00:00Z")[2]["decision"] == "permit"
+    assert check_many(ledger, PATIENT_1, ["pat-0001"]) == [check(ledger, PATIENT_1)]
+    no_writes_attempted(ledger)
+
+
+def test_check_many_bound(ledger: Backend) -> None:
+    from ciphercare.consent.contracts import MAX_CHECK_MANY
+
+    grant(ledger, pid="p-0")
+    pids = [f"p-{i}" for i in range(MAX_CHECK_MANY)]
+    decisions = check_many(ledger, CLINICIAN_A, pids)
+    assert len(decisions) == MAX_CHECK_MANY
+    assert decisions[0]["decision"] == "permit"
+    assert {d["reason_code"] for d in decisions[1:]} == {"no-consent"}
+    refused(
+        "INVALID_ARGUMENT",
+        check_many,
+        ledger,
+        CLINICIAN_A,
+        pids + ["p-x"],
+        fragment=f"at most {MAX_CHECK_MANY} pids per call, got {MAX_CHECK_MANY + 1}",
+    )
+    longest = [f"{i:04d}".rjust(64, "x") for i in range(MAX_CHECK_MANY)]
+    assert len(check_many(ledger, OFFICER, longest)) == MAX_CHECK_MANY  # the byte bound admits the longest pids
+    refused("INVALID_ARGUMENT", check_many, ledger, OFFICER, canonical.dumps(longest).decode() + " " * 3,
+            fragment="larger than")
+
+
+def test_check_many_validation_and_authorization(ledger: Backend) -> None:
+    grant(ledger)
+    bad = lambda fragment, pids, who=CLINICIAN_A, **kw: refused(  # noqa: E731
+        "INVALID_ARGUMENT", check_many, ledger, who, pids, fragment=fragment, **kw
+    )
+    bad("not valid JSON", "not json")
+    bad("not valid JSON", '["pat-0001"')
+    bad("expected a JSON array of pids, got", '{"pid": "pat-0001"}')
+    bad("expected a JSON array of pids, got", '"pat-0001"')
+    bad("name at least one pid", "[]")
+    bad("pids_json[1]", ["pat-0001", "x"])
+    bad("pids_json[1]", '["pat-0001", 7]')
+    bad("pids_json[0]", '[null]')
+    bad("pids_json[0]", '[["pat-0001"]]')
+    bad("pids_json[2]: 'pat-0001' appears twice", ["pat-0001", "pat-0002", "pat-0001"])
+    bad("purpose: 'FOO'", ["pat-0001"], purpose="FOO")
+    bad("data_class", ["pat-0001"], data_class="Blood")
+    bad("recipient_org", ["pat-0001"], org="Hospital A")
+    bad("at_iso", ["pat-0001"], at="yesterday")
+    # Check's authorization, for every pid: one pid the caller may not ask about refuses the whole call
+    refused("PERMISSION_DENIED", check_many, ledger, CLINICIAN_B, ["pat-0001"], fragment="its own org")
+    refused("PERMISSION_DENIED", check_many, ledger, PATIENT_2, ["pat-0002", "pat-0001"])
+    refused("PERMISSION_DENIED", check_many, ledger, PATIENT_1, ["pat-0001", "pat-0002"])
+    refused("PERMISSION_DENIED", check_many, ledger, NOBODY, ["pat-0001"])
+    assert check_many(ledger, ADMIN, ["pat-0001"]) == [check(ledger, ADMIN)]  # oversight, as for Check
+    assert check_many(ledger, PATIENT_2, ["pat-0002"])[0]["reason_code"] == "no-consent"
+    assert [d["decision"] for d in check_many(ledger, OFFICER, ["pat-0002", "pat-0001"])] == ["deny", "permit"]
+    no_writes_attempted(ledger)
+
+
 # --- access log ---------------------------------------------------------------------------
 
 
@@ -495,7 +603,15 @@ def test_contract_metadata() -> None:
         if ns in ("consent", "accesslog")
     }
     assert kinds == {
-        "consent": {"Grant": 1, "Revoke": 1, "Get": 2, "ListForPatient": 2, "History": 2, "Check": 2},
+        "consent": {
+            "Grant": 1,
+            "Revoke": 1,
+            "Get": 2,
+            "ListForPatient": 2,
+            "History": 2,
+            "Check": 2,
+            "CheckMany": 2,
+        },
         "accesslog": {"Record": 1, "Get": 2, "ListForPatient": 2},
     }
 

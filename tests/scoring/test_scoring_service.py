@@ -233,6 +233,38 @@ def test_no_log_no_result(env, hospital: ScoringClient) -> None:  # type: ignore
     assert statuses[pids[0]] == (scoring_pb2.PATIENT_STATUS_ERROR, "batch-withheld")
 
 
+def test_consent_phase_is_one_check_many_per_chunk(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Score asks consent:CheckMany once per chunk of pids; each answer is what consent:Check says."""
+    import asyncio
+
+    from ciphercare.ledger.api import Principal
+    from ciphercare.services import scoring_service
+    from ciphercare.services.gateway import LedgerGateway
+    from ciphercare.services.scoring_service import ScoringServicer
+
+    pids = [f"pt-score-chunk-{i}" for i in range(5)]
+    for pid in pids[::2]:
+        grant(env, pid)
+    calls: list[tuple[str, int]] = []
+
+    class CountingGateway(LedgerGateway):
+        def evaluate(self, principal: Principal, contract: str, function: str, *args: str):  # type: ignore[no-untyped-def]
+            calls.append((function, len(json.loads(args[0])) if function == "CheckMany" else 1))
+            return super().evaluate(principal, contract, function, *args)
+
+    gateway = CountingGateway(env.app.gateway.ledger, submit_timeout_s=10)
+    servicer = ScoringServicer(gateway, env.settings)
+    principal = Principal(subject="svc-hospital-a", org="hospital-a", roles=frozenset({"hospital"}))
+    monkeypatch.setattr(scoring_service, "CHECKS_PER_CALL", 2)
+    decided = asyncio.run(servicer._check_consents(principal, "hospital-a", _header(pids), pids))
+    assert calls == [("CheckMany", 2), ("CheckMany", 2), ("CheckMany", 1)]
+    assert [pid for pid, _ in decided] == pids
+    for pid, decision in decided:
+        single = gateway.evaluate(principal, "consent", "Check", pid, "hospital-a", "TREAT", "Observation", "")
+        assert decision == single
+    assert [d["decision"] for _, d in decided] == ["permit", "deny", "permit", "deny", "permit"]
+
+
 def test_scoring_service_is_listed_by_reflection(env) -> None:  # type: ignore[no-untyped-def]
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
