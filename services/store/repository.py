@@ -584,7 +584,9 @@ class OffchainStore:
         values = [row.__dict__ for row in rows]
         if not values:
             return
-        session.execute(self._insert(AccessEventRow).values(values).on_conflict_do_nothing(index_elements=["seq"]))
+        # No conflict target: the inline projection (Record) and the ledger follower may insert the same
+        # event concurrently, and on PostgreSQL either unique index (seq or event_id) can detect it first.
+        session.execute(self._insert(AccessEventRow).values(values).on_conflict_do_nothing())
 
     def project_access_events(self, rows: Iterable[AccessEventIndex], next_seq: int | None = None) -> None:
         """Apply events to the projection (idempotent by seq); advance the cursor when ``next_seq`` given."""

@@ -317,3 +317,31 @@ def test_lock_timeout_bounds_a_blocked_writer(store_url: str, kek: KeyEncryption
             holder.exec_driver_sql("ROLLBACK")
     finally:
         store.close()
+
+
+def test_concurrent_projection_of_the_same_events_is_idempotent(store: OffchainStore) -> None:
+    """The inline projection and the ledger follower race on the same rows; neither may fail."""
+    import threading
+
+    from ciphercare.services.store import AccessEventIndex, AccessQuery
+
+    rows = [AccessEventIndex(seq=i, event_id=f"ae-{i:032x}", tx_id=f"{i:064x}", recorded_ms=1_700_000_000_000 + i,
+                             pid=f"pt-{i:04d}", agent_subject="svc", agent_org="hospital-a", purpose="TREAT",
+                             outcome="success", event_json=b"{}") for i in range(200)]
+    errors: list[BaseException] = []
+
+    def project(chunk: int) -> None:
+        try:
+            for start in range(0, 200, chunk):
+                store.project_access_events(rows[start:start + chunk])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=project, args=(n,)) for n in (1, 7, 200, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    found, more = store.search_access_events(AccessQuery(), after_seq=-1, limit=500)
+    assert [r.seq for r in found] == list(range(200)) and not more
