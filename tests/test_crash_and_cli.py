@@ -6,42 +6,24 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest_helpers import free_port
+from conftest_helpers import CLI, free_port, start_cli_server
 
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
 from ciphercare.services.settings import load_settings
 from ciphercare.v1 import access_log_pb2
 
-CLI = [sys.executable, "-m", "ciphercare.services.cli"]
-
 
 def start_server(data_dir: Path, issuer_port: int) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, CIPHERCARE_DATA_DIR=str(data_dir), CIPHERCARE_GRPC_PORT="0",
                CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false")
-    proc = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    port = 0
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-            continue
-        if line.strip().startswith("gRPC"):
-            port = int(line.rsplit(":", 1)[1])
-        if "try: ciphercare demo" in line:
-            return proc, port
-    proc.kill()
-    raise RuntimeError("server did not come up")
+    return start_cli_server(env, timeout_s=60)
 
 
 def run_cli(*args: str, data_dir: Path, issuer_port: int = 0) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest_helpers import free_port
+from conftest_helpers import CLI, free_port, start_cli_server
 from privacy_testkit import Canaries, access_detail, consent_document
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -35,7 +34,6 @@ from ciphercare.services.settings import load_settings
 from ciphercare.services.store.consistency import check_store
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
-CLI = [sys.executable, "-m", "ciphercare.services.cli"]
 PERMIT = consent_pb2.CONSENT_DECISION_PERMIT
 
 
@@ -122,23 +120,7 @@ def test_concurrent_grants_revokes_and_records(tmp_path: Path, store_url: str, s
 
 
 def start_up(settings_env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([*CLI, "up"], env=settings_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 90
-    port = 0
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-            continue
-        if line.strip().startswith("gRPC"):
-            port = int(line.rsplit(":", 1)[1])
-        if "try: ciphercare demo" in line:
-            return proc, port
-    proc.kill()
-    raise RuntimeError("server did not come up")
+    return start_cli_server(settings_env)
 
 
 @pytest.mark.slow
