@@ -134,6 +134,17 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         self.ledger = gateway.ledger
         self.store = store
         self.vkey = vkey
+        self._projector = AccessProjector(self.ledger, store)
+
+    def _read_committed(self) -> None:
+        """Bring the search index up to the ledger before answering (read-your-writes).
+
+        Writers other than ``Record`` (scoring, the rejection hook) leave the projection to the
+        ledger follower, which applies bursts asynchronously; a reader must not see less than
+        what was committed before it asked.
+        """
+        if self.store.projection_cursor() < self.ledger.size():
+            self._projector.catch_up()
 
     # Writes -----------------------------------------------------------------
 
@@ -174,6 +185,9 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
 
     def _visible(self, event_id: str, principal: Principal) -> AccessEventIndex:
         row = self.store.get_access_event(event_id)
+        if row is None:
+            self._read_committed()
+            row = self.store.get_access_event(event_id)
         if row is None or not AccessScope(principal).allows(row):
             raise not_found(f"access event {event_id} not found")
         return row
@@ -211,6 +225,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             scope_org=scope.org,
         )
         after = decode_page_token(request.page_token, query.fingerprint()) if request.page_token else -1
+        self._read_committed()
         rows, more = self.store.search_access_events(query, after_seq=after, limit=page_size)
         token = encode_page_token(rows[-1].seq, query.fingerprint()) if more and rows else ""
         return access_log_pb2.SearchResponse(events=[event_proto(r) for r in rows], next_page_token=token)

@@ -250,3 +250,19 @@ def test_patients_can_prove_the_entries_about_themselves(env):
         other.call(other.access_log.GetInclusionProof,
                    access_log_pb2.GetInclusionProofRequest(sequence=granted.receipt.sequence))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_search_sees_events_written_outside_record_at_once(env):
+    """Refusals are logged by the server's hook, not by Record; a search right after must still see them."""
+    from ciphercare.v1 import consent_pb2
+
+    pid = new_pid()
+    officer = env.officer()
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            officer.grant(consent_pb2.GrantRequest(
+                pid=pid, grantee_organization="hospital-a", decision=consent_pb2.CONSENT_DECISION_PERMIT,
+                purposes=["TREAT"], data_classes=["Observation"]))
+        found = list(officer.search_all(access_log_pb2.SearchRequest(pid=pid)))
+        assert found and all(e.outcome == DENIED for e in found)
+    assert len(found) == 3
