@@ -16,6 +16,7 @@ import grpc
 
 from ciphercare.ledger.api import CommitError, EndorseError, LedgerTimeout
 from ciphercare.services.convert import ConversionError
+from ciphercare.services.handlers import Behaviour, rewrap
 
 log = logging.getLogger("ciphercare.errors")
 
@@ -109,72 +110,28 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        def wrap(inner: Behaviour, _request_streaming: bool, response_streaming: bool) -> Behaviour:
+            if response_streaming:
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                    try:
+                        async for item in inner(request, context):
+                            yield item
+                    except (grpc.aio.AbortError, grpc.aio.BaseError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
+                        await _abort(context, method, exc)
+
+                return streaming
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await inner_uu(request, context)
+                    return await inner(request, context)
                 except (grpc.aio.AbortError, grpc.aio.BaseError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
                     await _abort(context, method, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            return unary
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                except (grpc.aio.AbortError, grpc.aio.BaseError):
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    await _abort(context, method, exc)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner_su(requests, context)
-                except (grpc.aio.AbortError, grpc.aio.BaseError):
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    await _abort(context, method, exc)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                try:
-                    async for item in inner_ss(requests, context):
-                        yield item
-                except (grpc.aio.AbortError, grpc.aio.BaseError):
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    await _abort(context, method, exc)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(handler, wrap)

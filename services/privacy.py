@@ -30,6 +30,7 @@ from ciphercare.consent.contracts import ACCESSLOG_CONTRACT, ERASURE_OUTCOME_DES
 from ciphercare.consent.model import PID_RE
 from ciphercare.ledger.api import Ledger, Principal
 from ciphercare.services.crypto import KeyEncryptionKey
+from ciphercare.services.handlers import Behaviour, rewrap
 from ciphercare.services.settings import Settings
 from ciphercare.services.store import OffchainStore
 from ciphercare.services.store.consistency import PRIVACY_PRINCIPAL, erasure_from_event
@@ -87,41 +88,31 @@ class PseudonymGuardInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        codec = {"request_deserializer": handler.request_deserializer,
-                 "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        return rewrap(handler, _guard_behaviour)
 
-            async def unary_unary(request: Any, context: aio.ServicerContext) -> Any:
+
+def _guard_behaviour(inner: Behaviour, request_streaming: bool, response_streaming: bool) -> Behaviour:
+    """``inner`` behind the pseudonym guard: the unary request, or every message of a request stream."""
+    if response_streaming:
+
+        async def streaming(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            if request_streaming:
+                request = _guarded(request, context)
+            else:
                 await _guard(request, context)
-                return await inner_uu(request, context)
+            async for item in inner(request, context):
+                yield item
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **codec)
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+        return streaming
 
-            async def unary_stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                await _guard(request, context)
-                async for item in inner_us(request, context):
-                    yield item
+    async def unary(request: Any, context: aio.ServicerContext) -> Any:
+        if request_streaming:
+            request = _guarded(request, context)
+        else:
+            await _guard(request, context)
+        return await inner(request, context)
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: AsyncIterator[Any], context: aio.ServicerContext) -> Any:
-                return await inner_su(_guarded(requests, context), context)
-
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **codec)
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
-                async for item in inner_ss(_guarded(requests, context), context):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
-        return handler
+    return unary
 
 
 async def _guarded(requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:

@@ -36,6 +36,7 @@ from grpc import aio
 from ciphercare.ledger.api import Principal
 from ciphercare.services.auth.rules import RULES, AccessRule
 from ciphercare.services.auth.tokens import AuthError, TokenVerifier
+from ciphercare.services.handlers import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -218,20 +219,11 @@ class AuthInterceptor(aio.ServerInterceptor):
     def _wrap(
         self, handler: grpc.RpcMethodHandler, method: str, rule: AccessRule | None
     ) -> grpc.RpcMethodHandler:
-        if handler.request_streaming and handler.response_streaming:
-            inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-        elif handler.request_streaming:
-            inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-        elif handler.response_streaming:
-            inner, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        else:
-            inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        unary_request = not handler.request_streaming
-        behaviour = self._wrap_behaviour(inner, method, rule, unary_request)
-        return factory(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return rewrap(
+            handler,
+            lambda inner, request_streaming, _response_streaming: self._wrap_behaviour(
+                inner, method, rule, not request_streaming
+            ),
         )
 
     def _wrap_behaviour(
