@@ -32,6 +32,10 @@ ATTR_ORG = "ciphercare.org"
 ATTR_ROLES = "ciphercare.roles"
 ATTR_CLIENT = "ciphercare.client"
 ATTR_PID = "ciphercare.pid"
+#: Comma-separated pseudonyms of the patients this person is an authorised proxy for (guardian, legal
+#: representative). The identity provider asserts it exactly as it asserts ``ciphercare.pid``.
+ATTR_PROXY_FOR = "ciphercare.proxy_for"
+MAX_PROXY_FOR = 32
 
 CACHE_SIZE = 1024
 _MAX_CERT_BYTES = 16 * 1024
@@ -53,6 +57,7 @@ class Caller:
     client_id: str
     pid: str | None
     msp_id: str
+    proxy_for: frozenset[str] = frozenset()
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -75,6 +80,20 @@ class Caller:
         """A patient with a pseudonym bound to their login."""
         return self.has_role(codes.ROLE_PATIENT) and self.pid is not None
 
+    def speaks_for(self, pid: str) -> str | None:
+        """``"patient"`` when this is patient ``pid`` themselves, ``"proxy"`` for their proxy, else None.
+
+        Only a caller with the patient role speaks for a patient (staff acting as a proxy must use a
+        patient-role login without staff roles, so their two capacities never mix in one transaction).
+        """
+        if not self.has_role(codes.ROLE_PATIENT):
+            return None
+        if self.pid == pid:
+            return codes.AUTHORITY_PATIENT
+        if pid in self.proxy_for and not self.is_provider:
+            return codes.AUTHORITY_PROXY
+        return None
+
     def actor_ref(self) -> model.ActorRef:
         return model.ActorRef(subject=self.subject, org=self.org, roles=tuple(sorted(self.roles)))
 
@@ -91,6 +110,7 @@ class _CertIdentity:
     roles: frozenset[str]
     client_id: str
     pid: str | None
+    proxy_for: frozenset[str] = frozenset()
 
 
 _cache: LRU[bytes, _CertIdentity | ContractError] = LRU(CACHE_SIZE)
@@ -175,7 +195,14 @@ def _parse_cert(pem: bytes) -> _CertIdentity:
     if pid is not None and not model.PID_RE.match(pid):
         raise permission_denied(f"creator certificate attribute {ATTR_PID} is malformed")
 
-    return _CertIdentity(subject=subject, org=org, roles=roles, client_id=client_id, pid=pid)
+    proxy_text = attrs.get(ATTR_PROXY_FOR, "")
+    proxy_for = frozenset(p.strip() for p in proxy_text.split(",") if p.strip())
+    if len(proxy_for) > MAX_PROXY_FOR or not all(model.PID_RE.match(p) for p in proxy_for):
+        raise permission_denied(f"creator certificate attribute {ATTR_PROXY_FOR} is malformed")
+
+    return _CertIdentity(
+        subject=subject, org=org, roles=roles, client_id=client_id, pid=pid, proxy_for=proxy_for
+    )
 
 
 def caller_from_identity(mspid: str, cert: bytes) -> Caller:
@@ -203,6 +230,7 @@ def caller_from_identity(mspid: str, cert: bytes) -> Caller:
         client_id=cached.client_id,
         pid=cached.pid,
         msp_id=mspid,
+        proxy_for=cached.proxy_for,
     )
 
 

@@ -80,7 +80,24 @@ OVERSIGHT_ROLES: frozenset[str] = frozenset({ROLE_COMPLIANCE_OFFICER, ROLE_ADMIN
 
 CONSENT_STATUS_ACTIVE = "active"
 CONSENT_STATUS_INACTIVE = "inactive"
-CONSENT_STATUSES: frozenset[str] = frozenset({CONSENT_STATUS_ACTIVE, CONSENT_STATUS_INACTIVE})
+#: FHIR Consent.status ``proposed``: recorded by staff, in force only once the patient (or proxy) confirms.
+CONSENT_STATUS_PROPOSED = "proposed"
+CONSENT_STATUSES: frozenset[str] = frozenset(
+    {CONSENT_STATUS_ACTIVE, CONSENT_STATUS_INACTIVE, CONSENT_STATUS_PROPOSED}
+)
+
+#: Who a consent speaks for: the patient themselves, their proxy, or staff of the recording org.
+AUTHORITY_PATIENT = "patient"
+AUTHORITY_PROXY = "proxy"
+AUTHORITY_STAFF = "staff"
+AUTHORITIES: frozenset[str] = frozenset({AUTHORITY_PATIENT, AUTHORITY_PROXY, AUTHORITY_STAFF})
+
+#: Consent policy (world state key ``policy~consent``; admin-set by ``consent:SetPolicy``): when a
+#: staff-recorded PERMIT takes effect. ``confirm`` (default): once the patient or proxy confirms;
+#: ``immediate``: at once. Staff-recorded DENYs always take effect at once.
+STAFF_PERMIT_CONFIRM = "confirm"
+STAFF_PERMIT_IMMEDIATE = "immediate"
+STAFF_PERMIT_MODES: frozenset[str] = frozenset({STAFF_PERMIT_CONFIRM, STAFF_PERMIT_IMMEDIATE})
 
 PERMIT = "permit"
 DENY = "deny"
@@ -91,6 +108,7 @@ REVOCATION_REASON_SYSTEM = "https://ciphercare.dev/fhir/CodeSystem/consent-revoc
 REVOCATION_REASONS: Mapping[str, str] = MappingProxyType(
     {
         "patient-request": "Revoked at the patient's request",
+        "declined-by-patient": "The patient (or proxy) declined a consent staff proposed",
         "withdrawn-by-organization": "Withdrawn by the recording or grantee organisation",
         "superseded": "Replaced by a newer consent",
         "entered-in-error": "Recorded in error",
@@ -109,6 +127,7 @@ DECISION_REASONS: Mapping[str, str] = MappingProxyType(
         "consent-expired": "The consent covering the access has expired",
         "consent-not-yet-valid": "The consent covering the access is not yet in force",
         "consent-revoked": "The consent covering the access was revoked",
+        "consent-unconfirmed": "The consent covering the access awaits the patient's confirmation",
     }
 )
 

@@ -27,7 +27,7 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import (
 from . import canonical, codes, model
 from .cache import LRU
 from .caller import Caller, caller_from_ctx
-from .decision import AccessRequest, decide
+from .decision import AccessRequest, decide, evaluate_consent
 from .errors import (
     ValidationError,
     already_exists,
@@ -41,12 +41,18 @@ CONSENT_CONTRACT = "consent"
 ACCESSLOG_CONTRACT = "accesslog"
 
 CONSENT_KEY = "consent"
+POLICY_KEY = "policy~consent"
 CONSENT_BY_PID_KEY = "consent~pid"
 ACCESS_KEY = "access"
 ACCESS_BY_PID_KEY = "access~pid"
 
 EVENT_CONSENT_GRANTED = "ConsentGranted"
 EVENT_CONSENT_REVOKED = "ConsentRevoked"
+EVENT_CONSENT_CONFIRMED = "ConsentConfirmed"
+EVENT_POLICY_SET = "ConsentPolicySet"
+
+#: The consent policy when none was set (see codes.STAFF_PERMIT_MODES and docs/THREATS.md).
+DEFAULT_POLICY: dict[str, str] = {"staff_permit": codes.STAFF_PERMIT_CONFIRM}
 EVENT_ACCESS_RECORDED = "AccessRecorded"
 
 #: Right to erasure: an admin records, through ``accesslog:Record``, an access event with this
@@ -151,22 +157,38 @@ async def _keys_with_prefix(stub: Any, object_type: str, attrs: list[str]) -> As
 
 
 def _consent_visible(caller: Caller, record: ConsentRecord) -> bool:
-    """Patients see their own; providers see consents naming their org; oversight sees all."""
+    """Patients and their proxies see theirs; providers see consents naming their org; oversight sees all."""
     if caller.is_oversight:
         return True
-    if caller.is_patient and record.pid == caller.pid:
+    if caller.speaks_for(record.pid) is not None:
         return True
     if caller.is_provider and caller.org in (record.grantee_org, record.recorded_by.org):
         return True
     return False
 
 
-def _may_revoke(caller: Caller, record: ConsentRecord) -> bool:
-    if caller.is_patient and record.pid == caller.pid:
-        return True
-    if caller.is_provider and caller.org in (record.grantee_org, record.recorded_by.org):
-        return True
-    return False
+def _revoke_refusal(caller: Caller, record: ConsentRecord) -> str | None:
+    """Why ``caller`` may not revoke ``record`` (None: it may). The consent authority rules:
+
+    * the patient or their proxy may revoke (or supersede, or decline) any consent about the patient;
+    * a directive the patient or proxy recorded is theirs alone: no organisation may revoke it;
+    * staff may revoke only a consent their own organisation recorded.
+    """
+    if caller.speaks_for(record.pid) is not None:
+        return None
+    if record.effective_authority != codes.AUTHORITY_STAFF:
+        return (
+            f"consent {record.id} is the patient's own directive; only the patient or their proxy may "
+            "revoke or supersede it"
+        )
+    if not caller.is_provider:
+        return f"caller may not revoke consent {record.id}"
+    if caller.org != record.recorded_by.org:
+        return (
+            f"consent {record.id} was recorded by {record.recorded_by.org}; staff may revoke only consents "
+            "their own organisation recorded"
+        )
+    return None
 
 
 def _consent_event(record: ConsentRecord) -> bytes:
@@ -176,6 +198,8 @@ def _consent_event(record: ConsentRecord) -> bytes:
         "grantee_org": record.grantee_org,
         "version": record.version,
         "status": record.status,
+        "authority": record.effective_authority,
+        "recorded_by_org": record.recorded_by.org,
     }
     if record.revocation_reason is not None:
         payload["revocation_reason"] = record.revocation_reason
@@ -188,7 +212,7 @@ class ConsentContract(Contract):
     Name = CONSENT_CONTRACT
 
     def get_evaluate_transactions(self) -> list[str]:
-        return ["Get", "ListForPatient", "History", "Check", "CheckMany"]
+        return ["Get", "ListForPatient", "History", "Check", "CheckMany", "GetPolicy"]
 
     # -- storage --
 
@@ -223,28 +247,53 @@ class ConsentContract(Contract):
 
     # -- transactions --
 
+    async def _policy(self, ctx: TransactionContext) -> dict[str, str]:
+        raw = await _get(ctx.get_stub(), POLICY_KEY)
+        if raw is None:
+            return dict(DEFAULT_POLICY)
+        try:
+            return _parse_policy(canonical.loads(raw), "stored policy")
+        except (ValidationError, ValueError) as exc:
+            raise StoredStateError(f"stored consent policy is malformed: {exc}") from None
+
     async def Grant(self, ctx: TransactionContext, consent_json: str) -> str:
-        """Record a new consent (version 1, active); returns the stored record JSON."""
+        """Record a new consent (version 1); returns the stored record JSON.
+
+        The patient (or their proxy) records a directive that is in force at once. Staff of a provider
+        organisation record a consent only for their own organisation as recipient and only with the
+        hash of the patient's signed agreement (stored off-chain); a staff PERMIT is ``proposed`` until
+        the patient or proxy confirms it, unless the policy says ``immediate``. A staff DENY is in force
+        at once (it can only restrict).
+        """
         caller = caller_from_ctx(ctx)
-        if not (caller.is_provider or caller.has_role(codes.ROLE_PATIENT)):
-            raise permission_denied(
-                "only a patient (for themselves), a hospital or a clinician may grant a consent"
-            )
         grant = ConsentGrant.from_dict(model.loads_object(consent_json, "consent_json"), "consent")
-        if not caller.is_provider:
-            if caller.pid is None:
-                raise permission_denied("caller's certificate carries no patient pseudonym")
-            if caller.pid != grant.pid:
-                raise permission_denied("a patient may grant consent only for their own pseudonym")
-        elif grant.evidence_sha256 is None and not (
-            caller.has_role(codes.ROLE_PATIENT) and caller.pid == grant.pid
-        ):
-            # Staff record a patient's consent only with the evidence of the patient's agreement
-            # (its hash; the signed form or its reference lives off-chain in the FHIR document).
-            raise ValidationError(
-                "consent.evidence_sha256: a consent recorded on a patient's behalf must reference the "
-                "evidence of their agreement"
-            )
+        authority = caller.speaks_for(grant.pid)
+        if authority is None:
+            if not caller.is_provider:
+                if caller.has_role(codes.ROLE_PATIENT):
+                    raise permission_denied(
+                        "a patient may grant consent only for their own pseudonym (or one they are proxy for)"
+                    )
+                raise permission_denied(
+                    "only a patient (for themselves), their proxy, a hospital or a clinician may grant a consent"
+                )
+            authority = codes.AUTHORITY_STAFF
+            if grant.grantee_org != caller.org:
+                raise permission_denied(
+                    f"staff of {caller.org} may record consents only with {caller.org} as recipient; a consent "
+                    f"for {grant.grantee_org} must be recorded by the patient or their proxy"
+                )
+            if grant.evidence_sha256 is None:
+                # Staff record a patient's consent only with the evidence of the patient's agreement
+                # (the hash of the signed form, which the service stores off-chain).
+                raise ValidationError(
+                    "consent.evidence_sha256: a consent recorded on a patient's behalf must reference the "
+                    "evidence of their agreement"
+                )
+        status = codes.CONSENT_STATUS_ACTIVE
+        if authority == codes.AUTHORITY_STAFF and grant.decision == codes.PERMIT:
+            if (await self._policy(ctx))["staff_permit"] == codes.STAFF_PERMIT_CONFIRM:
+                status = codes.CONSENT_STATUS_PROPOSED
 
         stub = ctx.get_stub()
         now = _tx_time(stub)
@@ -262,11 +311,12 @@ class ConsentContract(Contract):
             data_classes=grant.data_classes,
             period=grant.period,
             provisions=grant.provisions,
-            status=codes.CONSENT_STATUS_ACTIVE,
+            status=status,
             document_sha256=grant.document_sha256,
             recorded_at=model.format_time(now),
             recorded_by=caller.actor_ref(),
             evidence_sha256=grant.evidence_sha256,
+            authority=authority,
         )
         body = canonical.dumps(record.to_dict())
         index_key = stub.create_composite_key(CONSENT_BY_PID_KEY, [record.pid, consent_id])
@@ -278,19 +328,27 @@ class ConsentContract(Contract):
         return body.decode("utf-8")
 
     async def Revoke(self, ctx: TransactionContext, consent_id: str, reason_code: str) -> str:
-        """Make a consent inactive (version + 1); returns the new record JSON. History keeps the old one."""
+        """Make a consent inactive (version + 1); returns the new record JSON. History keeps the old one.
+
+        Who may: see :func:`_revoke_refusal`. An active or proposed consent can be revoked (a proposed
+        one the patient turns down is revoked with ``declined-by-patient``).
+        """
         caller = caller_from_ctx(ctx)
         consent_id = model.consent_id(consent_id)
         reason = model.code(reason_code, "reason_code", codes.REVOCATION_REASONS, "a revocation reason")
         if not (caller.is_provider or caller.has_role(codes.ROLE_PATIENT)):
-            raise permission_denied("only a patient, a hospital or a clinician may revoke a consent")
+            raise permission_denied("only a patient, their proxy, a hospital or a clinician may revoke a consent")
         record = await self._load(ctx, consent_id)
         if record is None or not _consent_visible(caller, record):
             raise not_found(f"consent {consent_id} not found")
-        if not _may_revoke(caller, record):
-            raise permission_denied(f"caller may not revoke consent {consent_id}")
-        if record.status != codes.CONSENT_STATUS_ACTIVE:
+        refusal = _revoke_refusal(caller, record)
+        if refusal is not None:
+            raise permission_denied(refusal)
+        if record.status == codes.CONSENT_STATUS_INACTIVE:
             raise failed_precondition(f"consent {consent_id} is already {record.status}")
+        patient_side = caller.speaks_for(record.pid) is not None
+        if reason in ("patient-request", "declined-by-patient") and not patient_side:
+            raise permission_denied(f"only the patient or their proxy may revoke with reason {reason!r}")
 
         stub = ctx.get_stub()
         now = _tx_time(stub)
@@ -301,6 +359,7 @@ class ConsentContract(Contract):
             revoked_at=model.format_time(now),
             revoked_by=caller.actor_ref(),
             revocation_reason=reason,
+            authority=record.effective_authority,
         )
         body = canonical.dumps(revoked.to_dict())
         event = _consent_event(revoked)
@@ -308,6 +367,48 @@ class ConsentContract(Contract):
         await stub.put_state(self._key(ctx, consent_id), body)
         stub.set_event(EVENT_CONSENT_REVOKED, event)
         return body.decode("utf-8")
+
+    async def Confirm(self, ctx: TransactionContext, consent_id: str) -> str:
+        """The patient (or proxy) confirms a consent staff proposed: it becomes active (version + 1)."""
+        caller = caller_from_ctx(ctx)
+        consent_id = model.consent_id(consent_id)
+        record = await self._load(ctx, consent_id)
+        if record is None or not _consent_visible(caller, record):
+            raise not_found(f"consent {consent_id} not found")
+        if caller.speaks_for(record.pid) is None:
+            raise permission_denied("only the patient or their proxy may confirm a consent")
+        if record.status != codes.CONSENT_STATUS_PROPOSED:
+            raise failed_precondition(f"consent {consent_id} is {record.status}, not proposed")
+        stub = ctx.get_stub()
+        confirmed = dataclasses.replace(
+            record,
+            version=record.version + 1,
+            status=codes.CONSENT_STATUS_ACTIVE,
+            confirmed_at=model.format_time(_tx_time(stub)),
+            confirmed_by=caller.actor_ref(),
+            authority=record.effective_authority,
+        )
+        body = canonical.dumps(confirmed.to_dict())
+        await stub.put_state(self._key(ctx, consent_id), body)
+        stub.set_event(EVENT_CONSENT_CONFIRMED, _consent_event(confirmed))
+        return body.decode("utf-8")
+
+    async def SetPolicy(self, ctx: TransactionContext, policy_json: str) -> str:
+        """An admin sets the consent policy (``{"staff_permit": "confirm"|"immediate"}``); returns it."""
+        caller = caller_from_ctx(ctx)
+        if not caller.has_role(codes.ROLE_ADMIN):
+            raise permission_denied("only an admin may set the consent policy")
+        policy = _parse_policy(model.loads_object(policy_json, "policy_json"), "policy")
+        body = canonical.dumps(policy)
+        stub = ctx.get_stub()
+        await stub.put_state(POLICY_KEY, body)
+        stub.set_event(EVENT_POLICY_SET, body)
+        return body.decode("utf-8")
+
+    async def GetPolicy(self, ctx: TransactionContext) -> str:
+        """The consent policy in force (the default when none was set)."""
+        caller_from_ctx(ctx)
+        return _to_json(await self._policy(ctx))
 
     async def Get(self, ctx: TransactionContext, consent_id: str) -> str:
         """The current version of a consent the caller may see (NOT_FOUND otherwise)."""
@@ -319,7 +420,7 @@ class ConsentContract(Contract):
         """The patient's consents the caller may see, oldest first (JSON list of records)."""
         caller = caller_from_ctx(ctx)
         pid = model.pid(pid)
-        if not (caller.is_oversight or caller.is_provider or (caller.is_patient and caller.pid == pid)):
+        if not (caller.is_oversight or caller.is_provider or caller.speaks_for(pid) is not None):
             raise permission_denied("caller may not list this patient's consents")
         records = [r for r in await self._for_patient(ctx, pid) if _consent_visible(caller, r)]
         return _to_json([r.to_dict() for r in records])
@@ -397,12 +498,20 @@ def _authorize_check(caller: Caller, request: AccessRequest) -> None:
     allowed = (
         caller.is_oversight
         or (caller.is_provider and caller.org == request.recipient_org)
-        or (caller.is_patient and caller.pid == request.pid)
+        or caller.speaks_for(request.pid) is not None
     )
     if not allowed:
         if caller.is_provider:
             raise permission_denied("a hospital or clinician may check consent only for its own org")
         raise permission_denied("caller may not check this patient's consent")
+
+
+def _parse_policy(data: Any, path: str) -> dict[str, str]:
+    if not isinstance(data, dict) or set(data) != {"staff_permit"}:
+        raise ValidationError(f"{path}: expected an object with exactly the field staff_permit")
+    mode = model.code(data["staff_permit"], f"{path}.staff_permit", codes.STAFF_PERMIT_MODES,
+                      "a staff-permit mode (confirm|immediate)")
+    return {"staff_permit": mode}
 
 
 def _pid_list(pids_json: str) -> list[str]:
@@ -438,7 +547,7 @@ def _event_visible(caller: Caller, event: AccessEvent) -> bool:
     """Patients see events about themselves; providers see their org's events; oversight sees all."""
     if caller.is_oversight:
         return True
-    if caller.is_patient and event.entity.pid == caller.pid:
+    if event.entity.pid is not None and caller.speaks_for(event.entity.pid) is not None:
         return True
     if caller.is_provider and event.agent.org == caller.org:
         return True
@@ -457,6 +566,61 @@ def _check_erasure(caller: Caller, data: AccessEventInput) -> None:
         )
     if data.entity.detail_sha256 is not None or data.entity.consent_id is not None:
         raise ValidationError(f"event.entity: a {ERASURE_OUTCOME_DESC!r} event carries only the pid")
+
+
+#: Observer names reserved for ciphercare's own services (``ciphercare/ScoringService``, ...).
+SERVICE_OBSERVER_PREFIX = "ciphercare/"
+
+
+def _check_observer(caller: Caller, observer: str) -> None:
+    """The observer is a system of the caller's own organisation (``<org>/<system>``) or a ciphercare service.
+
+    Which systems an organisation registered (and that only the services use ``ciphercare/``) is checked
+    by the AccessLogService before it submits; here the namespace rule holds even on a Fabric peer.
+    """
+    if observer.startswith(SERVICE_OBSERVER_PREFIX) or observer.startswith(caller.org + "/"):
+        return
+    raise permission_denied(
+        f"event.source.observer: {model.shown(observer)} is not a system of {caller.org}; name one as "
+        f"'{caller.org}/<system>'"
+    )
+
+
+async def _consent_basis(ctx: TransactionContext, caller: Caller, data: AccessEventInput, at: datetime) -> str:
+    """Check the consent an event cites (FAILED_PRECONDITION when it cannot back the event).
+
+    The consent must exist, be about the same patient and name the caller's organisation as recipient; for
+    a ``success`` event it must, at the recorded time, permit the purpose and every data class.
+    """
+    cid = data.entity.consent_id
+    if cid is None:
+        return model.CONSENT_BASIS_NONE
+    raw = await _get(ctx.get_stub(), ctx.get_stub().create_composite_key(CONSENT_KEY, [cid]))
+    if raw is None:
+        raise failed_precondition(f"event.entity.consent_id: consent {cid} does not exist")
+    consent = _parse_consent(raw)
+    if consent.pid != data.entity.pid:
+        raise failed_precondition(f"event.entity.consent_id: consent {cid} is about another patient")
+    if consent.grantee_org != caller.org:
+        raise failed_precondition(
+            f"event.entity.consent_id: consent {cid} names {consent.grantee_org}, not {caller.org}"
+        )
+    if data.outcome != codes.OUTCOME_SUCCESS:
+        return model.CONSENT_BASIS_VERIFIED
+    if data.purpose_of_use is None or not data.entity.data_classes:
+        raise failed_precondition(
+            "event: a success event citing a consent must name its purpose_of_use and data_classes"
+        )
+    for data_class in data.entity.data_classes:
+        request = AccessRequest(consent.pid, caller.org, data.purpose_of_use, data_class, at)
+        verdict = evaluate_consent(consent, request)
+        if verdict != codes.PERMIT:
+            state = consent.status if consent.status != codes.CONSENT_STATUS_ACTIVE else "not permitting"
+            raise failed_precondition(
+                f"event.entity.consent_id: consent {cid} ({state}) does not permit {data.purpose_of_use} "
+                f"access to {data_class} at {model.format_time(at)}"
+            )
+    return model.CONSENT_BASIS_VERIFIED
 
 
 class AccessLogContract(Contract):
@@ -488,8 +652,11 @@ class AccessLogContract(Contract):
                 "only a hospital or clinician may record outcome 'success'; other callers may record "
                 "'denied' or 'error'"
             )
+        _check_observer(caller, data.source.observer)
         stub = ctx.get_stub()
-        event = AccessEvent.build("ae-" + _tx_suffix(stub), _tx_time(stub), caller.audit_agent(), data)
+        now = _tx_time(stub)
+        basis = await _consent_basis(ctx, caller, data, now)
+        event = AccessEvent.build("ae-" + _tx_suffix(stub), now, caller.audit_agent(), data, basis)
         key = self._key(ctx, event.id)
         if await _get(stub, key) is not None:
             raise already_exists(f"access event {event.id} already exists")

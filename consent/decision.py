@@ -7,7 +7,8 @@ in its root scope. Its result is its root decision refined by nested provisions:
 a provision applies when all of its own constraints match (an empty list or a
 missing period inherits), the deepest applying provisions decide, and among
 applying siblings deny wins. Across all of the patient's consents deny wins,
-then permit, else the default is deny. The outcome never depends on the order
+then permit, else the default is deny. A consent staff proposed (status
+``proposed``) is not in force until the patient or their proxy confirms it. The outcome never depends on the order
 of the input: consents are ranked by (recorded_at, id) and the first is named.
 """
 
@@ -121,9 +122,13 @@ def decide(consents: Iterable[ConsentRecord], req: AccessRequest) -> Decision:
     revoked: ConsentRecord | None = None
     expired: ConsentRecord | None = None
     pending: ConsentRecord | None = None
+    unconfirmed: ConsentRecord | None = None
 
     for c in ranked:
         if not _in_root_scope(c, req):
+            continue
+        if c.status == codes.CONSENT_STATUS_PROPOSED:
+            unconfirmed = unconfirmed or c
             continue
         if c.status != codes.CONSENT_STATUS_ACTIVE:
             revoked = revoked or c
@@ -176,5 +181,13 @@ def decide(consents: Iterable[ConsentRecord], req: AccessRequest) -> Decision:
             consent_id=pending.id,
             reason=f"{base}: consent {pending.id} is not valid before {pending.period.start}",
             reason_code="consent-not-yet-valid",
+        )
+    if unconfirmed is not None:
+        return Decision(
+            decision=codes.DENY,
+            consent_id=unconfirmed.id,
+            reason=f"{base}: consent {unconfirmed.id} recorded by {unconfirmed.recorded_by.org} awaits the "
+            "patient's confirmation",
+            reason_code="consent-unconfirmed",
         )
     return Decision(decision=codes.DENY, consent_id=None, reason=base, reason_code="no-consent")

@@ -481,6 +481,12 @@ class ConsentRecord:
     revoked_by: ActorRef | None = None
     revocation_reason: str | None = None
     evidence_sha256: str | None = None
+    #: Who the consent speaks for (codes.AUTHORITIES). Records written before this field existed derive it
+    #: from ``recorded_by`` (see :func:`derived_authority`).
+    authority: str | None = None
+    #: When and by whom the patient (or proxy) confirmed a staff-proposed consent.
+    confirmed_at: str | None = None
+    confirmed_by: ActorRef | None = None
 
     FIELDS = (
         "id",
@@ -503,13 +509,21 @@ class ConsentRecord:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "consent") -> ConsentRecord:
-        d = _fields(data, path, cls.FIELDS, ("evidence_sha256",))
+        d = _fields(data, path, cls.FIELDS, ("evidence_sha256", "authority", "confirmed_at", "confirmed_by"))
         grant_fields = {k: d[k] for k in ConsentGrant.FIELDS + ("provisions",)}
         if d.get("evidence_sha256") is not None:
             grant_fields["evidence_sha256"] = d["evidence_sha256"]
         grant = ConsentGrant.from_dict(grant_fields, path)
         status = code(
-            d["status"], f"{path}.status", codes.CONSENT_STATUSES, "a consent status (active|inactive)"
+            d["status"], f"{path}.status", codes.CONSENT_STATUSES, "a consent status (active|inactive|proposed)"
+        )
+        authority = d.get("authority")
+        if authority is not None:
+            authority = code(authority, f"{path}.authority", codes.AUTHORITIES, "a consent authority")
+        confirmed_by = (
+            None
+            if d.get("confirmed_by") is None
+            else ActorRef.from_dict(d["confirmed_by"], f"{path}.confirmed_by")
         )
         revoked_by = (
             None if d["revoked_by"] is None else ActorRef.from_dict(d["revoked_by"], f"{path}.revoked_by")
@@ -537,15 +551,27 @@ class ConsentRecord:
             revoked_by=revoked_by,
             revocation_reason=reason,
             evidence_sha256=grant.evidence_sha256,
+            authority=authority,
+            confirmed_at=_optional_time(d.get("confirmed_at"), f"{path}.confirmed_at"),
+            confirmed_by=confirmed_by,
         )
+        if (record.confirmed_at is None) != (record.confirmed_by is None):
+            raise ValidationError(f"{path}: confirmed_at and confirmed_by go together")
+        if record.authority == codes.AUTHORITY_STAFF and record.evidence_sha256 is None:
+            raise ValidationError(f"{path}: a staff-recorded consent carries evidence_sha256")
         revoked_parts = (record.revoked_at, record.revoked_by, record.revocation_reason)
         if status == codes.CONSENT_STATUS_INACTIVE and any(p is None for p in revoked_parts):
             raise ValidationError(
                 f"{path}: an inactive consent needs revoked_at, revoked_by and revocation_reason"
             )
-        if status == codes.CONSENT_STATUS_ACTIVE and any(p is not None for p in revoked_parts):
-            raise ValidationError(f"{path}: an active consent cannot carry revocation fields")
+        if status != codes.CONSENT_STATUS_INACTIVE and any(p is not None for p in revoked_parts):
+            raise ValidationError(f"{path}: an {status} consent cannot carry revocation fields")
         return record
+
+    @property
+    def effective_authority(self) -> str:
+        """:attr:`authority`, or for older records the one :func:`derived_authority` gives."""
+        return self.authority or derived_authority(self.recorded_by, self.pid)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -566,7 +592,19 @@ class ConsentRecord:
             "revoked_by": None if self.revoked_by is None else self.revoked_by.to_dict(),
             "revocation_reason": self.revocation_reason,
             "evidence_sha256": self.evidence_sha256,
+            "authority": self.authority,
+            "confirmed_at": self.confirmed_at,
+            "confirmed_by": None if self.confirmed_by is None else self.confirmed_by.to_dict(),
         }
+
+
+def derived_authority(recorded_by: ActorRef, pid_: str) -> str:
+    """The authority of a record written before ``authority`` was stored: staff unless the recorder had
+    only patient-side roles (the contract then required them to be the patient)."""
+    roles = set(recorded_by.roles)
+    if codes.ROLE_PATIENT in roles and not roles & codes.PROVIDER_ROLES:
+        return codes.AUTHORITY_PATIENT
+    return codes.AUTHORITY_STAFF
 
 
 # --- Access events (IHE BALP shaped) ----------------------------------------------------
@@ -662,6 +700,24 @@ class AuditEntity:
         }
 
 
+MAX_REPEAT_COUNT = 1_000_000_000
+#: AccessEvent.consent_basis: the contract checked the cited consent, or the event cites none.
+CONSENT_BASIS_VERIFIED = "verified-consent"
+CONSENT_BASIS_NONE = "no-consent-cited"
+CONSENT_BASES = frozenset({CONSENT_BASIS_VERIFIED, CONSENT_BASIS_NONE})
+
+
+def _repeat_count(value: Any, path: str, outcome: Any) -> int | None:
+    if value is None:
+        return None
+    count = _integer(value, path, 2)
+    if count > MAX_REPEAT_COUNT:
+        raise ValidationError(f"{path}: at most {MAX_REPEAT_COUNT}")
+    if outcome != codes.OUTCOME_DENIED:
+        raise ValidationError(f"{path}: only a denied event aggregates repeated refusals")
+    return count
+
+
 @dataclass(frozen=True)
 class AccessEventInput:
     """The input of ``accesslog:Record``: everything except id, recorded time and agent."""
@@ -674,9 +730,11 @@ class AccessEventInput:
     purpose_of_use: str | None
     source: AuditSource
     entity: AuditEntity
+    #: How many identical refusals this one entry stands for (refusal aggregation; None = one).
+    repeat_count: int | None = None
 
     FIELDS = ("type", "subtype", "action", "outcome", "source", "entity")
-    OPTIONAL = ("outcome_desc", "purpose_of_use")
+    OPTIONAL = ("outcome_desc", "purpose_of_use", "repeat_count")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "event") -> AccessEventInput:
@@ -715,6 +773,7 @@ class AccessEventInput:
             else code(purpose, f"{path}.purpose_of_use", codes.PURPOSES_OF_USE, _PURPOSE_WHAT),
             source=AuditSource.from_dict(d["source"], f"{path}.source"),
             entity=AuditEntity.from_dict(d["entity"], f"{path}.entity", strict=strict_entity),
+            repeat_count=_repeat_count(d.get("repeat_count"), f"{path}.repeat_count", d["outcome"]),
         )
 
 
@@ -733,6 +792,9 @@ class AccessEvent:
     agent: AuditAgent
     source: AuditSource
     entity: AuditEntity
+    repeat_count: int | None = None
+    #: CONSENT_BASES; None on events recorded before the contract checked cited consents.
+    consent_basis: str | None = None
 
     FIELDS = (
         "id",
@@ -750,9 +812,16 @@ class AccessEvent:
 
     @classmethod
     def build(
-        cls, event_id_: str, recorded: datetime, agent: AuditAgent, data: AccessEventInput
+        cls,
+        event_id_: str,
+        recorded: datetime,
+        agent: AuditAgent,
+        data: AccessEventInput,
+        consent_basis: str | None = None,
     ) -> AccessEvent:
         return cls(
+            repeat_count=data.repeat_count,
+            consent_basis=consent_basis,
             id=event_id(event_id_, "id"),
             type=data.type,
             subtype=data.subtype,
@@ -768,9 +837,13 @@ class AccessEvent:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "event") -> AccessEvent:
-        d = _fields(data, path, cls.FIELDS)
+        d = _fields(data, path, cls.FIELDS, ("repeat_count", "consent_basis"))
         body = AccessEventInput._build(d, path, strict_entity=True)
+        basis = d.get("consent_basis")
         return cls(
+            repeat_count=body.repeat_count,
+            consent_basis=None if basis is None else code(basis, f"{path}.consent_basis", CONSENT_BASES,
+                                                          "a consent basis"),
             id=event_id(d["id"], f"{path}.id"),
             type=body.type,
             subtype=body.subtype,
@@ -790,7 +863,7 @@ class AccessEvent:
         return codes.AUDIT_OUTCOMES[self.outcome]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "subtype": self.subtype,
@@ -803,6 +876,11 @@ class AccessEvent:
             "source": self.source.to_dict(),
             "entity": self.entity.to_dict(),
         }
+        if self.repeat_count is not None:
+            out["repeat_count"] = self.repeat_count
+        if self.consent_basis is not None:
+            out["consent_basis"] = self.consent_basis
+        return out
 
 
 # --- Decision ---------------------------------------------------------------------------

@@ -26,6 +26,9 @@ class Principal:
     roles: frozenset[str]
     client_id: str = ""
     pid: str | None = None
+    #: Pseudonyms of patients this caller is an authorised proxy for (guardian, legal representative), as
+    #: asserted by the identity provider's ``proxy_for`` claim. (consent, issue 10)
+    proxy_for: frozenset[str] = frozenset()
 
     def has_role(self, role: str) -> bool:
         return role in self.roles

@@ -38,6 +38,7 @@ ATTR_ORG = "ciphercare.org"
 ATTR_ROLES = "ciphercare.roles"
 ATTR_CLIENT = "ciphercare.client"
 ATTR_PID = "ciphercare.pid"
+ATTR_PROXY_FOR = "ciphercare.proxy_for"  # comma-separated pids (consent, issue 10)
 
 _CERT_VALIDITY = _dt.timedelta(days=365)
 _CLOCK_SKEW = _dt.timedelta(minutes=5)
@@ -61,6 +62,8 @@ def identity_attrs(principal: Principal) -> dict[str, str]:
     }
     if principal.pid is not None:
         attrs[ATTR_PID] = principal.pid
+    if principal.proxy_for:
+        attrs[ATTR_PROXY_FOR] = ",".join(sorted(principal.proxy_for))
     return attrs
 
 

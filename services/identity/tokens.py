@@ -298,7 +298,18 @@ class TokenVerifier:
             roles=_realm_roles(claims.get("realm_access")),
             client_id=_str_or_empty(claims.get("azp")) or _str_or_empty(claims.get("client_id")),
             pid=_single_string(claims.get(self.pid_claim), self.pid_claim),
+            proxy_for=_proxy_for(claims.get("proxy_for")),
         )
+
+
+def _proxy_for(value: object) -> frozenset[str]:
+    """The ``proxy_for`` claim: pseudonyms the IdP says this person represents (list or comma string)."""
+    if value is None:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items) or len(items) > 32:
+        raise AuthError("UNAUTHENTICATED", "malformed token: proxy_for must be a list of at most 32 pseudonyms")
+    return frozenset(i.strip() for i in items if i.strip())
 
 
 def _realm_roles(realm_access: object) -> frozenset[str]:

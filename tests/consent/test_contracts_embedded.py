@@ -178,7 +178,14 @@ def evaluate(led: Backend, who: Principal, contract: str, fn: str, *args: str) -
     return json.loads(led.evaluate(who, contract, fn, list(args)))
 
 
-def grant(led: Backend, who: Principal = CLINICIAN_A, **overrides: Any) -> dict[str, Any]:
+def patient(pid: str) -> Principal:
+    """The patient ``pid`` themselves (PATIENT_1 for pat-0001)."""
+    return PATIENT_1 if pid == "pat-0001" else Principal(f"u-{pid}", "patients", frozenset({"patient"}), "portal", pid)
+
+
+def grant(led: Backend, who: Principal | None = None, **overrides: Any) -> dict[str, Any]:
+    """Grant as ``who`` (default: the patient the consent is about)."""
+    who = who or patient(overrides.get("pid", "pat-0001"))
     receipt = submit(led, who, "consent", "Grant", canonical.dumps(grant_input(**overrides)).decode())
     return json.loads(receipt.result)
 
@@ -216,7 +223,7 @@ def event_input(**overrides: Any) -> dict[str, Any]:
         "outcome": "success",
         "outcome_desc": "",
         "purpose_of_use": "TREAT",
-        "source": {"observer": "scoring-service"},
+        "source": {"observer": "ciphercare/ScoringService"},
         "entity": {
             "pid": "pat-0001",
             "consent_id": None,
@@ -252,6 +259,8 @@ def test_grant_check_revoke_check(ledger: Backend) -> None:
         "grantee_org": "hospital-a",
         "version": 1,
         "status": "active",
+        "authority": "patient",
+        "recorded_by_org": "patients",
     }
 
     decision = check(ledger, CLINICIAN_A)
@@ -286,12 +295,12 @@ def test_grant_check_revoke_check(ledger: Backend) -> None:
 
 def test_revoke_twice_is_failed_precondition(ledger: Backend) -> None:
     cid = grant(ledger)["id"]
-    submit(ledger, CLINICIAN_A, "consent", "Revoke", cid, "entered-in-error")
+    submit(ledger, PATIENT_1, "consent", "Revoke", cid, "entered-in-error")
     refused(
         "FAILED_PRECONDITION",
         submit,
         ledger,
-        CLINICIAN_A,
+        PATIENT_1,
         "consent",
         "Revoke",
         cid,
@@ -330,9 +339,12 @@ def test_grant_authorization(ledger: Backend) -> None:
     refused("PERMISSION_DENIED", grant, ledger, OFFICER, fragment="may grant")
     refused("PERMISSION_DENIED", grant, ledger, ADMIN)
     refused("PERMISSION_DENIED", grant, ledger, NOBODY)
-    # a hospital may record a consent for any patient, captured at point of care
-    rec = grant(ledger, HOSPITAL_A, pid="pat-0002", grantee_org="hospital-b")
+    # a hospital may record a consent for any patient, captured at point of care, naming itself only
+    refused("PERMISSION_DENIED", grant, ledger, HOSPITAL_A, pid="pat-0002", grantee_org="hospital-b",
+            fragment="only with hospital-a as recipient")
+    rec = grant(ledger, HOSPITAL_A, pid="pat-0002")
     assert rec["recorded_by"] == {"subject": "svc-hosp-a", "org": "hospital-a", "roles": ["hospital"]}
+    assert (rec["authority"], rec["status"]) == ("staff", "proposed")
 
 
 def test_invalid_input_writes_nothing(ledger: Backend) -> None:
@@ -373,7 +385,7 @@ def test_check_validation_and_authorization(ledger: Backend) -> None:
 
 def test_read_scoping(ledger: Backend) -> None:
     mine = grant(ledger)  # clinician A, grantee hospital-a
-    other = grant(ledger, HOSPITAL_A, grantee_org="hospital-c", pid="pat-0001")
+    other = grant(ledger, HOSPITAL_A, pid="pat-0001")
     for_b = grant(ledger, PATIENT_1, grantee_org="hospital-b")
     get = lambda who, cid: evaluate(ledger, who, "consent", "Get", cid)  # noqa: E731
 
@@ -409,8 +421,12 @@ def test_revoke_authorization(ledger: Backend) -> None:
     )
     no_writes_attempted(ledger)
     assert evaluate(ledger, PATIENT_1, "consent", "Get", rec["id"])["status"] == "active"
+    # the patient's own directive: the grantee organisation cannot withdraw it
+    refused("PERMISSION_DENIED", submit, ledger, CLINICIAN_B, "consent", "Revoke", rec["id"],
+            "withdrawn-by-organization", fragment="patient's own directive")
+    staff = grant(ledger, CLINICIAN_B, grantee_org="hospital-b")
     revoked = json.loads(
-        submit(ledger, CLINICIAN_B, "consent", "Revoke", rec["id"], "withdrawn-by-organization").result
+        submit(ledger, CLINICIAN_B, "consent", "Revoke", staff["id"], "withdrawn-by-organization").result
     )
     assert revoked["revoked_by"]["org"] == "hospital-b"
 
@@ -437,7 +453,7 @@ def mixed_patients(led: Backend) -> list[str]:
     grant(led, pid="pat-0002", decision="deny")
     grant(led, pid="pat-0003", period={"start": "2025-01-01T00:00:00Z", "end": "2025-02-01T00:00:00Z"})
     revoked = grant(led, pid="pat-0004")
-    submit(led, CLINICIAN_A, "consent", "Revoke", revoked["id"], "patient-request")
+    submit(led, patient("pat-0004"), "consent", "Revoke", revoked["id"], "patient-request")
     grant(led, CLINICIAN_B, pid="pat-0005", grantee_org="hospital-b")
     grant(led, pid="pat-0007", provisions=[{"type": "deny", "data_classes": ["Observation"]}])
     return ["pat-0001", "pat-0002", "pat-0003", "pat-0004", "pat-0005", "pat-0006", "pat-0007"]
@@ -611,6 +627,9 @@ def test_contract_metadata() -> None:
             "History": 2,
             "Check": 2,
             "CheckMany": 2,
+            "Confirm": 1,
+            "SetPolicy": 1,
+            "GetPolicy": 2,
         },
         "accesslog": {"Record": 1, "Get": 2, "ListForPatient": 2},
     }
