@@ -197,7 +197,10 @@ def format_time(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("naive datetime")
     value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime: its %Y drops the zero padding of years below 1000 (RFC 3339 needs 4 digits).
+    text = (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    )
     micros = value.microsecond
     if micros == 0:
         return text + "Z"

@@ -6,6 +6,8 @@ has the explicit ``type`` (permit/deny) and ``class`` our provisions carry.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from typing import Any
@@ -17,6 +19,9 @@ RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 ORG_SYSTEM = "urn:ciphercare:organization"
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 MAX_DOCUMENT_BYTES = 256 * 1024
+#: The signed consent form staff attach (decoded bytes); its base64 must also fit in the document.
+MAX_EVIDENCE_BYTES = 192 * 1024
+EVIDENCE_URL_PREFIX = "urn:ciphercare:evidence:sha256:"
 
 
 class FhirDocumentError(ValueError):
@@ -83,6 +88,44 @@ def evidence_sha256(document: dict[str, Any]) -> str | None:
         return None
     evidence = {k: document[k] for k in ("sourceAttachment", "sourceReference") if k in document}
     return hashlib.sha256(canonical.dumps(evidence)).hexdigest()
+
+
+def evidence_attachment(document: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """The signed form a staff-recorded Consent carries (``sourceAttachment.data``, base64), and the document
+    to keep with it: the same Consent with the attachment's data replaced by a reference to its hash.
+
+    Only an attachment whose bytes are here is evidence: a ``sourceReference`` or an attachment ``url``
+    names something the service cannot keep or check, so it is refused.
+    """
+    attachment = document.get("sourceAttachment")
+    if not isinstance(attachment, dict) or not attachment.get("data"):
+        raise FhirDocumentError(
+            "a consent recorded on a patient's behalf must carry the evidence of their agreement: "
+            "fhir_consent_json.sourceAttachment with contentType and data (the signed form, base64); "
+            "a sourceReference or url alone is not evidence"
+        )
+    content_type = attachment.get("contentType")
+    if not isinstance(content_type, str) or not content_type or len(content_type) > 100:
+        raise FhirDocumentError("fhir_consent_json.sourceAttachment.contentType is required (e.g. application/pdf)")
+    data = attachment["data"]
+    if not isinstance(data, str):
+        raise FhirDocumentError("fhir_consent_json.sourceAttachment.data must be a base64 string")
+    if len(data) > (MAX_EVIDENCE_BYTES * 4) // 3 + 4:
+        raise FhirDocumentError(f"fhir_consent_json.sourceAttachment is larger than {MAX_EVIDENCE_BYTES} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise FhirDocumentError("fhir_consent_json.sourceAttachment.data is not valid base64") from None
+    if not raw:
+        raise FhirDocumentError("fhir_consent_json.sourceAttachment.data is empty")
+    digest = hashlib.sha256(raw).hexdigest()
+    kept = dict(document)
+    kept_attachment = {k: v for k, v in attachment.items() if k not in ("data", "url", "size", "hash")}
+    kept_attachment["url"] = EVIDENCE_URL_PREFIX + digest
+    kept_attachment["size"] = len(raw)
+    kept["sourceAttachment"] = kept_attachment
+    kept.pop("sourceReference", None)
+    return raw, kept
 
 
 def has_source(document: dict[str, Any]) -> bool:

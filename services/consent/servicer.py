@@ -6,18 +6,22 @@ from datetime import UTC, datetime
 
 import grpc
 
+import hashlib
+
 from ciphercare.consent import canonical
+from ciphercare.consent.errors import ValidationError
+from ciphercare.consent.model import ConsentGrant
+from ciphercare.ledger.api import Principal
 from ciphercare.services.consent.fhir import (
     FhirDocumentError,
     consent_document,
     document_pid,
-    evidence_sha256,
-    has_source,
+    evidence_attachment,
     parse_consent_document,
 )
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
-from ciphercare.services.platform.errors import invalid, not_found
+from ciphercare.services.platform.errors import forbidden, invalid, not_found
 from ciphercare.services.platform.gateway import LedgerGateway
 from ciphercare.services.store import DocumentErasedError, OffchainStore
 from ciphercare.v1 import consent_pb2, consent_pb2_grpc
@@ -37,6 +41,25 @@ def _require(value: str, field: str) -> str:
     return value
 
 
+def _grant_authority(principal: Principal, pid: str, grantee: str) -> str:
+    """Whom a Grant by ``principal`` speaks for, or PERMISSION_DENIED: the contract's rule, checked first
+    so a refused Grant stores nothing off-chain."""
+    if "patient" in principal.roles and (principal.pid == pid or (
+            pid in principal.proxy_for and not principal.roles & STAFF_ROLES)):
+        return "patient"
+    if principal.roles & STAFF_ROLES:
+        if grantee != principal.org:
+            raise forbidden(
+                f"staff of {principal.org or 'no organisation'} may record consents only with "
+                f"{principal.org or 'their organisation'} as recipient; a consent for {grantee[:64]} must be "
+                "recorded by the patient or their proxy"
+            )
+        return "staff"
+    if "patient" in principal.roles:
+        raise forbidden("a patient may grant consent only for their own pseudonym (or one they are proxy for)")
+    raise forbidden("only a patient (for themselves), their proxy, a hospital or a clinician may grant a consent")
+
+
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     """Grant, revoke, read and check consents; every write returns a ledger receipt."""
 
@@ -47,15 +70,22 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def Grant(
         self, request: consent_pb2.GrantRequest, context: grpc.aio.ServicerContext
     ) -> consent_pb2.GrantResponse:
+        """Validate and authorise everything first; only then store off-chain, then write the ledger.
+
+        The contract re-checks all of it (it is the authority); the checks here only keep a request the
+        contract would refuse from leaving documents or data keys behind.
+        """
         principal = current_principal()
         _require(request.pid, "pid")
         _require(request.grantee_organization, "grantee_organization")
         grant = convert.grant_input_from_proto(request, document_sha256="0" * 64)
         if not grant["period"].get("start"):
             grant["period"]["start"] = _now_iso()
-        on_behalf = bool(principal.roles & STAFF_ROLES) and not (
-            "patient" in principal.roles and principal.pid == request.pid
-        )
+        authority = _grant_authority(principal, request.pid, request.grantee_organization)
+        try:
+            ConsentGrant.from_dict(grant, "consent")  # the contract's own validation, before any write
+        except ValidationError as exc:
+            raise invalid(str(exc)) from exc
         if request.fhir_consent_json:
             try:
                 document = parse_consent_document(request.fhir_consent_json)
@@ -67,25 +97,30 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         if named is not None and named != request.pid:
             # Erasure finds a patient's documents by pid: a document about someone else must not hide here.
             raise invalid("fhir_consent_json names a different patient than pid")
-        if on_behalf and not has_source(document):
-            # Staff record a patient's consent only with the evidence of it (FHIR R4 Consent.source[x]:
-            # the signed form or a reference to it), kept off-chain under the hash the ledger records.
-            raise invalid(
-                "a consent recorded on a patient's behalf must carry the evidence of their agreement: "
-                "send fhir_consent_json with sourceAttachment (the signed form) or sourceReference"
-            )
-        # The document goes off-chain first (content-addressed, idempotent): a crash
-        # before the ledger write leaves an unreferenced document, never a consent
-        # whose document is missing.
-        evidence = evidence_sha256(document)
+        evidence: bytes | None = None
+        if authority == "staff":
+            if not request.fhir_consent_json:
+                raise invalid(
+                    "a consent recorded on a patient's behalf must carry the evidence of their agreement: send "
+                    "fhir_consent_json with sourceAttachment {contentType, data} (the signed form, base64)"
+                )
+            try:
+                evidence, document = evidence_attachment(document)
+            except FhirDocumentError as exc:
+                raise invalid(str(exc)) from exc
+            grant["evidence_sha256"] = hashlib.sha256(evidence).hexdigest()
+        body = canonical.dumps(document)
+        grant["document_sha256"] = hashlib.sha256(body).hexdigest()
+        # Everything checked: the documents go off-chain first (content-addressed, idempotent), so a crash
+        # before the ledger write leaves an unreferenced document (removed at start-up with its data key
+        # if it is the patient's only one), never a consent whose document is missing.
         if evidence is not None:
-            grant["evidence_sha256"] = evidence
-        grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document),
-                                                           pid=grant["pid"])
+            self.store.put_document("consent-evidence", evidence, pid=grant["pid"])
+        self.store.put_document("fhir-consent", body, pid=grant["pid"])
         receipt = await self.gateway.submit(principal, CONTRACT, "Grant", self.gateway.arg(grant))
         record = self.gateway.result(receipt)
         return consent_pb2.GrantResponse(
-            consent=convert.consent_to_proto(record), receipt=convert.receipt_to_proto(receipt)
+            consent=convert.consent_to_proto(record), receipt=self.gateway.write_receipt(receipt)
         )
 
     async def Revoke(
@@ -97,7 +132,18 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         receipt = await self.gateway.submit(principal, CONTRACT, "Revoke", request.consent_id, request.reason)
         record = self.gateway.result(receipt)
         return consent_pb2.RevokeResponse(
-            consent=convert.consent_to_proto(record), receipt=convert.receipt_to_proto(receipt)
+            consent=convert.consent_to_proto(record), receipt=self.gateway.write_receipt(receipt)
+        )
+
+    async def Confirm(
+        self, request: consent_pb2.ConfirmRequest, context: grpc.aio.ServicerContext
+    ) -> consent_pb2.ConfirmResponse:
+        principal = current_principal()
+        _require(request.consent_id, "consent_id")
+        receipt = await self.gateway.submit(principal, CONTRACT, "Confirm", request.consent_id)
+        record = self.gateway.result(receipt)
+        return consent_pb2.ConfirmResponse(
+            consent=convert.consent_to_proto(record), receipt=self.gateway.write_receipt(receipt)
         )
 
     async def Get(
@@ -123,7 +169,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         _require(request.pid, "pid")
         records = self.gateway.evaluate(principal, CONTRACT, "ListForPatient", request.pid)
         if not request.include_inactive:
-            records = [r for r in records if r["status"] == "active"]
+            records = [r for r in records if r["status"] != "inactive"]  # active and proposed
         return consent_pb2.ListForPatientResponse(consents=[convert.consent_to_proto(r) for r in records])
 
     async def GetHistory(

@@ -6,7 +6,7 @@ The domain side is the contracts' canonical JSON (dicts); the proto side is
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +22,7 @@ DECISION_FROM_PROTO = {v: k for k, v in DECISION_TO_PROTO.items()}
 STATUS_TO_PROTO = {
     "active": consent_pb2.CONSENT_STATUS_ACTIVE,
     "inactive": consent_pb2.CONSENT_STATUS_INACTIVE,
+    "proposed": consent_pb2.CONSENT_STATUS_PROPOSED,
 }
 STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
 OUTCOME_TO_PROTO = {
@@ -39,10 +40,31 @@ class ConversionError(ValueError):
 # Time -------------------------------------------------------------------
 
 
-def iso_from_timestamp(ts: Timestamp) -> str:
-    """RFC 3339 UTC with milliseconds, the contracts' time format."""
-    moment = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+#: google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
+def checked_timestamp(ts: Timestamp, what: str = "timestamp") -> datetime:
+    """``ts`` as an aware UTC datetime; ConversionError (INVALID_ARGUMENT) outside years 1..9999 or for
+    nanos outside 0..999,999,999."""
+    if not 0 <= ts.nanos <= 999_999_999:
+        raise ConversionError(f"{what}: nanos must be in 0..999999999")
+    if not MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS:
+        raise ConversionError(f"{what}: must lie in years 0001..9999 (RFC 3339)")
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def rfc3339_ms(moment: datetime) -> str:
+    """RFC 3339 UTC with milliseconds and a 4-digit year (strftime drops the zero padding below 1000)."""
+    moment = moment.astimezone(UTC)
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+            f"{moment.second:02d}.{moment.microsecond // 1000:03d}Z")
+
+
+def iso_from_timestamp(ts: Timestamp, what: str = "timestamp") -> str:
+    """RFC 3339 UTC with milliseconds, the contracts' time format (range-checked, see checked_timestamp)."""
+    return rfc3339_ms(checked_timestamp(ts, what))
 
 
 def timestamp_from_iso(text: str) -> Timestamp:
@@ -65,7 +87,8 @@ def timestamp_from_ms(ms: int) -> Timestamp:
     return ts
 
 
-def ms_from_timestamp(ts: Timestamp) -> int:
+def ms_from_timestamp(ts: Timestamp, what: str = "timestamp") -> int:
+    checked_timestamp(ts, what)
     return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
@@ -85,9 +108,9 @@ def period_to_proto(period: dict[str, Any] | None) -> common_pb2.Period:
 def period_from_proto(message: common_pb2.Period) -> dict[str, Any]:
     period: dict[str, Any] = {}
     if message.HasField("start"):
-        period["start"] = iso_from_timestamp(message.start)
+        period["start"] = iso_from_timestamp(message.start, "period.start")
     if message.HasField("end"):
-        period["end"] = iso_from_timestamp(message.end)
+        period["end"] = iso_from_timestamp(message.end, "period.end")
     return period
 
 
@@ -189,7 +212,13 @@ def consent_to_proto(record: dict[str, Any]) -> consent_pb2.Consent:
         recorded_by=actor_to_proto(record.get("recorded_by")),
         revocation_reason=record.get("revocation_reason") or "",
         evidence_sha256=record.get("evidence_sha256") or "",
+        authority=_authority(record),
+        recorded_by_organization=(record.get("recorded_by") or {}).get("org", ""),
     )
+    if record.get("confirmed_at"):
+        message.confirmed_at.CopyFrom(timestamp_from_iso(record["confirmed_at"]))
+    if record.get("confirmed_by"):
+        message.confirmed_by.CopyFrom(actor_to_proto(record["confirmed_by"]))
     if record.get("recorded_at"):
         message.recorded_at.CopyFrom(timestamp_from_iso(record["recorded_at"]))
     if record.get("revoked_at"):
@@ -197,6 +226,13 @@ def consent_to_proto(record: dict[str, Any]) -> consent_pb2.Consent:
     if record.get("revoked_by"):
         message.revoked_by.CopyFrom(actor_to_proto(record["revoked_by"]))
     return message
+
+
+def _authority(record: dict[str, Any]) -> str:
+    if record.get("authority"):
+        return str(record["authority"])
+    roles = set((record.get("recorded_by") or {}).get("roles", []))
+    return "patient" if "patient" in roles and not roles & {"hospital", "clinician"} else "staff"
 
 
 def consent_from_proto(message: consent_pb2.Consent) -> dict[str, Any]:
@@ -218,6 +254,9 @@ def consent_from_proto(message: consent_pb2.Consent) -> dict[str, Any]:
         "revoked_by": actor_from_proto(message.revoked_by) if message.HasField("revoked_by") else None,
         "revocation_reason": message.revocation_reason or None,
         "evidence_sha256": message.evidence_sha256 or None,
+        "authority": message.authority or None,
+        "confirmed_at": iso_from_timestamp(message.confirmed_at) if message.HasField("confirmed_at") else None,
+        "confirmed_by": actor_from_proto(message.confirmed_by) if message.HasField("confirmed_by") else None,
     }
     return record
 
@@ -268,7 +307,7 @@ def access_event_to_proto(event: dict[str, Any], seq: int, tx_id: str) -> access
         action=event["action"],
         outcome=OUTCOME_TO_PROTO[event["outcome"]],
         outcome_description=event.get("outcome_desc") or "",
-        purpose_of_use=event.get("purpose_of_use", ""),
+        purpose_of_use=event.get("purpose_of_use") or "",
         agent=actor_to_proto(event.get("agent")),
         source_observer=event.get("source", {}).get("observer", ""),
         pid=entity.get("pid", ""),
@@ -277,6 +316,8 @@ def access_event_to_proto(event: dict[str, Any], seq: int, tx_id: str) -> access
         data_classes=entity.get("data_classes", []),
         detail_sha256=entity.get("detail_sha256") or "",
         tx_id=tx_id,
+        repeat_count=event.get("repeat_count") or 0,
+        consent_basis=event.get("consent_basis") or "",
     )
     if event.get("recorded"):
         message.recorded.CopyFrom(timestamp_from_iso(event["recorded"]))
@@ -307,6 +348,10 @@ def access_event_from_proto(message: access_log_pb2.AccessEvent) -> dict[str, An
         "source": {"observer": message.source_observer},
         "entity": entity,
     }
+    if message.repeat_count:
+        event["repeat_count"] = message.repeat_count
+    if message.consent_basis:
+        event["consent_basis"] = message.consent_basis
     return event
 
 

@@ -11,7 +11,9 @@ import grpc
 
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import Ledger, LedgerTimeout, Principal, Receipt
+from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import ServiceError
+from ciphercare.v1 import common_pb2
 
 PATIENTS_ORG = "patients"
 
@@ -61,6 +63,18 @@ class LedgerGateway:
         return await asyncio.to_thread(
             self.ledger.submit, principal, contract, function, list(args), timeout=self.submit_timeout_s
         )
+
+    def write_receipt(self, receipt: Receipt) -> common_pb2.LedgerReceipt:
+        """The verifiable receipt of a write: tx id, leaf index, leaf bytes, the inclusion proof of the leaf
+        and the signed checkpoint (of the commit) it leads to."""
+        checkpoint = receipt.checkpoint
+        if checkpoint.size <= receipt.seq:  # the commit's checkpoint always covers it; never trust that blindly
+            checkpoint = self.ledger.checkpoint()
+        proof = self.ledger.inclusion_proof(receipt.seq, checkpoint.size)
+        message = convert.receipt_to_proto(replace(receipt, checkpoint=checkpoint))
+        message.leaf = self.ledger.entry(receipt.seq).leaf
+        message.inclusion_proof.extend(proof.hashes)
+        return message
 
     @staticmethod
     def arg(value: Any) -> str:

@@ -114,9 +114,10 @@ class PrivacyProjector:
         for entry in ledger_entries(self.ledger, start, end):
             yield _Entry(entry.seq, entry.tx_id, entry.function, tuple(entry.events))
 
-    def _consent_document(self, consent_id: str) -> tuple[str, str]:
+    def _consent_document(self, consent_id: str) -> tuple[str, str, str | None]:
         record = json.loads(self.ledger.evaluate(PRIVACY_PRINCIPAL, CONSENT_CONTRACT, "Get", [consent_id]))
-        return str(record["document_sha256"]), str(record["pid"])
+        evidence = record.get("evidence_sha256")
+        return str(record["document_sha256"]), str(record["pid"]), str(evidence) if evidence else None
 
     def translate(self, entries: Iterable[_Entry]) -> tuple[list[DocumentRef], list[ErasureEvent]]:
         """The document references and erasures a run of ledger entries carries."""
@@ -126,8 +127,10 @@ class PrivacyProjector:
             for event in entry.events:
                 if event.name == EVENT_CONSENT_GRANTED:
                     consent_id = json.loads(event.payload)["consent_id"]
-                    sha, pid = self._consent_document(consent_id)
+                    sha, pid, evidence = self._consent_document(consent_id)
                     refs.append(DocumentRef(sha, pid, entry.seq))
+                    if evidence is not None:  # the signed form staff attached (kept off-chain by the service)
+                        refs.append(DocumentRef(evidence, pid, entry.seq))
                 elif event.name == EVENT_ACCESS_RECORDED:
                     payload = json.loads(event.payload)
                     entity = payload.get("entity") or {}
@@ -201,6 +204,7 @@ class StoreReport:
     orphan_documents: int = 0
     orphan_documents_deleted: int = 0
     orphan_documents_within_grace: int = 0
+    orphan_data_keys_deleted: int = 0
     unreadable_documents: int = 0
     unreadable_documents_deleted: int = 0
     missing_documents: int = 0
@@ -284,6 +288,8 @@ def check_store(
     if repair:
         report.orphan_documents_deleted = store.delete_documents(expired)
         report.unreadable_documents_deleted = store.delete_unreadable_documents()
+        # Data keys that seal nothing (left by refused writes of older versions, or by deleted orphans).
+        report.orphan_data_keys_deleted = store.delete_orphan_data_keys()
 
     level = logging.INFO if report.ok else logging.WARNING
     log.log(level, "store check", extra=report.log_fields())

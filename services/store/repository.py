@@ -50,7 +50,7 @@ log = logging.getLogger("ciphercare.store")
 
 ACCESS_PROJECTION = "access-events"
 PRIVACY_PROJECTION = "privacy"
-DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail"})
+DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail", "consent-evidence"})
 
 
 class DocumentIntegrityError(RuntimeError):
@@ -536,8 +536,10 @@ class OffchainStore:
             return [OrphanDocument(*row) for row in session.execute(query.order_by(Document.created_ms))]
 
     def delete_documents(self, orphans: Iterable[OrphanDocument]) -> int:
-        """Delete these (orphan) documents, only if still unreferenced."""
+        """Delete these (orphan) documents, only if still unreferenced, and then the data key of every
+        patient left with no document at all (a key created for a write that never reached the ledger)."""
         deleted = 0
+        pids: set[str] = set()
         with self.session() as session, session.begin():
             for orphan in orphans:
                 deleted += session.execute(
@@ -545,7 +547,31 @@ class OffchainStore:
                         Document.sha256 == orphan.sha256, Document.pid == orphan.pid, Document.ledger_seq.is_(None)
                     )
                 ).rowcount
+                pids.add(orphan.pid)
+        self.delete_orphan_data_keys(pids)
         return deleted
+
+    def delete_orphan_data_keys(self, pids: Iterable[str] | None = None, older_than_ms: int | None = None) -> int:
+        """Delete data keys (of ``pids``, or every patient) that seal no document; returns how many.
+
+        A writer creates the key and its document in one transaction, so a key with no document is a
+        leftover of deleted orphans (or of an erasure's documents), never a write in flight.
+        """
+        query = delete(DataKey).where(~select(Document.pid).where(Document.pid == DataKey.pid).exists())
+        if pids is not None:
+            wanted = sorted(set(pids))
+            if not wanted:
+                return 0
+            query = query.where(DataKey.pid.in_(wanted))
+        if older_than_ms is not None:
+            query = query.where(DataKey.created_ms < older_than_ms)
+        with self.session() as session, session.begin():
+            return int(session.execute(query.execution_options(synchronize_session=False)).rowcount or 0)
+
+    def data_key_count(self) -> int:
+        """How many patients have a data key (tests and the store check)."""
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(DataKey)) or 0)
 
     def unreadable_documents(self) -> list[tuple[str, str]]:
         """Sealed documents whose data key is gone (left by a write that raced an erasure)."""

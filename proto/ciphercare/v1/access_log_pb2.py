@@ -26,43 +26,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ciphercare.v1 import common_pb2 as ciphercare_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63iphercare/v1/access_log.proto\x12\rciphercare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x63iphercare/v1/common.proto\"\x9d\x03\n\x0b\x41\x63\x63\x65ssEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07subtype\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12,\n\x08recorded\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07outcome\x18\x07 \x01(\x0e\x32\x1c.ciphercare.v1.AccessOutcome\x12\x1b\n\x13outcome_description\x18\x08 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\t \x01(\t\x12#\n\x05\x61gent\x18\n \x01(\x0b\x32\x14.ciphercare.v1.Actor\x12\x17\n\x0fsource_observer\x18\x0b \x01(\t\x12\x0b\n\x03pid\x18\x0c \x01(\t\x12\x12\n\nconsent_id\x18\r \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x0e \x01(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x0f \x03(\t\x12\x15\n\rdetail_sha256\x18\x10 \x01(\t\x12\r\n\x05tx_id\x18\x11 \x01(\t\"\x87\x02\n\rRecordRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07subtype\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12-\n\x07outcome\x18\x04 \x01(\x0e\x32\x1c.ciphercare.v1.AccessOutcome\x12\x1b\n\x13outcome_description\x18\x05 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\t\x12\x12\n\nconsent_id\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\t \x03(\t\x12\x17\n\x0fsource_observer\x18\n \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x0b \x01(\t\"j\n\x0eRecordResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.ciphercare.v1.AccessEvent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\")\n\x15GetAccessEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"C\n\x16GetAccessEventResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.ciphercare.v1.AccessEvent\"\x9f\x02\n\rSearchRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x19\n\x11requester_subject\x18\x02 \x01(\t\x12\x14\n\x0corganization\x18\x03 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x04 \x01(\t\x12-\n\x07outcome\x18\x05 \x01(\x0e\x32\x1c.ciphercare.v1.AccessOutcome\x12\x31\n\rrecorded_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_to\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\r\x12\x12\n\npage_token\x18\t \x01(\t\"U\n\x0eSearchResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.ciphercare.v1.AccessEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"\\\n\x15GetCheckpointResponse\x12-\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\x12\x14\n\x0cverifier_key\x18\x02 \x01(\t\"_\n\x18GetInclusionProofRequest\x12\x12\n\x08\x65vent_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08sequence\x18\x02 \x01(\x04H\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x08\n\x06target\"\x8f\x01\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x0c\n\x04leaf\x18\x04 \x01(\x0c\x12-\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"\xcb\x01\n\x1bGetConsistencyProofResponse\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x33\n\x10\x66irst_checkpoint\x18\x04 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\x12\x34\n\x11second_checkpoint\x18\x05 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\"I\n\x0cWatchRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x0b\n\x03pid\x18\x02 \x01(\t\x12\x14\n\x0corganization\x18\x03 \x01(\t*\x80\x01\n\rAccessOutcome\x12\x1e\n\x1a\x41\x43\x43\x45SS_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41\x43\x43\x45SS_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41\x43\x43\x45SS_OUTCOME_DENIED\x10\x02\x12\x18\n\x14\x41\x43\x43\x45SS_OUTCOME_ERROR\x10\x03\x32\xea\x04\n\x10\x41\x63\x63\x65ssLogService\x12\x45\n\x06Record\x12\x1c.ciphercare.v1.RecordRequest\x1a\x1d.ciphercare.v1.RecordResponse\x12R\n\x03Get\x12$.ciphercare.v1.GetAccessEventRequest\x1a%.ciphercare.v1.GetAccessEventResponse\x12\x45\n\x06Search\x12\x1c.ciphercare.v1.SearchRequest\x1a\x1d.ciphercare.v1.SearchResponse\x12Z\n\rGetCheckpoint\x12#.ciphercare.v1.GetCheckpointRequest\x1a$.ciphercare.v1.GetCheckpointResponse\x12\x66\n\x11GetInclusionProof\x12\'.ciphercare.v1.GetInclusionProofRequest\x1a(.ciphercare.v1.GetInclusionProofResponse\x12l\n\x13GetConsistencyProof\x12).ciphercare.v1.GetConsistencyProofRequest\x1a*.ciphercare.v1.GetConsistencyProofResponse\x12\x42\n\x05Watch\x12\x1b.ciphercare.v1.WatchRequest\x1a\x1a.ciphercare.v1.AccessEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63iphercare/v1/access_log.proto\x12\rciphercare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x63iphercare/v1/common.proto\"\xca\x03\n\x0b\x41\x63\x63\x65ssEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07subtype\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12,\n\x08recorded\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07outcome\x18\x07 \x01(\x0e\x32\x1c.ciphercare.v1.AccessOutcome\x12\x1b\n\x13outcome_description\x18\x08 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\t \x01(\t\x12#\n\x05\x61gent\x18\n \x01(\x0b\x32\x14.ciphercare.v1.Actor\x12\x17\n\x0fsource_observer\x18\x0b \x01(\t\x12\x0b\n\x03pid\x18\x0c \x01(\t\x12\x12\n\nconsent_id\x18\r \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x0e \x01(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x0f \x03(\t\x12\x15\n\rdetail_sha256\x18\x10 \x01(\t\x12\r\n\x05tx_id\x18\x11 \x01(\t\x12\x14\n\x0crepeat_count\x18\x12 \x01(\r\x12\x15\n\rconsent_basis\x18\x13 \x01(\t\"\x87\x02\n\rRecordRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07subtype\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12-\n\x07outcome\x18\x04 \x01(\x0e\x32\x1c.ciphercare.v1.AccessOutcome\x12\x1b\n\x13outcome_description\x18\x05 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\t\x12\x12\n\nconsent_id\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\t \x03(\t\x12\x17\n\x0fsource_observer\x18\n \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x0b \x01(\t\"j\n\x0eRecordResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.ciphercare.v1.AccessEvent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\")\n\x15GetAccessEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"C\n\x16GetAccessEventResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.ciphercare.v1.AccessEvent\"\x9f\x02\n\rSearchRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x19\n\x11requester_subject\x18\x02 \x01(\t\x12\x14\n\x0corganization\x18\x03 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x04 \x01(\t\x12-\n\x07outcome\x18\x05 \x01(\x0e\x32\x1c.ciphercare.v1.AccessOutcome\x12\x31\n\rrecorded_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_to\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\r\x12\x12\n\npage_token\x18\t \x01(\t\"U\n\x0eSearchResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.ciphercare.v1.AccessEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"\\\n\x15GetCheckpointResponse\x12-\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\x12\x14\n\x0cverifier_key\x18\x02 \x01(\t\"_\n\x18GetInclusionProofRequest\x12\x12\n\x08\x65vent_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08sequence\x18\x02 \x01(\x04H\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x08\n\x06target\"\x8f\x01\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x0c\n\x04leaf\x18\x04 \x01(\x0c\x12-\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"\xcb\x01\n\x1bGetConsistencyProofResponse\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x33\n\x10\x66irst_checkpoint\x18\x04 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\x12\x34\n\x11second_checkpoint\x18\x05 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\"I\n\x0cWatchRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x0b\n\x03pid\x18\x02 \x01(\t\x12\x14\n\x0corganization\x18\x03 \x01(\t*\x80\x01\n\rAccessOutcome\x12\x1e\n\x1a\x41\x43\x43\x45SS_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41\x43\x43\x45SS_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41\x43\x43\x45SS_OUTCOME_DENIED\x10\x02\x12\x18\n\x14\x41\x43\x43\x45SS_OUTCOME_ERROR\x10\x03\x32\xea\x04\n\x10\x41\x63\x63\x65ssLogService\x12\x45\n\x06Record\x12\x1c.ciphercare.v1.RecordRequest\x1a\x1d.ciphercare.v1.RecordResponse\x12R\n\x03Get\x12$.ciphercare.v1.GetAccessEventRequest\x1a%.ciphercare.v1.GetAccessEventResponse\x12\x45\n\x06Search\x12\x1c.ciphercare.v1.SearchRequest\x1a\x1d.ciphercare.v1.SearchResponse\x12Z\n\rGetCheckpoint\x12#.ciphercare.v1.GetCheckpointRequest\x1a$.ciphercare.v1.GetCheckpointResponse\x12\x66\n\x11GetInclusionProof\x12\'.ciphercare.v1.GetInclusionProofRequest\x1a(.ciphercare.v1.GetInclusionProofResponse\x12l\n\x13GetConsistencyProof\x12).ciphercare.v1.GetConsistencyProofRequest\x1a*.ciphercare.v1.GetConsistencyProofResponse\x12\x42\n\x05Watch\x12\x1b.ciphercare.v1.WatchRequest\x1a\x1a.ciphercare.v1.AccessEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ciphercare.v1.access_log_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESSOUTCOME']._serialized_start=2132
-  _globals['_ACCESSOUTCOME']._serialized_end=2260
+  _globals['_ACCESSOUTCOME']._serialized_start=2177
+  _globals['_ACCESSOUTCOME']._serialized_end=2305
   _globals['_ACCESSEVENT']._serialized_start=111
-  _globals['_ACCESSEVENT']._serialized_end=524
-  _globals['_RECORDREQUEST']._serialized_start=527
-  _globals['_RECORDREQUEST']._serialized_end=790
-  _globals['_RECORDRESPONSE']._serialized_start=792
-  _globals['_RECORDRESPONSE']._serialized_end=898
-  _globals['_GETACCESSEVENTREQUEST']._serialized_start=900
-  _globals['_GETACCESSEVENTREQUEST']._serialized_end=941
-  _globals['_GETACCESSEVENTRESPONSE']._serialized_start=943
-  _globals['_GETACCESSEVENTRESPONSE']._serialized_end=1010
-  _globals['_SEARCHREQUEST']._serialized_start=1013
-  _globals['_SEARCHREQUEST']._serialized_end=1300
-  _globals['_SEARCHRESPONSE']._serialized_start=1302
-  _globals['_SEARCHRESPONSE']._serialized_end=1387
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1389
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1430
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1432
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1524
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1526
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1621
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1624
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1767
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1769
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1848
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1851
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=2054
-  _globals['_WATCHREQUEST']._serialized_start=2056
-  _globals['_WATCHREQUEST']._serialized_end=2129
-  _globals['_ACCESSLOGSERVICE']._serialized_start=2263
-  _globals['_ACCESSLOGSERVICE']._serialized_end=2881
+  _globals['_ACCESSEVENT']._serialized_end=569
+  _globals['_RECORDREQUEST']._serialized_start=572
+  _globals['_RECORDREQUEST']._serialized_end=835
+  _globals['_RECORDRESPONSE']._serialized_start=837
+  _globals['_RECORDRESPONSE']._serialized_end=943
+  _globals['_GETACCESSEVENTREQUEST']._serialized_start=945
+  _globals['_GETACCESSEVENTREQUEST']._serialized_end=986
+  _globals['_GETACCESSEVENTRESPONSE']._serialized_start=988
+  _globals['_GETACCESSEVENTRESPONSE']._serialized_end=1055
+  _globals['_SEARCHREQUEST']._serialized_start=1058
+  _globals['_SEARCHREQUEST']._serialized_end=1345
+  _globals['_SEARCHRESPONSE']._serialized_start=1347
+  _globals['_SEARCHRESPONSE']._serialized_end=1432
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1434
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1475
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1477
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1569
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1571
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1666
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1669
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1812
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1814
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1893
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1896
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=2099
+  _globals['_WATCHREQUEST']._serialized_start=2101
+  _globals['_WATCHREQUEST']._serialized_end=2174
+  _globals['_ACCESSLOGSERVICE']._serialized_start=2308
+  _globals['_ACCESSLOGSERVICE']._serialized_end=2926
 # @@protoc_insertion_point(module_scope)

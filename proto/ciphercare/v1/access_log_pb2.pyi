@@ -20,7 +20,7 @@ ACCESS_OUTCOME_DENIED: AccessOutcome
 ACCESS_OUTCOME_ERROR: AccessOutcome
 
 class AccessEvent(_message.Message):
-    __slots__ = ("id", "sequence", "type", "subtype", "action", "recorded", "outcome", "outcome_description", "purpose_of_use", "agent", "source_observer", "pid", "consent_id", "model_sha256", "data_classes", "detail_sha256", "tx_id")
+    __slots__ = ("id", "sequence", "type", "subtype", "action", "recorded", "outcome", "outcome_description", "purpose_of_use", "agent", "source_observer", "pid", "consent_id", "model_sha256", "data_classes", "detail_sha256", "tx_id", "repeat_count", "consent_basis")
     ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class AccessEvent(_message.Message):
     DATA_CLASSES_FIELD_NUMBER: _ClassVar[int]
     DETAIL_SHA256_FIELD_NUMBER: _ClassVar[int]
     TX_ID_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_BASIS_FIELD_NUMBER: _ClassVar[int]
     id: str
     sequence: int
     type: str
@@ -55,7 +57,9 @@ class AccessEvent(_message.Message):
     data_classes: _containers.RepeatedScalarFieldContainer[str]
     detail_sha256: str
     tx_id: str
-    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[int] = ..., type: _Optional[str] = ..., subtype: _Optional[str] = ..., action: _Optional[str] = ..., recorded: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[AccessOutcome, str]] = ..., outcome_description: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., agent: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., source_observer: _Optional[str] = ..., pid: _Optional[str] = ..., consent_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ..., detail_sha256: _Optional[str] = ..., tx_id: _Optional[str] = ...) -> None: ...
+    repeat_count: int
+    consent_basis: str
+    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[int] = ..., type: _Optional[str] = ..., subtype: _Optional[str] = ..., action: _Optional[str] = ..., recorded: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[AccessOutcome, str]] = ..., outcome_description: _Optional[str] = ..., purpose_of_use: _Optional[str] = ..., agent: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., source_observer: _Optional[str] = ..., pid: _Optional[str] = ..., consent_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ..., detail_sha256: _Optional[str] = ..., tx_id: _Optional[str] = ..., repeat_count: _Optional[int] = ..., consent_basis: _Optional[str] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
     __slots__ = ("type", "subtype", "action", "outcome", "outcome_description", "purpose_of_use", "pid", "consent_id", "data_classes", "source_observer", "detail_json")

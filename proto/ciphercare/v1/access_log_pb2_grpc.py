@@ -26,7 +26,15 @@ if _version_not_supported:
 
 
 class AccessLogServiceStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """
+    Authentication as in ConsentService (bearer token; unauthenticated
+    refusals go to the security log, never to the ledger). Authenticated
+    refusals (PERMISSION_DENIED, in the interceptor or in a service) ARE
+    recorded: a "denied" event with what the request named (pid, purpose,
+    data classes; absent = unspecified), aggregated per caller and patient per
+    time window (the first refusal is written at once, later identical ones
+    in the window as one event with repeat_count).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,18 +80,39 @@ class AccessLogServiceStub(object):
 
 
 class AccessLogServiceServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """
+    Authentication as in ConsentService (bearer token; unauthenticated
+    refusals go to the security log, never to the ledger). Authenticated
+    refusals (PERMISSION_DENIED, in the interceptor or in a service) ARE
+    recorded: a "denied" event with what the request named (pid, purpose,
+    data classes; absent = unspecified), aggregated per caller and patient per
+    time window (the first refusal is written at once, later identical ones
+    in the window as one event with repeat_count).
+    """
 
     def Record(self, request, context):
         """A hospital logs an access it made itself (e.g. an EHR record view).
-        The agent is the caller; it cannot be set in the request.
+        Roles: hospital, clinician. The agent is the caller; it cannot be set.
+        Required: type (AUDIT_EVENT_TYPES: 110110, 110112, 110106, 110107,
+        risk-scoring), action (C R U D E), outcome, purpose_of_use (v3
+        ActReason), pid. Optional: subtype (read, vread, search-type, create,
+        update, delete, export, score, ...), data_classes (FHIR resource types),
+        consent_id, source_observer, detail_json (<= 64 KiB JSON object).
+        If consent_id is given the contract checks it exists, is about pid,
+        names the caller's org and (for SUCCESS) permitted the purpose and every
+        data class at the recorded time: FAILED_PRECONDITION otherwise. Without
+        one the event is recorded with consent_basis "no-consent-cited".
+        source_observer must be one of the caller org's registered systems
+        (setting record_observers; default any "<org>/<system>"); "ciphercare/"
+        names are reserved for ciphercare's services. Default "<org>/<client>".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """One event by id.
+        """One event by id. Roles: all; patients see events about their pid (or
+        proxy_for), staff their org's, officers/admins all (NOT_FOUND otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,14 +120,15 @@ class AccessLogServiceServicer(object):
 
     def Search(self, request, context):
         """Events in the caller's scope matching the filters, oldest first,
-        paginated with an opaque cursor.
+        paginated with an opaque cursor. Roles and scope as Get.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """The latest signed checkpoint (or the one for a given tree size).
+        """The latest signed checkpoint (or the one for a given tree size). Roles:
+        all. The verifier_key returned is for comparison with a pinned key only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,13 +136,17 @@ class AccessLogServiceServicer(object):
 
     def GetInclusionProof(self, request, context):
         """RFC 9162 inclusion proof of an event (or ledger entry) in a tree size.
+        Roles: all. By event_id: events the caller may see. By sequence:
+        officers/admins any entry; an organisation the entries its own members
+        wrote (the leaf's creator MSP is the caller org's); a patient the
+        entries solely about their own pid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConsistencyProof(self, request, context):
-        """RFC 9162 consistency proof between two tree sizes.
+        """RFC 9162 consistency proof between two tree sizes. Roles: all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +154,8 @@ class AccessLogServiceServicer(object):
 
     def Watch(self, request, context):
         """New events as they commit, starting at `start_sequence`: no gaps, no
-        duplicates; resume by passing the last sequence seen + 1.
+        duplicates; resume by passing the last sequence seen + 1. Roles:
+        hospital (its org's events), compliance-officer, admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,7 +208,15 @@ def add_AccessLogServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AccessLogService(object):
-    """Missing associated documentation comment in .proto file."""
+    """
+    Authentication as in ConsentService (bearer token; unauthenticated
+    refusals go to the security log, never to the ledger). Authenticated
+    refusals (PERMISSION_DENIED, in the interceptor or in a service) ARE
+    recorded: a "denied" event with what the request named (pid, purpose,
+    data classes; absent = unspecified), aggregated per caller and patient per
+    time window (the first refusal is written at once, later identical ones
+    in the window as one event with repeat_count).
+    """
 
     @staticmethod
     def Record(request,

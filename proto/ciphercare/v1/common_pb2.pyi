@@ -43,11 +43,15 @@ class Checkpoint(_message.Message):
     def __init__(self, origin: _Optional[str] = ..., tree_size: _Optional[int] = ..., root_hash: _Optional[bytes] = ..., timestamp: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., signed_note: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class LedgerReceipt(_message.Message):
-    __slots__ = ("tx_id", "sequence", "checkpoint")
+    __slots__ = ("tx_id", "sequence", "checkpoint", "leaf", "inclusion_proof")
     TX_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LEAF_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
     tx_id: str
     sequence: int
     checkpoint: Checkpoint
-    def __init__(self, tx_id: _Optional[str] = ..., sequence: _Optional[int] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+    leaf: bytes
+    inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, tx_id: _Optional[str] = ..., sequence: _Optional[int] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., leaf: _Optional[bytes] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -26,45 +26,49 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ciphercare.v1 import common_pb2 as ciphercare_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63iphercare/v1/consent.proto\x12\rciphercare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x63iphercare/v1/common.proto\"\xd4\x01\n\x10\x43onsentProvision\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x03 \x03(\t\x12\x0e\n\x06\x61\x63tors\x18\x04 \x03(\t\x12%\n\x06period\x18\x05 \x01(\x0b\x32\x15.ciphercare.v1.Period\x12\x33\n\nprovisions\x18\x06 \x03(\x0b\x32\x1f.ciphercare.v1.ConsentProvision\"\xb8\x04\n\x07\x43onsent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.ciphercare.v1.ConsentStatus\x12\x0b\n\x03pid\x18\x04 \x01(\t\x12\x1c\n\x14grantee_organization\x18\x05 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x10\n\x08purposes\x18\x07 \x03(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x08 \x03(\t\x12%\n\x06period\x18\t \x01(\x0b\x32\x15.ciphercare.v1.Period\x12\x33\n\nprovisions\x18\n \x03(\x0b\x32\x1f.ciphercare.v1.ConsentProvision\x12\x17\n\x0f\x64ocument_sha256\x18\x0b \x01(\t\x12/\n\x0brecorded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x0brecorded_by\x18\r \x01(\x0b\x32\x14.ciphercare.v1.Actor\x12.\n\nrevoked_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\nrevoked_by\x18\x0f \x01(\x0b\x32\x14.ciphercare.v1.Actor\x12\x19\n\x11revocation_reason\x18\x10 \x01(\t\x12\x17\n\x0f\x65vidence_sha256\x18\x11 \x01(\t\"\x8a\x02\n\x0cGrantRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x1c\n\x14grantee_organization\x18\x02 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x10\n\x08purposes\x18\x04 \x03(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x05 \x03(\t\x12%\n\x06period\x18\x06 \x01(\x0b\x32\x15.ciphercare.v1.Period\x12\x33\n\nprovisions\x18\x07 \x03(\x0b\x32\x1f.ciphercare.v1.ConsentProvision\x12\x19\n\x11\x66hir_consent_json\x18\x08 \x01(\t\"g\n\rGrantResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"3\n\rRevokeRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x0eRevokeResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"X\n\x12GetConsentResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12\x19\n\x11\x66hir_consent_json\x18\x02 \x01(\t\">\n\x15ListForPatientRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"B\n\x16ListForPatientResponse\x12(\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x16.ciphercare.v1.Consent\".\n\x18GetConsentHistoryRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"E\n\x19GetConsentHistoryResponse\x12(\n\x08versions\x18\x01 \x03(\x0b\x32\x16.ciphercare.v1.Consent\"\x88\x01\n\x0c\x43heckRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x1e\n\x16recipient_organization\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\ndata_class\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\rCheckResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x30\n\x0c\x65valuated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*k\n\x0f\x43onsentDecision\x12 \n\x1c\x43ONSENT_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONSENT_DECISION_PERMIT\x10\x01\x12\x19\n\x15\x43ONSENT_DECISION_DENY\x10\x02*g\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17\x43ONSENT_STATUS_INACTIVE\x10\x02\x32\xeb\x03\n\x0e\x43onsentService\x12\x42\n\x05Grant\x12\x1b.ciphercare.v1.GrantRequest\x1a\x1c.ciphercare.v1.GrantResponse\x12\x45\n\x06Revoke\x12\x1c.ciphercare.v1.RevokeRequest\x1a\x1d.ciphercare.v1.RevokeResponse\x12J\n\x03Get\x12 .ciphercare.v1.GetConsentRequest\x1a!.ciphercare.v1.GetConsentResponse\x12]\n\x0eListForPatient\x12$.ciphercare.v1.ListForPatientRequest\x1a%.ciphercare.v1.ListForPatientResponse\x12_\n\nGetHistory\x12\'.ciphercare.v1.GetConsentHistoryRequest\x1a(.ciphercare.v1.GetConsentHistoryResponse\x12\x42\n\x05\x43heck\x12\x1b.ciphercare.v1.CheckRequest\x1a\x1c.ciphercare.v1.CheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63iphercare/v1/consent.proto\x12\rciphercare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x63iphercare/v1/common.proto\"\xd4\x01\n\x10\x43onsentProvision\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x03 \x03(\t\x12\x0e\n\x06\x61\x63tors\x18\x04 \x03(\t\x12%\n\x06period\x18\x05 \x01(\x0b\x32\x15.ciphercare.v1.Period\x12\x33\n\nprovisions\x18\x06 \x03(\x0b\x32\x1f.ciphercare.v1.ConsentProvision\"\xcb\x05\n\x07\x43onsent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.ciphercare.v1.ConsentStatus\x12\x0b\n\x03pid\x18\x04 \x01(\t\x12\x1c\n\x14grantee_organization\x18\x05 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x10\n\x08purposes\x18\x07 \x03(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x08 \x03(\t\x12%\n\x06period\x18\t \x01(\x0b\x32\x15.ciphercare.v1.Period\x12\x33\n\nprovisions\x18\n \x03(\x0b\x32\x1f.ciphercare.v1.ConsentProvision\x12\x17\n\x0f\x64ocument_sha256\x18\x0b \x01(\t\x12/\n\x0brecorded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x0brecorded_by\x18\r \x01(\x0b\x32\x14.ciphercare.v1.Actor\x12.\n\nrevoked_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\nrevoked_by\x18\x0f \x01(\x0b\x32\x14.ciphercare.v1.Actor\x12\x19\n\x11revocation_reason\x18\x10 \x01(\t\x12\x17\n\x0f\x65vidence_sha256\x18\x11 \x01(\t\x12\x11\n\tauthority\x18\x12 \x01(\t\x12 \n\x18recorded_by_organization\x18\x13 \x01(\t\x12\x30\n\x0c\x63onfirmed_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x0c\x63onfirmed_by\x18\x15 \x01(\x0b\x32\x14.ciphercare.v1.Actor\"\x8a\x02\n\x0cGrantRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x1c\n\x14grantee_organization\x18\x02 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x10\n\x08purposes\x18\x04 \x03(\t\x12\x14\n\x0c\x64\x61ta_classes\x18\x05 \x03(\t\x12%\n\x06period\x18\x06 \x01(\x0b\x32\x15.ciphercare.v1.Period\x12\x33\n\nprovisions\x18\x07 \x03(\x0b\x32\x1f.ciphercare.v1.ConsentProvision\x12\x19\n\x11\x66hir_consent_json\x18\x08 \x01(\t\"g\n\rGrantResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"3\n\rRevokeRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"$\n\x0e\x43onfirmRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"i\n\x0f\x43onfirmResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"h\n\x0eRevokeResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"X\n\x12GetConsentResponse\x12\'\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x16.ciphercare.v1.Consent\x12\x19\n\x11\x66hir_consent_json\x18\x02 \x01(\t\">\n\x15ListForPatientRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"B\n\x16ListForPatientResponse\x12(\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x16.ciphercare.v1.Consent\".\n\x18GetConsentHistoryRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"E\n\x19GetConsentHistoryResponse\x12(\n\x08versions\x18\x01 \x03(\x0b\x32\x16.ciphercare.v1.Consent\"\x88\x01\n\x0c\x43heckRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x1e\n\x16recipient_organization\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\ndata_class\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\rCheckResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1e.ciphercare.v1.ConsentDecision\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x30\n\x0c\x65valuated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*k\n\x0f\x43onsentDecision\x12 \n\x1c\x43ONSENT_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONSENT_DECISION_PERMIT\x10\x01\x12\x19\n\x15\x43ONSENT_DECISION_DENY\x10\x02*\x84\x01\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17\x43ONSENT_STATUS_INACTIVE\x10\x02\x12\x1b\n\x17\x43ONSENT_STATUS_PROPOSED\x10\x03\x32\xb5\x04\n\x0e\x43onsentService\x12\x42\n\x05Grant\x12\x1b.ciphercare.v1.GrantRequest\x1a\x1c.ciphercare.v1.GrantResponse\x12\x45\n\x06Revoke\x12\x1c.ciphercare.v1.RevokeRequest\x1a\x1d.ciphercare.v1.RevokeResponse\x12H\n\x07\x43onfirm\x12\x1d.ciphercare.v1.ConfirmRequest\x1a\x1e.ciphercare.v1.ConfirmResponse\x12J\n\x03Get\x12 .ciphercare.v1.GetConsentRequest\x1a!.ciphercare.v1.GetConsentResponse\x12]\n\x0eListForPatient\x12$.ciphercare.v1.ListForPatientRequest\x1a%.ciphercare.v1.ListForPatientResponse\x12_\n\nGetHistory\x12\'.ciphercare.v1.GetConsentHistoryRequest\x1a(.ciphercare.v1.GetConsentHistoryResponse\x12\x42\n\x05\x43heck\x12\x1b.ciphercare.v1.CheckRequest\x1a\x1c.ciphercare.v1.CheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ciphercare.v1.consent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTDECISION']._serialized_start=2101
-  _globals['_CONSENTDECISION']._serialized_end=2208
-  _globals['_CONSENTSTATUS']._serialized_start=2210
-  _globals['_CONSENTSTATUS']._serialized_end=2313
+  _globals['_CONSENTDECISION']._serialized_start=2393
+  _globals['_CONSENTDECISION']._serialized_end=2500
+  _globals['_CONSENTSTATUS']._serialized_start=2503
+  _globals['_CONSENTSTATUS']._serialized_end=2635
   _globals['_CONSENTPROVISION']._serialized_start=108
   _globals['_CONSENTPROVISION']._serialized_end=320
   _globals['_CONSENT']._serialized_start=323
-  _globals['_CONSENT']._serialized_end=891
-  _globals['_GRANTREQUEST']._serialized_start=894
-  _globals['_GRANTREQUEST']._serialized_end=1160
-  _globals['_GRANTRESPONSE']._serialized_start=1162
-  _globals['_GRANTRESPONSE']._serialized_end=1265
-  _globals['_REVOKEREQUEST']._serialized_start=1267
-  _globals['_REVOKEREQUEST']._serialized_end=1318
-  _globals['_REVOKERESPONSE']._serialized_start=1320
-  _globals['_REVOKERESPONSE']._serialized_end=1424
-  _globals['_GETCONSENTREQUEST']._serialized_start=1426
-  _globals['_GETCONSENTREQUEST']._serialized_end=1465
-  _globals['_GETCONSENTRESPONSE']._serialized_start=1467
-  _globals['_GETCONSENTRESPONSE']._serialized_end=1555
-  _globals['_LISTFORPATIENTREQUEST']._serialized_start=1557
-  _globals['_LISTFORPATIENTREQUEST']._serialized_end=1619
-  _globals['_LISTFORPATIENTRESPONSE']._serialized_start=1621
-  _globals['_LISTFORPATIENTRESPONSE']._serialized_end=1687
-  _globals['_GETCONSENTHISTORYREQUEST']._serialized_start=1689
-  _globals['_GETCONSENTHISTORYREQUEST']._serialized_end=1735
-  _globals['_GETCONSENTHISTORYRESPONSE']._serialized_start=1737
-  _globals['_GETCONSENTHISTORYRESPONSE']._serialized_end=1806
-  _globals['_CHECKREQUEST']._serialized_start=1809
-  _globals['_CHECKREQUEST']._serialized_end=1945
-  _globals['_CHECKRESPONSE']._serialized_start=1948
-  _globals['_CHECKRESPONSE']._serialized_end=2099
-  _globals['_CONSENTSERVICE']._serialized_start=2316
-  _globals['_CONSENTSERVICE']._serialized_end=2807
+  _globals['_CONSENT']._serialized_end=1038
+  _globals['_GRANTREQUEST']._serialized_start=1041
+  _globals['_GRANTREQUEST']._serialized_end=1307
+  _globals['_GRANTRESPONSE']._serialized_start=1309
+  _globals['_GRANTRESPONSE']._serialized_end=1412
+  _globals['_REVOKEREQUEST']._serialized_start=1414
+  _globals['_REVOKEREQUEST']._serialized_end=1465
+  _globals['_CONFIRMREQUEST']._serialized_start=1467
+  _globals['_CONFIRMREQUEST']._serialized_end=1503
+  _globals['_CONFIRMRESPONSE']._serialized_start=1505
+  _globals['_CONFIRMRESPONSE']._serialized_end=1610
+  _globals['_REVOKERESPONSE']._serialized_start=1612
+  _globals['_REVOKERESPONSE']._serialized_end=1716
+  _globals['_GETCONSENTREQUEST']._serialized_start=1718
+  _globals['_GETCONSENTREQUEST']._serialized_end=1757
+  _globals['_GETCONSENTRESPONSE']._serialized_start=1759
+  _globals['_GETCONSENTRESPONSE']._serialized_end=1847
+  _globals['_LISTFORPATIENTREQUEST']._serialized_start=1849
+  _globals['_LISTFORPATIENTREQUEST']._serialized_end=1911
+  _globals['_LISTFORPATIENTRESPONSE']._serialized_start=1913
+  _globals['_LISTFORPATIENTRESPONSE']._serialized_end=1979
+  _globals['_GETCONSENTHISTORYREQUEST']._serialized_start=1981
+  _globals['_GETCONSENTHISTORYREQUEST']._serialized_end=2027
+  _globals['_GETCONSENTHISTORYRESPONSE']._serialized_start=2029
+  _globals['_GETCONSENTHISTORYRESPONSE']._serialized_end=2098
+  _globals['_CHECKREQUEST']._serialized_start=2101
+  _globals['_CHECKREQUEST']._serialized_end=2237
+  _globals['_CHECKRESPONSE']._serialized_start=2240
+  _globals['_CHECKRESPONSE']._serialized_end=2391
+  _globals['_CONSENTSERVICE']._serialized_start=2638
+  _globals['_CONSENTSERVICE']._serialized_end=3203
 # @@protoc_insertion_point(module_scope)

@@ -19,12 +19,14 @@ class ConsentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONSENT_STATUS_UNSPECIFIED: _ClassVar[ConsentStatus]
     CONSENT_STATUS_ACTIVE: _ClassVar[ConsentStatus]
     CONSENT_STATUS_INACTIVE: _ClassVar[ConsentStatus]
+    CONSENT_STATUS_PROPOSED: _ClassVar[ConsentStatus]
 CONSENT_DECISION_UNSPECIFIED: ConsentDecision
 CONSENT_DECISION_PERMIT: ConsentDecision
 CONSENT_DECISION_DENY: ConsentDecision
 CONSENT_STATUS_UNSPECIFIED: ConsentStatus
 CONSENT_STATUS_ACTIVE: ConsentStatus
 CONSENT_STATUS_INACTIVE: ConsentStatus
+CONSENT_STATUS_PROPOSED: ConsentStatus
 
 class ConsentProvision(_message.Message):
     __slots__ = ("type", "purposes", "data_classes", "actors", "period", "provisions")
@@ -43,7 +45,7 @@ class ConsentProvision(_message.Message):
     def __init__(self, type: _Optional[_Union[ConsentDecision, str]] = ..., purposes: _Optional[_Iterable[str]] = ..., data_classes: _Optional[_Iterable[str]] = ..., actors: _Optional[_Iterable[str]] = ..., period: _Optional[_Union[_common_pb2.Period, _Mapping]] = ..., provisions: _Optional[_Iterable[_Union[ConsentProvision, _Mapping]]] = ...) -> None: ...
 
 class Consent(_message.Message):
-    __slots__ = ("id", "version", "status", "pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions", "document_sha256", "recorded_at", "recorded_by", "revoked_at", "revoked_by", "revocation_reason", "evidence_sha256")
+    __slots__ = ("id", "version", "status", "pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions", "document_sha256", "recorded_at", "recorded_by", "revoked_at", "revoked_by", "revocation_reason", "evidence_sha256", "authority", "recorded_by_organization", "confirmed_at", "confirmed_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +63,10 @@ class Consent(_message.Message):
     REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_BY_ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: int
     status: ConsentStatus
@@ -78,7 +84,11 @@ class Consent(_message.Message):
     revoked_by: _common_pb2.Actor
     revocation_reason: str
     evidence_sha256: str
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ConsentStatus, str]] = ..., pid: _Optional[str] = ..., grantee_organization: _Optional[str] = ..., decision: _Optional[_Union[ConsentDecision, str]] = ..., purposes: _Optional[_Iterable[str]] = ..., data_classes: _Optional[_Iterable[str]] = ..., period: _Optional[_Union[_common_pb2.Period, _Mapping]] = ..., provisions: _Optional[_Iterable[_Union[ConsentProvision, _Mapping]]] = ..., document_sha256: _Optional[str] = ..., recorded_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revoked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revocation_reason: _Optional[str] = ..., evidence_sha256: _Optional[str] = ...) -> None: ...
+    authority: str
+    recorded_by_organization: str
+    confirmed_at: _timestamp_pb2.Timestamp
+    confirmed_by: _common_pb2.Actor
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ConsentStatus, str]] = ..., pid: _Optional[str] = ..., grantee_organization: _Optional[str] = ..., decision: _Optional[_Union[ConsentDecision, str]] = ..., purposes: _Optional[_Iterable[str]] = ..., data_classes: _Optional[_Iterable[str]] = ..., period: _Optional[_Union[_common_pb2.Period, _Mapping]] = ..., provisions: _Optional[_Iterable[_Union[ConsentProvision, _Mapping]]] = ..., document_sha256: _Optional[str] = ..., recorded_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revoked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ..., revocation_reason: _Optional[str] = ..., evidence_sha256: _Optional[str] = ..., authority: _Optional[str] = ..., recorded_by_organization: _Optional[str] = ..., confirmed_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., confirmed_by: _Optional[_Union[_common_pb2.Actor, _Mapping]] = ...) -> None: ...
 
 class GrantRequest(_message.Message):
     __slots__ = ("pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions", "fhir_consent_json")
@@ -115,6 +125,20 @@ class RevokeRequest(_message.Message):
     consent_id: str
     reason: str
     def __init__(self, consent_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ConfirmRequest(_message.Message):
+    __slots__ = ("consent_id",)
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    def __init__(self, consent_id: _Optional[str] = ...) -> None: ...
+
+class ConfirmResponse(_message.Message):
+    __slots__ = ("consent", "receipt")
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    consent: Consent
+    receipt: _common_pb2.LedgerReceipt
+    def __init__(self, consent: _Optional[_Union[Consent, _Mapping]] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
     __slots__ = ("consent", "receipt")

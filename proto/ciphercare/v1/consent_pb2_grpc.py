@@ -26,7 +26,24 @@ if _version_not_supported:
 
 
 class ConsentServiceStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """
+    Authentication: every RPC needs "authorization: Bearer <access token>" from
+    the configured OpenID provider (UNAUTHENTICATED otherwise; such refusals are
+    written to the service's security log, never to the ledger). Roles come
+    from the token's realm roles; `org` and `pid` claims name the caller's
+    organisation and (for patients) pseudonym; `proxy_for` lists the pseudonyms
+    a guardian or legal representative (role patient) acts for.
+
+    Consent authority (enforced by the consent contract; docs/THREATS.md):
+    * a consent the patient or proxy recorded (authority "patient"/"proxy")
+    can be revoked or superseded only by the patient or a proxy;
+    * an active patient/proxy DENY decides DENY whatever anyone else recorded;
+    * staff (hospital, clinician) record consents only naming their own
+    organisation as recipient, only with a signed-form attachment
+    (evidence), and a staff PERMIT is "proposed" until the patient or proxy
+    confirms it (deployment policy `staff_permit`, default "confirm");
+    * staff revoke only consents their own organisation recorded.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -43,6 +60,11 @@ class ConsentServiceStub(object):
                 '/ciphercare.v1.ConsentService/Revoke',
                 request_serializer=ciphercare_dot_v1_dot_consent__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=ciphercare_dot_v1_dot_consent__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/ciphercare.v1.ConsentService/Confirm',
+                request_serializer=ciphercare_dot_v1_dot_consent__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=ciphercare_dot_v1_dot_consent__pb2.ConfirmResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/ciphercare.v1.ConsentService/Get',
@@ -67,39 +89,71 @@ class ConsentServiceStub(object):
 
 
 class ConsentServiceServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """
+    Authentication: every RPC needs "authorization: Bearer <access token>" from
+    the configured OpenID provider (UNAUTHENTICATED otherwise; such refusals are
+    written to the service's security log, never to the ledger). Roles come
+    from the token's realm roles; `org` and `pid` claims name the caller's
+    organisation and (for patients) pseudonym; `proxy_for` lists the pseudonyms
+    a guardian or legal representative (role patient) acts for.
+
+    Consent authority (enforced by the consent contract; docs/THREATS.md):
+    * a consent the patient or proxy recorded (authority "patient"/"proxy")
+    can be revoked or superseded only by the patient or a proxy;
+    * an active patient/proxy DENY decides DENY whatever anyone else recorded;
+    * staff (hospital, clinician) record consents only naming their own
+    organisation as recipient, only with a signed-form attachment
+    (evidence), and a staff PERMIT is "proposed" until the patient or proxy
+    confirms it (deployment policy `staff_permit`, default "confirm");
+    * staff revoke only consents their own organisation recorded.
+    """
 
     def Grant(self, request, context):
-        """Records a new consent on the ledger. Patients grant for themselves;
-        hospitals and clinicians record consents captured at the point of care.
+        """Records a new consent. Roles: patient (own pid, or one in proxy_for),
+        hospital, clinician. Required: pid, grantee_organization, decision,
+        purposes (>=1), data_classes (>=1). Staff also: fhir_consent_json with
+        sourceAttachment.data (the signed form, base64, at most 192 KiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Revoke(self, request, context):
-        """Withdraws a consent. The record becomes inactive; its history is kept.
+        """Withdraws a consent (inactive; history kept). Roles: patient/proxy (any
+        consent about them), hospital/clinician (only their own org's records).
+        Reasons "patient-request" and "declined-by-patient" are the patient's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Confirm(self, request, context):
+        """The patient or proxy confirms a consent staff proposed (proposed ->
+        active). Roles: patient (own pid or proxy_for).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """One consent, current version.
+        """One consent, current version. Roles: all; a patient/proxy sees theirs,
+        staff see consents naming or recorded by their org, officers/admins all
+        (NOT_FOUND otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListForPatient(self, request, context):
-        """Every consent of a patient visible to the caller.
+        """Every consent of a patient visible to the caller. Roles: all; a patient
+        only for their own pid (or proxy_for), PERMISSION_DENIED otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetHistory(self, request, context):
-        """Every version of one consent, oldest first.
+        """Every version of one consent, oldest first. Roles and visibility as Get.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +162,8 @@ class ConsentServiceServicer(object):
     def Check(self, request, context):
         """May `recipient_organization` use `data_class` of `pid` for `purpose` at
         time `at`? Returns the decision, the consent that decided it and why.
+        Roles: patient/proxy (own pid), hospital/clinician (own org as
+        recipient only), compliance-officer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +181,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=ciphercare_dot_v1_dot_consent__pb2.RevokeRequest.FromString,
                     response_serializer=ciphercare_dot_v1_dot_consent__pb2.RevokeResponse.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=ciphercare_dot_v1_dot_consent__pb2.ConfirmRequest.FromString,
+                    response_serializer=ciphercare_dot_v1_dot_consent__pb2.ConfirmResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -155,7 +216,24 @@ def add_ConsentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ConsentService(object):
-    """Missing associated documentation comment in .proto file."""
+    """
+    Authentication: every RPC needs "authorization: Bearer <access token>" from
+    the configured OpenID provider (UNAUTHENTICATED otherwise; such refusals are
+    written to the service's security log, never to the ledger). Roles come
+    from the token's realm roles; `org` and `pid` claims name the caller's
+    organisation and (for patients) pseudonym; `proxy_for` lists the pseudonyms
+    a guardian or legal representative (role patient) acts for.
+
+    Consent authority (enforced by the consent contract; docs/THREATS.md):
+    * a consent the patient or proxy recorded (authority "patient"/"proxy")
+    can be revoked or superseded only by the patient or a proxy;
+    * an active patient/proxy DENY decides DENY whatever anyone else recorded;
+    * staff (hospital, clinician) record consents only naming their own
+    organisation as recipient, only with a signed-form attachment
+    (evidence), and a staff PERMIT is "proposed" until the patient or proxy
+    confirms it (deployment policy `staff_permit`, default "confirm");
+    * staff revoke only consents their own organisation recorded.
+    """
 
     @staticmethod
     def Grant(request,
@@ -201,6 +279,33 @@ class ConsentService(object):
             '/ciphercare.v1.ConsentService/Revoke',
             ciphercare_dot_v1_dot_consent__pb2.RevokeRequest.SerializeToString,
             ciphercare_dot_v1_dot_consent__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ciphercare.v1.ConsentService/Confirm',
+            ciphercare_dot_v1_dot_consent__pb2.ConfirmRequest.SerializeToString,
+            ciphercare_dot_v1_dot_consent__pb2.ConfirmResponse.FromString,
             options,
             channel_credentials,
             insecure,
