@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import grpc
-
-import hashlib
 
 from ciphercare.consent import canonical
 from ciphercare.consent.errors import ValidationError

@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, Principal
-from ciphercare.ledger.embedded import EmbeddedLedger
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 
 PID = "pt-77005"
 OTHER_PID = "pt-77006"
