@@ -586,40 +586,45 @@ def _check_observer(caller: Caller, observer: str) -> None:
     )
 
 
-async def _consent_basis(ctx: TransactionContext, caller: Caller, data: AccessEventInput, at: datetime) -> str:
-    """Check the consent an event cites (FAILED_PRECONDITION when it cannot back the event).
+def consent_basis_refusal(
+    consent: ConsentRecord | None, cid: str, data: AccessEventInput, caller_org: str, at: datetime
+) -> str | None:
+    """Why the consent an event cites cannot back it (None: it can). The AccessLogService asks the same
+    question before it stores anything off-chain; the contract's answer at the transaction time decides.
 
     The consent must exist, be about the same patient and name the caller's organisation as recipient; for
     a ``success`` event it must, at the recorded time, permit the purpose and every data class.
     """
+    if consent is None:
+        return f"event.entity.consent_id: consent {cid} does not exist"
+    if consent.pid != data.entity.pid:
+        return f"event.entity.consent_id: consent {cid} is about another patient"
+    if consent.grantee_org != caller_org:
+        return f"event.entity.consent_id: consent {cid} names {consent.grantee_org}, not {caller_org}"
+    if data.outcome != codes.OUTCOME_SUCCESS:
+        return None
+    if data.purpose_of_use is None or not data.entity.data_classes:
+        return "event: a success event citing a consent must name its purpose_of_use and data_classes"
+    for data_class in data.entity.data_classes:
+        request = AccessRequest(consent.pid, caller_org, data.purpose_of_use, data_class, at)
+        if evaluate_consent(consent, request) != codes.PERMIT:
+            state = consent.status if consent.status != codes.CONSENT_STATUS_ACTIVE else "active"
+            return (
+                f"event.entity.consent_id: consent {cid} ({state}) does not permit {data.purpose_of_use} "
+                f"access to {data_class} at {model.format_time(at)}"
+            )
+    return None
+
+
+async def _consent_basis(ctx: TransactionContext, caller: Caller, data: AccessEventInput, at: datetime) -> str:
+    """Check the consent an event cites (FAILED_PRECONDITION when it cannot back the event)."""
     cid = data.entity.consent_id
     if cid is None:
         return model.CONSENT_BASIS_NONE
     raw = await _get(ctx.get_stub(), ctx.get_stub().create_composite_key(CONSENT_KEY, [cid]))
-    if raw is None:
-        raise failed_precondition(f"event.entity.consent_id: consent {cid} does not exist")
-    consent = _parse_consent(raw)
-    if consent.pid != data.entity.pid:
-        raise failed_precondition(f"event.entity.consent_id: consent {cid} is about another patient")
-    if consent.grantee_org != caller.org:
-        raise failed_precondition(
-            f"event.entity.consent_id: consent {cid} names {consent.grantee_org}, not {caller.org}"
-        )
-    if data.outcome != codes.OUTCOME_SUCCESS:
-        return model.CONSENT_BASIS_VERIFIED
-    if data.purpose_of_use is None or not data.entity.data_classes:
-        raise failed_precondition(
-            "event: a success event citing a consent must name its purpose_of_use and data_classes"
-        )
-    for data_class in data.entity.data_classes:
-        request = AccessRequest(consent.pid, caller.org, data.purpose_of_use, data_class, at)
-        verdict = evaluate_consent(consent, request)
-        if verdict != codes.PERMIT:
-            state = consent.status if consent.status != codes.CONSENT_STATUS_ACTIVE else "not permitting"
-            raise failed_precondition(
-                f"event.entity.consent_id: consent {cid} ({state}) does not permit {data.purpose_of_use} "
-                f"access to {data_class} at {model.format_time(at)}"
-            )
+    refusal = consent_basis_refusal(None if raw is None else _parse_consent(raw), cid, data, caller.org, at)
+    if refusal is not None:
+        raise failed_precondition(refusal)
     return model.CONSENT_BASIS_VERIFIED
 
 

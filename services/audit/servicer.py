@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from ciphercare.consent import canonical
-from ciphercare.ledger.api import CommittedEvent, Ledger, Principal
+from ciphercare.consent.caller import msp_id_for_org
+from ciphercare.consent.contracts import SERVICE_OBSERVER_PREFIX, consent_basis_refusal
+from ciphercare.consent.errors import ValidationError
+from ciphercare.consent.model import EVENT_ID_RE, AccessEventInput, ConsentRecord
+from ciphercare.ledger.api import CommittedEvent, EndorseError, Ledger, Principal
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
@@ -33,6 +38,11 @@ MAX_DETAIL_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 ALL_SCOPE_ROLES = frozenset({"compliance-officer", "admin"})
+MAX_PAGE_TOKEN_CHARS = 512
+MAX_SEQ = 2**63 - 1
+#: Reads consents to check the one an event cites (never writes).
+READER = Principal(subject="service:ciphercare-accesslog", org="ciphercare", roles=frozenset({"compliance-officer"}),
+                   client_id="ciphercare-server")
 log = logging.getLogger("ciphercare.accesslog")
 
 
@@ -129,7 +139,9 @@ class AccessProjector:
 
 
 class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, gateway: LedgerGateway, store: OffchainStore, vkey: str) -> None:
+    def __init__(self, gateway: LedgerGateway, store: OffchainStore, vkey: str,
+                 observers: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.observers = {org: frozenset(names) for org, names in (observers or {}).items()}
         self.gateway = gateway
         self.ledger = gateway.ledger
         self.store = store
@@ -151,25 +163,40 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
     async def Record(
         self, request: access_log_pb2.RecordRequest, context: grpc.aio.ServicerContext
     ) -> access_log_pb2.RecordResponse:
+        """Validate, authorise and check the cited consent first; store the detail; then write the ledger."""
         principal = current_principal()
         for field in ("type", "action", "purpose_of_use", "pid"):
             if not getattr(request, field):
                 raise invalid(f"{field} is required")
-        detail_sha = None
+        event = convert.record_input_from_proto(request, None)
+        if not event["source"]["observer"]:
+            # BALP: the observer is the system that saw the access; default to the caller's client.
+            event["source"]["observer"] = f"{principal.org}/{principal.client_id or 'client'}"
+        self._check_observer(principal, event["source"]["observer"])
+        detail: bytes | None = None
         if request.detail_json:
             if len(request.detail_json.encode("utf-8")) > MAX_DETAIL_BYTES:
                 raise invalid(f"detail_json is larger than {MAX_DETAIL_BYTES} bytes")
             try:
-                detail = json.loads(request.detail_json)
+                parsed = json.loads(request.detail_json)
             except json.JSONDecodeError as exc:
                 raise invalid(f"detail_json is not JSON: {exc.msg} at position {exc.pos}") from exc
-            if not isinstance(detail, dict):
+            except RecursionError:
+                raise invalid("detail_json nests too deeply") from None
+            if not isinstance(parsed, dict):
                 raise invalid("detail_json must be a JSON object")
-            detail_sha = self.store.put_document("access-detail", canonical.dumps(detail), pid=request.pid)
-        event = convert.record_input_from_proto(request, detail_sha)
-        if not event["source"]["observer"]:
-            # BALP: the observer is the system that saw the access; default to the caller's client.
-            event["source"]["observer"] = principal.client_id or principal.org or "unknown-client"
+            try:
+                detail = canonical.dumps(parsed)
+            except (canonical.CanonicalJSONError, ValueError, RecursionError) as exc:
+                raise invalid(f"detail_json cannot be stored canonically: {str(exc)[:200]}") from None
+            event["entity"]["detail_sha256"] = hashlib.sha256(detail).hexdigest()
+        try:
+            data = AccessEventInput.from_dict(event, "event")  # the contract's validation, before any write
+        except ValidationError as exc:
+            raise invalid(str(exc)) from exc
+        self._precheck_consent(principal, data)
+        if detail is not None:
+            self.store.put_document("access-detail", detail, pid=request.pid)
         receipt = await self.gateway.submit(principal, CONTRACT, "Record", self.gateway.arg(event))
         committed = [e for e in receipt.events if e.name == EVENT_NAME]
         if len(committed) != 1:
@@ -179,7 +206,38 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         )
         # Read-your-writes for Search; the projector applies the same row idempotently.
         self.store.project_access_events([row])
-        return access_log_pb2.RecordResponse(event=event_proto(row), receipt=convert.receipt_to_proto(receipt))
+        return access_log_pb2.RecordResponse(event=event_proto(row), receipt=self.gateway.write_receipt(receipt))
+
+    def _check_observer(self, principal: Principal, observer: str) -> None:
+        """``source_observer`` must be a system the caller's organisation registered (settings)."""
+        shown = observer if len(observer) <= 64 else observer[:64] + "…"
+        if observer.startswith(SERVICE_OBSERVER_PREFIX):
+            raise forbidden(f"source_observer {shown!r}: names under 'ciphercare/' are reserved for ciphercare's "
+                            "own services")
+        registered = self.observers.get(principal.org)
+        if registered is not None:
+            if observer not in registered:
+                raise forbidden(f"source_observer {shown!r} is not a registered system of {principal.org}; "
+                                f"registered: {', '.join(sorted(registered)) or 'none'}")
+        elif not observer.startswith(f"{principal.org}/"):
+            raise forbidden(f"source_observer {shown!r} is not a system of {principal.org}; name one as "
+                            f"'{principal.org}/<system>'")
+
+    def _precheck_consent(self, principal: Principal, data: AccessEventInput) -> None:
+        """The contract's check of the cited consent, made before anything is stored off-chain."""
+        cid = data.entity.consent_id
+        if cid is None:
+            return
+        try:
+            raw = self.ledger.evaluate(READER, "consent", "Get", [cid])
+            consent: ConsentRecord | None = ConsentRecord.from_dict(json.loads(raw))
+        except EndorseError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            consent = None
+        refusal = consent_basis_refusal(consent, cid, data, principal.org, datetime.now(UTC))
+        if refusal is not None:
+            raise precondition(refusal)
 
     # Reads ------------------------------------------------------------------
 
@@ -197,6 +255,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
     ) -> access_log_pb2.GetAccessEventResponse:
         if not request.event_id:
             raise invalid("event_id is required")
+        _check_event_id(request.event_id)
         row = self._visible(request.event_id, current_principal())
         return access_log_pb2.GetAccessEventResponse(event=event_proto(row))
 
@@ -243,6 +302,12 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise precondition(f"no signed checkpoint exists at tree size {size}; pass 0 for the latest")
         return checkpoint
 
+    def _written_by_own_org(self, seq: int, principal: Principal) -> bool:
+        """Did a member of the caller's organisation write ledger entry ``seq`` (its creator MSP is theirs)?"""
+        if not principal.org or not principal.roles & {"hospital", "clinician"}:
+            return False
+        return self.ledger.entry(seq).creator_msp == msp_id_for_org(principal.org)
+
     def _about_own_patient(self, seq: int, principal: Principal) -> bool:
         """Is ledger entry ``seq`` solely about the calling patient (every event it emitted names their pid)?"""
         if "patient" not in principal.roles or not principal.pid or seq >= self.ledger.size():
@@ -271,13 +336,17 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         principal = current_principal()
         target = request.WhichOneof("target")
         if target == "event_id":
+            _check_event_id(request.event_id)
             seq = self._visible(request.event_id, principal).seq
         elif target == "sequence":
             seq = request.sequence
-            if not principal.roles & ALL_SCOPE_ROLES and not self._about_own_patient(seq, principal):
+            if seq >= self.ledger.size():
+                raise not_found(f"no ledger entry {seq} (the ledger has {self.ledger.size()})")
+            if not (principal.roles & ALL_SCOPE_ROLES or self._written_by_own_org(seq, principal)
+                    or self._about_own_patient(seq, principal)):
                 raise forbidden(
-                    "only compliance officers and admins may ask for proofs of entries that are not about "
-                    "the caller's own patient record"
+                    "a proof by sequence is for compliance officers and admins, for entries the caller's own "
+                    "organisation wrote, or for entries solely about the caller's own patient record"
                 )
         else:
             raise invalid("event_id or sequence is required")
@@ -341,15 +410,31 @@ def encode_page_token(after_seq: int, fingerprint: str) -> str:
 
 
 def decode_page_token(token: str, fingerprint: str) -> int:
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise invalid("page_token is malformed (too long)")
     try:
         padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        after = int(data["after"])
-        query = str(data["q"])
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")), parse_constant=_no_constant)
+        after = data["after"]
+        query = data["q"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise invalid("page_token is malformed") from exc
+    # Exactly the int the service wrote: not a bool (JSON true), a float, a string or out of range.
+    if type(after) is not int or not isinstance(query, str):
+        raise invalid("page_token is malformed")
     if query != fingerprint:
         raise invalid("page_token belongs to a search with different filters")
-    if after < 0:
-        raise invalid("page_token is malformed")
+    if not 0 <= after < MAX_SEQ:
+        raise invalid("page_token is malformed (position out of range)")
     return after
+
+
+def _no_constant(_: str) -> Any:
+    raise ValueError("NaN and Infinity are not allowed")
+
+
+def _check_event_id(event_id: str) -> None:
+    """A well-formed event id (``ae-`` + 32 hex), refused without echoing anything longer."""
+    if not EVENT_ID_RE.match(event_id):
+        shown = repr(event_id) if len(event_id) <= 40 else f"a {len(event_id)}-character string"
+        raise invalid(f"event_id {shown} is not an access event id (ae- followed by 32 lower-case hex)")

@@ -11,7 +11,9 @@ handler so that, before the servicer's behaviour runs, it
    :func:`current_principal` (a context variable scoped to the call).
 
 Every rejection is reported to the optional async ``on_rejection`` hook (the
-service writes a ``denied`` access event with it) before the call is aborted;
+service logs unauthenticated callers to its security log and writes an
+aggregated ``denied`` access event for authenticated ones; see
+services/platform/refusals.py) before the call is aborted;
 the hook cannot change the outcome and its failures are logged, not raised.
 Token verification does no network I/O per request (see :class:`JwksCache`).
 
@@ -80,6 +82,8 @@ class RejectedCall:
     principal: Principal | None
     pid: str | None
     peer: str = ""
+    #: The request message (unary requests only; None for client streams), for what it named.
+    request: object = None
 
 
 RejectionHook = Callable[[RejectedCall], Awaitable[None]]
@@ -201,7 +205,7 @@ class AuthInterceptor(aio.ServerInterceptor):
                 peer = context.peer()
             except Exception:  # noqa: BLE001
                 peer = ""
-            rejected = RejectedCall(method, code.name, message, principal, _request_pid(request), peer or "")
+            rejected = RejectedCall(method, code.name, message, principal, _request_pid(request), peer or "", request)
             try:
                 await asyncio.wait_for(self.on_rejection(rejected), self.hook_timeout_s)
             except asyncio.CancelledError:

@@ -66,6 +66,7 @@ _TABLE: dict[str, AccessRule] = {
     # Consent
     _CONSENT + "Grant": _roles(PATIENT, CLINICIAN, HOSPITAL),
     _CONSENT + "Revoke": _roles(PATIENT, CLINICIAN, HOSPITAL),
+    _CONSENT + "Confirm": _roles(PATIENT),
     _CONSENT + "Get": _roles(*_ALL),
     _CONSENT + "ListForPatient": _roles(*_ALL),
     _CONSENT + "GetHistory": _roles(*_ALL),

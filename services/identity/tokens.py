@@ -142,6 +142,7 @@ class TokenVerifier:
         pid_claim: str = "pid",
         *,
         clock: Callable[[], float] = time.time,
+        max_lifetime_s: float = 24 * 3600,
     ) -> None:
         algs = tuple(algorithms)
         unsupported = [a for a in algs if a not in _ALG_KEY_TYPE]
@@ -160,6 +161,7 @@ class TokenVerifier:
         self.leeway_s = float(leeway_s)
         self.org_claim = org_claim
         self.pid_claim = pid_claim
+        self.max_lifetime_s = float(max_lifetime_s)
         self._clock = clock
         defaults = get_default_algorithms()
         self._alg_impl: dict[str, Algorithm] = {a: defaults[a] for a in algs}
@@ -177,6 +179,7 @@ class TokenVerifier:
             leeway_s=settings.oidc_leeway_s,
             org_claim=settings.oidc_org_claim,
             pid_claim=settings.oidc_pid_claim,
+            max_lifetime_s=settings.oidc_max_token_lifetime_s,
         )
 
     # ------------------------------------------------------------------ public
@@ -276,6 +279,12 @@ class TokenVerifier:
             raise _fail("token not yet valid (nbf is in the future)")
         if "iat" in claims and _number(claims, "iat") > now + leeway:
             raise _fail("token not yet valid (iat is in the future)")
+        issued = _number(claims, "iat") if "iat" in claims else now
+        if _number(claims, "exp") - issued > self.max_lifetime_s + leeway:
+            raise _fail(
+                f"token lifetime exceeds the maximum of {int(self.max_lifetime_s)} s "
+                "(setting oidc_max_token_lifetime_s)"
+            )
         if claims["iss"] != self.issuer:
             raise _fail(f"wrong issuer: expected {self.issuer!r}")
         aud = claims["aud"]

@@ -8,7 +8,7 @@ an opaque message (details go to the structured log, never to the caller).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +74,24 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+#: ``on_refusal(method, code, message, request, context)``: told of every refusal a servicer or contract
+#: decided with one of :data:`RECORDED_CODES` (the access log records it), before the status is sent.
+RefusalHook = Callable[[str, grpc.StatusCode, str, Any, grpc.aio.ServicerContext], Awaitable[None]]
+RECORDED_CODES = frozenset({grpc.StatusCode.PERMISSION_DENIED})
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException, request: Any = None,
+                 on_refusal: RefusalHook | None = None) -> None:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("unhandled error in %s", method, exc_info=(type(exc), exc, exc.__traceback__))
     else:
         log.info("rpc refused", extra={"method": method, "code": code.name})
+    if on_refusal is not None and code in RECORDED_CODES:
+        try:
+            await on_refusal(method, code, message, request, context)
+        except Exception:  # noqa: BLE001 - recording must never change the refusal
+            log.exception("refusal hook failed for %s", method)
     await context.abort(code, message)
 
 
@@ -90,8 +102,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     per method, not per call), which keeps the per-call cost to one lookup.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_refusal: RefusalHook | None = None) -> None:
         self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+        self.on_refusal = on_refusal
 
     async def intercept_service(
         self,
@@ -110,6 +123,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        on_refusal = self.on_refusal
+
         def wrap(inner: Behaviour, _request_streaming: bool, response_streaming: bool) -> Behaviour:
             if response_streaming:
 
@@ -120,7 +135,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     except (grpc.aio.AbortError, grpc.aio.BaseError):
                         raise
                     except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
-                        await _abort(context, method, exc)
+                        await _abort(context, method, exc, None if _request_streaming else request, on_refusal)
 
                 return streaming
 
@@ -130,7 +145,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 except (grpc.aio.AbortError, grpc.aio.BaseError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
-                    await _abort(context, method, exc)
+                    await _abort(context, method, exc, None if _request_streaming else request, on_refusal)
 
             return unary
 

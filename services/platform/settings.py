@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     dev_issuer_port: int = Field(default=8089, ge=0, le=65535)
     dev_issuer_key_path: Path | None = None
     dev_token_ttl_s: int = Field(default=3600, ge=60)
+    # The longest access-token lifetime (exp - iat, or exp - now without iat) accepted; longer-lived tokens
+    # are refused (UNAUTHENTICATED). Keycloak's default access token lives 5 minutes.
+    oidc_max_token_lifetime_s: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+
+    # Refusals (services/platform/refusals.py): authenticated refusals are aggregated per caller and patient
+    # per window; unauthenticated ones go to the rate-limited security log, never to the ledger.
+    refusal_window_s: float = Field(default=60.0, gt=0, le=86_400)
+    security_log_rate_per_s: float = Field(default=20.0, gt=0)
+    security_log_burst: int = Field(default=50, ge=1)
+    # AccessLogService.Record: the systems each organisation registered as observers, e.g.
+    # {"hospital-a": ["hospital-a/ehr", "hospital-a/lab"]}. An org without an entry may name any
+    # "<org>/<system>". "ciphercare/..." names are reserved for ciphercare's own services.
+    record_observers: dict[str, list[str]] = Field(default_factory=dict)
+    # Consent policy written to the ledger at start-up when it differs: "confirm" (default: a staff-recorded
+    # PERMIT is proposed until the patient or proxy confirms it) or "immediate" (docs/THREATS.md).
+    consent_staff_permit: Literal["confirm", "immediate"] = "confirm"
 
     # Web (patient portal, compliance console; started by `ciphercare up`). OIDC authorization code + PKCE.
     web_enabled: bool = True

@@ -26,12 +26,15 @@ from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjecto
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.identity.devlogin import DevLogin
-from ciphercare.services.identity.interceptor import AuthInterceptor, RejectedCall
+from ciphercare.services.identity.interceptor import AuthInterceptor, RejectedCall, principal_or_none
 from ciphercare.services.identity.jwks import JwksError
 from ciphercare.services.identity.rules import RULES
 from ciphercare.services.identity.token_cache import CachingVerifier
 from ciphercare.services.identity.tokens import TokenVerifier
+from ciphercare.services.platform.decoding import DecodeGuardInterceptor
 from ciphercare.services.platform.errors import ErrorMappingInterceptor
+from ciphercare.services.platform.reflection_v1 import SERVICE_NAME_V1, enable_server_reflection
+from ciphercare.services.platform.refusals import Refusal, RefusalRecorder, SecurityLog
 from ciphercare.services.platform.gateway import LedgerGateway
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
@@ -49,17 +52,18 @@ from ciphercare.v1 import (
 
 log = logging.getLogger("ciphercare.server")
 
-SERVICE_NAMES = (
+#: The application services: each has a health status of its own (and "" covers the server).
+HEALTH_NAMES = (
     consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
     access_log_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name,
-    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-    reflection.SERVICE_NAME,
     scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
 )
-
-# The identity under which the server itself logs refusals of callers it could not authenticate.
-GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="ciphercare", roles=frozenset(),
-                              client_id="ciphercare-server")
+SERVICE_NAMES = (
+    *HEALTH_NAMES,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+    SERVICE_NAME_V1,
+)
 
 
 def open_ledger(settings: Settings) -> Ledger:
@@ -120,28 +124,37 @@ class Application:
     def gateway(self) -> LedgerGateway:
         return LedgerGateway(self.ledger, submit_timeout_s=self.settings.ledger_submit_timeout_s)
 
+    @property
+    def refusals(self) -> RefusalRecorder:
+        """Refusals: the security log for unauthenticated callers, aggregated denied events for the rest."""
+        recorder = getattr(self, "_refusals", None)
+        if recorder is None:
+            gateway = self.gateway
+
+            async def submit(principal: Principal, event_json: str) -> None:
+                await gateway.submit(principal, "accesslog", "Record", event_json)
+
+            recorder = RefusalRecorder(
+                submit,
+                window_s=self.settings.refusal_window_s,
+                security=SecurityLog(self.settings.security_log_rate_per_s, self.settings.security_log_burst),
+            )
+            self._refusals = recorder
+        return recorder
+
     async def log_rejection(self, call: RejectedCall) -> None:
-        """Every refused call that named a patient leaves a ``denied`` access event (fail closed)."""
-        if not call.pid:
-            return
-        principal = call.principal or GATEWAY_PRINCIPAL
-        event = {
-            "type": "110110",
-            "subtype": "read",
-            "action": "E",
-            "outcome": "denied",
-            "outcome_desc": call.code.lower().replace("_", "-"),
-            "purpose_of_use": "TREAT",
-            "source": {"observer": "ciphercare/" + call.method.rsplit("/", 2)[-2].split(".")[-1]},
-            "entity": {"pid": call.pid, "data_classes": []},
-        }
+        """A refusal by the authentication interceptor (see services/platform/refusals.py)."""
+        await self.refusals.record(Refusal(call.method, call.code, call.principal, call.request, call.peer),
+                                   call.message)
+
+    async def log_service_refusal(self, method: str, code: grpc.StatusCode, message: str, request: Any,
+                                  context: grpc.aio.ServicerContext) -> None:
+        """A refusal decided inside a servicer or a contract, for the authenticated caller of this call."""
         try:
-            await self.gateway.submit(principal, "accesslog", "Record", canonical.dumps(event).decode())
-        except EndorseError as exc:
-            # A pid that fails validation cannot be logged under that pid; the refusal still stands.
-            log.warning("denied access event not recorded: %s", exc.code)
-        except LedgerError:
-            log.exception("denied access event not recorded")
+            peer = context.peer() or ""
+        except Exception:  # noqa: BLE001
+            peer = ""
+        await self.refusals.record(Refusal(method, code.name, principal_or_none(), request, peer), message)
 
     def build_server(self) -> grpc.aio.Server:
         options = [
@@ -150,22 +163,24 @@ class Application:
         ]
         server = grpc.aio.server(
             interceptors=[
-                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
+                DecodeGuardInterceptor(),  # first: an undecodable request is INVALID_ARGUMENT, never UNKNOWN
+                PseudonymGuardInterceptor(),  # then: a name- or MRN-shaped pid reaches nothing else
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
-                ErrorMappingInterceptor(),
+                ErrorMappingInterceptor(on_refusal=self.log_service_refusal),
             ],
             options=options,
         )
         gateway = self.gateway
         consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(gateway, self.store), server)
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
-            AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey()),  # type: ignore[attr-defined]
+            AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey(),  # type: ignore[attr-defined]
+                              observers=self.settings.record_observers),
             server,
         )
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(gateway, self.settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        enable_server_reflection(SERVICE_NAMES, server)
         self._health = health_servicer
         return server
 
@@ -193,9 +208,10 @@ class Application:
         if port_holder is not None:
             port_holder.append(port)
         await server.start()
-        for name in ("", *SERVICE_NAMES[:2]):
+        for name in ("", *HEALTH_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         follow = asyncio.create_task(projector.follow())
+        self._tasks.append(asyncio.create_task(self.refusals.run()))
         self._tasks.append(asyncio.create_task(privacy.follow()))
         if ready is not None:
             ready.set()
@@ -207,7 +223,7 @@ class Application:
 
     async def _shutdown(self, server: grpc.aio.Server, projector: AccessProjector,
                         follow: asyncio.Task[None]) -> None:
-        for name in ("", *SERVICE_NAMES[:2]):
+        for name in ("", *HEALTH_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(grace=2.0)
         projector.stop()

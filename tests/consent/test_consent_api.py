@@ -208,13 +208,21 @@ def test_bad_grant_input_is_refused_and_nothing_written(env, mutate, code, fragm
 
 
 def test_patient_cannot_grant_for_someone_else(env):
+    import json
+
     before = _ledger_size(env)
+    victim = new_pid()
     with pytest.raises(grpc.RpcError) as err:
         env.patient(new_pid()).grant(consent_pb2.GrantRequest(
-            pid=new_pid(), grantee_organization="hospital-a", decision=PERMIT, purposes=["TREAT"],
+            pid=victim, grantee_organization="hospital-a", decision=PERMIT, purposes=["TREAT"],
             data_classes=["Observation"]))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert _ledger_size(env) == before
+    # No consent is written; the attempt is, in the victim's history, with what was asked for.
+    assert _ledger_size(env) == before + 1
+    entry = env.app.ledger.entry(before)
+    assert (entry.contract, entry.function) == ("accesslog", "Record")
+    (event,) = [json.loads(e.payload) for e in entry.events if e.name == "AccessRecorded"]
+    assert (event["outcome"], event["entity"]["pid"], event["purpose_of_use"]) == ("denied", victim, "TREAT")
 
 
 def test_oversized_message_is_refused(env):
@@ -266,13 +274,8 @@ def test_bad_tokens_are_unauthenticated(env, kind):
                                               purposes=["TREAT"], data_classes=["Observation"]))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert err.value.details()
-    # A refusal that named a patient leaves exactly one denied access event; the grant itself is not written.
-    assert _ledger_size(env) == before + 1
-    entry = env.app.ledger.entry(before)
-    assert entry.contract == "accesslog"
-    (event,) = [json.loads(e.payload) for e in entry.events if e.name == "AccessRecorded"]
-    assert event["outcome"] == "denied" and event["entity"]["pid"] == pid
-    assert event["outcome_desc"] == "unauthenticated"
+    # An unauthenticated caller writes nothing to the ledger (its refusal goes to the security log).
+    assert _ledger_size(env) == before
 
 
 def test_wrong_role_is_permission_denied(env):
@@ -286,6 +289,8 @@ def test_wrong_role_is_permission_denied(env):
 
 
 def test_staff_record_a_consent_only_with_evidence_of_the_patients_agreement(env):
+    import base64
+    import hashlib
     import json
 
     pid = new_pid()
@@ -297,13 +302,35 @@ def test_staff_record_a_consent_only_with_evidence_of_the_patients_agreement(env
         hospital.grant(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "evidence" in err.value.details()
-    assert _ledger_size(env) == before
+    # A bare reference is not evidence.
     request.fhir_consent_json = json.dumps({
         "resourceType": "Consent", "status": "active",
         "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": pid}},
-        "sourceReference": {"reference": "DocumentReference/signed-consent-form-0042"},
+        "sourceReference": {"reference": "DocumentReference/anything"},
+    })
+    with pytest.raises(grpc.RpcError) as err:
+        hospital.grant(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not evidence" in err.value.details()
+    assert _ledger_size(env) == before
+    form = b"%PDF-1.4 signed consent form of the patient"
+    request.fhir_consent_json = json.dumps({
+        "resourceType": "Consent", "status": "active",
+        "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": pid}},
+        "sourceAttachment": {"contentType": "application/pdf", "data": base64.b64encode(form).decode()},
     })
     recorded = hospital.grant(request)
     assert recorded.consent.recorded_by.organization == "hospital-b"
-    assert len(recorded.consent.evidence_sha256) == 64
+    assert recorded.consent.recorded_by_organization == "hospital-b"
+    assert recorded.consent.authority == "staff"
+    assert recorded.consent.evidence_sha256 == hashlib.sha256(form).hexdigest()
+    # The form itself is stored off-chain under its hash (sealed under the patient's key).
+    assert env.app.store.get_document(recorded.consent.evidence_sha256, pid=pid) == form
+    # A staff PERMIT is proposed until the patient confirms it (default policy).
+    assert recorded.consent.status == consent_pb2.CONSENT_STATUS_PROPOSED
+    assert check(env, pid, org="hospital-b").decision == DENY
+    patient = env.patient(pid)
+    confirmed = patient.call(patient.consent.Confirm, consent_pb2.ConfirmRequest(consent_id=recorded.consent.id))
+    assert confirmed.consent.status == consent_pb2.CONSENT_STATUS_ACTIVE
+    assert confirmed.consent.confirmed_by.subject == f"patient-{pid}"
     assert check(env, pid, org="hospital-b").decision == PERMIT

@@ -389,7 +389,7 @@ def test_rules_table_shape() -> None:
     assert RULES[f"/{ACCESS_LOG}/Watch"].roles == {"hospital", "compliance-officer", "admin"}
     assert RULES[f"/{CONSENT}/Check"].roles == {"patient", "clinician", "hospital", "compliance-officer"}
     assert RULES[f"/{SCORING}/GetModelInfo"].roles == {"hospital", "clinician"}
-    assert len(RULES) == 6 + 7 + 3 + 4
+    assert len(RULES) == 7 + 7 + 3 + 4
     with pytest.raises(ValueError):
         AccessRule(roles=frozenset({"root"}))
     with pytest.raises(ValueError):

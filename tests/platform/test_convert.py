@@ -27,6 +27,9 @@ CONSENT = {
     "revoked_by": {"subject": "u1", "org": "", "roles": ["patient"], "client": "portal"},
     "revocation_reason": "patient-request",
     "evidence_sha256": "ef" * 32,
+    "authority": "staff",
+    "confirmed_at": "2026-01-02T10:00:00.000Z",
+    "confirmed_by": {"subject": "u1", "org": "patients", "roles": ["patient"], "client": "portal"},
 }
 
 EVENT = {
@@ -41,6 +44,8 @@ EVENT = {
     "agent": {"subject": "svc", "org": "hospital-a", "roles": ["hospital"], "client": "hospital-a"},
     "source": {"observer": "hospital-a/ehr"},
     "entity": {"pid": "pt-42", "data_classes": ["Observation"], "consent_id": "cns-1", "detail_sha256": "cd" * 32},
+    "repeat_count": 7,
+    "consent_basis": "verified-consent",
 }
 
 
