@@ -8,15 +8,20 @@ the math, not from the server's word.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import Message
 
 from ciphercare.ledger.transparency.checkpoint import CheckpointVerifier
 from ciphercare.ledger.transparency.merkle import ProofError as MerkleProofError
 from ciphercare.ledger.transparency.merkle import check_consistency, leaf_hash, verify_inclusion
-from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
+from ciphercare.sdk.receipts import ReceiptError, verify_write_receipt
+from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, common_pb2, consent_pb2, consent_pb2_grpc
+
+log = logging.getLogger("ciphercare.sdk")
 
 TokenSource = Callable[[], str]
 
@@ -35,16 +40,21 @@ class VerifiedInclusion:
 class CiphercareClient:
     """Typed access to ConsentService and AccessLogService."""
 
-    def __init__(self, channel: grpc.Channel, token: TokenSource, *, deadline_s: float = 10.0) -> None:
+    def __init__(self, channel: grpc.Channel, token: TokenSource, *, deadline_s: float = 10.0,
+                 vkey: str | None = None) -> None:
         self.channel = channel
         self._token = token
         self.deadline_s = deadline_s
+        #: The log's verifier key, pinned: every write receipt is verified against it. Without one, the key
+        #: the service serves is pinned on first use (trust on first use; a warning is logged).
+        self.vkey = vkey
+        self._write_verifier: CheckpointVerifier | None = None
         self.consent = consent_pb2_grpc.ConsentServiceStub(channel)
         self.access_log = access_log_pb2_grpc.AccessLogServiceStub(channel)
 
     @classmethod
     def connect(cls, target: str, token: TokenSource | str, *, deadline_s: float = 10.0,
-                max_message_bytes: int = 4 * 1024 * 1024) -> CiphercareClient:
+                max_message_bytes: int = 4 * 1024 * 1024, vkey: str | None = None) -> CiphercareClient:
         source: TokenSource = (lambda: token) if isinstance(token, str) else token
         channel = grpc.insecure_channel(
             target,
@@ -53,7 +63,7 @@ class CiphercareClient:
                 ("grpc.max_send_message_length", max_message_bytes),
             ],
         )
-        return cls(channel, source, deadline_s=deadline_s)
+        return cls(channel, source, deadline_s=deadline_s, vkey=vkey)
 
     def close(self) -> None:
         self.channel.close()
@@ -68,10 +78,36 @@ class CiphercareClient:
     # Consent --------------------------------------------------------------
 
     def grant(self, request: consent_pb2.GrantRequest) -> consent_pb2.GrantResponse:
-        return self.call(self.consent.Grant, request)
+        """Grant; the write receipt is verified (signature, inclusion, the consent equals the leaf's)."""
+        response = self.call(self.consent.Grant, request)
+        self.verify_write(response.receipt, response.consent)
+        return response
 
     def revoke(self, consent_id: str, reason: str) -> consent_pb2.RevokeResponse:
-        return self.call(self.consent.Revoke, consent_pb2.RevokeRequest(consent_id=consent_id, reason=reason))
+        response = self.call(self.consent.Revoke, consent_pb2.RevokeRequest(consent_id=consent_id, reason=reason))
+        self.verify_write(response.receipt, response.consent)
+        return response
+
+    def confirm(self, consent_id: str) -> consent_pb2.ConfirmResponse:
+        """The patient (or proxy) confirms a consent staff proposed."""
+        response = self.call(self.consent.Confirm, consent_pb2.ConfirmRequest(consent_id=consent_id))
+        self.verify_write(response.receipt, response.consent)
+        return response
+
+    def verify_write(self, receipt: common_pb2.LedgerReceipt, written: Message | None = None) -> str:
+        """Verify a write's receipt against the pinned key (see ``vkey``); raises :class:`ProofError`."""
+        if self._write_verifier is None:
+            vkey = self.vkey
+            if vkey is None:
+                vkey = self.call(self.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
+                log.warning("no verifier key pinned; trusting the key the service serves from now on "
+                            "(pass vkey= with the key the operator gives you)")
+                self.vkey = vkey
+            self._write_verifier = CheckpointVerifier.from_vkey(vkey)
+        try:
+            return verify_write_receipt(receipt, self._write_verifier, written)
+        except ReceiptError as exc:
+            raise ProofError(f"the write receipt does not verify: {exc}") from exc
 
     def check(self, pid: str, recipient_org: str, purpose: str, data_class: str) -> consent_pb2.CheckResponse:
         return self.call(
@@ -90,7 +126,10 @@ class CiphercareClient:
     # Access log -------------------------------------------------------------
 
     def record(self, request: access_log_pb2.RecordRequest) -> access_log_pb2.RecordResponse:
-        return self.call(self.access_log.Record, request)
+        """Record an access; the write receipt is verified (the event equals the leaf's)."""
+        response = self.call(self.access_log.Record, request)
+        self.verify_write(response.receipt, response.event)
+        return response
 
     def search_all(self, request: access_log_pb2.SearchRequest) -> Iterator[access_log_pb2.AccessEvent]:
         """Every matching event, following the cursor page by page."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
-from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
+from ciphercare.ledger.api import Ledger, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjector
 from ciphercare.services.consent.servicer import ConsentServicer
@@ -33,9 +34,9 @@ from ciphercare.services.identity.token_cache import CachingVerifier
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.decoding import DecodeGuardInterceptor
 from ciphercare.services.platform.errors import ErrorMappingInterceptor
+from ciphercare.services.platform.gateway import LedgerGateway
 from ciphercare.services.platform.reflection_v1 import SERVICE_NAME_V1, enable_server_reflection
 from ciphercare.services.platform.refusals import Refusal, RefusalRecorder, SecurityLog
-from ciphercare.services.platform.gateway import LedgerGateway
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
@@ -51,6 +52,10 @@ from ciphercare.v1 import (
 )
 
 log = logging.getLogger("ciphercare.server")
+
+#: The service identity that writes the consent policy (consent:SetPolicy needs the admin role).
+POLICY_ADMIN = Principal(subject="service:ciphercare-policy", org="ciphercare", roles=frozenset({"admin"}),
+                         client_id="ciphercare-server")
 
 #: The application services: each has a health status of its own (and "" covers the server).
 HEALTH_NAMES = (
@@ -156,6 +161,18 @@ class Application:
             peer = ""
         await self.refusals.record(Refusal(method, code.name, principal_or_none(), request, peer), message)
 
+    async def apply_consent_policy(self) -> None:
+        """Write the configured consent policy to the ledger when it differs from the one in force there.
+
+        The contract reads the policy from world state (so it holds on a Fabric peer); the setting is how an
+        operator changes it, and every change is a ledger entry by the service's admin identity.
+        """
+        wanted = {"staff_permit": self.settings.consent_staff_permit}
+        current = json.loads(self.ledger.evaluate(POLICY_ADMIN, "consent", "GetPolicy", []))
+        if current != wanted:
+            await self.gateway.submit(POLICY_ADMIN, "consent", "SetPolicy", canonical.dumps(wanted).decode())
+            log.warning("consent policy changed on the ledger", extra={"from": current, "to": wanted})
+
     def build_server(self) -> grpc.aio.Server:
         options = [
             ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
@@ -201,6 +218,7 @@ class Application:
         check_store(self.ledger, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s,
                     access_catch_up=projector.catch_up)
         privacy = PrivacyProjector(self.ledger, self.store)
+        await self.apply_consent_policy()
         server = self.build_server()
         port = server.add_insecure_port(self.settings.grpc_target)
         if port == 0:

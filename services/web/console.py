@@ -25,7 +25,7 @@ from ciphercare.consent import codes
 from ciphercare.consent.model import EVENT_ID_RE, ORG_RE, PID_RE, SUBJECT_RE
 from ciphercare.ledger.transparency.checkpoint import CheckpointError
 from ciphercare.sdk.client import CiphercareClient, ProofError
-from ciphercare.sdk.receipts import access_event_receipt, verify_receipt
+from ciphercare.sdk.receipts import ReceiptError, access_event_receipt, verify_receipt
 from ciphercare.services.audit import exports
 from ciphercare.services.web import chart, present
 from ciphercare.services.web.app import WebApp
@@ -282,15 +282,19 @@ async def event_detail(web: WebApp, request: Request, session: Session) -> Respo
 
     def load(client: CiphercareClient) -> tuple[access_log_pb2.AccessEvent, dict[str, Any]]:
         event = client.call(client.access_log.Get, access_log_pb2.GetAccessEventRequest(event_id=event_id)).event
-        verifier, latest = client.verifier()
-        pinned_vkey(web, session, latest.verifier_key)
+        _, latest = client.verifier()
+        vkey = pinned_vkey(web, session, latest.verifier_key)
+        # The badge is the receipt check anyone runs: signature, inclusion AND every field shown vs the leaf.
+        proof = client.call(client.access_log.GetInclusionProof,
+                            access_log_pb2.GetInclusionProofRequest(event_id=event_id))
         try:
-            proof = client.verify_event_inclusion(event_id, verifier)
-            result = {"ok": True, "tree_size": proof.tree_size, "leaf_index": proof.leaf_index,
-                      "root": proof.root_hash.hex()}
-        except (ProofError, CheckpointError) as exc:
-            result = {"ok": False, "message": str(exc)}
-        return event, result
+            check = verify_receipt(access_event_receipt(event, proof, vkey), vkey)
+        except ReceiptError as exc:
+            return event, {"ok": False, "message": str(exc)}
+        if not check.ok:
+            return event, {"ok": False, "message": "; ".join(check.problems)}
+        return event, {"ok": True, "tree_size": check.tree_size, "leaf_index": proof.leaf_index,
+                       "root": check.root_hash_hex}
 
     event, inclusion = await web.call(session, load)
     session.inclusion[event_id] = inclusion
@@ -318,7 +322,6 @@ async def event_receipt(web: WebApp, request: Request, session: Session) -> Resp
     check = verify_receipt(receipt, vkey)
     if not check.ok:
         return web.error(request, 502, "Proof did not verify", "; ".join(check.problems))
-    receipt["verified_by_console"] = {"ok": True, "checks": check.checks}
     return Response(json.dumps(receipt, indent=2) + "\n", media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="receipt-{event_id}.json"'})
 
