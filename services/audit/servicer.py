@@ -193,7 +193,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         try:
             data = AccessEventInput.from_dict(event, "event")  # the contract's validation, before any write
         except ValidationError as exc:
-            raise invalid(str(exc)) from exc
+            raise invalid(exc.detail) from exc
         self._precheck_consent(principal, data)
         if detail is not None:
             self.store.put_document("access-detail", detail, pid=request.pid)
@@ -277,9 +277,10 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             agent_org=request.organization,
             purpose=request.purpose_of_use,
             outcome=outcome,
-            recorded_from_ms=convert.ms_from_timestamp(request.recorded_from)
+            recorded_from_ms=convert.ms_from_timestamp(request.recorded_from, "recorded_from")
             if request.HasField("recorded_from") else None,
-            recorded_to_ms=convert.ms_from_timestamp(request.recorded_to) if request.HasField("recorded_to") else None,
+            recorded_to_ms=convert.ms_from_timestamp(request.recorded_to, "recorded_to")
+            if request.HasField("recorded_to") else None,
             scope_pid=scope.pid,
             scope_org=scope.org,
         )

@@ -84,7 +84,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         try:
             ConsentGrant.from_dict(grant, "consent")  # the contract's own validation, before any write
         except ValidationError as exc:
-            raise invalid(str(exc)) from exc
+            raise invalid(exc.detail) from exc
         if request.fhir_consent_json:
             try:
                 document = parse_consent_document(request.fhir_consent_json)
@@ -187,7 +187,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         _require(request.recipient_organization, "recipient_organization")
         _require(request.purpose, "purpose")
         _require(request.data_class, "data_class")
-        at = convert.iso_from_timestamp(request.at) if request.HasField("at") else _now_iso()
+        at = convert.iso_from_timestamp(request.at, "at") if request.HasField("at") else _now_iso()
         decision = self.gateway.evaluate(
             principal, CONTRACT, "Check",
             request.pid, request.recipient_organization, request.purpose, request.data_class, at,

@@ -11,7 +11,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 def test_health_is_public_and_serving(env) -> None:
     with grpc.insecure_channel(env.server.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "ciphercare.v1.ConsentService", "ciphercare.v1.AccessLogService"):
+        for service in ("", "ciphercare.v1.ConsentService", "ciphercare.v1.AccessLogService",
+                        "ciphercare.v1.ScoringService"):
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -35,3 +36,22 @@ def test_api_calls_without_a_token_are_refused(env) -> None:
             stub.Check(consent_pb2.CheckRequest(pid="pt-1", recipient_organization="hospital-a", purpose="TREAT",
                                                 data_class="Observation"), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_reflection_v1_is_served_beside_v1alpha(env) -> None:
+    """grpc.reflection.v1 (what current grpcurl asks first) answers like v1alpha (same messages)."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    with grpc.insecure_channel(env.server.target) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="ciphercare.v1.ScoringService")]
+        listed, described = list(call(iter(requests), timeout=5))
+        names = {s.name for s in listed.list_services_response.service}
+        assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
+                "ciphercare.v1.ScoringService"} <= names
+        assert described.file_descriptor_response.file_descriptor_proto
