@@ -273,6 +273,8 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
     result.checks.append(f"the leaf is transaction {entry['tx_id']}")
     try:
         problems = _record_problems(receipt, kind, entry, index)
+    except ReceiptError:
+        raise
     except (LeafError, KeyError, ValueError, TypeError) as exc:
         problems = [f"the leaf's record cannot be read: {str(exc)[:200]}"]
     if problems:

@@ -65,7 +65,7 @@ def test_forged_page_tokens_are_invalid_argument(env) -> None:
         token = _token(after, fingerprint)
         refused(officer.call, officer.access_log.Search,
                 access_log_pb2.SearchRequest(pid="pt-0043-pg", page_size=1, page_token=token))
-    for raw in ('{"after":1e308,"q":"%s"}' % fingerprint, '{"after":Infinity,"q":"%s"}' % fingerprint):
+    for raw in (f'{{"after":1e308,"q":"{fingerprint}"}}', f'{{"after":Infinity,"q":"{fingerprint}"}}'):
         token = base64.urlsafe_b64encode(raw.encode()).decode()
         refused(officer.call, officer.access_log.Search,
                 access_log_pb2.SearchRequest(pid="pt-0043-pg", page_size=1, page_token=token))
@@ -109,7 +109,8 @@ def test_undecodable_requests_are_invalid_argument(env, payload: bytes) -> None:
 
 def test_get_never_echoes_an_unbounded_event_id(env) -> None:
     officer = env.officer()
-    message = refused(officer.call, officer.access_log.Get, access_log_pb2.GetAccessEventRequest(event_id="a" * 100_000))
+    request = access_log_pb2.GetAccessEventRequest(event_id="a" * 100_000)
+    message = refused(officer.call, officer.access_log.Get, request)
     assert len(message) < 200 and "100000-character" in message
 
 
