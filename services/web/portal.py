@@ -44,6 +44,7 @@ def routes(web: WebApp) -> list[Route]:
         Route("/patients/{pid}", web.page(overview)),
         Route("/patients/{pid}/consents/new", web.page(grant), methods=["GET", "POST"]),
         Route("/patients/{pid}/consents/{consent_id}/revoke", web.page(revoke), methods=["GET", "POST"]),
+        Route("/patients/{pid}/consents/{consent_id}/confirm", web.page(confirm), methods=["POST"]),
         Route("/patients/{pid}/access/{event_id}/receipt.json", web.page(access_receipt)),
         Route("/patients/{pid}/receipts/{tx_id}.json", web.page(change_receipt)),
     ]
@@ -101,6 +102,7 @@ async def overview(web: WebApp, request: Request, session: Session) -> Response:
         "title": "My consents" if user and user.pid == pid else f"Patient {pid}",
         "pid": pid, "own": bool(user and user.pid == pid), "consents": views,
         "can_change": bool(user and user.may_offer_grant(pid)),
+        "can_confirm": bool(user and user.is_patient and user.pid == pid),
         "events": shown, "page": page, "pages": pages, "event_count": len(events),
         "capped": len(events) >= HISTORY_CAP, "receipts": list(reversed(receipts)),
         "quote": urllib.parse.quote,
@@ -236,8 +238,12 @@ async def revoke(web: WebApp, request: Request, session: Session) -> Response:
     user = session.user
     reasons = list(codes.REVOCATION_REASONS.items())
     if user is not None and user.is_patient:
-        reasons = [(k, v) for k, v in reasons if k == "patient-request"] + [
-            (k, v) for k, v in reasons if k not in ("patient-request", "withdrawn-by-organization")]
+        first = "declined-by-patient" if view.proposed else "patient-request"
+        reasons = [(k, v) for k, v in reasons if k == first] + [
+            (k, v) for k, v in reasons
+            if k not in ("patient-request", "declined-by-patient", "withdrawn-by-organization")]
+    else:  # staff: the patient's own reasons are the patient's (the contract refuses them to staff)
+        reasons = [(k, v) for k, v in reasons if k not in ("patient-request", "declined-by-patient")]
     error = ""
     if request.method == "POST":
         data = await request.form()
@@ -262,6 +268,31 @@ async def revoke(web: WebApp, request: Request, session: Session) -> Response:
         "title": "Revoke consent", "pid": pid, "consent": view, "reasons": reasons, "error": error,
         "may_revoke": bool(user and user.may_offer_grant(pid)) and view.status != "revoked",
     }, 400 if error else 200)
+
+
+# ---------------------------------------------------------------------- confirm
+
+
+async def confirm(web: WebApp, request: Request, session: Session) -> Response:
+    """The patient confirms a consent staff proposed for them (the contract checks it is theirs)."""
+    pid = _pid(web, request)
+    consent_id = request.path_params["consent_id"]
+    if pid is None or not CONSENT_ID_RE.match(consent_id):
+        return _not_found(web, request)
+
+    def run(client: CiphercareClient) -> tuple[consent_pb2.ConfirmResponse, dict[str, Any]]:
+        response = client.confirm(consent_id)
+        return response, _change_receipt(web, session, client, "confirmation", response.consent, response.receipt)
+
+    response, receipt = await web.call(session, run)
+    if response.consent.pid != pid:
+        return _not_found(web, request)
+    receipt["pid"] = pid
+    session.remember_receipt(response.receipt.tx_id, receipt)
+    view = present.consent_view(response.consent)
+    session.flash.append({"text": f"Consent confirmed: {view.sentence}",
+                          "href": _receipt_href(pid, response.receipt.tx_id), "link": "Download the receipt"})
+    return RedirectResponse(f"/patients/{urllib.parse.quote(pid)}#consent-{consent_id}", status_code=303)
 
 
 # -------------------------------------------------------------------- receipts

@@ -81,7 +81,7 @@ class ConsentView:
     """One consent as a patient reads it."""
 
     id: str
-    status: str  # active | expired | revoked | scheduled
+    status: str  # active | expired | revoked | scheduled | proposed
     sentence: str
     who: str
     what: list[str]
@@ -91,6 +91,21 @@ class ConsentView:
     revoked: str
     revocation_reason: str
     permit: bool
+    #: Who recorded it, as the patient reads it: "you", "your representative" or the organisation (staff).
+    recorded_by: str = ""
+    #: Recorded by staff and awaiting the patient's (or proxy's) confirmation: not in force yet.
+    proposed: bool = False
+
+
+def recorded_by_words(consent: consent_pb2.Consent) -> str:
+    """Who recorded a consent: the patient is always told when an organisation recorded it for them."""
+    org = consent.recorded_by_organization or consent.recorded_by.organization
+    if consent.authority == "patient":
+        return "you (the patient)"
+    if consent.authority == "proxy":
+        return "your representative (proxy)"
+    evidence = ", with your signed consent form on file" if consent.evidence_sha256 else ""
+    return f"{org_name(org)} (staff of {org}){evidence}"
 
 
 def consent_view(consent: consent_pb2.Consent, now: datetime | None = None) -> ConsentView:
@@ -99,6 +114,8 @@ def consent_view(consent: consent_pb2.Consent, now: datetime | None = None) -> C
     end = ts_datetime(consent.period.end)
     if consent.status == consent_pb2.CONSENT_STATUS_INACTIVE:
         status = "revoked"
+    elif consent.status == consent_pb2.CONSENT_STATUS_PROPOSED:
+        status = "proposed"
     elif end is not None and end <= now:
         status = "expired"
     elif start is not None and start > now:
@@ -117,7 +134,8 @@ def consent_view(consent: consent_pb2.Consent, now: datetime | None = None) -> C
         id=consent.id, status=status, sentence=sentence, who=who, what=what, why=why, until=until,
         recorded=when(ts_datetime(consent.recorded_at)), revoked=when(ts_datetime(consent.revoked_at)),
         revocation_reason=codes.REVOCATION_REASONS.get(consent.revocation_reason, consent.revocation_reason),
-        permit=permit,
+        permit=permit, recorded_by=recorded_by_words(consent),
+        proposed=consent.status == consent_pb2.CONSENT_STATUS_PROPOSED,
     )
 
 

@@ -78,9 +78,10 @@ def test_concurrent_grants_revokes_and_records(tmp_path: Path, store_url: str, s
             consent_ids = list(pool.map(grant_same, range(8)))
         assert len(set(consent_ids)) == 8  # eight consents, one content-addressed document
 
-        # The patient (portal) and the hospital (ConsentService client) revoke the same consent at once.
+        # Eight sessions of the patient revoke the same consent at once (only the patient may revoke
+        # their own directive; the hospital's attempt is refused, see tests/consent/test_consent_authority.py).
         target = consent_ids[0]
-        revokers = [patient, hospital] * 4
+        revokers = [env.patient(shared_pid) for _ in range(8)]
         barrier = threading.Barrier(len(revokers))
 
         def revoke(client: CiphercareClient) -> str:
