@@ -65,8 +65,8 @@ A, F, N, D = Outcome.ALLOWED, Outcome.FILTERED, Outcome.NOT_FOUND, Outcome.DENIE
 # method -> persona -> (own, other). Columns: hospital, clinician, patient, officer, admin, no-role.
 _ROWS: dict[str, tuple[tuple[Outcome, Outcome], ...]] = {
     # A provider records consents for any patient (consent collected at the point of care), always as
-    # itself; a patient only for their own pid.
-    "ConsentService/Grant": ((A, A), (A, A), (A, D), (D, D), (D, D), (D, D)),
+    # itself and only with its own organisation as recipient; a patient only for their own pid.
+    "ConsentService/Grant": ((A, D), (A, D), (A, D), (D, D), (D, D), (D, D)),
     "ConsentService/Revoke": ((A, N), (A, N), (A, N), (D, D), (D, D), (D, D)),
     "ConsentService/Get": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),
     "ConsentService/ListForPatient": ((A, F), (A, F), (A, D), (A, A), (A, A), (D, D)),
