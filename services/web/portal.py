@@ -86,7 +86,7 @@ async def overview(web: WebApp, request: Request, session: Session) -> Response:
 
     consents, events = await web.call(session, load)
     views = [present.consent_view(c) for c in consents]
-    order = {"active": 0, "scheduled": 1, "expired": 2, "revoked": 3}
+    order = {"proposed": 0, "active": 1, "scheduled": 2, "expired": 3, "revoked": 4}
     views.sort(key=lambda v: order[v.status])
     events.reverse()  # newest first
     try:

@@ -61,10 +61,10 @@ def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, pa
     assert grant_receipt["kind"] == "consent-grant"
     assert grant_receipt["consent"]["id"] == consent_id
     assert grant_receipt["checkpoint"]["signed_note"].startswith("ciphercare.local/ledger\n")
-    if grant_receipt["inclusion_proof"] is not None:
-        check_receipt_independently(grant_receipt)
-    else:  # the service gives inclusion proofs by ledger sequence to oversight roles only (today)
-        assert "PERMISSION_DENIED" in grant_receipt["inclusion_proof_unavailable"]
+    # Every write returns its own proof: the receipt carries it, with no self-asserted verification flag.
+    assert grant_receipt["inclusion_proof"] is not None and "verified_by_portal" not in grant_receipt
+    check_receipt_independently(grant_receipt)
+    assert verify_receipt(grant_receipt, web_env.app.ledger.public_key_vkey()).ok
 
     # Revoke, with a confirmation step.
     card.get_by_role("link", name="Revoke the consent for Hospital B").click()
@@ -180,3 +180,32 @@ def test_keyboard_only_grant_with_visible_focus(web_env: Any, page: Any) -> None
     expect(page.locator(".flash")).to_contain_text("Consent granted: Hospital A may use your vaccinations for "
                                                    "treatment, until you revoke it.")
     expect(page.locator("li.consent .badge").first).to_have_text("Active")
+
+
+def test_patient_is_told_who_recorded_a_consent_and_confirms_a_staff_proposal(web_env: Any, page: Any) -> None:
+    from ciphercare.v1 import consent_pb2
+
+    form = base64.b64encode(b"%PDF signed consent form of pt-1002").decode()
+    hospital = web_env.hospital("hospital-b")
+    try:
+        proposed = hospital.grant(consent_pb2.GrantRequest(
+            pid="pt-1002", grantee_organization="hospital-b", decision=consent_pb2.CONSENT_DECISION_PERMIT,
+            purposes=["TREAT"], data_classes=["Observation"],
+            fhir_consent_json=json.dumps({"resourceType": "Consent", "status": "active",
+                                          "sourceAttachment": {"contentType": "application/pdf", "data": form}}),
+        )).consent
+    finally:
+        hospital.close()
+    base = web_env.base
+    page.goto(base + "/")
+    sign_in(page, base, "patient-1002")
+    card = page.locator(f'li.consent[data-consent-id="{proposed.id}"]')
+    expect(card.locator(".badge")).to_have_text("Awaiting your confirmation")
+    expect(card.locator(".recorded-by")).to_contain_text(
+        "Hospital B (staff of hospital-b), with your signed consent form on file")
+    expect(card.locator(".proposed-note")).to_contain_text("not in force until you confirm it")
+    screenshot(page, "09-patient-staff-proposal")
+    card.get_by_role("button", name="Confirm the consent for Hospital B").click()
+    expect(page.locator(".flash")).to_contain_text("Consent confirmed")
+    expect(card.locator(".badge")).to_have_text("Active")
+    expect(card.locator(".recorded-by")).to_contain_text("Hospital B (staff of hospital-b)")
