@@ -303,7 +303,7 @@ class ConsentAuthorityMachine(RuleBasedStateMachine):
 
 
 ConsentAuthorityMachine.TestCase.settings = settings(
-    max_examples=12, stateful_step_count=14, deadline=None,
+    max_examples=30, stateful_step_count=20, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_consent_authority_state_machine = ConsentAuthorityMachine.TestCase
