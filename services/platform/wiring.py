@@ -22,7 +22,9 @@ from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
-from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjector
+from ciphercare.ledger.embedded.transport import EmbeddedTransport
+from ciphercare.ledger.gateway import GatewayOptions
+from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.identity.devlogin import DevLogin
@@ -32,12 +34,13 @@ from ciphercare.services.identity.rules import RULES
 from ciphercare.services.identity.token_cache import CachingVerifier
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.errors import ErrorMappingInterceptor
-from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.gateway import ContractHandles
+from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
 from ciphercare.services.store import OffchainStore
-from ciphercare.services.store.consistency import PrivacyProjector, check_store
+from ciphercare.services.store.consistency import PrivacyProjection, check_store
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
@@ -94,6 +97,8 @@ class Application:
     dev_issuer_server: DevIssuerServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy.py)
+    _handles: ContractHandles | None = None
+    _projections: ProjectionRunner | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Application:
@@ -117,8 +122,21 @@ class Application:
                    owner_lock=owner_lock)
 
     @property
-    def gateway(self) -> LedgerGateway:
-        return LedgerGateway(self.ledger, submit_timeout_s=self.settings.ledger_submit_timeout_s)
+    def handles(self) -> ContractHandles:
+        """Contract handles for the services (the only way they reach the ledger)."""
+        if self._handles is None:
+            options = GatewayOptions(commit_status_timeout_s=self.settings.ledger_submit_timeout_s)
+            self._handles = ContractHandles(EmbeddedTransport(self.ledger), options)  # type: ignore[arg-type]
+        return self._handles
+
+    @property
+    def projections(self) -> ProjectionRunner:
+        """One runner feeding every off-chain projection (access-event index, privacy)."""
+        if self._projections is None:
+            self._projections = ProjectionRunner(
+                self.handles, [AccessProjection(self.store), PrivacyProjection(self.handles, self.store)]
+            )
+        return self._projections
 
     async def log_rejection(self, call: RejectedCall) -> None:
         """Every refused call that named a patient leaves a ``denied`` access event (fail closed)."""
@@ -136,7 +154,7 @@ class Application:
             "entity": {"pid": call.pid, "data_classes": []},
         }
         try:
-            await self.gateway.submit(principal, "accesslog", "Record", canonical.dumps(event).decode())
+            await self.handles.accesslog(principal).submit("Record", canonical.dumps(event).decode())
         except EndorseError as exc:
             # A pid that fails validation cannot be logged under that pid; the refusal still stands.
             log.warning("denied access event not recorded: %s", exc.code)
@@ -156,13 +174,12 @@ class Application:
             ],
             options=options,
         )
-        gateway = self.gateway
-        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(gateway, self.store), server)
+        handles = self.handles
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(handles, self.store), server)
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
-            AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey()),  # type: ignore[attr-defined]
-            server,
+            AccessLogServicer(handles, self.store, self.projections), server
         )
-        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(gateway, self.settings), server)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(handles, self.settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
@@ -181,11 +198,9 @@ class Application:
         """
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=self.settings.grpc_workers * 4))
-        projector = AccessProjector(self.ledger, self.store)
+        projections = self.projections
         # Both projections catch up (repairing a crash's gap), orphans are reported: one "store check" log line.
-        check_store(self.ledger, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s,
-                    access_catch_up=projector.catch_up)
-        privacy = PrivacyProjector(self.ledger, self.store)
+        check_store(self.handles, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s)
         server = self.build_server()
         port = server.add_insecure_port(self.settings.grpc_target)
         if port == 0:
@@ -195,17 +210,16 @@ class Application:
         await server.start()
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        follow = asyncio.create_task(projector.follow())
-        self._tasks.append(asyncio.create_task(privacy.follow()))
+        follow = asyncio.create_task(projections.follow())
         if ready is not None:
             ready.set()
         stop = stop or asyncio.Event()
         try:
             await stop.wait()
         finally:
-            await asyncio.shield(self._shutdown(server, projector, follow))
+            await asyncio.shield(self._shutdown(server, projections, follow))
 
-    async def _shutdown(self, server: grpc.aio.Server, projector: AccessProjector,
+    async def _shutdown(self, server: grpc.aio.Server, projector: ProjectionRunner,
                         follow: asyncio.Task[None]) -> None:
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
