@@ -25,6 +25,15 @@ COMMAND_MODULES = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ciphercare")
+    except PackageNotFoundError:  # running from a checkout without an install
+        return "unknown"
+
+
 class CliError(Exception):
     """A failure worth one line on stderr and exit code 1."""
 
@@ -180,6 +189,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciphercare", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--data-dir", help="state directory for the embedded defaults (CIPHERCARE_DATA_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
 
