@@ -1,4 +1,4 @@
-"""`ciphercare` subcommands of the privacy room (registered by services/cli.py).
+"""`ciphercare` subcommands of the privacy room (registered by services/cli/main.py).
 
 * ``patient erase <pid>`` -- right to erasure: record it on the ledger, destroy the patient's data key.
 * ``store check [--no-repair] [--json]`` -- the off-chain store against the ledger (what every start logs).

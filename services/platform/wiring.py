@@ -96,7 +96,7 @@ class Application:
     verifier: CachingVerifier
     dev_issuer_server: DevIssuerServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy.py)
+    owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy/operations.py)
     _handles: ContractHandles | None = None
     _projections: ProjectionRunner | None = None
 
