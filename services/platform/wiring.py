@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
-from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
+from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
 from ciphercare.ledger.gateway import GatewayOptions
@@ -65,7 +65,7 @@ GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="cipherc
                               client_id="ciphercare-server")
 
 
-def open_ledger(settings: Settings) -> Ledger:
+def open_ledger(settings: Settings) -> EmbeddedLedger:
     """The configured ledger backend."""
     if settings.ledger_backend != "embedded":
         raise NotImplementedError(
@@ -91,7 +91,7 @@ class Application:
     """Every long-lived part of a ciphercare server, built from settings."""
 
     settings: Settings
-    ledger: Ledger
+    ledger: EmbeddedLedger
     store: OffchainStore
     verifier: CachingVerifier
     dev_issuer_server: DevIssuerServer | None = None
