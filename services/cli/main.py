@@ -97,6 +97,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
         print(f"  off-chain store:                                            {_display_url(settings)}")
+        if app.metrics_port:
+            print(f"  metrics (Prometheus):                                       "
+                  f"http://{settings.metrics_host}:{app.metrics_port}/metrics")
+        if settings.tls_enabled:
+            print("  TLS on gRPC" + (" (mutual)" if settings.tls_client_ca_path else "") +
+                  (" and web" if settings.web_tls else ""))
         if web is not None:
             print(f"  web (patient portal, compliance console):                   {web.url}/")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)

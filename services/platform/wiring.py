@@ -35,8 +35,10 @@ from ciphercare.services.identity.token_cache import CachingVerifier
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.errors import ErrorMappingInterceptor
 from ciphercare.services.platform.gateway import ContractHandles
+from ciphercare.services.platform.metrics import Metrics, MetricsInterceptor
 from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.settings import Settings
+from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
 from ciphercare.services.store import OffchainStore
@@ -98,6 +100,9 @@ class Application:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy/operations.py)
     _handles: ContractHandles | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    metrics_port: int = 0
+    _metrics_server: Any = None
     _projections: ProjectionRunner | None = None
 
     @classmethod
@@ -140,6 +145,7 @@ class Application:
 
     async def log_rejection(self, call: RejectedCall) -> None:
         """Every refused call that named a patient leaves a ``denied`` access event (fail closed)."""
+        self.metrics.auth_refusals.labels(call.code).inc()
         if not call.pid:
             return
         principal = call.principal or GATEWAY_PRINCIPAL
@@ -168,7 +174,9 @@ class Application:
         ]
         server = grpc.aio.server(
             interceptors=[
-                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
+                MetricsInterceptor(self.metrics),  # outermost: every call counted with its final status
+                ClientCertificateInterceptor(frozenset(self.settings.tls_client_allowed_names)),
+                PseudonymGuardInterceptor(),  # a name- or MRN-shaped pid reaches nothing else
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
                 ErrorMappingInterceptor(),
             ],
@@ -202,7 +210,11 @@ class Application:
         # Both projections catch up (repairing a crash's gap), orphans are reported: one "store check" log line.
         check_store(self.handles, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s)
         server = self.build_server()
-        port = server.add_insecure_port(self.settings.grpc_target)
+        tls = server_credentials(self.settings)
+        if tls is not None:  # TLS configured: no plaintext port at all
+            port = server.add_secure_port(self.settings.grpc_target, tls[0])
+        else:
+            port = server.add_insecure_port(self.settings.grpc_target)
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.grpc_target}")
         if port_holder is not None:
@@ -211,6 +223,15 @@ class Application:
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         follow = asyncio.create_task(projections.follow())
+        if self.settings.metrics_enabled:
+            self.metrics.observe_ledger(self.ledger.stats, self.ledger.size,
+                                        lambda: {p.cursor_name: p.cursor() for p in projections.projections})
+            try:
+                self._metrics_server, self.metrics_port = self.metrics.serve(self.settings.metrics_host,
+                                                                             self.settings.metrics_port)
+            except OSError as exc:  # the services stay up without /metrics; say so
+                log.warning("metrics endpoint not started", extra={"error": exc.strerror or type(exc).__name__,
+                                                                   "port": self.settings.metrics_port})
         if ready is not None:
             ready.set()
         stop = stop or asyncio.Event()
@@ -224,6 +245,12 @@ class Application:
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(grace=2.0)
+        if self._metrics_server is not None:
+            http_server, thread = self._metrics_server
+            http_server.shutdown()
+            http_server.server_close()
+            thread.join(5)
+            self._metrics_server = None
         projector.stop()
         follow.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
