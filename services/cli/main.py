@@ -61,13 +61,16 @@ def _display_url(settings: Settings) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from ciphercare.services.platform.logs import configure_logging
-    from ciphercare.services.platform.wiring import Application
 
     extra: dict[str, Any] = {}
     if args.port is not None:
         extra["grpc_port"] = args.port
     settings = _settings(args, **extra)
+    # JSON logging first: importing the server pulls in libraries that log (Alembic's plugins) or install a
+    # plain DEBUG handler of their own (the Fabric shim) at import time.
     configure_logging(settings)
+    from ciphercare.services.platform.wiring import Application
+
     app = Application.from_settings(settings)
 
     async def run() -> None:
