@@ -200,7 +200,12 @@ def _consent_event(record: ConsentRecord) -> bytes:
         "status": record.status,
         "authority": record.effective_authority,
         "recorded_by_org": record.recorded_by.org,
+        # Projections (the privacy projection's document references) take the document's hash from the event
+        # and never read the chain back per event; a hash, never the document.
+        "document_sha256": record.document_sha256,
     }
+    if record.evidence_sha256 is not None:  # the signed form staff attached, kept off-chain like the document
+        payload["evidence_sha256"] = record.evidence_sha256
     if record.revocation_reason is not None:
         payload["revocation_reason"] = record.revocation_reason
     return canonical.dumps(payload)

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from ciphercare.ledger.transparency.checkpoint import CheckpointVerifier
 from ciphercare.ledger.transparency.merkle import ProofError as MerkleProofError
 from ciphercare.ledger.transparency.merkle import check_consistency, leaf_hash, verify_inclusion
+from ciphercare.sdk.channels import ChannelSecurity, open_channel
 from ciphercare.sdk.receipts import ReceiptError, verify_write_receipt
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, common_pb2, consent_pb2, consent_pb2_grpc
 
@@ -54,10 +55,15 @@ class CiphercareClient:
 
     @classmethod
     def connect(cls, target: str, token: TokenSource | str, *, deadline_s: float = 10.0,
-                max_message_bytes: int = 4 * 1024 * 1024, vkey: str | None = None) -> CiphercareClient:
+                max_message_bytes: int = 4 * 1024 * 1024, security: ChannelSecurity | None = None,
+                vkey: str | None = None) -> CiphercareClient:
+        """A client over a new channel: TLS unless ``target`` is loopback (see :mod:`ciphercare.sdk.channels`).
+
+        ``vkey``: the log's verifier key you pinned; every write receipt is verified against it."""
         source: TokenSource = (lambda: token) if isinstance(token, str) else token
-        channel = grpc.insecure_channel(
+        channel = open_channel(
             target,
+            security,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

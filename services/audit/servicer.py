@@ -23,16 +23,17 @@ from ciphercare.consent.caller import msp_id_for_org
 from ciphercare.consent.contracts import SERVICE_OBSERVER_PREFIX, consent_basis_refusal
 from ciphercare.consent.errors import ValidationError
 from ciphercare.consent.model import EVENT_ID_RE, AccessEventInput, ConsentRecord
-from ciphercare.ledger.api import CommittedEvent, EndorseError, Ledger, Principal
+from ciphercare.ledger.api import CommittedEvent, EndorseError, Principal
+from ciphercare.ledger.gateway import TransparencyLog
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
-from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.gateway import ContractHandles
+from ciphercare.services.platform.projections import ProjectionRunner, committed_events
 from ciphercare.services.store import AccessEventIndex, AccessQuery, OffchainStore
-from ciphercare.services.store.consistency import committed_events
+from ciphercare.services.store.repository import ACCESS_PROJECTION
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
 
-CONTRACT = "accesslog"
 EVENT_NAME = "AccessRecorded"
 MAX_DETAIL_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
@@ -95,58 +96,43 @@ class AccessScope:
         return self.pid is None and self.org is None
 
 
-class AccessProjector:
-    """Keeps the off-chain search index in step with the ledger (idempotent, resumable)."""
+class AccessProjection:
+    """The off-chain search index of access events (idempotent by seq, resumable from its cursor).
 
-    def __init__(self, ledger: Ledger, store: OffchainStore) -> None:
-        self.ledger = ledger
+    A projection fed by the :class:`~ciphercare.services.platform.projections.ProjectionRunner`.
+    """
+
+    cursor_name = ACCESS_PROJECTION
+    event_names = frozenset({EVENT_NAME})
+
+    def __init__(self, store: OffchainStore) -> None:
         self.store = store
-        self._stream: Any = None
 
-    def catch_up(self) -> int:
-        """Apply every committed event past the stored cursor; returns how many were applied."""
-        start = self.store.projection_cursor()
-        end = self.ledger.size()
+    def cursor(self) -> int:
+        return self.store.projection_cursor()
+
+    def apply(self, events: Sequence[CommittedEvent], next_seq: int) -> None:
+        self.store.project_access_events([index_from_event(e) for e in events], next_seq=next_seq)
+
+    def replay(self, log: TransparencyLog) -> int:
+        """Apply every committed event past the cursor, on its own (the store check); returns how many."""
+        start, end = self.cursor(), log.size()
         if start >= end:
             return 0
-        # A bounded read of [start, end): a following stream would block for ever when the
-        # last entries carry no AccessRecorded event (e.g. a restart after a Grant).
-        rows = [index_from_event(e) for e in committed_events(self.ledger, start, end, frozenset({EVENT_NAME}))]
-        self.store.project_access_events(rows, next_seq=end)
-        return len(rows)
-
-    async def follow(self) -> None:
-        """Apply new events as they commit, until cancelled."""
-        self.catch_up()
-        start = self.store.projection_cursor()
-        stream = self._stream = self.ledger.events(start, frozenset({EVENT_NAME}))
-        try:
-            while True:
-                # A burst of commits is applied in one off-chain transaction, off the event loop.
-                try:
-                    events = await asyncio.to_thread(stream.next_batch)
-                except StopIteration:
-                    return
-                rows = [index_from_event(event) for event in events]
-                await asyncio.to_thread(self.store.project_access_events, rows, events[-1].seq + 1)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        events = list(committed_events(log, start, end, self.event_names))
+        self.apply(events, end)
+        return len(events)
 
 
 class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, gateway: LedgerGateway, store: OffchainStore, vkey: str,
+    def __init__(self, ledger: ContractHandles, store: OffchainStore, projections: ProjectionRunner,
                  observers: Mapping[str, Sequence[str]] | None = None) -> None:
         self.observers = {org: frozenset(names) for org, names in (observers or {}).items()}
-        self.gateway = gateway
-        self.ledger = gateway.ledger
+        self.ledger = ledger
+        self.log = ledger.transparency
         self.store = store
-        self.vkey = vkey
-        self._projector = AccessProjector(self.ledger, store)
+        self.vkey = self.log.verifier_key()
+        self._projections = projections
 
     def _read_committed(self) -> None:
         """Bring the search index up to the ledger before answering (read-your-writes).
@@ -155,8 +141,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         ledger follower, which applies bursts asynchronously; a reader must not see less than
         what was committed before it asked.
         """
-        if self.store.projection_cursor() < self.ledger.size():
-            self._projector.catch_up()
+        self._projections.read_committed()
 
     # Writes -----------------------------------------------------------------
 
@@ -194,10 +179,10 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             data = AccessEventInput.from_dict(event, "event")  # the contract's validation, before any write
         except ValidationError as exc:
             raise invalid(exc.detail) from exc
-        self._precheck_consent(principal, data)
+        await self._precheck_consent(principal, data)
         if detail is not None:
             self.store.put_document("access-detail", detail, pid=request.pid)
-        receipt = await self.gateway.submit(principal, CONTRACT, "Record", self.gateway.arg(event))
+        receipt = await self.ledger.accesslog(principal).submit("Record", self.ledger.arg(event))
         committed = [e for e in receipt.events if e.name == EVENT_NAME]
         if len(committed) != 1:
             raise RuntimeError(f"Record tx {receipt.tx_id} emitted {len(committed)} AccessRecorded events")
@@ -206,7 +191,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         )
         # Read-your-writes for Search; the projector applies the same row idempotently.
         self.store.project_access_events([row])
-        return access_log_pb2.RecordResponse(event=event_proto(row), receipt=self.gateway.write_receipt(receipt))
+        return access_log_pb2.RecordResponse(event=event_proto(row), receipt=self.ledger.write_receipt(receipt))
 
     def _check_observer(self, principal: Principal, observer: str) -> None:
         """``source_observer`` must be a system the caller's organisation registered (settings)."""
@@ -223,13 +208,13 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise forbidden(f"source_observer {shown!r} is not a system of {principal.org}; name one as "
                             f"'{principal.org}/<system>'")
 
-    def _precheck_consent(self, principal: Principal, data: AccessEventInput) -> None:
+    async def _precheck_consent(self, principal: Principal, data: AccessEventInput) -> None:
         """The contract's check of the cited consent, made before anything is stored off-chain."""
         cid = data.entity.consent_id
         if cid is None:
             return
         try:
-            raw = self.ledger.evaluate(READER, "consent", "Get", [cid])
+            raw = await self.ledger.consent(READER).evaluate("Get", cid)
             consent: ConsentRecord | None = ConsentRecord.from_dict(json.loads(raw))
         except EndorseError as exc:
             if exc.code != "NOT_FOUND":
@@ -293,12 +278,12 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
     # Proofs -----------------------------------------------------------------
 
     def _checkpoint_at(self, size: int):  # type: ignore[no-untyped-def]
-        latest = self.ledger.checkpoint()
+        latest = self.log.checkpoint()
         if size == 0 or size == latest.size:
             return latest
         if size > latest.size:
             raise invalid(f"tree_size {size} is beyond the latest checkpoint ({latest.size})")
-        checkpoint = self.ledger.checkpoint_at(size)  # type: ignore[attr-defined]
+        checkpoint = self.log.checkpoint_at(size)
         if checkpoint is None:
             raise precondition(f"no signed checkpoint exists at tree size {size}; pass 0 for the latest")
         return checkpoint
@@ -307,13 +292,13 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         """Did a member of the caller's organisation write ledger entry ``seq`` (its creator MSP is theirs)?"""
         if not principal.org or not principal.roles & {"hospital", "clinician"}:
             return False
-        return self.ledger.entry(seq).creator_msp == msp_id_for_org(principal.org)
+        return self.log.entry(seq).creator_msp == msp_id_for_org(principal.org)
 
     def _about_own_patient(self, seq: int, principal: Principal) -> bool:
         """Is ledger entry ``seq`` solely about the calling patient (every event it emitted names their pid)?"""
-        if "patient" not in principal.roles or not principal.pid or seq >= self.ledger.size():
+        if "patient" not in principal.roles or not principal.pid or seq >= self.log.size():
             return False
-        events = self.ledger.entry(seq).events
+        events = self.log.entry(seq).events
         if not events:
             return False
         for event in events:
@@ -341,8 +326,8 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             seq = self._visible(request.event_id, principal).seq
         elif target == "sequence":
             seq = request.sequence
-            if seq >= self.ledger.size():
-                raise not_found(f"no ledger entry {seq} (the ledger has {self.ledger.size()})")
+            if seq >= self.log.size():
+                raise not_found(f"no ledger entry {seq} (the ledger has {self.log.size()})")
             if not (principal.roles & ALL_SCOPE_ROLES or self._written_by_own_org(seq, principal)
                     or self._about_own_patient(seq, principal)):
                 raise forbidden(
@@ -354,8 +339,8 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         checkpoint = self._checkpoint_at(request.tree_size)
         if seq >= checkpoint.size:
             raise precondition(f"entry {seq} is not covered by the checkpoint of size {checkpoint.size} yet")
-        proof = self.ledger.inclusion_proof(seq, checkpoint.size)
-        entry = self.ledger.entry(seq)
+        proof = self.log.inclusion_proof(seq, checkpoint.size)
+        entry = self.log.entry(seq)
         return access_log_pb2.GetInclusionProofResponse(
             leaf_index=proof.leaf_index,
             tree_size=proof.tree_size,
@@ -371,7 +356,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         if request.first_tree_size == 0 or request.first_tree_size > second.size:
             raise invalid(f"first_tree_size must be in 1..{second.size}")
         first = self._checkpoint_at(request.first_tree_size)
-        proof = self.ledger.consistency_proof(first.size, second.size)
+        proof = self.log.consistency_proof(first.size, second.size)
         return access_log_pb2.GetConsistencyProofResponse(
             first_tree_size=proof.first_size,
             second_tree_size=proof.second_size,

@@ -167,7 +167,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_bench(which: str, *, quick: bool = False, out: Path | None = None) -> list[dict[str, Any]]:
-    if which == "scoring":  # encrypted risk scoring: services/scoring_bench.py
+    if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 
         return run_scoring_bench(quick=quick, out=out)

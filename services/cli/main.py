@@ -25,6 +25,15 @@ COMMAND_MODULES = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ciphercare")
+    except PackageNotFoundError:  # running from a checkout without an install
+        return "unknown"
+
+
 class CliError(Exception):
     """A failure worth one line on stderr and exit code 1."""
 
@@ -52,13 +61,16 @@ def _display_url(settings: Settings) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from ciphercare.services.platform.logs import configure_logging
-    from ciphercare.services.platform.wiring import Application
 
     extra: dict[str, Any] = {}
     if args.port is not None:
         extra["grpc_port"] = args.port
     settings = _settings(args, **extra)
+    # JSON logging first: importing the server pulls in libraries that log (Alembic's plugins) or install a
+    # plain DEBUG handler of their own (the Fabric shim) at import time.
     configure_logging(settings)
+    from ciphercare.services.platform.wiring import Application
+
     app = Application.from_settings(settings)
 
     async def run() -> None:
@@ -88,6 +100,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
         print(f"  off-chain store:                                            {_display_url(settings)}")
+        if app.metrics_port:
+            print(f"  metrics (Prometheus):                                       "
+                  f"http://{settings.metrics_host}:{app.metrics_port}/metrics")
+        if settings.tls_enabled:
+            print("  TLS on gRPC" + (" (mutual)" if settings.tls_client_ca_path else "") +
+                  (" and web" if settings.web_tls else ""))
         if web is not None:
             print(f"  web (patient portal, compliance console):                   {web.url}/")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)
@@ -180,6 +198,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciphercare", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--data-dir", help="state directory for the embedded defaults (CIPHERCARE_DATA_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -13,7 +13,7 @@ handler so that, before the servicer's behaviour runs, it
 Every rejection is reported to the optional async ``on_rejection`` hook (the
 service logs unauthenticated callers to its security log and writes an
 aggregated ``denied`` access event for authenticated ones; see
-services/platform/refusals.py) before the call is aborted;
+services/audit/refusals.py) before the call is aborted;
 the hook cannot change the outcome and its failures are logged, not raised.
 Token verification does no network I/O per request (see :class:`JwksCache`).
 
@@ -37,6 +37,7 @@ from grpc import aio
 
 from ciphercare.ledger.api import Principal
 from ciphercare.services.identity.rules import RULES, AccessRule
+from ciphercare.services.identity.token_cache import Verifier
 from ciphercare.services.identity.tokens import AuthError, TokenVerifier
 from ciphercare.services.platform.handlers import rewrap
 
@@ -135,7 +136,7 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     def __init__(
         self,
-        verifier: TokenVerifier,
+        verifier: TokenVerifier | Verifier,
         rules: Mapping[str, AccessRule] = RULES,
         on_rejection: RejectionHook | None = None,
         *,

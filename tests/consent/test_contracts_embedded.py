@@ -261,6 +261,8 @@ def test_grant_check_revoke_check(ledger: Backend) -> None:
         "status": "active",
         "authority": "patient",
         "recorded_by_org": "patients",
+        "document_sha256": record["document_sha256"],  # projections take it from the event (a hash, no PHI)
+        "evidence_sha256": record["evidence_sha256"],  # likewise the signed form's hash
     }
 
     decision = check(ledger, CLINICIAN_A)
