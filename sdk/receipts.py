@@ -217,8 +217,11 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
         result.problems.append("log.verifier_key is not the key you pinned")
         return result
     section = _section(receipt, "checkpoint")
+    key = trusted_vkey or vkey
+    if not isinstance(key, str):
+        raise ReceiptError("log.verifier_key must be a string")
     try:
-        verifier = CheckpointVerifier.from_vkey(trusted_vkey or vkey)
+        verifier = CheckpointVerifier.from_vkey(key)
         note = section["signed_note"]
         checkpoint = verifier.verify(note.encode("utf-8"))
     except (KeyError, TypeError, AttributeError):

@@ -27,6 +27,7 @@ from typing import Any
 from ciphercare.consent import canonical, codes
 from ciphercare.consent.model import OBSERVER_RE, PID_RE
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal
+from ciphercare.services.audit.events import access_event
 
 security_log = logging.getLogger("ciphercare.security")
 log = logging.getLogger("ciphercare.refusals")
@@ -192,19 +193,12 @@ class RefusalRecorder:
 
     @staticmethod
     def event(refusal: Refusal, pid: str, repeat_count: int | None = None) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "type": "110110",
-            "subtype": "read",
-            "action": "E",
-            "outcome": "denied",
-            "outcome_desc": refusal.code.lower().replace("_", "-"),
-            "purpose_of_use": requested_purpose(refusal.request),
-            "source": {"observer": observer_for(refusal.method)},
-            "entity": {"pid": pid, "data_classes": requested_data_classes(refusal.request)},
-        }
-        if repeat_count is not None:
-            event["repeat_count"] = repeat_count
-        return event
+        return access_event(
+            type="110110", subtype="read", action="E", outcome="denied",
+            outcome_desc=refusal.code.lower().replace("_", "-"), observer=observer_for(refusal.method), pid=pid,
+            purpose_of_use=requested_purpose(refusal.request), data_classes=requested_data_classes(refusal.request),
+            repeat_count=repeat_count,
+        )
 
     async def record(self, refusal: Refusal, message: str = "") -> None:
         """Handle one refusal; never raises (the refusal stands whatever happens here)."""

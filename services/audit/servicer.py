@@ -25,6 +25,7 @@ from ciphercare.consent.errors import ValidationError
 from ciphercare.consent.model import EVENT_ID_RE, AccessEventInput, ConsentRecord
 from ciphercare.ledger.api import CommittedEvent, EndorseError, Principal
 from ciphercare.ledger.gateway import TransparencyLog
+from ciphercare.services.audit import convert as audit_convert
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
@@ -66,7 +67,7 @@ def index_from_event(event: CommittedEvent) -> AccessEventIndex:
 
 
 def event_proto(row: AccessEventIndex) -> access_log_pb2.AccessEvent:
-    return convert.access_event_to_proto(json.loads(row.event_json), row.seq, row.tx_id)
+    return audit_convert.access_event_to_proto(json.loads(row.event_json), row.seq, row.tx_id)
 
 
 class AccessScope:
@@ -153,7 +154,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         for field in ("type", "action", "purpose_of_use", "pid"):
             if not getattr(request, field):
                 raise invalid(f"{field} is required")
-        event = convert.record_input_from_proto(request, None)
+        event = audit_convert.record_input_from_proto(request, None)
         if not event["source"]["observer"]:
             # BALP: the observer is the system that saw the access; default to the caller's client.
             event["source"]["observer"] = f"{principal.org}/{principal.client_id or 'client'}"
@@ -253,9 +254,9 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise invalid(f"page_size must be at most {MAX_PAGE}")
         outcome = ""
         if request.outcome:
-            if request.outcome not in convert.OUTCOME_FROM_PROTO:
+            if request.outcome not in audit_convert.OUTCOME_FROM_PROTO:
                 raise invalid("outcome is not a known AccessOutcome")
-            outcome = convert.OUTCOME_FROM_PROTO[request.outcome]
+            outcome = audit_convert.OUTCOME_FROM_PROTO[request.outcome]
         query = AccessQuery(
             pid=request.pid,
             agent_subject=request.requester_subject,

@@ -11,6 +11,7 @@ from ciphercare.consent import canonical
 from ciphercare.consent.errors import ValidationError
 from ciphercare.consent.model import ConsentGrant
 from ciphercare.ledger.api import Principal
+from ciphercare.services.consent import convert as consent_convert
 from ciphercare.services.consent.fhir import (
     FhirDocumentError,
     consent_document,
@@ -76,7 +77,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         principal = current_principal()
         _require(request.pid, "pid")
         _require(request.grantee_organization, "grantee_organization")
-        grant = convert.grant_input_from_proto(request, document_sha256="0" * 64)
+        grant = consent_convert.grant_input_from_proto(request, document_sha256="0" * 64)
         if not grant["period"].get("start"):
             grant["period"]["start"] = _now_iso()
         authority = _grant_authority(principal, request.pid, request.grantee_organization)
@@ -118,7 +119,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         receipt = await self.ledger.consent(principal).submit("Grant", self.ledger.arg(grant))
         record = self.ledger.result(receipt)
         return consent_pb2.GrantResponse(
-            consent=convert.consent_to_proto(record), receipt=self.ledger.write_receipt(receipt)
+            consent=consent_convert.consent_to_proto(record), receipt=self.ledger.write_receipt(receipt)
         )
 
     async def Revoke(
@@ -130,7 +131,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         receipt = await self.ledger.consent(principal).submit("Revoke", request.consent_id, request.reason)
         record = self.ledger.result(receipt)
         return consent_pb2.RevokeResponse(
-            consent=convert.consent_to_proto(record), receipt=self.ledger.write_receipt(receipt)
+            consent=consent_convert.consent_to_proto(record), receipt=self.ledger.write_receipt(receipt)
         )
 
     async def Confirm(
@@ -141,7 +142,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         receipt = await self.ledger.consent(principal).submit("Confirm", request.consent_id)
         record = self.ledger.result(receipt)
         return consent_pb2.ConfirmResponse(
-            consent=convert.consent_to_proto(record), receipt=self.ledger.write_receipt(receipt)
+            consent=consent_convert.consent_to_proto(record), receipt=self.ledger.write_receipt(receipt)
         )
 
     async def Get(
@@ -157,7 +158,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         if document is None:
             raise not_found(f"the FHIR document of consent {request.consent_id} is missing from the off-chain store")
         return consent_pb2.GetConsentResponse(
-            consent=convert.consent_to_proto(record), fhir_consent_json=document.decode("utf-8")
+            consent=consent_convert.consent_to_proto(record), fhir_consent_json=document.decode("utf-8")
         )
 
     async def ListForPatient(
@@ -168,7 +169,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         records = await evaluate_json(self.ledger.consent(principal), "ListForPatient", request.pid)
         if not request.include_inactive:
             records = [r for r in records if r["status"] != "inactive"]  # active and proposed
-        return consent_pb2.ListForPatientResponse(consents=[convert.consent_to_proto(r) for r in records])
+        return consent_pb2.ListForPatientResponse(consents=[consent_convert.consent_to_proto(r) for r in records])
 
     async def GetHistory(
         self, request: consent_pb2.GetConsentHistoryRequest, context: grpc.aio.ServicerContext
@@ -176,7 +177,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         principal = current_principal()
         _require(request.consent_id, "consent_id")
         versions = await evaluate_json(self.ledger.consent(principal), "History", request.consent_id)
-        return consent_pb2.GetConsentHistoryResponse(versions=[convert.consent_to_proto(v) for v in versions])
+        return consent_pb2.GetConsentHistoryResponse(versions=[consent_convert.consent_to_proto(v) for v in versions])
 
     async def Check(
         self, request: consent_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -191,4 +192,4 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             self.ledger.consent(principal), "Check",
             request.pid, request.recipient_organization, request.purpose, request.data_class, at,
         )
-        return convert.decision_to_proto(decision, at)
+        return consent_convert.decision_to_proto(decision, at)

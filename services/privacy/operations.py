@@ -30,6 +30,7 @@ from ciphercare.consent import canonical
 from ciphercare.consent.contracts import ERASURE_OUTCOME_DESC
 from ciphercare.consent.model import PID_RE
 from ciphercare.ledger.api import Principal
+from ciphercare.services.audit.events import access_event
 from ciphercare.services.platform.gateway import ContractHandles
 from ciphercare.services.platform.handlers import Behaviour, rewrap
 from ciphercare.services.platform.settings import Settings
@@ -240,16 +241,10 @@ def erase_patient(ledger: ContractHandles, store: OffchainStore, pid: str, *, pu
         raise ErasureError(refusal)
     if purpose not in ERASURE_PURPOSES:
         raise ErasureError(f"purpose must be one of {sorted(ERASURE_PURPOSES)}")
-    event = {
-        "type": "110110",
-        "subtype": "delete",
-        "action": "D",
-        "outcome": "success",
-        "outcome_desc": ERASURE_OUTCOME_DESC,
-        "purpose_of_use": purpose,
-        "source": {"observer": "ciphercare/privacy"},
-        "entity": {"pid": pid, "data_classes": []},
-    }
+    event = access_event(  # the one access-event builder (services/audit/events.py)
+        type="110110", subtype="delete", action="D", outcome="success", outcome_desc=ERASURE_OUTCOME_DESC,
+        purpose_of_use=purpose, observer="ciphercare/privacy", pid=pid,
+    )
     contract = ledger.accesslog(principal)
     receipt = asyncio.run(contract.submit("Record", canonical.dumps(event).decode(), timeout=timeout_s))
     events = [e for e in receipt.events if e.name == "AccessRecorded"]

@@ -28,6 +28,7 @@ from ciphercare.consent import codes
 from ciphercare.consent.contracts import MAX_CHECK_MANY
 from ciphercare.consent.model import PID_RE
 from ciphercare.ledger.api import EndorseError, Principal, Receipt
+from ciphercare.services.audit.events import access_event
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import ServiceError, forbidden, invalid, not_found, status_for
@@ -348,17 +349,11 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     def _event(self, pid: str, outcome: str, reason: str, consent_id: str | None,
                header: scoring_pb2.ScoreHeader, model_sha256: str) -> dict[str, Any]:
-        return {
-            "type": "risk-scoring",
-            "subtype": "score",
-            "action": "E",
-            "outcome": outcome,
-            "outcome_desc": reason,
-            "purpose_of_use": header.purpose_of_use,
-            "source": {"observer": OBSERVER},
-            "entity": {"pid": pid, "consent_id": consent_id, "model_sha256": model_sha256,
-                       "data_classes": [header.data_class]},
-        }
+        return access_event(  # the one access-event builder (services/audit/events.py)
+            type="risk-scoring", subtype="score", action="E", outcome=outcome, outcome_desc=reason,
+            purpose_of_use=header.purpose_of_use, observer=OBSERVER, pid=pid, consent_id=consent_id,
+            model_sha256=model_sha256, data_classes=[header.data_class],
+        )
 
     async def _record(self, principal: Principal, events: list[dict[str, Any]]) -> list[Receipt | BaseException]:
         """Submit every event concurrently (the ledger's group commit batches them); failures are returned."""

@@ -21,8 +21,9 @@ from ciphercare.sdk.receipts import (
     consent_change_receipt,
     verify_receipt,
 )
+from ciphercare.services.audit import convert as audit_convert
+from ciphercare.services.consent import convert as consent_convert
 from ciphercare.services.identity.devissuer import DevIssuer
-from ciphercare.services.platform import convert
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
 
@@ -172,11 +173,11 @@ def test_the_sdk_reads_leaves_as_the_services_convert_them(env: Env, event_recei
         leaf = parse_leaf(base64.b64decode(receipt["inclusion_proof"]["leaf"]))
         index = receipt["inclusion_proof"]["leaf_index"]
         for event in recorded_events(leaf):
-            assert access_event_message(event, index, leaf["tx_id"]) == convert.access_event_to_proto(
+            assert access_event_message(event, index, leaf["tx_id"]) == audit_convert.access_event_to_proto(
                 event, index, leaf["tx_id"])
         record = written_consent(leaf)
         if record is not None:
-            assert consent_message(record) == convert.consent_to_proto(record)
+            assert consent_message(record) == consent_convert.consent_to_proto(record)
     # Every optional field set (a revoked, confirmed staff consent; an aggregated refusal citing a consent).
     actor = {"subject": "u1", "org": "hospital-b", "roles": ["hospital"], "client": "sdk"}
     record = {
@@ -190,7 +191,7 @@ def test_the_sdk_reads_leaves_as_the_services_convert_them(env: Env, event_recei
         "evidence_sha256": "ef" * 32, "authority": "staff", "confirmed_at": "2026-01-02T10:00:00Z",
         "confirmed_by": {"subject": "p1", "org": "patients", "roles": ["patient"], "client": "portal"},
     }
-    assert consent_message(record) == convert.consent_to_proto(record)
+    assert consent_message(record) == consent_convert.consent_to_proto(record)
     event = {
         "id": "ae-" + "2" * 32, "type": "110110", "subtype": "read", "action": "R",
         "recorded": "2026-05-01T12:00:00.500Z", "outcome": "denied", "outcome_desc": "permission-denied",
@@ -199,4 +200,4 @@ def test_the_sdk_reads_leaves_as_the_services_convert_them(env: Env, event_recei
                    "data_classes": ["Observation"], "detail_sha256": "ef" * 32},
         "repeat_count": 7, "consent_basis": "verified-consent",
     }
-    assert access_event_message(event, 9, "ab" * 32) == convert.access_event_to_proto(event, 9, "ab" * 32)
+    assert access_event_message(event, 9, "ab" * 32) == audit_convert.access_event_to_proto(event, 9, "ab" * 32)

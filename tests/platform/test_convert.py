@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ciphercare.ledger.api import Checkpoint
+from ciphercare.services.audit import convert as audit_convert
+from ciphercare.services.consent import convert as consent_convert
 from ciphercare.services.platform import convert
 
 CONSENT = {
@@ -50,18 +52,19 @@ EVENT = {
 
 
 def test_consent_round_trip() -> None:
-    assert convert.consent_from_proto(convert.consent_to_proto(CONSENT)) == CONSENT
+    assert consent_convert.consent_from_proto(consent_convert.consent_to_proto(CONSENT)) == CONSENT
 
 
 def test_access_event_round_trip() -> None:
-    message = convert.access_event_to_proto(EVENT, 17, "ff" * 32)
+    message = audit_convert.access_event_to_proto(EVENT, 17, "ff" * 32)
     assert message.sequence == 17 and message.tx_id == "ff" * 32
-    assert convert.access_event_from_proto(message) == EVENT
+    assert audit_convert.access_event_from_proto(message) == EVENT
 
 
 def test_decision_round_trip() -> None:
     decision = {"decision": "deny", "consent_id": "cns-1", "reason": "deny wins"}
-    assert convert.decision_from_proto(convert.decision_to_proto(decision, "2026-01-01T00:00:00.000Z")) == decision
+    message = consent_convert.decision_to_proto(decision, "2026-01-01T00:00:00.000Z")
+    assert consent_convert.decision_from_proto(message) == decision
 
 
 def test_checkpoint_round_trip() -> None:
@@ -73,3 +76,15 @@ def test_checkpoint_round_trip() -> None:
 def test_period_and_time_round_trip() -> None:
     period = {"start": "2026-01-01T00:00:00.000Z", "end": "2026-06-30T23:59:59.999Z"}
     assert convert.period_from_proto(convert.period_to_proto(period)) == period
+
+
+def test_one_builder_makes_every_access_event() -> None:
+    """Record, refusals, scoring and erasure all build their contract input with services/audit/events.py."""
+    from ciphercare.consent.model import AccessEventInput
+    from ciphercare.services.audit.events import access_event
+
+    event = access_event(type="110110", subtype="read", action="E", outcome="denied", observer="ciphercare/X",
+                         pid="pt-42", purpose_of_use="", data_classes=("Observation",), repeat_count=3)
+    assert event["purpose_of_use"] is None and "consent_id" not in event["entity"]  # unspecified, not invented
+    parsed = AccessEventInput.from_dict(event)
+    assert (parsed.repeat_count, parsed.entity.data_classes) == (3, ("Observation",))
