@@ -51,7 +51,9 @@ TARGETS: tuple[str, ...] = ("own", "other")
 
 CONSENT_SERVICE = "ciphercare.v1.ConsentService"
 ACCESS_LOG_SERVICE = "ciphercare.v1.AccessLogService"
-CONSENT_METHODS: tuple[str, ...] = ("Grant", "Revoke", "Get", "ListForPatient", "GetHistory", "Check")
+CONSENT_METHODS: tuple[str, ...] = (
+    "Grant", "Revoke", "Confirm", "Get", "ListForPatient", "GetHistory", "Check",
+)
 ACCESS_LOG_METHODS: tuple[str, ...] = (
     "Record", "Get", "Search", "GetCheckpoint", "GetInclusionProof", "GetConsistencyProof", "Watch",
 )
@@ -68,6 +70,8 @@ _ROWS: dict[str, tuple[tuple[Outcome, Outcome], ...]] = {
     # itself and only with its own organisation as recipient; a patient only for their own pid.
     "ConsentService/Grant": ((A, D), (A, D), (A, D), (D, D), (D, D), (D, D)),
     "ConsentService/Revoke": ((A, N), (A, N), (A, N), (D, D), (D, D), (D, D)),
+    # Only the patient (or their proxy) confirms a consent staff proposed for them.
+    "ConsentService/Confirm": ((D, D), (D, D), (A, N), (D, D), (D, D), (D, D)),
     "ConsentService/Get": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),
     "ConsentService/ListForPatient": ((A, F), (A, F), (A, D), (A, A), (A, A), (D, D)),
     "ConsentService/GetHistory": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),

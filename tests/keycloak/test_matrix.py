@@ -30,7 +30,7 @@ def _id(case: tuple[str, str, str]) -> str:
 
 
 def test_matrix_covers_every_rpc_role_and_target() -> None:
-    assert len(EXPECTED) == len(METHODS) * len(PERSONAS) * len(TARGETS) == 13 * 6 * 2
+    assert len(EXPECTED) == len(METHODS) * len(PERSONAS) * len(TARGETS) == 14 * 6 * 2
     services = {m.split("/")[1] for m in METHODS}
     assert services == {"ciphercare.v1.ConsentService", "ciphercare.v1.AccessLogService"}
     table_methods = {m for m in RULES if m.split("/")[1] in services}

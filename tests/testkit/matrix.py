@@ -165,6 +165,13 @@ def run_case(world: World, method: str, persona: str, target: str) -> Outcome:
         assert response.consent.status == consent_pb2.CONSENT_STATUS_INACTIVE
         return Outcome.ALLOWED
 
+    def confirm() -> Outcome:
+        proposed = world.grant(HOSPITAL if target == "own" else HOSPITAL_B, target)  # a staff PERMIT: proposed
+        assert proposed.status == consent_pb2.CONSENT_STATUS_PROPOSED
+        response = cs.Confirm(consent_pb2.ConfirmRequest(consent_id=proposed.id), metadata=meta, timeout=15)
+        assert response.consent.status == consent_pb2.CONSENT_STATUS_ACTIVE
+        return Outcome.ALLOWED
+
     def get_consent() -> Outcome:
         response = cs.Get(consent_pb2.GetConsentRequest(consent_id=consent_id), metadata=meta, timeout=15)
         assert response.consent.id == consent_id and response.fhir_consent_json
@@ -238,6 +245,7 @@ def run_case(world: World, method: str, persona: str, target: str) -> Outcome:
     calls: dict[str, Callable[[], Outcome]] = {
         "ConsentService/Grant": grant,
         "ConsentService/Revoke": revoke,
+        "ConsentService/Confirm": confirm,
         "ConsentService/Get": get_consent,
         "ConsentService/ListForPatient": list_for_patient,
         "ConsentService/GetHistory": history,
