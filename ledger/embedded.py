@@ -156,6 +156,9 @@ class EmbeddedLedger:
         key_name: str | None = None,
         msp_dir: str | os.PathLike[str] | None = None,
         max_queue: int = 65536,
+        retired_vkeys: Sequence[str] = (),
+        published_path: str | os.PathLike[str] | None = None,
+        strict_key_mode: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -170,8 +173,12 @@ class EmbeddedLedger:
         self.path = Path(path)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self._signer = CheckpointSigner(signing_key_path, origin, key_name)
-        self._log = TransactionLog(self.path, self._signer, channel=channel, chaincode=chaincode_name)
+        self._signer = CheckpointSigner(signing_key_path, origin, key_name, strict_mode=strict_key_mode)
+        # Integrity (issue 11): the start-up check against the published-checkpoint file runs in TransactionLog.
+        self._log = TransactionLog(
+            self.path, self._signer, channel=channel, chaincode=chaincode_name,
+            retired_vkeys=retired_vkeys, published_path=published_path,
+        )
         try:
             self._msp = EmbeddedMSP(msp_dir if msp_dir is not None else self.path.parent / "msp")
             self._runtime = ChaincodeRuntime(chaincode, channel=channel, chaincode_name=chaincode_name)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ciphercare.services.cli_scoring",
     "ciphercare.services.cli_privacy",
     "ciphercare.services.web.cli",
+    "ciphercare.services.cli_integrity",  # witness serve / vkey (issue 11)
 )
 
 
@@ -121,34 +122,6 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
-# ledger verify --------------------------------------------------------------------
-
-
-def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from ciphercare.ledger.checkpoint import CheckpointSigner
-    from ciphercare.ledger.verify import verify_ledger
-
-    settings = _settings(args)
-    path = Path(args.path) if args.path else settings.resolved_ledger_path
-    if not path.exists():
-        raise CliError(f"no ledger at {path}")
-    if args.vkey:
-        vkey = args.vkey
-    else:
-        key_path = settings.resolved_ledger_key_path
-        if not key_path.exists():
-            raise CliError(f"no signing key at {key_path}; pass --vkey with the log's verifier key")
-        vkey = CheckpointSigner.load(key_path, settings.ledger_origin).vkey
-    report = verify_ledger(path, vkey)
-    if report.ok:
-        print(f"ledger OK: {report.entries_checked} entries and {report.checkpoints_checked} signed checkpoints "
-              f"verified ({path})")
-        return 0
-    error = report.first_error
-    print(f"ledger BAD: first bad entry seq={error.seq} tx={error.tx_id}: {error.message}", file=sys.stderr)
-    return 1
-
-
 # bench ------------------------------------------------------------------------------
 
 
@@ -202,10 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
-    verify = ledger_sub.add_parser("verify", help="recompute every hash and signature offline")
-    verify.add_argument("--path", help="ledger file (default from settings)")
-    verify.add_argument("--vkey", help="verifier key of the log (default: derived from the local signing key)")
-    verify.set_defaults(func=cmd_ledger_verify)
+    # ledger verify / ledger check: the ledger-integrity room (services/cli_integrity.py, issue 11)
+    importlib.import_module("ciphercare.services.cli_integrity").register_ledger(ledger_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
     bench.add_argument("which", choices=["ledger"])

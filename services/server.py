@@ -76,6 +76,10 @@ def open_ledger(settings: Settings) -> Ledger:
         chaincode=new_chaincode(),
         max_batch=settings.ledger_group_commit_max_batch,
         max_wait_ms=settings.ledger_group_commit_max_wait_ms,
+        # ledger integrity (issue 11): rotation, the published-checkpoint file, key file mode enforced
+        retired_vkeys=[k.strip() for k in settings.ledger_retired_vkeys.split(",") if k.strip()],
+        published_path=settings.resolved_ledger_published_path,
+        strict_key_mode=True,
     )
 
 

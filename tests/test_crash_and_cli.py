@@ -14,6 +14,7 @@ import grpc
 import pytest
 from conftest_helpers import CLI, free_port, start_cli_server
 
+from ciphercare.ledger.checkpoint import CheckpointSigner
 from ciphercare.services.auth.devissuer import DevIssuer
 from ciphercare.services.client import CiphercareClient
 from ciphercare.services.settings import load_settings
@@ -111,9 +112,10 @@ def test_ledger_verify_names_the_first_tampered_entry(tmp_path: Path) -> None:
         tampered = leaf.replace(b"pt-tamper-3", b"pt-tamper-X")
         assert tampered != leaf
         db.execute("UPDATE entries SET leaf = ? WHERE seq = 3", (tampered,))
-    bad = run_cli("ledger", "verify", data_dir=tmp_path)
-    assert bad.returncode == 1
-    assert "seq=3" in bad.stderr and tx_id in bad.stderr
+    vkey = CheckpointSigner.load(tmp_path / "ledger-ed25519.pem", settings.ledger_origin).vkey
+    bad = run_cli("ledger", "verify", "--vkey", vkey, data_dir=tmp_path)
+    assert bad.returncode == 3  # tampered (docs/TRANSPARENCY.md, exit codes)
+    assert "seq 3" in bad.stderr and tx_id in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
