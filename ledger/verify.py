@@ -185,7 +185,8 @@ def verify_ledger(
         _check_structure(conn)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         keyring = _keyring_for(public_key, key_name, meta)
-        want_origin = origin if origin is not None else meta.get("origin")
+        # An empty meta table (e.g. a WAL lost to damage) must not stop the check against the published file.
+        want_origin = origin if origin is not None else meta.get("origin", keyring.current.key_name)
         if want_origin is None:
             raise _Failed(VerifyError(None, None, "no origin given and the ledger records none", kind=KIND_DAMAGED))
         signed_sizes = _verify(conn, keyring, want_origin, meta, tree, counters)
@@ -251,12 +252,16 @@ def _check_published(
     except (OSError, CheckpointLogError) as exc:
         raise _Failed(VerifyError(None, None, f"published-checkpoint file: {exc}", kind=KIND_DAMAGED)) from exc
     sizes: set[int] = set()
+    verified = []
     for rec in records:
         try:
-            cp = keyring.verify(rec.note, origin=origin)
+            verified.append((keyring.verify(rec.note, origin=origin), rec))
         except CheckpointError as exc:
             raise _Failed(VerifyError(None, None, f"{pub} line {rec.line_no}: {exc}", rec.size,
                                       kind=KIND_TAMPERED)) from exc
+    # The largest published size first, so a rollback names the whole missing range.
+    verified.sort(key=lambda pair: -pair[0].size)
+    for cp, rec in verified:
         if cp.size > tree.size:
             raise _Failed(VerifyError(
                 tree.size, None,
