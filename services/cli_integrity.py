@@ -154,5 +154,74 @@ def register_ledger(ledger_sub: argparse._SubParsersAction) -> None:  # type: ig
     verify.set_defaults(func=cmd_ledger_verify)
 
 
+@_one_line_errors
+def cmd_witness_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from ciphercare.ledger.checkpoint import CheckpointKeyring
+    from ciphercare.ledger.witness.server import Witness, WitnessHTTPServer
+
+    logs: dict[str, list[str]] = {}
+    for vkey in args.log or []:
+        origin = vkey.split("+", 1)[0]
+        logs.setdefault(origin, []).append(vkey)
+    if args.policy:
+        policy = _load_policy(args.policy)
+        for vkey in policy.log_keys.vkeys:
+            logs.setdefault(vkey.split("+", 1)[0], []).append(vkey)
+    if not logs:
+        raise IntegrityCliError("name at least one log to witness: --log <log vkey> (or --policy)")
+    try:
+        rings = {origin: CheckpointKeyring.from_vkeys(keys) for origin, keys in logs.items()}
+        witness = Witness(Path(args.dir), args.name, rings)
+        server = WitnessHTTPServer((args.host, args.port), witness, args.prefix)
+    except (ValueError, OSError) as exc:
+        raise IntegrityCliError(f"witness not started: {exc}") from exc
+    host, port = server.server_address[:2]
+    print(f"witness {witness.vkey}", flush=True)
+    print(f"listening on http://{host}:{port}{args.prefix} for {', '.join(sorted(rings))}", flush=True)
+
+    def stop(*_: object) -> None:
+        import threading
+
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+@_one_line_errors
+def cmd_witness_vkey(args: argparse.Namespace) -> int:
+    from ciphercare.ledger.witness.cosignature import WitnessSigner
+
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    try:
+        print(WitnessSigner(Path(args.dir) / "witness-ed25519.pem", args.name).vkey)
+    except (ValueError, OSError) as exc:
+        raise IntegrityCliError(str(exc)) from exc
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Top-level commands of this room (``witness``)."""
+    witness = sub.add_parser("witness", help="run a C2SP tlog-witness for another organisation's ledger")
+    wsub = witness.add_subparsers(dest="witness_command", required=True)
+    serve = wsub.add_parser("serve", help="serve POST <prefix>/add-checkpoint (tlog-witness), cosign with Ed25519")
+    serve.add_argument("--dir", required=True, help="state directory (key witness-ed25519.pem, state.json)")
+    serve.add_argument("--name", required=True, help="witness name, e.g. witness.hospital-b.example")
+    serve.add_argument("--log", action="append", help="verifier key of a log to witness (repeat; oldest first)")
+    serve.add_argument("--policy", help="take the log keys from this policy file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7380, help="0 = any free port (printed)")
+    serve.add_argument("--prefix", default="", help="URL prefix of the endpoints")
+    serve.set_defaults(func=cmd_witness_serve)
+    vkey = wsub.add_parser("vkey", help="print the witness's verifier key (creates the key if missing)")
+    vkey.add_argument("--dir", required=True)
+    vkey.add_argument("--name", required=True)
+    vkey.set_defaults(func=cmd_witness_vkey)

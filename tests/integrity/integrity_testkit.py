@@ -33,7 +33,8 @@ def build(data: Path, n: int = 300, batch: int = 8) -> str:
     led = open_ledger(data, max_batch=batch)
     try:
         for start in range(0, n, batch * 4):
-            futs = [led.submit_future(ALICE, "kv", "Put", [f"k{i}", f"v{i}"]) for i in range(start, min(n, start + batch * 4))]
+            end = min(n, start + batch * 4)
+            futs = [led.submit_future(ALICE, "kv", "Put", [f"k{i}", f"v{i}"]) for i in range(start, end)]
             for f in futs:
                 f.result(30)
         return led.public_key_vkey()
@@ -111,3 +112,45 @@ def build_killed(data: Path, n: int = 300) -> None:
         proc.kill()
         proc.wait(30)
     time.sleep(0.05)
+
+
+class WitnessProcess:
+    """``ciphercare witness serve`` as its own process on loopback."""
+
+    def __init__(self, state_dir: Path, name: str, log_vkeys: list[str]) -> None:
+        args = [sys.executable, "-m", "ciphercare.services.cli", "witness", "serve", "--dir", str(state_dir),
+                "--name", name, "--port", "0"]
+        for vkey in log_vkeys:
+            args += ["--log", vkey]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        second = self.proc.stdout.readline()
+        if not first.startswith("witness "):
+            self.stop()
+            raise RuntimeError(f"witness did not start: {first!r} {second!r} {self.proc.stderr.read()!r}")
+        self.vkey = first.split(" ", 1)[1].strip()
+        self.url = second.split(" ")[2]
+        self.name = name
+        self.state_dir = state_dir
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def policy_text(log_vkeys: list[str], witnesses: list[WitnessProcess], quorum: int) -> str:
+    lines = [f"log {v}" for v in log_vkeys] + [f"witness {w.vkey} {w.url}" for w in witnesses]
+    return "\n".join([*lines, f"quorum {quorum}"]) + "\n"
+
+
+def leaf_hashes(db_path: Path) -> list[bytes]:
+    with sqlite3.connect(db_path) as db:
+        rows = [bytes(h) for (h,) in db.execute("SELECT leaf_hash FROM entries ORDER BY seq")]
+    db.close()
+    return rows

@@ -12,9 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ledger"))
 
-from ledger_testkit import ALICE  # noqa: E402
-
 from integrity_testkit import open_ledger  # noqa: E402
+from ledger_testkit import ALICE  # noqa: E402
 
 
 def main() -> None:
