@@ -12,12 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest_helpers import CLI, free_port, start_cli_server
+from testkit.process import CLI, free_port, start_cli_server
 
-from ciphercare.ledger.checkpoint import CheckpointSigner
-from ciphercare.services.auth.devissuer import DevIssuer
-from ciphercare.services.client import CiphercareClient
-from ciphercare.services.settings import load_settings
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+from ciphercare.sdk.client import CiphercareClient
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.platform.settings import load_settings
 from ciphercare.v1 import access_log_pb2
 
 

@@ -22,7 +22,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 
 
 def test_every_rpc_has_an_access_rule() -> None:
-    from ciphercare.services.auth.rules import RULES
+    from ciphercare.services.identity.rules import RULES
     from ciphercare.v1 import access_log_pb2, consent_pb2
 
     for module in (consent_pb2, access_log_pb2):

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ciphercare.ledger.api import Checkpoint, LedgerError
-from ciphercare.ledger.checkpoint_log import CheckpointFile, LogRefusedError, default_path
-
-from .cosignature import CosignatureError, split_note
+from ciphercare.ledger.embedded.checkpoint_log import CheckpointFile, LogRefusedError, default_path
+from ciphercare.ledger.witness.cosignature import CosignatureError, split_note
 
 if TYPE_CHECKING:
-    from ciphercare.ledger.log import TransactionLog
-from .policy import Policy, PolicyError, Witness, merge_cosignatures
-from .server import SIZE_CONTENT_TYPE, request_body
+    from ciphercare.ledger.embedded.log import TransactionLog
+from ciphercare.ledger.witness.policy import Policy, PolicyError, Witness, merge_cosignatures
+from ciphercare.ledger.witness.server import SIZE_CONTENT_TYPE, request_body
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ciphercare.ledger.checkpoint import SIG_DASH, _check_key_name, _write_new_key, check_key_file_mode
+from ciphercare.ledger.transparency.checkpoint import SIG_DASH, _check_key_name, _write_new_key, check_key_file_mode
 
 ALG_COSIGNATURE_V1 = 0x04
 COSIGNATURE_HEADER = b"cosignature/v1\n"

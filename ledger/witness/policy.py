@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ciphercare.ledger.api import Checkpoint
-from ciphercare.ledger.checkpoint import CheckpointError, CheckpointKeyring
-
-from .cosignature import Cosignature, CosignatureError, CosignatureVerifier, split_note
+from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointKeyring
+from ciphercare.ledger.witness.cosignature import Cosignature, CosignatureError, CosignatureVerifier, split_note
 
 
 class PolicyError(ValueError):

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ciphercare.ledger.checkpoint import CheckpointError, CheckpointKeyring
-from ciphercare.ledger.merkle import HASH_SIZE, ProofError, check_consistency
-
-from .cosignature import WitnessSigner
+from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointKeyring
+from ciphercare.ledger.transparency.merkle import HASH_SIZE, ProofError, check_consistency
+from ciphercare.ledger.witness.cosignature import WitnessSigner
 
 log = logging.getLogger(__name__)
 

@@ -243,7 +243,7 @@ def check_store(
     access-log service). Orphans older than ``orphan_grace_s`` and unreadable leftovers
     are deleted when ``repair``; younger orphans may belong to a write still in flight.
     """
-    from ciphercare.services.access_log_service import AccessProjector, index_from_event
+    from ciphercare.services.audit.servicer import AccessProjector, index_from_event
 
     report = StoreReport(mode="full" if full else "startup", ledger_size=ledger.size())
     projector = PrivacyProjector(ledger, store)

@@ -4,7 +4,7 @@ SQLite by default (WAL, secure_delete), PostgreSQL by URL (psycopg 3). The schem
 created and upgraded by Alembic only (:meth:`OffchainStore.migrate`).
 
 PHI-bearing documents are sealed with the patient's data key (envelope encryption,
-:mod:`ciphercare.services.crypto`); the store needs the key-encryption key to write
+:mod:`ciphercare.services.store.envelope`); the store needs the key-encryption key to write
 or read them and refuses without one (fail closed). SQL parameters are never put in
 exception messages (``hide_parameters``), so a failing statement cannot carry a
 document or a pseudonym into a log line.
@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ciphercare.services.crypto import (
+from ciphercare.services.store.envelope import (
     CryptoError,
     KeyEncryptionKey,
     new_data_key,

@@ -28,8 +28,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ciphercare.services.auth.tokens import TokenVerifier
-from ciphercare.services.settings import Settings
+from ciphercare.services.identity.tokens import TokenVerifier
+from ciphercare.services.platform.settings import Settings
 from ciphercare.services.web.backend import ServiceRefusal, Services
 from ciphercare.services.web.oidc import LoginRequest, OidcClient, OidcError
 from ciphercare.services.web.sessions import PendingLogin, Session, SessionStore, WebUser

@@ -1,6 +1,6 @@
 """The web layer's only way to data: the Python SDK over gRPC, with the signed-in user's token.
 
-Each request builds a :class:`~ciphercare.services.client.CiphercareClient` on one
+Each request builds a :class:`~ciphercare.sdk.client.CiphercareClient` on one
 shared channel with that user's bearer token, so the services authenticate the
 user and apply their own role, organisation and patient scoping. SDK calls are
 blocking; they run in worker threads so the event loop stays free.
@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import grpc
 
-from ciphercare.services.client import CiphercareClient, ProofError
+from ciphercare.sdk.client import CiphercareClient, ProofError
 
 T = TypeVar("T")
 

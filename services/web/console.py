@@ -23,12 +23,13 @@ from starlette.routing import Route
 
 from ciphercare.consent import codes
 from ciphercare.consent.model import EVENT_ID_RE, ORG_RE, PID_RE, SUBJECT_RE
-from ciphercare.ledger.checkpoint import CheckpointError
-from ciphercare.services.client import CiphercareClient, ProofError
-from ciphercare.services.web import chart, exports, present
+from ciphercare.ledger.transparency.checkpoint import CheckpointError
+from ciphercare.sdk.client import CiphercareClient, ProofError
+from ciphercare.sdk.receipts import access_event_receipt, verify_receipt
+from ciphercare.services.audit import exports
+from ciphercare.services.web import chart, present
 from ciphercare.services.web.app import WebApp
 from ciphercare.services.web.portal import pinned_vkey
-from ciphercare.services.web.receipts import access_event_receipt, verify_receipt
 from ciphercare.services.web.sessions import Session, VerifiedCheckpoint
 from ciphercare.v1 import access_log_pb2
 

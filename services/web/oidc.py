@@ -2,7 +2,7 @@
 
 The provider is found by discovery (``<issuer>/.well-known/openid-configuration``,
 whose ``issuer`` must equal the configured one). Tokens are verified with the
-services' own :class:`~ciphercare.services.auth.tokens.TokenVerifier` (signature
+services' own :class:`~ciphercare.services.identity.tokens.TokenVerifier` (signature
 from the JWKS, issuer, audience, expiry); the ID token with a subclass that
 expects ``typ: ID`` and the client as audience, then ``nonce``, ``azp`` and
 ``at_hash`` are checked here. Token endpoint errors are reported without echoing
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ciphercare.ledger.api import Principal
-from ciphercare.services.auth.tokens import AuthError, TokenVerifier
+from ciphercare.services.identity.tokens import AuthError, TokenVerifier
 
 MAX_RESPONSE_BYTES = 256 * 1024
 

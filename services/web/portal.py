@@ -23,11 +23,11 @@ from starlette.routing import Route
 
 from ciphercare.consent import codes
 from ciphercare.consent.model import CONSENT_ID_RE, EVENT_ID_RE, ORG_RE, PID_RE
-from ciphercare.services.client import CiphercareClient
+from ciphercare.sdk.client import CiphercareClient
+from ciphercare.sdk.receipts import access_event_receipt, consent_change_receipt, verify_receipt
 from ciphercare.services.web import present
 from ciphercare.services.web.app import WebApp
 from ciphercare.services.web.backend import ServiceRefusal
-from ciphercare.services.web.receipts import access_event_receipt, consent_change_receipt, verify_receipt
 from ciphercare.services.web.sessions import Session
 from ciphercare.v1 import access_log_pb2, common_pb2, consent_pb2
 

@@ -14,7 +14,7 @@ import time
 
 import uvicorn
 
-from ciphercare.services.settings import Settings
+from ciphercare.services.platform.settings import Settings
 from ciphercare.services.web.app import create_app
 
 log = logging.getLogger("ciphercare.web")

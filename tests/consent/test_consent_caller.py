@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from consent_testkit import make_cert
+from testkit.consent import make_cert
 
 from ciphercare.consent import caller as caller_mod
 from ciphercare.consent.cache import LRU
@@ -49,7 +49,7 @@ def test_msp_id_for_org() -> None:
 
 
 def test_msp_id_matches_ledger_copy() -> None:
-    from ciphercare.ledger import msp as ledger_msp
+    from ciphercare.ledger.embedded import msp as ledger_msp
     for org in ("hospital-a", "st_marys-clinic", "x1", "ciphercare"):
         assert ledger_msp.msp_id_for_org(org) == msp_id_for_org(org)
         assert ledger_msp.ATTR_OID == caller_mod.ATTRIBUTE_EXTENSION_OID.dotted_string
@@ -76,8 +76,8 @@ def test_no_pid_and_no_roles() -> None:
 
 
 def test_real_msp_certificate() -> None:
-    from ciphercare.ledger import msp as ledger_msp
     from ciphercare.ledger.api import Principal
+    from ciphercare.ledger.embedded import msp as ledger_msp
 
     ident = ledger_msp.EmbeddedMSP().identity(
         Principal(subject="u-1", org="hospital-b", roles=frozenset({"hospital"}), client_id="ehr", pid=None)

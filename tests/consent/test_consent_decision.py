@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
-from consent_testkit import record
+from testkit.consent import record
 
 from ciphercare.consent.decision import AccessRequest, decide, evaluate_consent
 from ciphercare.consent.errors import ValidationError

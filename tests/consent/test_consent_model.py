@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from consent_testkit import doc_hash, grant_dict, record
+from testkit.consent import doc_hash, grant_dict, record
 
 from ciphercare.consent import canonical
 from ciphercare.consent.errors import ValidationError

@@ -4,13 +4,13 @@ Backends (the same tests run on each):
 
 * ``in-test-runtime`` -- a minimal in-test world state (``InTestWorldState``,
   a dict with history, defined below) driven through the ledger engineer's
-  ``ciphercare.ledger.runtime.WorldStateStub`` and the library's own
+  ``ciphercare.ledger.embedded.runtime.WorldStateStub`` and the library's own
   ``ContractChaincode`` dispatcher. It also exposes the write set a REFUSED
   transaction attempted, so we can check the contracts validate before writing.
-* ``embedded`` -- ``ciphercare.ledger.embedded.EmbeddedLedger`` (tmp_path),
+* ``embedded`` -- ``ciphercare.ledger.embedded.ledger.EmbeddedLedger`` (tmp_path),
   used when that module is importable.
 
-Principals are real: ``ciphercare.ledger.msp.EmbeddedMSP`` issues the X.509
+Principals are real: ``ciphercare.ledger.embedded.msp.EmbeddedMSP`` issues the X.509
 creator certificates the contracts parse.
 """
 
@@ -29,9 +29,9 @@ import pytest
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, Principal
-from ciphercare.ledger.log import HistoryRecord
-from ciphercare.ledger.msp import EmbeddedMSP
-from ciphercare.ledger.runtime import WorldStateStub, endorse_error, new_tx_id, run_without_loop
+from ciphercare.ledger.embedded.log import HistoryRecord
+from ciphercare.ledger.embedded.msp import EmbeddedMSP
+from ciphercare.ledger.embedded.runtime import WorldStateStub, endorse_error, new_tx_id, run_without_loop
 
 BASE_MS = 1_750_000_000_000  # 2025-06-15T15:06:40Z
 
@@ -133,7 +133,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "in-test-runtime":
         yield InTestWorldState()
         return
-    from ciphercare.ledger import embedded
+    from ciphercare.ledger.embedded import ledger as embedded
     led = embedded.EmbeddedLedger(
         tmp_path / "ledger.db",
         tmp_path / "checkpoint.key",

@@ -18,12 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from integrity_testkit import build, build_killed, copy_ledger, logical_dump, open_ledger
+from testkit.integrity import build, build_killed, copy_ledger, logical_dump, open_ledger
 
 from ciphercare.ledger.api import LedgerError
-from ciphercare.ledger.checkpoint import CheckpointSigner
-from ciphercare.ledger.checkpoint_log import iter_reverse
-from ciphercare.ledger.verify import verify_ledger
+from ciphercare.ledger.embedded.checkpoint_log import iter_reverse
+from ciphercare.ledger.embedded.verify import verify_ledger
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 
 FLIPS = 100
 SEED = 20261203
@@ -73,7 +73,7 @@ def _flip_run(src: Path, target: str, vkey: str, work: Path, label: str) -> Coun
 
 
 def _vkey(data: Path) -> str:
-    from ledger_testkit import ORIGIN
+    from testkit.ledger import ORIGIN
 
     return CheckpointSigner.load(data / "checkpoint.key", ORIGIN).vkey
 

@@ -7,12 +7,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from integrity_testkit import build, copy_ledger, open_ledger, rewrite_entry, truncate_log
-from ledger_testkit import ALICE, ORIGIN
+from testkit.integrity import build, copy_ledger, open_ledger, rewrite_entry, truncate_log
+from testkit.ledger import ALICE, ORIGIN
 
-from ciphercare.ledger.checkpoint import CheckpointSigner
-from ciphercare.ledger.checkpoint_log import LogRefusedError
-from ciphercare.ledger.verify import EXIT_CODES, KIND_ROLLED_BACK, KIND_UNSIGNED, verify_ledger
+from ciphercare.ledger.embedded.checkpoint_log import LogRefusedError
+from ciphercare.ledger.embedded.verify import EXIT_CODES, KIND_ROLLED_BACK, KIND_UNSIGNED, verify_ledger
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from integrity_testkit import (
+from testkit.integrity import (
     WitnessProcess,
     copy_ledger,
     leaf_hashes,
@@ -17,12 +17,12 @@ from integrity_testkit import (
     policy_text,
     rewrite_entry,
 )
-from ledger_testkit import ALICE, ORIGIN
+from testkit.ledger import ALICE, ORIGIN
 
-from ciphercare.ledger.checkpoint import CheckpointSigner
-from ciphercare.ledger.checkpoint_log import LogRefusedError, read_records
-from ciphercare.ledger.merkle import MerkleTree
-from ciphercare.ledger.verify import KIND_WITNESS, verify_ledger
+from ciphercare.ledger.embedded.checkpoint_log import LogRefusedError, read_records
+from ciphercare.ledger.embedded.verify import KIND_WITNESS, verify_ledger
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+from ciphercare.ledger.transparency.merkle import MerkleTree
 from ciphercare.ledger.witness.client import post_add_checkpoint
 from ciphercare.ledger.witness.cosignature import CosignatureVerifier, split_note
 from ciphercare.ledger.witness.policy import Policy

@@ -9,47 +9,21 @@ only when the distribution is absent.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
-
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # pytest runs with --import-mode=importlib
-    sys.path.append(_HERE)
-
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py as a module: ``import conftest`` may find another directory's conftest."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location("ciphercare_tests_conftest", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ServerThread = _root_conftest().ServerThread
-make_settings = _root_conftest().make_settings
-
-from keycloak_testkit import (  # noqa: E402
+from testkit.keycloak import (
     AUDIENCE,
     EXPIRY_PROBE,
     NO_AUDIENCE,
@@ -60,11 +34,12 @@ from keycloak_testkit import (  # noqa: E402
     KeycloakUnavailable,
     test_realms,
 )
-from matrix_runner import HOSPITAL_B, DevTokens, World  # noqa: E402
+from testkit.matrix import HOSPITAL_B, DevTokens, World
+from testkit.server import ServerThread, make_settings
 
-from ciphercare.services.auth.devissuer import DevIssuer  # noqa: E402
-from ciphercare.services.auth.matrix import NO_ROLE  # noqa: E402
-from ciphercare.services.auth.rules import ADMIN, CLINICIAN, COMPLIANCE_OFFICER, HOSPITAL, PATIENT  # noqa: E402
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.identity.matrix import NO_ROLE
+from ciphercare.services.identity.rules import ADMIN, CLINICIAN, COMPLIANCE_OFFICER, HOSPITAL, PATIENT
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from keycloak_testkit import (
+from testkit.keycloak import (
     EXPIRY_PROBE,
     NO_AUDIENCE,
     OTHER_API,

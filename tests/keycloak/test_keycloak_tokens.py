@@ -14,12 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from keycloak_testkit import AUDIENCE, REALM, REALM_FILE, KeycloakServer, KeycloakTokens, claims_of, header_of
+from testkit.keycloak import AUDIENCE, REALM, REALM_FILE, KeycloakServer, KeycloakTokens, claims_of, header_of
 
-from ciphercare.services.auth.bench import bench_verifier
-from ciphercare.services.auth.devissuer import DevIssuer, DevIssuerServer
-from ciphercare.services.auth.jwks import JwksCache
-from ciphercare.services.auth.tokens import AuthError, TokenVerifier
+from ciphercare.services.bench.auth import bench_verifier
+from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
+from ciphercare.services.identity.jwks import JwksCache
+from ciphercare.services.identity.tokens import AuthError, TokenVerifier
 
 PLACEHOLDER = re.compile(r"^\$\{[A-Z][A-Z0-9_]*\}$")
 #: Claims whose presence depends on the user's profile (names, e-mail) or the client's web origins.

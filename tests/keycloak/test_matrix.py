@@ -8,9 +8,9 @@ role table (services/auth/rules.py) is checked here too, without any server.
 from __future__ import annotations
 
 import pytest
-from matrix_runner import World, run_case
+from testkit.matrix import World, run_case
 
-from ciphercare.services.auth.matrix import (
+from ciphercare.services.identity.matrix import (
     EXPECTED,
     METHODS,
     PERSONAS,
@@ -19,7 +19,7 @@ from ciphercare.services.auth.matrix import (
     inconsistencies_with_rules,
     markdown_table,
 )
-from ciphercare.services.auth.rules import RULES
+from ciphercare.services.identity.rules import RULES
 
 CASES = [(m, p, t) for m in METHODS for p in PERSONAS for t in TARGETS]
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from testkit.ledger import ORIGIN, kv_chaincode
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from ledger_testkit import ORIGIN, kv_chaincode  # noqa: E402
-
-from ciphercare.ledger.embedded import EmbeddedLedger  # noqa: E402
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, ContractChaincode, TransactionContext
 
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.embedded import EmbeddedLedger
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 
 ORIGIN = "ciphercare.test/crash"
 

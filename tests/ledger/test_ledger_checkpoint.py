@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ciphercare.ledger.checkpoint import (
+from ciphercare.ledger.transparency.checkpoint import (
     CheckpointError,
     CheckpointSigner,
     CheckpointVerifier,

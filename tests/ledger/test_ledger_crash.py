@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ciphercare.ledger.checkpoint import CheckpointSigner
-from ciphercare.ledger.embedded import EmbeddedLedger
-from ciphercare.ledger.verify import verify_ledger
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+from ciphercare.ledger.embedded.verify import verify_ledger
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 
 HERE = Path(__file__).resolve().parent
 CRASH_ORIGIN = "ciphercare.test/crash"

@@ -12,15 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ledger_testkit import ALICE, BOB, ORIGIN
+from testkit.ledger import ALICE, BOB, ORIGIN
 
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import CommittedEvent, EndorseError, Ledger, LedgerError
-from ciphercare.ledger.checkpoint import CheckpointSigner, CheckpointVerifier
-from ciphercare.ledger.embedded import EmbeddedLedger
-from ciphercare.ledger.log import PendingTx, TransactionLog, decode_leaf
-from ciphercare.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
-from ciphercare.ledger.msp import msp_id_for_org
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+from ciphercare.ledger.embedded.log import PendingTx, TransactionLog, decode_leaf
+from ciphercare.ledger.embedded.msp import msp_id_for_org
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner, CheckpointVerifier
+from ciphercare.ledger.transparency.merkle import leaf_hash, verify_consistency, verify_inclusion
 
 MakeLedger = Callable[..., EmbeddedLedger]
 

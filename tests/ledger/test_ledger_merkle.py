@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import pytest
 
-from ciphercare.ledger.merkle import (
+from ciphercare.ledger.transparency.merkle import (
     MerkleTree,
     ProofError,
     check_consistency,

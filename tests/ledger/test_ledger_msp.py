@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fabric_protos.msp import identities_pb2
 
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.msp import ATTR_OID, EmbeddedMSP, msp_id_for_org
+from ciphercare.ledger.embedded.msp import ATTR_OID, EmbeddedMSP, msp_id_for_org
 
 
 def test_msp_id_for_org() -> None:

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ledger_testkit import ALICE, ORIGIN
+from testkit.ledger import ALICE, ORIGIN
 
-from ciphercare.ledger.checkpoint import CheckpointSigner, parse_vkey
-from ciphercare.ledger.embedded import EmbeddedLedger
-from ciphercare.ledger.verify import verify_ledger
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+from ciphercare.ledger.embedded.verify import verify_ledger
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner, parse_vkey
 
 MakeLedger = Callable[..., EmbeddedLedger]
 

@@ -12,24 +12,22 @@ import json
 import os
 import secrets
 import struct
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from privacy_testkit import Canaries, Errors, Scanner, access_detail, consent_document, json_logs, log_lines
+from testkit.privacy import Canaries, Errors, Scanner, access_detail, consent_document, json_logs, log_lines
+from testkit.scoring import default_training, key_owner
 
-from ciphercare.services.auth.devissuer import DevIssuer
-from ciphercare.services.client import CiphercareClient
-from ciphercare.services.privacy import open_offchain_store
-from ciphercare.services.sdk_scoring import ScoringClient, ScoringError
+from ciphercare.sdk.client import CiphercareClient
+from ciphercare.sdk.scoring import ScoringClient, ScoringError
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.privacy.operations import open_offchain_store
 from ciphercare.services.store.models import Document
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "scoring"))
-from scoring_testkit import default_training, key_owner  # noqa: E402  (the scoring room's test kit)
 
 
 def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: str, server_kit) -> None:
@@ -179,14 +177,14 @@ def test_the_scanner_finds_a_planted_canary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pid", ["pt-00001", "P-001", "pat-0002", "pt-demo-1a2b3c4d", "pt-crash-1-2"])
 def test_pseudonyms_in_use_pass_the_guard(pid: str) -> None:
-    from ciphercare.services.privacy import identifying_pid_reason
+    from ciphercare.services.privacy.operations import identifying_pid_reason
 
     assert identifying_pid_reason(pid) is None
 
 
 @pytest.mark.parametrize("pid", ["John.Smith", "jane_doe", "MRN-0012345", "0012345678", "Smith-1984", "mrn00123"])
 def test_name_and_mrn_shaped_pids_are_refused(pid: str) -> None:
-    from ciphercare.services.privacy import identifying_pid_reason, pid_refusal
+    from ciphercare.services.privacy.operations import identifying_pid_reason, pid_refusal
 
     assert identifying_pid_reason(pid) is not None
     assert pid not in (pid_refusal(pid) or "")

@@ -21,16 +21,16 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest_helpers import CLI, free_port, start_cli_server
-from privacy_testkit import Canaries, access_detail, consent_document
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+from testkit.privacy import Canaries, access_detail, consent_document
+from testkit.process import CLI, free_port, start_cli_server
 
-from ciphercare.services.auth.devissuer import DevIssuer
-from ciphercare.services.client import CiphercareClient
-from ciphercare.services.privacy import open_offchain_store
-from ciphercare.services.server import open_ledger
-from ciphercare.services.settings import load_settings
+from ciphercare.sdk.client import CiphercareClient
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.platform.settings import load_settings
+from ciphercare.services.platform.wiring import open_ledger
+from ciphercare.services.privacy.operations import open_offchain_store
 from ciphercare.services.store.consistency import check_store
 from ciphercare.v1 import access_log_pb2, consent_pb2
 

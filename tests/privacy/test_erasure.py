@@ -21,7 +21,10 @@ from typing import Any
 
 import grpc
 import pytest
-from privacy_testkit import (
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+from testkit.privacy import (
     Canaries,
     Scanner,
     access_detail,
@@ -30,17 +33,14 @@ from privacy_testkit import (
     json_logs,
     log_lines,
 )
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
-from ciphercare.services.auth.devissuer import DevIssuer
-from ciphercare.services.crypto import CryptoError, KeyEncryptionKey, open_document
-from ciphercare.services.privacy import ErasureError, erase_patient, open_offchain_store
-from ciphercare.services.server import open_ledger
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.platform.wiring import open_ledger
+from ciphercare.services.privacy.operations import ErasureError, erase_patient, open_offchain_store
+from ciphercare.services.store.envelope import CryptoError, KeyEncryptionKey, open_document
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
-CLI = [sys.executable, "-m", "ciphercare.services.cli"]
+CLI = [sys.executable, "-m", "ciphercare.services.cli.main"]
 
 
 def run_cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:

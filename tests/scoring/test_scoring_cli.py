@@ -6,10 +6,10 @@ import csv
 from pathlib import Path
 
 import pytest
-from scoring_testkit import default_training, grant
+from testkit.scoring import default_training, grant
 
-from ciphercare.analytics.model import ModelPackage
-from ciphercare.services.cli import main
+from ciphercare.analytics.model.package import ModelPackage
+from ciphercare.services.cli.main import main
 
 
 def test_model_train_reports_held_out_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from scoring_testkit import default_training, key_owner
+from testkit.scoring import default_training, key_owner
 
-from ciphercare.analytics.forms import PlainBackend, evaluate, model_form
-from ciphercare.analytics.he import CKKS_PARAMETERS, Evaluator, HEError, check_security
-from ciphercare.analytics.model import ModelError, ModelPackage, TreeNode
-from ciphercare.analytics.scoring import ScoringMode, score_batch
-from ciphercare.analytics.training import roc_auc, sigmoid
+from ciphercare.analytics.engine import ScoringMode, score_batch
+from ciphercare.analytics.he.ckks import CKKS_PARAMETERS, Evaluator, HEError, check_security
+from ciphercare.analytics.model.forms import PlainBackend, evaluate, model_form
+from ciphercare.analytics.model.package import ModelError, ModelPackage, TreeNode
+from ciphercare.analytics.model.training import roc_auc, sigmoid
 
 
 def test_encrypted_scores_match_xgboost_on_the_held_out_split() -> None:
@@ -101,7 +101,7 @@ def test_result_modulus_holds_the_model() -> None:
 
 def test_split_evaluation_equals_the_whole_model() -> None:
     """A batch split over two workers (partials summed, then flooded once) gives the same scores."""
-    from ciphercare.analytics.forms import split_form
+    from ciphercare.analytics.model.forms import split_form
 
     result = default_training()
     package, x = result.package, result.test.x[:40]

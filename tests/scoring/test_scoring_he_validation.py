@@ -9,9 +9,9 @@ import pytest
 import tenseal as ts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scoring_testkit import key_owner
+from testkit.scoring import key_owner
 
-from ciphercare.analytics.he import (
+from ciphercare.analytics.he.ckks import (
     ENVELOPE_MAGIC,
     Evaluator,
     HEError,

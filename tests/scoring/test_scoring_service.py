@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from scoring_testkit import default_training, grant, key_owner
+from testkit.scoring import default_training, grant, key_owner
 
-from ciphercare.analytics.training import sigmoid
-from ciphercare.services.sdk_scoring import ScoringClient, ScoringError
+from ciphercare.analytics.model.training import sigmoid
+from ciphercare.sdk.scoring import ScoringClient, ScoringError
 from ciphercare.v1 import scoring_pb2
 
 
@@ -44,7 +44,7 @@ def test_model_info_is_public_and_deployed_on_the_ledger(env, hospital: ScoringC
     text = str(info.raw)
     leaves = {f"{v:.6g}" for t in package.trees for v in t.leaves()}
     assert not [leaf for leaf in leaves if len(leaf) > 6 and leaf in text]
-    from ciphercare.services.scoring_service import SCORING_PRINCIPAL
+    from ciphercare.services.scoring.servicer import SCORING_PRINCIPAL
 
     record = env.app.gateway.evaluate(SCORING_PRINCIPAL, "model", "Get", package.sha256)
     assert record["model_sha256"] == package.sha256 and record["deployed_by"]["org"] == "ciphercare"
@@ -198,8 +198,8 @@ def test_no_log_no_result(env, hospital: ScoringClient) -> None:  # type: ignore
     import asyncio
 
     from ciphercare.ledger.api import CommitError, Principal
-    from ciphercare.services.gateway import LedgerGateway
-    from ciphercare.services.scoring_service import ScoringServicer
+    from ciphercare.services.platform.gateway import LedgerGateway
+    from ciphercare.services.scoring.servicer import ScoringServicer
 
     hospital.register(key_owner().public_context)
     pids = ["pt-score-log-1", "pt-score-log-2"]
@@ -238,9 +238,9 @@ def test_consent_phase_is_one_check_many_per_chunk(env, monkeypatch: pytest.Monk
     import asyncio
 
     from ciphercare.ledger.api import Principal
-    from ciphercare.services import scoring_service
-    from ciphercare.services.gateway import LedgerGateway
-    from ciphercare.services.scoring_service import ScoringServicer
+    from ciphercare.services.platform.gateway import LedgerGateway
+    from ciphercare.services.scoring import servicer as scoring_service
+    from ciphercare.services.scoring.servicer import ScoringServicer
 
     pids = [f"pt-score-chunk-{i}" for i in range(5)]
     for pid in pids[::2]:

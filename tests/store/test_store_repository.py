@@ -14,8 +14,8 @@ from sqlalchemy import inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from ciphercare.services.crypto import CryptoError, KekMismatchError, KeyEncryptionKey
 from ciphercare.services.store import DocumentErasedError, DocumentIntegrityError, OffchainStore, StoreConfigError
+from ciphercare.services.store.envelope import CryptoError, KekMismatchError, KeyEncryptionKey
 from ciphercare.services.store.models import AccessEventRow, DataKey, Document, Erasure, ProjectionCursor
 from ciphercare.services.store.repository import (
     AccessEventIndex,

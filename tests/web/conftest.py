@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.process import free_port
+from testkit.server import Env, ServerThread, make_settings
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # --import-mode=importlib: make web_testkit importable, after tests/ (conftest wins)
-    sys.path.append(_HERE)
-
-from conftest_helpers import free_port  # noqa: E402
-from web_testkit import Env, ServerThread, make_settings  # noqa: E402  (tests/conftest.py, by path)
-
-from ciphercare.services.auth.devissuer import DevIssuer  # noqa: E402
-from ciphercare.services.web.app import create_app  # noqa: E402
-from ciphercare.services.web.server import WebServer  # noqa: E402
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.web.app import create_app
+from ciphercare.services.web.server import WebServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 #: Flags that keep Chromium quiet on a closed network (no background connections that get refused).

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ciphercare.services.auth.devlogin import s256
-from ciphercare.services.auth.tokens import AuthError, TokenVerifier
+from ciphercare.services.identity.devlogin import s256
+from ciphercare.services.identity.tokens import AuthError, TokenVerifier
 from ciphercare.services.web.oidc import IdTokenVerifier, LoginRequest, OidcClient, OidcError
 
 

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest_helpers import free_port
+from testkit.process import free_port
 
 
 def _up(data_dir: Path, web_port: int) -> tuple[subprocess.Popen[str], list[str]]:
@@ -19,7 +19,7 @@ def _up(data_dir: Path, web_port: int) -> tuple[subprocess.Popen[str], list[str]
            "CIPHERCARE_WEB_PORT": str(web_port)}
     env.pop("CIPHERCARE_CONFIG", None)
     err = (data_dir / "up.err").open("w")  # a file, so a chatty log can never block the server on a full pipe
-    proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli", "up", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=err, text=True)
     err.close()
     lines: list[str] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
-from web_testkit import access, check_receipt_independently, csrf_token, download_json, screenshot, sign_in
+from testkit.web import access, check_receipt_independently, csrf_token, download_json, screenshot, sign_in
 
 from ciphercare.v1 import access_log_pb2
 

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,12 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
-from web_testkit import ServerThread, make_settings, screenshot
+from testkit.keycloak import AUDIENCE, REALM_FILE, KeycloakServer, KeycloakUnavailable
+from testkit.process import free_port
+from testkit.web import ServerThread, make_settings, screenshot
 
-_KEYCLOAK_TESTS = str(Path(__file__).resolve().parents[1] / "keycloak")
-if _KEYCLOAK_TESTS not in sys.path:
-    sys.path.append(_KEYCLOAK_TESTS)
-
-from conftest_helpers import free_port  # noqa: E402
-from keycloak_testkit import AUDIENCE, REALM_FILE, KeycloakServer, KeycloakUnavailable  # noqa: E402
-
-from ciphercare.services.web.app import create_app  # noqa: E402
-from ciphercare.services.web.server import WebServer  # noqa: E402
+from ciphercare.services.web.app import create_app
+from ciphercare.services.web.server import WebServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PORTAL = "ciphercare-portal"

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
-from web_testkit import access, check_receipt_independently, download_json, screenshot, sign_in
+from testkit.web import access, check_receipt_independently, download_json, screenshot, sign_in
 
-from ciphercare.services import cli
-from ciphercare.services.web.receipts import verify_receipt
+import ciphercare.services.cli.main as cli
+from ciphercare.sdk.receipts import verify_receipt
 
 
 def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, page: Any, tmp_path: Path) -> None:

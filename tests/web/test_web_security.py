@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from playwright.sync_api import expect
-from web_testkit import csrf_token, screenshot, sign_in
+from testkit.web import csrf_token, screenshot, sign_in
 
 GRANT = {"organization": "hospital-a", "purposes": "TREAT", "data_classes": "Observation"}
 

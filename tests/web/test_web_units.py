@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ciphercare.services.web import chart, exports, present
+from ciphercare.services.audit import exports
+from ciphercare.services.web import chart, present
 from ciphercare.services.web.sessions import SessionStore, WebUser
 from ciphercare.v1 import access_log_pb2, common_pb2, consent_pb2
 

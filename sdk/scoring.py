@@ -1,0 +1,258 @@
+"""Hospital SDK for encrypted risk scoring: keys stay here, features and scores never leave in clear.
+
+``ScoringClient`` wraps the three ScoringService calls::
+
+    client = ScoringClient.connect("127.0.0.1:50051", token)
+    keys = KeyOwner.load_or_generate(Path("~/.ciphercare/keys/hospital-a.tenseal").expanduser())
+    results = client.score(keys, pids, rows, purpose="TREAT", data_class="Observation")
+
+``score`` fetches the model's public grid, registers the public context if the server does not know it
+(once per key pair), declares the patients, waits for the consent decisions, encrypts the comparison
+bits of the permitted patients only, streams them, and decrypts each batch's margins as it arrives.
+Every remote call has a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ciphercare.v1 import scoring_pb2, scoring_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+STATUS = {
+    scoring_pb2.PATIENT_STATUS_PERMITTED: "permitted",
+    scoring_pb2.PATIENT_STATUS_DENIED: "denied",
+    scoring_pb2.PATIENT_STATUS_SCORED: "scored",
+    scoring_pb2.PATIENT_STATUS_ERROR: "error",
+}
+_END = object()
+
+
+class ScoringError(RuntimeError):
+    """A scoring call failed as a whole (the message says why)."""
+
+
+@dataclass
+class ModelInfo:
+    """The public facts of the deployed model (never its trees)."""
+
+    sha256: str
+    name: str
+    version: str
+    features: list[scoring_pb2.FeatureGrid]
+    edge_count: int
+    slots: int
+    label_description: str
+    metrics: dict[str, float]
+    raw: scoring_pb2.GetModelInfoResponse
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def schema(self) -> Any:
+        from ciphercare.analytics.model.datasets import DatasetSchema, FeatureSpec
+
+        return DatasetSchema(tuple(FeatureSpec(f.name, f.type, f.description) for f in self.features))
+
+    def grid(self) -> Any:
+        from ciphercare.analytics.model.grid import QuantisationGrid
+
+        return QuantisationGrid(tuple(f.name for f in self.features), tuple(tuple(f.edges) for f in self.features))
+
+
+@dataclass
+class PatientScore:
+    """One patient's result: probability and margin when scored, the reason otherwise."""
+
+    pid: str
+    status: str
+    reason_code: str = ""
+    probability: float | None = None
+    margin: float | None = None
+    consent_id: str = ""
+    access_event_id: str = ""
+    tx_id: str = ""
+    sequence: int | None = None
+
+
+@dataclass
+class ScoreRun:
+    """Per-patient results in request order plus the wire and timing figures of the call."""
+
+    results: list[PatientScore]
+    upload_bytes: int = 0
+    download_bytes: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ScoringClient:
+    """A ScoringService client with explicit channel, token and deadline."""
+
+    def __init__(self, channel: grpc.Channel, token: str, *, deadline_s: float = 600.0) -> None:
+        self.channel = channel
+        self.stub = scoring_pb2_grpc.ScoringServiceStub(channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.deadline_s = deadline_s
+        self._registered: set[str] = set()
+
+    @classmethod
+    def connect(cls, target: str, token: str, *, deadline_s: float = 600.0) -> ScoringClient:
+        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        return cls(grpc.insecure_channel(target, options=options), token, deadline_s=deadline_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def model_info(self) -> ModelInfo:
+        info = self.stub.GetModelInfo(scoring_pb2.GetModelInfoRequest(), metadata=self.metadata,
+                                      timeout=self.deadline_s)
+        return ModelInfo(info.model_sha256, info.model_name, info.model_version, list(info.features),
+                         info.edge_count, info.parameters.slots, info.label_description, dict(info.metrics), info)
+
+    def register(self, public_context: bytes) -> scoring_pb2.RegisterContextResponse:
+        """Upload a public context in 1 MiB chunks (idempotent on the server)."""
+        def chunks() -> Iterator[scoring_pb2.RegisterContextRequest]:
+            for start in range(0, len(public_context), CHUNK_BYTES):
+                yield scoring_pb2.RegisterContextRequest(chunk=public_context[start:start + CHUNK_BYTES])
+
+        response = self.stub.RegisterContext(chunks(), metadata=self.metadata, timeout=self.deadline_s)
+        self._registered.add(response.context_id)
+        return response
+
+    def score(self, keys: Any, pids: Sequence[str], features: np.ndarray, *, purpose: str = "TREAT",
+              data_class: str = "Observation", info: ModelInfo | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> ScoreRun:
+        """Score ``features`` (rows in ``pids`` order, columns in the model's feature order)."""
+        import time
+
+        from ciphercare.analytics.model.training import sigmoid
+
+        started = time.perf_counter()
+        info = info or self.model_info()
+        features = np.asarray(features, dtype=np.float64)
+        if features.shape != (len(pids), len(info.features)):
+            raise ScoringError(f"features must be {len(pids)} x {len(info.features)} (patients x model features), "
+                               f"got {features.shape}")
+        if keys.context_id not in self._registered:
+            self.register(keys.public_context)
+        bits = info.grid().bits(features)
+        index = {pid: i for i, pid in enumerate(pids)}
+        results = [PatientScore(pid=pid, status="unknown") for pid in pids]
+        run = ScoreRun(results)
+        outbox: queue.Queue[Any] = queue.Queue(maxsize=256)
+
+        def requests() -> Iterator[scoring_pb2.ScoreRequest]:
+            while True:
+                item = outbox.get()
+                if item is _END:
+                    return
+                yield item
+
+        outbox.put(scoring_pb2.ScoreRequest(header=scoring_pb2.ScoreHeader(
+            context_id=keys.context_id, model_sha256=info.sha256, purpose_of_use=purpose,
+            data_class=data_class, pids=list(pids))))
+        responses = self.stub.Score(requests(), metadata=self.metadata, timeout=self.deadline_s)
+        permitted: list[str] = []
+        stop = threading.Event()
+        encryptor: threading.Thread | None = None
+        failure: list[BaseException] = []
+        done_batches = 0
+        try:
+            for response in responses:
+                kind = response.WhichOneof("payload")
+                if kind == "decisions":
+                    decisions = response.decisions
+                    for outcome in decisions.outcomes:
+                        self._apply(results[index[outcome.pid]], outcome)
+                        if outcome.status == scoring_pb2.PATIENT_STATUS_PERMITTED:
+                            permitted.append(outcome.pid)
+                    if not decisions.final:
+                        continue
+                    run.timings["decisions_s"] = time.perf_counter() - started
+                    if not permitted:
+                        outbox.put(_END)
+                        continue
+                    rows = bits[[index[p] for p in permitted]]
+                    encryptor = threading.Thread(target=self._encrypt_all, daemon=True,
+                                                 args=(keys, rows, info.slots, outbox, run, failure, progress, stop))
+                    encryptor.start()
+                elif kind == "score":
+                    score = response.score
+                    run.timings.setdefault("first_result_s", time.perf_counter() - started)
+                    run.timings["last_result_s"] = time.perf_counter() - started
+                    run.download_bytes += len(score.ciphertext)
+                    members = permitted[score.batch_index * info.slots:][:score.patient_count]
+                    margins = keys.decrypt(score.ciphertext, len(members)) if score.ciphertext else None
+                    for outcome in score.outcomes:
+                        result = results[index[outcome.pid]]
+                        self._apply(result, outcome)
+                        if margins is not None and outcome.status == scoring_pb2.PATIENT_STATUS_SCORED:
+                            result.margin = float(margins[outcome.slot])
+                            result.probability = float(sigmoid(np.array([result.margin]))[0])
+                    done_batches += 1
+                    if progress is not None:
+                        progress("scored", done_batches, math.ceil(len(permitted) / info.slots))
+        except grpc.RpcError as exc:
+            raise ScoringError(f"{exc.code().name}: {exc.details()}") from exc
+        finally:
+            stop.set()
+            if encryptor is not None:
+                encryptor.join(timeout=self.deadline_s)
+        if failure:
+            raise ScoringError(f"encryption failed: {failure[0]}")
+        run.timings["total_s"] = time.perf_counter() - started
+        return run
+
+    @staticmethod
+    def _apply(result: PatientScore, outcome: scoring_pb2.PatientOutcome) -> None:
+        result.status = STATUS.get(outcome.status, "unknown")
+        result.reason_code = outcome.reason_code or result.reason_code
+        result.consent_id = outcome.consent_id or result.consent_id
+        if outcome.access_event_id:
+            result.access_event_id = outcome.access_event_id
+            result.tx_id = outcome.receipt.tx_id
+            result.sequence = outcome.receipt.sequence
+
+    @staticmethod
+    def _encrypt_all(keys: Any, rows: np.ndarray, slots: int, outbox: queue.Queue[Any], run: ScoreRun,
+                     failure: list[BaseException], progress: Callable[[str, int, int], None] | None,
+                     stop: threading.Event) -> None:
+        import time
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    outbox.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        started = time.perf_counter()
+        try:
+            total = math.ceil(rows.shape[0] / slots) * rows.shape[1]
+            sent = 0
+            for b, start in enumerate(range(0, rows.shape[0], slots)):
+                for j in range(rows.shape[1]):
+                    envelope = keys.encrypt_column(rows[start:start + slots, j])
+                    run.upload_bytes += len(envelope)
+                    if not put(scoring_pb2.ScoreRequest(bits=scoring_pb2.BitCiphertext(
+                            batch_index=b, edge_index=j, ciphertext=envelope))):
+                        return
+                    sent += 1
+                    if progress is not None:
+                        progress("encrypted", sent, total)
+        except BaseException as exc:  # noqa: BLE001 - reported by score()
+            failure.append(exc)
+        finally:
+            run.timings["encrypt_s"] = time.perf_counter() - started
+            put(_END)

@@ -1,0 +1,355 @@
+"""AccessLogService: record, search, prove and watch access events.
+
+The ledger is the source of truth. Search runs on an off-chain projection of
+the ledger's ``AccessRecorded`` events (:class:`AccessProjector`), which can be
+rebuilt from the ledger at any time; proofs come from the ledger itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from ciphercare.consent import canonical
+from ciphercare.ledger.api import CommittedEvent, Ledger, Principal
+from ciphercare.services.identity.interceptor import current_principal
+from ciphercare.services.platform import convert
+from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
+from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.store import AccessEventIndex, AccessQuery, OffchainStore
+from ciphercare.services.store.consistency import committed_events
+from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
+
+CONTRACT = "accesslog"
+EVENT_NAME = "AccessRecorded"
+MAX_DETAIL_BYTES = 64 * 1024
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+ALL_SCOPE_ROLES = frozenset({"compliance-officer", "admin"})
+log = logging.getLogger("ciphercare.accesslog")
+
+
+def index_from_event(event: CommittedEvent) -> AccessEventIndex:
+    """The searchable projection row of one committed AccessRecorded event."""
+    record = json.loads(event.payload)
+    recorded = datetime.fromisoformat(record["recorded"].replace("Z", "+00:00"))
+    return AccessEventIndex(
+        seq=event.seq,
+        event_id=record["id"],
+        tx_id=event.tx_id,
+        recorded_ms=int(recorded.timestamp() * 1000),
+        pid=record["entity"].get("pid") or "",
+        agent_subject=record["agent"]["subject"],
+        agent_org=record["agent"]["org"],
+        purpose=record.get("purpose_of_use") or "",
+        outcome=record["outcome"],
+        event_json=event.payload,
+    )
+
+
+def event_proto(row: AccessEventIndex) -> access_log_pb2.AccessEvent:
+    return convert.access_event_to_proto(json.loads(row.event_json), row.seq, row.tx_id)
+
+
+class AccessScope:
+    """What part of the access log a caller may read (role and identity, never request fields)."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.pid: str | None = None
+        self.org: str | None = None
+        if principal.roles & ALL_SCOPE_ROLES:
+            return
+        if "patient" in principal.roles and not principal.roles & {"hospital", "clinician"}:
+            if not principal.pid:
+                raise forbidden("a patient token without a pid claim cannot read access events")
+            self.pid = principal.pid
+            return
+        if not principal.org:
+            raise forbidden("a token without an organisation claim cannot read access events")
+        self.org = principal.org
+
+    def allows(self, row: AccessEventIndex) -> bool:
+        if self.pid is not None and row.pid != self.pid:
+            return False
+        return not (self.org is not None and row.agent_org != self.org)
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.pid is None and self.org is None
+
+
+class AccessProjector:
+    """Keeps the off-chain search index in step with the ledger (idempotent, resumable)."""
+
+    def __init__(self, ledger: Ledger, store: OffchainStore) -> None:
+        self.ledger = ledger
+        self.store = store
+        self._stream: Any = None
+
+    def catch_up(self) -> int:
+        """Apply every committed event past the stored cursor; returns how many were applied."""
+        start = self.store.projection_cursor()
+        end = self.ledger.size()
+        if start >= end:
+            return 0
+        # A bounded read of [start, end): a following stream would block for ever when the
+        # last entries carry no AccessRecorded event (e.g. a restart after a Grant).
+        rows = [index_from_event(e) for e in committed_events(self.ledger, start, end, frozenset({EVENT_NAME}))]
+        self.store.project_access_events(rows, next_seq=end)
+        return len(rows)
+
+    async def follow(self) -> None:
+        """Apply new events as they commit, until cancelled."""
+        self.catch_up()
+        start = self.store.projection_cursor()
+        stream = self._stream = self.ledger.events(start, frozenset({EVENT_NAME}))
+        try:
+            while True:
+                # A burst of commits is applied in one off-chain transaction, off the event loop.
+                try:
+                    events = await asyncio.to_thread(stream.next_batch)
+                except StopIteration:
+                    return
+                rows = [index_from_event(event) for event in events]
+                await asyncio.to_thread(self.store.project_access_events, rows, events[-1].seq + 1)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, gateway: LedgerGateway, store: OffchainStore, vkey: str) -> None:
+        self.gateway = gateway
+        self.ledger = gateway.ledger
+        self.store = store
+        self.vkey = vkey
+        self._projector = AccessProjector(self.ledger, store)
+
+    def _read_committed(self) -> None:
+        """Bring the search index up to the ledger before answering (read-your-writes).
+
+        Writers other than ``Record`` (scoring, the rejection hook) leave the projection to the
+        ledger follower, which applies bursts asynchronously; a reader must not see less than
+        what was committed before it asked.
+        """
+        if self.store.projection_cursor() < self.ledger.size():
+            self._projector.catch_up()
+
+    # Writes -----------------------------------------------------------------
+
+    async def Record(
+        self, request: access_log_pb2.RecordRequest, context: grpc.aio.ServicerContext
+    ) -> access_log_pb2.RecordResponse:
+        principal = current_principal()
+        for field in ("type", "action", "purpose_of_use", "pid"):
+            if not getattr(request, field):
+                raise invalid(f"{field} is required")
+        detail_sha = None
+        if request.detail_json:
+            if len(request.detail_json.encode("utf-8")) > MAX_DETAIL_BYTES:
+                raise invalid(f"detail_json is larger than {MAX_DETAIL_BYTES} bytes")
+            try:
+                detail = json.loads(request.detail_json)
+            except json.JSONDecodeError as exc:
+                raise invalid(f"detail_json is not JSON: {exc.msg} at position {exc.pos}") from exc
+            if not isinstance(detail, dict):
+                raise invalid("detail_json must be a JSON object")
+            detail_sha = self.store.put_document("access-detail", canonical.dumps(detail), pid=request.pid)
+        event = convert.record_input_from_proto(request, detail_sha)
+        if not event["source"]["observer"]:
+            # BALP: the observer is the system that saw the access; default to the caller's client.
+            event["source"]["observer"] = principal.client_id or principal.org or "unknown-client"
+        receipt = await self.gateway.submit(principal, CONTRACT, "Record", self.gateway.arg(event))
+        committed = [e for e in receipt.events if e.name == EVENT_NAME]
+        if len(committed) != 1:
+            raise RuntimeError(f"Record tx {receipt.tx_id} emitted {len(committed)} AccessRecorded events")
+        row = index_from_event(
+            CommittedEvent(receipt.seq, receipt.tx_id, 0, committed[0].name, committed[0].payload)
+        )
+        # Read-your-writes for Search; the projector applies the same row idempotently.
+        self.store.project_access_events([row])
+        return access_log_pb2.RecordResponse(event=event_proto(row), receipt=convert.receipt_to_proto(receipt))
+
+    # Reads ------------------------------------------------------------------
+
+    def _visible(self, event_id: str, principal: Principal) -> AccessEventIndex:
+        row = self.store.get_access_event(event_id)
+        if row is None:
+            self._read_committed()
+            row = self.store.get_access_event(event_id)
+        if row is None or not AccessScope(principal).allows(row):
+            raise not_found(f"access event {event_id} not found")
+        return row
+
+    async def Get(
+        self, request: access_log_pb2.GetAccessEventRequest, context: grpc.aio.ServicerContext
+    ) -> access_log_pb2.GetAccessEventResponse:
+        if not request.event_id:
+            raise invalid("event_id is required")
+        row = self._visible(request.event_id, current_principal())
+        return access_log_pb2.GetAccessEventResponse(event=event_proto(row))
+
+    async def Search(
+        self, request: access_log_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> access_log_pb2.SearchResponse:
+        scope = AccessScope(current_principal())
+        page_size = request.page_size or DEFAULT_PAGE
+        if page_size > MAX_PAGE:
+            raise invalid(f"page_size must be at most {MAX_PAGE}")
+        outcome = ""
+        if request.outcome:
+            if request.outcome not in convert.OUTCOME_FROM_PROTO:
+                raise invalid("outcome is not a known AccessOutcome")
+            outcome = convert.OUTCOME_FROM_PROTO[request.outcome]
+        query = AccessQuery(
+            pid=request.pid,
+            agent_subject=request.requester_subject,
+            agent_org=request.organization,
+            purpose=request.purpose_of_use,
+            outcome=outcome,
+            recorded_from_ms=convert.ms_from_timestamp(request.recorded_from)
+            if request.HasField("recorded_from") else None,
+            recorded_to_ms=convert.ms_from_timestamp(request.recorded_to) if request.HasField("recorded_to") else None,
+            scope_pid=scope.pid,
+            scope_org=scope.org,
+        )
+        after = decode_page_token(request.page_token, query.fingerprint()) if request.page_token else -1
+        self._read_committed()
+        rows, more = self.store.search_access_events(query, after_seq=after, limit=page_size)
+        token = encode_page_token(rows[-1].seq, query.fingerprint()) if more and rows else ""
+        return access_log_pb2.SearchResponse(events=[event_proto(r) for r in rows], next_page_token=token)
+
+    # Proofs -----------------------------------------------------------------
+
+    def _checkpoint_at(self, size: int):  # type: ignore[no-untyped-def]
+        latest = self.ledger.checkpoint()
+        if size == 0 or size == latest.size:
+            return latest
+        if size > latest.size:
+            raise invalid(f"tree_size {size} is beyond the latest checkpoint ({latest.size})")
+        checkpoint = self.ledger.checkpoint_at(size)  # type: ignore[attr-defined]
+        if checkpoint is None:
+            raise precondition(f"no signed checkpoint exists at tree size {size}; pass 0 for the latest")
+        return checkpoint
+
+    def _about_own_patient(self, seq: int, principal: Principal) -> bool:
+        """Is ledger entry ``seq`` solely about the calling patient (every event it emitted names their pid)?"""
+        if "patient" not in principal.roles or not principal.pid or seq >= self.ledger.size():
+            return False
+        events = self.ledger.entry(seq).events
+        if not events:
+            return False
+        for event in events:
+            payload = json.loads(event.payload)
+            pid = payload.get("pid") or (payload.get("entity") or {}).get("pid")
+            if pid != principal.pid:
+                return False
+        return True
+
+    async def GetCheckpoint(
+        self, request: access_log_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> access_log_pb2.GetCheckpointResponse:
+        checkpoint = self._checkpoint_at(request.tree_size)
+        return access_log_pb2.GetCheckpointResponse(
+            checkpoint=convert.checkpoint_to_proto(checkpoint), verifier_key=self.vkey
+        )
+
+    async def GetInclusionProof(
+        self, request: access_log_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext
+    ) -> access_log_pb2.GetInclusionProofResponse:
+        principal = current_principal()
+        target = request.WhichOneof("target")
+        if target == "event_id":
+            seq = self._visible(request.event_id, principal).seq
+        elif target == "sequence":
+            seq = request.sequence
+            if not principal.roles & ALL_SCOPE_ROLES and not self._about_own_patient(seq, principal):
+                raise forbidden(
+                    "only compliance officers and admins may ask for proofs of entries that are not about "
+                    "the caller's own patient record"
+                )
+        else:
+            raise invalid("event_id or sequence is required")
+        checkpoint = self._checkpoint_at(request.tree_size)
+        if seq >= checkpoint.size:
+            raise precondition(f"entry {seq} is not covered by the checkpoint of size {checkpoint.size} yet")
+        proof = self.ledger.inclusion_proof(seq, checkpoint.size)
+        entry = self.ledger.entry(seq)
+        return access_log_pb2.GetInclusionProofResponse(
+            leaf_index=proof.leaf_index,
+            tree_size=proof.tree_size,
+            hashes=list(proof.hashes),
+            leaf=entry.leaf,
+            checkpoint=convert.checkpoint_to_proto(checkpoint),
+        )
+
+    async def GetConsistencyProof(
+        self, request: access_log_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext
+    ) -> access_log_pb2.GetConsistencyProofResponse:
+        second = self._checkpoint_at(request.second_tree_size)
+        if request.first_tree_size == 0 or request.first_tree_size > second.size:
+            raise invalid(f"first_tree_size must be in 1..{second.size}")
+        first = self._checkpoint_at(request.first_tree_size)
+        proof = self.ledger.consistency_proof(first.size, second.size)
+        return access_log_pb2.GetConsistencyProofResponse(
+            first_tree_size=proof.first_size,
+            second_tree_size=proof.second_size,
+            hashes=list(proof.hashes),
+            first_checkpoint=convert.checkpoint_to_proto(first),
+            second_checkpoint=convert.checkpoint_to_proto(second),
+        )
+
+    # Streaming --------------------------------------------------------------
+
+    async def Watch(
+        self, request: access_log_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[access_log_pb2.AccessEvent]:
+        scope = AccessScope(current_principal())
+        stream = self.ledger.events(request.start_sequence, frozenset({EVENT_NAME}))
+        iterator = iter(stream)
+        try:
+            while True:
+                event = await asyncio.to_thread(next, iterator, None)
+                if event is None:
+                    return
+                row = index_from_event(event)
+                if not scope.allows(row):
+                    continue
+                if request.pid and row.pid != request.pid:
+                    continue
+                if request.organization and row.agent_org != request.organization:
+                    continue
+                yield event_proto(row)
+        finally:
+            stream.close()
+
+
+def encode_page_token(after_seq: int, fingerprint: str) -> str:
+    raw = canonical.dumps({"after": after_seq, "q": fingerprint})
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_page_token(token: str, fingerprint: str) -> int:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        after = int(data["after"])
+        query = str(data["q"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise invalid("page_token is malformed") from exc
+    if query != fingerprint:
+        raise invalid("page_token belongs to a search with different filters")
+    if after < 0:
+        raise invalid("page_token is malformed")
+    return after

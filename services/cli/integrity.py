@@ -1,0 +1,227 @@
+"""`ciphercare` subcommands of the ledger-integrity room (registered by services/cli.py).
+
+* ``ledger verify`` -- recompute every hash and signature offline; a signed checkpoint must cover the whole
+  log, the log must extend every checkpoint it published, and (with a policy) the witness quorum must hold;
+* ``ledger check`` -- a client's view: fetch the served checkpoint, verify it (log key, witness quorum),
+  demand a consistency proof from the last checkpoint this client verified, and remember the new one;
+* ``witness serve`` / ``witness vkey`` -- run a C2SP tlog-witness for other organisations' logs.
+
+Exit codes of ``ledger verify`` (also in docs/TRANSPARENCY.md)::
+
+    0  the log verifies
+    1  verify could not run (no ledger file, no or bad key, unreadable policy)
+    2  bad usage
+    3  tampered: an entry, table row or checkpoint does not match its hashes, signature or replay
+    4  unsigned tail or rolled back: no signed checkpoint covers the whole log, or the log is shorter than /
+       different from a checkpoint the node published
+    5  damaged: SQLite reports a damaged page or index, or a value cannot be read (the page/entry is named)
+    6  witness policy not met: no quorum-cosigned checkpoint covers the log
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+VERIFY_EPILOG = """exit codes:
+  0  the log verifies
+  1  verify could not run (no ledger file, no or bad key, unreadable policy)
+  3  tampered: an entry, row or checkpoint does not match its hashes, signature or replay
+  4  unsigned tail or rolled back: no signed checkpoint covers the whole log, or the log is
+     shorter than / differs from a checkpoint the node published (<ledger>.checkpoints)
+  5  damaged: SQLite reports a damaged page or index, or a value cannot be read
+  6  witness policy not met: no quorum-cosigned checkpoint covers the log
+The verifier key is taken from --vkey, else CIPHERCARE_LEDGER_VKEY; falling back to the
+key file in the data directory is loudly warned about (whoever can rewrite the ledger can
+replace that file)."""
+
+LOUD = "WARNING" + "!" * 3
+
+
+class IntegrityCliError(Exception):
+    """A failure worth one line on stderr and exit code 1."""
+
+
+def _one_line_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except IntegrityCliError as exc:
+            print(f"ciphercare: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ciphercare.services.cli.main import _settings as cli_settings
+
+    try:
+        return cli_settings(args)
+    except Exception as exc:
+        if type(exc).__name__ == "CliError":
+            raise IntegrityCliError(str(exc)) from exc
+        raise
+
+
+def trusted_vkeys(args_vkeys: list[str] | None, settings: Any, *, what: str = "verify") -> tuple[list[str], str]:
+    """The pinned log keys (oldest first) and where they came from; warns loudly for the local key file."""
+    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+
+    if args_vkeys:
+        keys = [k.strip() for v in args_vkeys for k in v.split(",") if k.strip()]
+        return keys, "--vkey"
+    if settings.ledger_vkey:
+        keys = [k.strip() for k in settings.ledger_vkey.split(",") if k.strip()]
+        return keys, "CIPHERCARE_LEDGER_VKEY"
+    key_path = settings.resolved_ledger_key_path
+    if not key_path.exists():
+        raise IntegrityCliError(f"no verifier key: pass --vkey or set CIPHERCARE_LEDGER_VKEY (no key at {key_path})")
+    print(
+        f"{LOUD} {what}: no pinned verifier key (--vkey / CIPHERCARE_LEDGER_VKEY); trusting the signing key "
+        f"file {key_path}. Whoever can rewrite the ledger can replace that file: this run proves nothing "
+        "against the operator.",
+        file=sys.stderr,
+    )
+    retired = [k.strip() for k in settings.ledger_retired_vkeys.split(",") if k.strip()]
+    return [*retired, CheckpointSigner.load(key_path, settings.ledger_origin).vkey], "local key file"
+
+
+def _load_policy(path: str | Path | None) -> Any:
+    if not path:
+        return None
+    from ciphercare.ledger.witness.policy import Policy, PolicyError
+
+    try:
+        return Policy.load(path)
+    except PolicyError as exc:
+        raise IntegrityCliError(str(exc)) from exc
+
+
+@_one_line_errors
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from ciphercare.ledger.embedded.verify import verify_ledger
+    from ciphercare.ledger.transparency.checkpoint import CheckpointKeyring
+
+    settings = _settings(args)
+    path = Path(args.path) if args.path else settings.resolved_ledger_path
+    if not path.exists():
+        raise IntegrityCliError(f"no ledger at {path}")
+    policy = _load_policy(args.policy or settings.witness_policy)
+    if policy is not None and not args.vkey and not settings.ledger_vkey:
+        vkeys, source = policy.log_keys.vkeys, "policy"
+    else:
+        vkeys, source = trusted_vkeys(args.vkey, settings)
+    try:
+        keyring = CheckpointKeyring.from_vkeys(vkeys)
+    except ValueError as exc:
+        raise IntegrityCliError(f"bad verifier key ({source}): {exc}") from exc
+    published = args.checkpoints or (settings.resolved_ledger_published_path if not args.path else None)
+    report = verify_ledger(path, keyring, published_path=published, policy=policy,
+                           cosigned_path=args.cosigned, max_unwitnessed=args.max_unwitnessed)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if report.ok:
+        witnessed = "" if report.witnessed_size is None else f", witnessed up to {report.witnessed_size}"
+        print(f"ledger OK: {report.entries_checked} entries, {report.checkpoints_checked} signed checkpoints, "
+              f"{report.published_checked} published checkpoints verified{witnessed} ({path}; key from {source})")
+        return 0
+    error = report.first_error
+    assert error is not None
+    print(f"ledger BAD ({error.kind}): {error}", file=sys.stderr)
+    return error.exit_code
+
+
+def register_ledger(ledger_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``ledger verify`` (and ``ledger check``) to the ``ledger`` group of services/cli.py."""
+    verify = ledger_sub.add_parser(
+        "verify", help="recompute every hash and signature offline", epilog=VERIFY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    verify.add_argument("--path", help="ledger file (default from settings)")
+    verify.add_argument("--vkey", action="append",
+                        help="trusted verifier key of the log; repeat (oldest first) to accept rotated keys "
+                             "(default: CIPHERCARE_LEDGER_VKEY)")
+    verify.add_argument("--checkpoints", help="published-checkpoint file (default: <ledger>.checkpoints)")
+    verify.add_argument("--policy", help="witness policy file (default: CIPHERCARE_WITNESS_POLICY)")
+    verify.add_argument("--cosigned", help="witness-cosigned checkpoints (default: <ledger>.cosigned)")
+    verify.add_argument("--max-unwitnessed", type=int, default=0,
+                        help="entries allowed beyond the newest quorum-cosigned checkpoint (default 0)")
+    verify.set_defaults(func=cmd_ledger_verify)
+
+
+@_one_line_errors
+def cmd_witness_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from ciphercare.ledger.transparency.checkpoint import CheckpointKeyring
+    from ciphercare.ledger.witness.server import Witness, WitnessHTTPServer
+
+    logs: dict[str, list[str]] = {}
+    for vkey in args.log or []:
+        origin = vkey.split("+", 1)[0]
+        logs.setdefault(origin, []).append(vkey)
+    if args.policy:
+        policy = _load_policy(args.policy)
+        for vkey in policy.log_keys.vkeys:
+            logs.setdefault(vkey.split("+", 1)[0], []).append(vkey)
+    if not logs:
+        raise IntegrityCliError("name at least one log to witness: --log <log vkey> (or --policy)")
+    try:
+        rings = {origin: CheckpointKeyring.from_vkeys(keys) for origin, keys in logs.items()}
+        witness = Witness(Path(args.dir), args.name, rings)
+        server = WitnessHTTPServer((args.host, args.port), witness, args.prefix)
+    except (ValueError, OSError) as exc:
+        raise IntegrityCliError(f"witness not started: {exc}") from exc
+    host, port = server.server_address[:2]
+    print(f"witness {witness.vkey}", flush=True)
+    print(f"listening on http://{host}:{port}{args.prefix} for {', '.join(sorted(rings))}", flush=True)
+
+    def stop(*_: object) -> None:
+        import threading
+
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+@_one_line_errors
+def cmd_witness_vkey(args: argparse.Namespace) -> int:
+    from ciphercare.ledger.witness.cosignature import WitnessSigner
+
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    try:
+        print(WitnessSigner(Path(args.dir) / "witness-ed25519.pem", args.name).vkey)
+    except (ValueError, OSError) as exc:
+        raise IntegrityCliError(str(exc)) from exc
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Top-level commands of this room (``witness``)."""
+    witness = sub.add_parser("witness", help="run a C2SP tlog-witness for another organisation's ledger")
+    wsub = witness.add_subparsers(dest="witness_command", required=True)
+    serve = wsub.add_parser("serve", help="serve POST <prefix>/add-checkpoint (tlog-witness), cosign with Ed25519")
+    serve.add_argument("--dir", required=True, help="state directory (key witness-ed25519.pem, state.json)")
+    serve.add_argument("--name", required=True, help="witness name, e.g. witness.hospital-b.example")
+    serve.add_argument("--log", action="append", help="verifier key of a log to witness (repeat; oldest first)")
+    serve.add_argument("--policy", help="take the log keys from this policy file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7380, help="0 = any free port (printed)")
+    serve.add_argument("--prefix", default="", help="URL prefix of the endpoints")
+    serve.set_defaults(func=cmd_witness_serve)
+    vkey = wsub.add_parser("vkey", help="print the witness's verifier key (creates the key if missing)")
+    vkey.add_argument("--dir", required=True)
+    vkey.add_argument("--name", required=True)
+    vkey.set_defaults(func=cmd_witness_vkey)

@@ -1,0 +1,221 @@
+"""The ``ciphercare`` command line.
+
+Exit codes: 0 success, 1 the operation failed (one readable line on stderr),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ciphercare.services.platform.settings import Settings, load_settings
+
+COMMAND_MODULES = (
+    "ciphercare.services.cli.scoring",
+    "ciphercare.services.cli.privacy",
+    "ciphercare.services.cli.receipt",
+    "ciphercare.services.cli.integrity",  # witness serve / vkey (issue 11)
+)
+
+
+class CliError(Exception):
+    """A failure worth one line on stderr and exit code 1."""
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = dict(extra)
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+
+
+# up ---------------------------------------------------------------------------
+
+
+def _display_url(settings: Settings) -> str:
+    """The database URL with any password masked (it is printed and may be logged)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ciphercare.services.platform.logs import configure_logging
+    from ciphercare.services.platform.wiring import Application
+
+    extra: dict[str, Any] = {}
+    if args.port is not None:
+        extra["grpc_port"] = args.port
+    settings = _settings(args, **extra)
+    configure_logging(settings)
+    app = Application.from_settings(settings)
+
+    async def run() -> None:
+        ready = asyncio.Event()
+        ports: list[int] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.serve(ready, ports, stop))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        web = None
+        if settings.web_enabled:
+            from ciphercare.services.web.server import start_web
+
+            try:
+                web = await asyncio.to_thread(start_web, settings, ports[0])
+            except OSError as exc:  # the gRPC services stay up without the web app
+                print(f"ciphercare: web app not started: {exc}", file=sys.stderr, flush=True)
+        print("ciphercare is up", flush=True)
+        print(f"  gRPC (Consent, AccessLog, Scoring; health, reflection):     {settings.grpc_host}:{ports[0]}")
+        if app.dev_issuer_server is not None:
+            print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
+        print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
+        print(f"  off-chain store:                                            {_display_url(settings)}")
+        if web is not None:
+            print(f"  web (patient portal, compliance console):                   {web.url}/")
+        print("  try: ciphercare demo    stop: Ctrl-C", flush=True)
+        try:
+            await task
+        finally:
+            if web is not None:
+                web.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        app.close()
+    return 0
+
+
+# dev-token ----------------------------------------------------------------------
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from ciphercare.services.identity.devissuer import DevIssuer
+
+    settings = _settings(args)
+    if not settings.dev_issuer_enabled:
+        raise CliError("the development issuer is disabled (CIPHERCARE_DEV_ISSUER_ENABLED=false)")
+    issuer = DevIssuer.from_settings(settings)
+    subject = args.subject or f"dev-{args.role[0]}-{args.org or args.pid or 'user'}"
+    token = issuer.issue(subject=subject, roles=list(args.role), org=args.org or "", pid=args.pid,
+                         ttl_s=args.ttl or settings.dev_token_ttl_s)
+    print(token)
+    return 0
+
+
+# bench ------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ciphercare.services.bench.runner import run_bench
+
+    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None)
+    return 0 if rows else 1
+
+
+# demo --------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ciphercare.services.cli.demo import run_demo
+
+    settings = _settings(args)
+    return run_demo(settings, target=args.target or settings.grpc_target)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from ciphercare.services.platform.wiring import open_store
+
+    settings = _settings(args)
+    open_store(settings).close()
+    print(f"off-chain store at head: {settings.resolved_database_url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ciphercare", description=__doc__)
+    parser.add_argument("--data-dir", help="state directory for the embedded defaults (CIPHERCARE_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start every service on localhost with the configured defaults")
+    up.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="drive a scripted scenario against running services")
+    demo.add_argument("--target", help="gRPC host:port (default from settings)")
+    demo.set_defaults(func=cmd_demo)
+
+    token = sub.add_parser("dev-token", help="print a token from the development identity provider")
+    token.add_argument("--role", action="append", required=True,
+                       choices=["patient", "clinician", "hospital", "compliance-officer", "admin"])
+    token.add_argument("--org", default="")
+    token.add_argument("--pid", default=None, help="patient pseudonym (for --role patient)")
+    token.add_argument("--subject", default=None)
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.set_defaults(func=cmd_dev_token)
+
+    ledger = sub.add_parser("ledger", help="ledger tools")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    # ledger verify / ledger check: the ledger-integrity room (services/cli_integrity.py, issue 11)
+    importlib.import_module("ciphercare.services.cli.integrity").register_ledger(ledger_sub)
+
+    bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
+    bench.add_argument("which", choices=["ledger"])
+    bench.add_argument("--json", help="write results as JSON to this file")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.set_defaults(func=cmd_bench)
+
+    db = sub.add_parser("db", help="off-chain store")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply Alembic migrations")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+
+    # Commands of other rooms register themselves; each module owns its subcommands.
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Libraries configure logging at import (the Fabric shim sets the root logger to DEBUG);
+    # commands other than `up` (which installs JSON logging) report through their own output.
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"ciphercare: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"ciphercare: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

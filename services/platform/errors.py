@@ -1,0 +1,137 @@
+"""One table from domain errors to gRPC status codes, applied by one interceptor.
+
+Servicers raise domain exceptions; :class:`ErrorMappingInterceptor` turns each
+into a status with a precise message. Anything unexpected becomes INTERNAL with
+an opaque message (details go to the structured log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ciphercare.ledger.api import CommitError, EndorseError, LedgerTimeout
+from ciphercare.services.platform.convert import ConversionError
+from ciphercare.services.platform.handlers import Behaviour, rewrap
+
+log = logging.getLogger("ciphercare.errors")
+
+
+@dataclass
+class ServiceError(Exception):
+    """A servicer's own refusal with an explicit status."""
+
+    code: grpc.StatusCode
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def invalid(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def forbidden(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+def precondition(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+ENDORSE_CODES: dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and caller-facing message for ``exc`` (the one table)."""
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.message
+    if isinstance(exc, EndorseError):
+        return ENDORSE_CODES.get(exc.code, grpc.StatusCode.INTERNAL), (
+            exc.message if exc.code in ENDORSE_CODES else "the contract failed; see the server log"
+        )
+    if isinstance(exc, ConversionError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, LedgerTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, CommitError):
+        return grpc.StatusCode.UNAVAILABLE, f"ledger commit failed for {exc.tx_id}; nothing was written"
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("unhandled error in %s", method, exc_info=(type(exc), exc, exc.__traceback__))
+    else:
+        log.info("rpc refused", extra={"method": method, "code": code.name})
+    await context.abort(code, message)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary and unary-stream handler with :func:`status_for`.
+
+    The wrapped handler of a method is built once and reused (handlers are
+    per method, not per call), which keeps the per-call cost to one lookup.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        key = (handler_call_details.method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrap(handler_call_details.method, handler)
+            if len(self._wrapped) < 1024:
+                self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        def wrap(inner: Behaviour, _request_streaming: bool, response_streaming: bool) -> Behaviour:
+            if response_streaming:
+
+                async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                    try:
+                        async for item in inner(request, context):
+                            yield item
+                    except (grpc.aio.AbortError, grpc.aio.BaseError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
+                        await _abort(context, method, exc)
+
+                return streaming
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except (grpc.aio.AbortError, grpc.aio.BaseError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped, logged and re-raised as a status
+                    await _abort(context, method, exc)
+
+            return unary
+
+        return rewrap(handler, wrap)

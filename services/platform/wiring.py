@@ -1,0 +1,232 @@
+"""Wiring: build every part from :class:`Settings` and serve them over gRPC.
+
+``Application`` owns the ledger, the off-chain store, the token verifier and,
+in the embedded default, the development identity provider. ``serve`` adds
+health checking and reflection so ``grpcurl`` works out of the box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ciphercare.consent import canonical
+from ciphercare.consent.contracts import new_chaincode
+from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjector
+from ciphercare.services.consent.servicer import ConsentServicer
+from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
+from ciphercare.services.identity.devlogin import DevLogin
+from ciphercare.services.identity.interceptor import AuthInterceptor, RejectedCall
+from ciphercare.services.identity.jwks import JwksError
+from ciphercare.services.identity.rules import RULES
+from ciphercare.services.identity.token_cache import CachingVerifier
+from ciphercare.services.identity.tokens import TokenVerifier
+from ciphercare.services.platform.errors import ErrorMappingInterceptor
+from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.settings import Settings
+from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
+from ciphercare.services.scoring.servicer import ScoringServicer
+from ciphercare.services.store import OffchainStore
+from ciphercare.services.store.consistency import PrivacyProjector, check_store
+from ciphercare.v1 import (
+    access_log_pb2,
+    access_log_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
+
+log = logging.getLogger("ciphercare.server")
+
+SERVICE_NAMES = (
+    consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+    access_log_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+    scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
+)
+
+# The identity under which the server itself logs refusals of callers it could not authenticate.
+GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="ciphercare", roles=frozenset(),
+                              client_id="ciphercare-server")
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The configured ledger backend."""
+    if settings.ledger_backend != "embedded":
+        raise NotImplementedError(
+            "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return EmbeddedLedger(
+        path=settings.resolved_ledger_path,
+        signing_key_path=settings.resolved_ledger_key_path,
+        origin=settings.ledger_origin,
+        chaincode=new_chaincode(),
+        max_batch=settings.ledger_group_commit_max_batch,
+        max_wait_ms=settings.ledger_group_commit_max_wait_ms,
+        # ledger integrity (issue 11): rotation, the published-checkpoint file, key file mode enforced
+        retired_vkeys=[k.strip() for k in settings.ledger_retired_vkeys.split(",") if k.strip()],
+        published_path=settings.resolved_ledger_published_path,
+        strict_key_mode=True,
+    )
+
+
+def open_store(settings: Settings) -> OffchainStore:
+    return open_offchain_store(settings)  # pool, timeouts, key-encryption key, Alembic to head
+
+
+@dataclass
+class Application:
+    """Every long-lived part of a ciphercare server, built from settings."""
+
+    settings: Settings
+    ledger: Ledger
+    store: OffchainStore
+    verifier: CachingVerifier
+    dev_issuer_server: DevIssuerServer | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy.py)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Application:
+        dev_server = None
+        if settings.dev_issuer_enabled:
+            issuer = DevIssuer.from_settings(settings)
+            dev_server = DevIssuerServer.for_issuer(issuer, settings)
+            dev_server.login = DevLogin.from_settings(issuer, settings)  # browser login for the web app
+            dev_server.start()
+        owner_lock = ledger_owner_lock(settings)
+        ledger = open_ledger(settings)
+        store = open_store(settings)
+        token_verifier = TokenVerifier.from_settings(settings)
+        try:
+            # Warm the key cache now, so the first burst of requests never races for the first fetch.
+            token_verifier.jwks.refresh()
+        except JwksError as exc:  # the IdP may be down at start; requests fetch the keys later
+            log.warning("JWKS not fetched at start-up; will retry on first use", extra={"error": type(exc).__name__})
+        verifier = CachingVerifier(token_verifier)
+        return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server,
+                   owner_lock=owner_lock)
+
+    @property
+    def gateway(self) -> LedgerGateway:
+        return LedgerGateway(self.ledger, submit_timeout_s=self.settings.ledger_submit_timeout_s)
+
+    async def log_rejection(self, call: RejectedCall) -> None:
+        """Every refused call that named a patient leaves a ``denied`` access event (fail closed)."""
+        if not call.pid:
+            return
+        principal = call.principal or GATEWAY_PRINCIPAL
+        event = {
+            "type": "110110",
+            "subtype": "read",
+            "action": "E",
+            "outcome": "denied",
+            "outcome_desc": call.code.lower().replace("_", "-"),
+            "purpose_of_use": "TREAT",
+            "source": {"observer": "ciphercare/" + call.method.rsplit("/", 2)[-2].split(".")[-1]},
+            "entity": {"pid": call.pid, "data_classes": []},
+        }
+        try:
+            await self.gateway.submit(principal, "accesslog", "Record", canonical.dumps(event).decode())
+        except EndorseError as exc:
+            # A pid that fails validation cannot be logged under that pid; the refusal still stands.
+            log.warning("denied access event not recorded: %s", exc.code)
+        except LedgerError:
+            log.exception("denied access event not recorded")
+
+    def build_server(self) -> grpc.aio.Server:
+        options = [
+            ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", self.settings.grpc_max_message_bytes),
+        ]
+        server = grpc.aio.server(
+            interceptors=[
+                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
+                AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
+                ErrorMappingInterceptor(),
+            ],
+            options=options,
+        )
+        gateway = self.gateway
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(gateway, self.store), server)
+        access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
+            AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey()),  # type: ignore[attr-defined]
+            server,
+        )
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(gateway, self.settings), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        self._health = health_servicer
+        return server
+
+    async def serve(
+        self,
+        ready: asyncio.Event | None = None,
+        port_holder: list[int] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled), then shut down gracefully.
+
+        Catches the access-log projection up with the ledger first, then follows it.
+        """
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.settings.grpc_workers * 4))
+        projector = AccessProjector(self.ledger, self.store)
+        # Both projections catch up (repairing a crash's gap), orphans are reported: one "store check" log line.
+        check_store(self.ledger, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s,
+                    access_catch_up=projector.catch_up)
+        privacy = PrivacyProjector(self.ledger, self.store)
+        server = self.build_server()
+        port = server.add_insecure_port(self.settings.grpc_target)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {self.settings.grpc_target}")
+        if port_holder is not None:
+            port_holder.append(port)
+        await server.start()
+        for name in ("", *SERVICE_NAMES[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        follow = asyncio.create_task(projector.follow())
+        self._tasks.append(asyncio.create_task(privacy.follow()))
+        if ready is not None:
+            ready.set()
+        stop = stop or asyncio.Event()
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.shield(self._shutdown(server, projector, follow))
+
+    async def _shutdown(self, server: grpc.aio.Server, projector: AccessProjector,
+                        follow: asyncio.Task[None]) -> None:
+        for name in ("", *SERVICE_NAMES[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace=2.0)
+        projector.stop()
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await follow
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.store.close()
+        if self.owner_lock is not None:
+            self.owner_lock.release()
+        if self.dev_issuer_server is not None:
+            self.dev_issuer_server.stop()

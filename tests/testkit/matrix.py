@@ -1,0 +1,246 @@
+"""Runs one cell of the authorization matrix (services/auth/matrix.py) against a live server.
+
+The same runner serves both issuers: a :class:`TokenSource` turns a persona into a
+bearer token (the development issuer's or a real Keycloak's), and every call
+goes over real gRPC through the real interceptor, servicers, contracts and
+ledger. The observed outcome is returned as a :class:`~ciphercare.services.identity.matrix.Outcome`
+so the test compares it with the one table.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.identity.matrix import NO_ROLE, Outcome
+from ciphercare.services.identity.rules import ADMIN, CLINICIAN, COMPLIANCE_OFFICER, HOSPITAL, PATIENT
+from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
+
+PID_OWN, PID_OTHER = "pt-1001", "pt-1002"
+ORG_OWN, ORG_OTHER = "hospital-a", "hospital-b"
+HOSPITAL_B = "hospital-b"  # not a persona: writes the "other" fixtures
+SUCCESS = access_log_pb2.ACCESS_OUTCOME_SUCCESS
+
+
+class TokenSource(Protocol):
+    def token(self, persona: str) -> str:
+        """A bearer token for a persona of services/auth/matrix.py (or ``"hospital-b"``)."""
+        ...
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    segment = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+# --------------------------------------------------------------- dev personas
+
+
+#: The development issuer's personas mirror the demo users of deploy/keycloak/realm-ciphercare.json.
+DEV_USERS: dict[str, tuple[str, str, frozenset[str], str | None, str | None]] = {
+    # persona: (username, client, roles, org, pid)
+    CLINICIAN: ("clinician-a", "ciphercare-console", frozenset({CLINICIAN}), ORG_OWN, None),
+    PATIENT: ("patient-1001", "ciphercare-portal", frozenset({PATIENT}), None, PID_OWN),
+    COMPLIANCE_OFFICER: ("officer", "ciphercare-console", frozenset({COMPLIANCE_OFFICER}), "regulator", None),
+    ADMIN: ("admin", "ciphercare-console", frozenset({ADMIN}), "ciphercare-ops", None),
+    NO_ROLE: ("visitor", "ciphercare-portal", frozenset(), ORG_OWN, None),
+}
+
+
+@dataclass
+class DevTokens:
+    """Personas' tokens from the development issuer: client credentials over HTTP for hospitals."""
+
+    issuer: DevIssuer
+    fetch_client_token: Callable[[str], str]
+    _cache: dict[str, str] = field(default_factory=dict)
+
+    def token(self, persona: str) -> str:
+        if persona not in self._cache:
+            if persona in (HOSPITAL, HOSPITAL_B):
+                self._cache[persona] = self.fetch_client_token(ORG_OWN if persona == HOSPITAL else ORG_OTHER)
+            else:
+                username, client, roles, org, pid = DEV_USERS[persona]
+                subject = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.issuer.issuer}/users/{username}"))
+                self._cache[persona] = self.issuer.issue(
+                    subject, roles, org, pid=pid, client_id=client, ttl_s=600, username=username
+                )
+        return self._cache[persona]
+
+
+# --------------------------------------------------------------------- world
+
+
+@dataclass
+class World:
+    """A server plus the fixtures the matrix reads: hospital-a's data on pt-1001, hospital-b's on pt-1002."""
+
+    target: str
+    tokens: TokenSource
+    channel: grpc.Channel
+    consents: dict[str, str] = field(default_factory=dict)  # own/other -> consent id
+    events: dict[str, access_log_pb2.AccessEvent] = field(default_factory=dict)  # own/other -> event
+
+    @property
+    def consent_stub(self) -> consent_pb2_grpc.ConsentServiceStub:
+        return consent_pb2_grpc.ConsentServiceStub(self.channel)
+
+    @property
+    def log_stub(self) -> access_log_pb2_grpc.AccessLogServiceStub:
+        return access_log_pb2_grpc.AccessLogServiceStub(self.channel)
+
+    def meta(self, persona: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens.token(persona)}"),)
+
+    def grant(self, writer: str, target: str) -> consent_pb2.Consent:
+        pid, org = (PID_OWN, ORG_OWN) if target == "own" else (PID_OTHER, ORG_OTHER)
+        # Staff record consents with the evidence of the patient's agreement (Consent.sourceReference).
+        evidence = json.dumps({"resourceType": "Consent", "status": "active",
+                               "sourceReference": {"reference": f"DocumentReference/signed-form-{pid}"}})
+        request = consent_pb2.GrantRequest(pid=pid, grantee_organization=org, purposes=["TREAT"],
+                                           decision=consent_pb2.CONSENT_DECISION_PERMIT,
+                                           data_classes=["Observation"], fhir_consent_json=evidence)
+        return self.consent_stub.Grant(request, metadata=self.meta(writer), timeout=15).consent
+
+    def record(self, writer: str, target: str) -> access_log_pb2.AccessEvent:
+        pid = PID_OWN if target == "own" else PID_OTHER
+        request = access_log_pb2.RecordRequest(
+            type="110110", subtype="read", action="R", outcome=SUCCESS, purpose_of_use="TREAT", pid=pid,
+            data_classes=["Observation"], source_observer="matrix/ehr",
+        )
+        return self.log_stub.Record(request, metadata=self.meta(writer), timeout=15).event
+
+    def seed(self) -> World:
+        """hospital-a grants and records for pt-1001 (own); hospital-b for pt-1002 (other)."""
+        for target, writer in (("own", HOSPITAL), ("other", HOSPITAL_B)):
+            self.consents[target] = self.grant(writer, target).id
+            self.events[target] = self.record(writer, target)
+        return self
+
+
+def _observe(call: Callable[[], Outcome]) -> Outcome:
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return Outcome.DENIED
+        if code == grpc.StatusCode.NOT_FOUND:
+            return Outcome.NOT_FOUND
+        raise AssertionError(f"unexpected status {code.name}: {exc.details()}") from None  # type: ignore[attr-defined]
+
+
+def run_case(world: World, method: str, persona: str, target: str) -> Outcome:
+    """Call ``method`` as ``persona`` on the ``target`` fixtures; returns what happened."""
+    service, name = method.strip("/").split("/")
+    meta = world.meta(persona)
+    pid = PID_OWN if target == "own" else PID_OTHER
+    org = ORG_OWN if target == "own" else ORG_OTHER
+    consent_id = world.consents[target]
+    event = world.events[target]
+    cs, ls = world.consent_stub, world.log_stub
+    caller = claims_of(world.tokens.token(persona))
+
+    def grant() -> Outcome:
+        consent = world.grant(persona, target)
+        # Nobody writes as someone else: recorded_by is the caller, whatever the request said.
+        assert consent.recorded_by.subject == caller["sub"] and consent.pid == pid
+        return Outcome.ALLOWED
+
+    def revoke() -> Outcome:
+        fresh = world.grant(HOSPITAL if target == "own" else HOSPITAL_B, target)
+        response = cs.Revoke(consent_pb2.RevokeRequest(consent_id=fresh.id, reason="patient-request"),
+                             metadata=meta, timeout=15)
+        assert response.consent.status == consent_pb2.CONSENT_STATUS_INACTIVE
+        return Outcome.ALLOWED
+
+    def get_consent() -> Outcome:
+        response = cs.Get(consent_pb2.GetConsentRequest(consent_id=consent_id), metadata=meta, timeout=15)
+        assert response.consent.id == consent_id and response.fhir_consent_json
+        return Outcome.ALLOWED
+
+    def list_for_patient() -> Outcome:
+        response = cs.ListForPatient(consent_pb2.ListForPatientRequest(pid=pid, include_inactive=True),
+                                     metadata=meta, timeout=15)
+        return Outcome.ALLOWED if consent_id in {c.id for c in response.consents} else Outcome.FILTERED
+
+    def history() -> Outcome:
+        response = cs.GetHistory(consent_pb2.GetConsentHistoryRequest(consent_id=consent_id), metadata=meta,
+                                 timeout=15)
+        assert response.versions and response.versions[0].id == consent_id
+        return Outcome.ALLOWED
+
+    def check() -> Outcome:
+        response = cs.Check(consent_pb2.CheckRequest(pid=pid, recipient_organization=org, purpose="TREAT",
+                                                     data_class="Observation"), metadata=meta, timeout=15)
+        assert response.decision == consent_pb2.CONSENT_DECISION_PERMIT, response
+        return Outcome.ALLOWED
+
+    def record() -> Outcome:
+        recorded = world.record(persona, target)
+        # The agent is the caller (subject, organisation, client), never taken from the request.
+        assert recorded.agent.subject == caller["sub"] and recorded.agent.organization == caller["org"]
+        return Outcome.ALLOWED
+
+    def get_event() -> Outcome:
+        response = ls.Get(access_log_pb2.GetAccessEventRequest(event_id=event.id), metadata=meta, timeout=15)
+        assert response.event.id == event.id
+        return Outcome.ALLOWED
+
+    def search() -> Outcome:
+        response = ls.Search(access_log_pb2.SearchRequest(pid=pid, page_size=1000), metadata=meta, timeout=15)
+        return Outcome.ALLOWED if event.id in {e.id for e in response.events} else Outcome.FILTERED
+
+    def checkpoint() -> Outcome:
+        response = ls.GetCheckpoint(access_log_pb2.GetCheckpointRequest(), metadata=meta, timeout=15)
+        assert response.checkpoint.tree_size > event.sequence and response.verifier_key
+        return Outcome.ALLOWED
+
+    def inclusion() -> Outcome:
+        response = ls.GetInclusionProof(access_log_pb2.GetInclusionProofRequest(event_id=event.id),
+                                        metadata=meta, timeout=15)
+        assert response.leaf_index == event.sequence
+        return Outcome.ALLOWED
+
+    def consistency() -> Outcome:
+        response = ls.GetConsistencyProof(access_log_pb2.GetConsistencyProofRequest(first_tree_size=1),
+                                          metadata=meta, timeout=15)
+        assert response.first_tree_size == 1 and response.second_tree_size >= 1
+        return Outcome.ALLOWED
+
+    def watch() -> Outcome:
+        stream = ls.Watch(access_log_pb2.WatchRequest(start_sequence=event.sequence), metadata=meta, timeout=2.0)
+        try:
+            for item in stream:
+                if item.id == event.id:
+                    return Outcome.ALLOWED
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise
+        finally:
+            stream.cancel()
+        return Outcome.FILTERED
+
+    calls: dict[str, Callable[[], Outcome]] = {
+        "ConsentService/Grant": grant,
+        "ConsentService/Revoke": revoke,
+        "ConsentService/Get": get_consent,
+        "ConsentService/ListForPatient": list_for_patient,
+        "ConsentService/GetHistory": history,
+        "ConsentService/Check": check,
+        "AccessLogService/Record": record,
+        "AccessLogService/Get": get_event,
+        "AccessLogService/Search": search,
+        "AccessLogService/GetCheckpoint": checkpoint,
+        "AccessLogService/GetInclusionProof": inclusion,
+        "AccessLogService/GetConsistencyProof": consistency,
+        "AccessLogService/Watch": watch,
+    }
+    return _observe(calls[f"{service.rsplit('.', 1)[-1]}/{name}"])
