@@ -137,6 +137,68 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     return error.exit_code
 
 
+CHECK_EPILOG = """exit codes:
+  0  the served checkpoint verifies and extends the one this client verified before
+  1  the check could not run (server unreachable, no key)
+  3  the served checkpoint does not verify (log signature, or witness quorum with a policy)
+  4  rollback or fork: the log does not extend the remembered checkpoint; both signed
+     checkpoints are printed as JSON evidence on stdout
+The remembered checkpoint per log lives in --state-dir (default CIPHERCARE_CLIENT_STATE_DIR,
+else ~/.ciphercare/checkpoints)."""
+
+
+@_one_line_errors
+def cmd_ledger_check(args: argparse.Namespace) -> int:
+    import json
+
+    import grpc
+
+    from ciphercare.ledger.transparency.checkpoint import CheckpointKeyring
+    from ciphercare.sdk.checkpoints import CheckpointCheckError, CheckpointMemory, CheckpointStore, RollbackError
+    from ciphercare.sdk.client import CiphercareClient
+
+    settings = _settings(args)
+    policy = _load_policy(args.policy or settings.witness_policy)
+    if policy is not None and not args.vkey and not settings.ledger_vkey:
+        vkeys, source = policy.log_keys.vkeys, "policy"
+    else:
+        vkeys, source = trusted_vkeys(args.vkey, settings, what="ledger check")
+    try:
+        keyring = CheckpointKeyring.from_vkeys(vkeys)
+    except ValueError as exc:
+        raise IntegrityCliError(f"bad verifier key ({source}): {exc}") from exc
+    token = args.token
+    if not token:
+        if not settings.dev_issuer_enabled:
+            raise IntegrityCliError("pass --token (a bearer token allowed to read checkpoints)")
+        from ciphercare.services.identity.devissuer import DevIssuer
+
+        token = DevIssuer.from_settings(settings).issue(subject="ledger-check", roles=["compliance-officer"],
+                                                        org="regulator")
+    state_dir = Path(args.state_dir) if args.state_dir else settings.resolved_client_state_dir
+    memory = CheckpointMemory(keyring, policy=policy, store=CheckpointStore(state_dir))
+    client = CiphercareClient.connect(args.target or settings.grpc_target, token,
+                                      deadline_s=settings.client_deadline_s)
+    try:
+        result = memory.check(client)
+    except RollbackError as exc:
+        print(json.dumps(exc.evidence(), indent=1))
+        print(f"ciphercare: LOG ROLLED BACK OR FORKED: {exc}", file=sys.stderr)
+        return 4
+    except CheckpointCheckError as exc:
+        print(f"ciphercare: the served checkpoint does not verify: {exc}", file=sys.stderr)
+        return 3
+    except grpc.RpcError as exc:
+        raise IntegrityCliError(f"server refused: {exc.code().name}: {exc.details()}") from exc  # type: ignore[attr-defined]
+    finally:
+        client.close()
+    cp = result.checkpoint
+    witnessed = f", cosigned by {', '.join(result.witnesses)}" if result.witnesses else ""
+    before = "" if result.previous is None else f" (remembered: {result.previous.size})"
+    print(f"checkpoint OK: {cp.origin} size {cp.size}{witnessed}; {result.status}{before}; key from {source}")
+    return 0
+
+
 def register_ledger(ledger_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``ledger verify`` (and ``ledger check``) to the ``ledger`` group of services/cli.py."""
     verify = ledger_sub.add_parser(
@@ -152,6 +214,16 @@ def register_ledger(ledger_sub: argparse._SubParsersAction) -> None:  # type: ig
     verify.add_argument("--max-unwitnessed", type=int, default=0,
                         help="entries allowed beyond the newest quorum-cosigned checkpoint (default 0)")
     verify.set_defaults(func=cmd_ledger_verify)
+
+    check = ledger_sub.add_parser(
+        "check", help="as a client: verify the served checkpoint and that it extends the last one seen",
+        epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("--target", help="gRPC host:port (default from settings)")
+    check.add_argument("--token", help="bearer token (default: a development-issuer token when enabled)")
+    check.add_argument("--vkey", action="append", help="trusted log verifier key (repeat for rotated keys)")
+    check.add_argument("--policy", help="witness policy file: also require the witness quorum")
+    check.add_argument("--state-dir", help="where the last verified checkpoint per log is kept")
+    check.set_defaults(func=cmd_ledger_check)
 
 
 @_one_line_errors

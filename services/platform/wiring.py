@@ -80,7 +80,19 @@ def open_ledger(settings: Settings) -> Ledger:
         retired_vkeys=[k.strip() for k in settings.ledger_retired_vkeys.split(",") if k.strip()],
         published_path=settings.resolved_ledger_published_path,
         strict_key_mode=True,
+        witness_policy=_witness_policy(settings),
+        witness_timeout_s=settings.witness_timeout_s,
+        witness_wait_ms=settings.witness_wait_ms,
     )
+
+
+def _witness_policy(settings: Settings) -> Any:
+    """The witness policy file named by CIPHERCARE_WITNESS_POLICY (ledger integrity, issue 11), or None."""
+    if settings.witness_policy is None:
+        return None
+    from ciphercare.ledger.witness.policy import Policy
+
+    return Policy.load(settings.witness_policy)
 
 
 def open_store(settings: Settings) -> OffchainStore:
