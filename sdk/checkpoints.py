@@ -125,9 +125,15 @@ class CheckpointMemory:
         self.store = store
         self._session: dict[str, Remembered] = {}
 
+    def seed(self, item: Remembered) -> None:
+        """Start from a checkpoint verified earlier (the web keeps it in the session)."""
+        self._session[item.origin] = item
+
     def remembered(self, origin: str) -> Remembered | None:
         if self.store is not None:
-            return self.store.load(origin)
+            stored = self.store.load(origin)
+            if stored is not None:
+                return stored
         return self._session.get(origin)
 
     def _remember(self, item: Remembered) -> None:

@@ -297,3 +297,92 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vkey.add_argument("--dir", required=True)
     vkey.add_argument("--name", required=True)
     vkey.set_defaults(func=cmd_witness_vkey)
+
+
+# --- `ciphercare up` with a local demo witness, and the demo's transparency steps -------------------------
+
+DEMO_WITNESS_NAME = "demo-witness.ciphercare.local"
+
+
+def demo_policy_path(settings: Any) -> Path:
+    return Path(settings.data_dir) / "demo-witness-policy.txt"
+
+
+def start_demo_witness(settings: Any) -> tuple[Any, Any]:
+    """With CIPHERCARE_DEMO_WITNESS=true and no witness policy: start ``ciphercare witness serve`` as its own
+    process on loopback (state in data_dir/demo-witness), write a policy naming it (quorum 1) and return
+    settings that use it, plus the process (the caller stops it). Otherwise ``(settings, None)``."""
+    import subprocess
+
+    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+
+    if not settings.demo_witness or settings.witness_policy is not None:
+        return settings, None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_vkey = CheckpointSigner(settings.resolved_ledger_key_path, settings.ledger_origin).vkey
+    state = Path(settings.data_dir) / "demo-witness"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciphercare.services.cli.main", "witness", "serve", "--dir", str(state),
+         "--name", DEMO_WITNESS_NAME, "--log", log_vkey, "--port", "0"],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first, second = proc.stdout.readline(), proc.stdout.readline()
+    if not first.startswith("witness ") or "listening on " not in second:
+        proc.kill()
+        raise IntegrityCliError(f"the demo witness did not start: {first.strip()} {second.strip()}")
+    witness_vkey, url = first.split(" ", 1)[1].strip(), second.split(" ")[2]
+    policy = demo_policy_path(settings)
+    policy.write_text(f"# written by `ciphercare up` (CIPHERCARE_DEMO_WITNESS=true)\nlog {log_vkey}\n"
+                      f"witness {witness_vkey} {url}\nquorum 1\n", encoding="utf-8")
+    return settings.model_copy(update={"witness_policy": policy}), proc
+
+
+def demo_transparency(settings: Any, officer: Any, step: Callable[[str, str], None]) -> bool:
+    """Demo steps: a checkpoint cosigned by a witness in its own process; a client rejecting a rolled-back log."""
+    import time
+
+    from ciphercare.sdk.checkpoints import CheckpointMemory, RollbackError, served_note
+    from ciphercare.v1 import access_log_pb2
+
+    path = settings.witness_policy or (demo_policy_path(settings) if demo_policy_path(settings).exists() else None)
+    if path is None:
+        step("witness cosignature", "skipped: no witness (start `up` with CIPHERCARE_DEMO_WITNESS=true)")
+        return True
+    policy = _load_policy(path)
+    latest = officer.call(officer.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            cosigned = officer.call(officer.access_log.GetCheckpoint,
+                                    access_log_pb2.GetCheckpointRequest(cosigned=True))
+            if cosigned.checkpoint.tree_size >= latest.checkpoint.tree_size:
+                break
+        except Exception:  # noqa: BLE001 - FAILED_PRECONDITION until the first cosignature arrives
+            cosigned = None
+        if time.monotonic() > deadline:
+            step("witness cosigns the latest checkpoint", "NOT cosigned within 10 s")
+            return False
+        time.sleep(0.2)
+    memory = CheckpointMemory(policy.log_keys, policy=policy)
+    result = memory.check_note(served_note(cosigned), lambda a, b: [])
+    step("a witness in its own process cosigned the checkpoint",
+         f"size {result.checkpoint.size}, {', '.join(result.witnesses)} (quorum {policy.quorum})")
+    older_size = max(1, result.checkpoint.size // 2)
+    older = None
+    while older is None and older_size > 0:
+        try:
+            older = officer.call(officer.access_log.GetCheckpoint,
+                                 access_log_pb2.GetCheckpointRequest(tree_size=older_size))
+        except Exception:  # noqa: BLE001 - no checkpoint ends exactly there; try a smaller size
+            older_size -= 1
+    if older is None:
+        return True
+    rolled_back = CheckpointMemory(policy.log_keys)  # the older note is genuine: as a rolled-back node serves it
+    rolled_back.seed(memory.remembered(result.checkpoint.origin))  # type: ignore[arg-type]
+    try:
+        rolled_back.check_note(served_note(older), lambda a, b: [])
+    except RollbackError as exc:
+        step("the client that remembers rejects a rolled-back log", f"refused: {str(exc)[:48]}…")
+        return True
+    step("the client that remembers rejects a rolled-back log", "ACCEPTED (unexpected)")
+    return False

@@ -60,7 +60,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         extra["grpc_port"] = args.port
     settings = _settings(args, **extra)
     configure_logging(settings)
-    app = Application.from_settings(settings)
+    # ledger integrity (issue 11): CIPHERCARE_DEMO_WITNESS=true starts a local witness process for the demo
+    from ciphercare.services.cli.integrity import start_demo_witness
+
+    settings, demo_witness = start_demo_witness(settings)
+    try:
+        app = Application.from_settings(settings)
+    except BaseException:
+        if demo_witness is not None:
+            demo_witness.terminate()
+        raise
 
     async def run() -> None:
         ready = asyncio.Event()
@@ -88,6 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if app.dev_issuer_server is not None:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
+        if settings.witness_policy is not None:
+            print(f"  witness policy (C2SP tlog-witness cosignatures):            {settings.witness_policy}")
         print(f"  off-chain store:                                            {_display_url(settings)}")
         if web is not None:
             print(f"  web (patient portal, compliance console):                   {web.url}/")
@@ -102,6 +113,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         asyncio.run(run())
     finally:
         app.close()
+        if demo_witness is not None:
+            demo_witness.terminate()
+            demo_witness.wait(10)
     return 0
 
 
