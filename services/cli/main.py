@@ -142,7 +142,8 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ciphercare.services.bench.runner import run_bench
 
-    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None)
+    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None,
+                     witness=getattr(args, "witness", False))
     return 0 if rows else 1
 
 
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("which", choices=["ledger"])
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.add_argument("--witness", action="store_true",
+                       help="ledger: the cost of witnessing (appends/s with and without a witness, checkpoint latency)")
     bench.set_defaults(func=cmd_bench)
 
     db = sub.add_parser("db", help="off-chain store")
