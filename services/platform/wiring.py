@@ -69,6 +69,11 @@ def open_ledger(settings: Settings) -> Ledger:
             "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key_path = settings.resolved_ledger_key_path
+    if key_path.resolve().is_relative_to(settings.data_dir.resolve()):
+        log.warning("the checkpoint signing key is kept with the data it signs; set CIPHERCARE_CHECKPOINT_KEY_PATH "
+                    "to a place the data's administrators cannot read (docs/TRANSPARENCY.md)",
+                    extra={"key_path": str(key_path)})
     return EmbeddedLedger(
         path=settings.resolved_ledger_path,
         signing_key_path=settings.resolved_ledger_key_path,
