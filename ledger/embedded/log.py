@@ -247,7 +247,7 @@ def decode_leaf(leaf: bytes) -> DecodedLeaf:
     creator = _field(obj, "creator", dict, "leaf")
     writes_raw = _field(obj, "writes", list, "leaf")
     writes: list[tuple[str, bytes | None]] = []
-    for i, w in enumerate(writes_raw):  # type: ignore[arg-type]
+    for i, w in enumerate(writes_raw):  # type: ignore[arg-type,var-annotated]
         where = f"leaf.writes[{i}]"
         if not isinstance(w, dict) or set(w) != {"key", "value_b64"}:
             raise ValueError(f"{where}: must be an object with key and value_b64")
@@ -264,7 +264,7 @@ def decode_leaf(leaf: bytes) -> DecodedLeaf:
             raise ValueError(f"leaf.writes: keys not strictly sorted at {b[0]!r}")
     events_raw = _field(obj, "events", list, "leaf")
     events: list[tuple[str, bytes]] = []
-    for i, e in enumerate(events_raw):  # type: ignore[arg-type]
+    for i, e in enumerate(events_raw):  # type: ignore[arg-type,var-annotated]
         where = f"leaf.events[{i}]"
         if not isinstance(e, dict) or set(e) != {"name", "payload_b64"}:
             raise ValueError(f"{where}: must be an object with name and payload_b64")

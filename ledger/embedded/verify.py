@@ -428,7 +428,7 @@ def _verify(
                 if next_event[0] < seq:
                     bad = int(next_event[0])  # type: ignore[call-overload]
                     raise _Failed(VerifyError(bad, seq_tx(bad), "event row without a matching leaf event"))
-                stored_events.append((next_event[2], bytes(next_event[3])))  # type: ignore[arg-type]
+                stored_events.append((next_event[2], bytes(next_event[3])))  # type: ignore[arg-type,call-overload]
                 next_event = next(events_cur, None)
             if stored_events != list(d.events):
                 raise _Failed(VerifyError(seq, tx_id, "events table differs from the leaf's events"))
@@ -439,7 +439,7 @@ def _verify(
                     bad = int(next_hist[0])  # type: ignore[call-overload]
                     raise _Failed(VerifyError(bad, seq_tx(bad), "history row without a matching leaf write"))
                 _s, key, value, is_delete = next_hist
-                stored_writes.append((key, None if is_delete else bytes(value)))  # type: ignore[arg-type]
+                stored_writes.append((key, None if is_delete else bytes(value)))  # type: ignore[arg-type,call-overload]
                 if bool(is_delete) != (value is None):
                     raise _Failed(VerifyError(seq, tx_id, f"history row for key {key!r} has inconsistent is_delete"))
                 next_hist = next(history_cur, None)
@@ -458,9 +458,9 @@ def _verify(
             check_checkpoint(expected_seq)
 
         if next_event is not None:
-            raise _Failed(VerifyError(int(next_event[0]), None, "event row for a seq that has no entry"))  # type: ignore[arg-type]
+            raise _Failed(VerifyError(int(next_event[0]), None, "event row for a seq that has no entry"))  # type: ignore[arg-type,call-overload]
         if next_hist is not None:
-            raise _Failed(VerifyError(int(next_hist[0]), None, "history row for a seq that has no entry"))  # type: ignore[arg-type]
+            raise _Failed(VerifyError(int(next_hist[0]), None, "history row for a seq that has no entry"))  # type: ignore[arg-type,call-overload]
         beyond = sorted(s for s in checkpoints if s > expected_seq)
         if beyond:
             raise _Failed(

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def _load(led: EmbeddedLedger, submitters: int, in_flight: int, duration_s: floa
 
     def worker(t: int) -> None:
         i = 0
-        window = []
+        window: list[Future[Any]] = []
         while time.perf_counter() < stop_at or window:
             if time.perf_counter() < stop_at and len(window) < in_flight:
                 window.append(led.submit_future(principals[t], "bench", "Put", [f"t{t}-{i}", "x" * 32]))

@@ -249,7 +249,7 @@ def cmd_witness_serve(args: argparse.Namespace) -> int:
         server = WitnessHTTPServer((args.host, args.port), witness, args.prefix)
     except (ValueError, OSError) as exc:
         raise IntegrityCliError(f"witness not started: {exc}") from exc
-    host, port = server.server_address[:2]
+    host, port = args.host, int(server.server_address[1])
     print(f"witness {witness.vkey}", flush=True)
     print(f"listening on http://{host}:{port}{args.prefix} for {', '.join(sorted(rings))}", flush=True)
 
