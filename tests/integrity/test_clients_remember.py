@@ -116,3 +116,57 @@ def test_sdk_reports_fork_and_rollback_with_both_checkpoints(tmp_path: Path) -> 
         assert int(cli_evidence["served_checkpoint"].split("\n")[1]) < size_after
     finally:
         rolled.stop()
+
+
+def test_sdk_and_verify_require_the_witness_quorum(tmp_path: Path) -> None:
+    """A node with a witness policy serves cosigned checkpoints; clients and verify check the quorum."""
+    from testkit.integrity import WitnessProcess, policy_text
+
+    from ciphercare.ledger.witness.policy import Policy
+    from ciphercare.sdk.checkpoints import CheckpointCheckError
+
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    key_path = node_dir / "ledger-ed25519.pem"
+    vkey = CheckpointSigner(key_path, "ciphercare.local/ledger").vkey
+    witness = WitnessProcess(tmp_path / "w1", "witness1.test", [vkey])
+    absent = WitnessProcess(tmp_path / "w2", "witness2.test", [vkey])
+    absent.stop()  # listed in the strict policy, but never cosigns
+    try:
+        (tmp_path / "policy.txt").write_text(policy_text([vkey], [witness], 1))
+        (tmp_path / "strict.txt").write_text(policy_text([vkey], [witness, absent], 2))
+        settings = make_settings(node_dir, web_enabled=False, witness_policy=tmp_path / "policy.txt",
+                                 witness_wait_ms=5000)
+        server = ServerThread(settings).start()
+        issuer = DevIssuer.from_settings(settings)
+        hospital = CiphercareClient.connect(server.target, issuer.issue(
+            subject="svc-a", roles=["hospital"], org="hospital-a"), deadline_s=15)
+        officer = CiphercareClient.connect(server.target, issuer.issue(
+            subject="officer", roles=["compliance-officer"], org="regulator"), deadline_s=15)
+        try:
+            for i in range(4):
+                _record(hospital, f"pt-w-{i}")
+            served = officer.call(officer.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest(cosigned=True))
+            assert served.checkpoint.tree_size >= 4 and len(served.cosignatures) == 1
+            assert served.cosignatures[0].startswith("\u2014 witness1.test ")
+            policy = Policy.load(tmp_path / "policy.txt")
+            result = CheckpointMemory(policy.log_keys, policy=policy,
+                                      store=CheckpointStore(tmp_path / "state")).check(officer)
+            assert result.witnesses == ("witness1.test",)
+            strict = Policy.load(tmp_path / "strict.txt")
+            with pytest.raises(CheckpointCheckError, match="requires 2"):
+                CheckpointMemory(strict.log_keys, policy=strict).check(officer)
+        finally:
+            hospital.close()
+            officer.close()
+            server.stop()
+        env = {**os.environ, "CIPHERCARE_DATA_DIR": str(node_dir)}
+        ok = subprocess.run([*CLI, "ledger", "verify", "--policy", str(tmp_path / "policy.txt")], env=env,
+                            capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0, ok.stderr
+        assert "witnessed up to" in ok.stdout and "WARNING" not in ok.stderr  # the key came from the policy
+        bad = subprocess.run([*CLI, "ledger", "verify", "--policy", str(tmp_path / "strict.txt")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 6, bad.stderr
+    finally:
+        witness.stop()
