@@ -57,7 +57,9 @@ def _not_found(web: WebApp, request: Request) -> Response:
 
 def pinned_vkey(web: WebApp, session: Session, served: str) -> str:
     """The verifier key this session trusts: configured, else the first one the service served (then pinned)."""
-    trusted = web.settings.web_ledger_vkey or session.vkey or served
+    # Ledger integrity (issue 11): the pinned log key CIPHERCARE_LEDGER_VKEY (newest last) applies here too.
+    pinned = [k.strip() for k in getattr(web.settings, "ledger_vkey", "").split(",") if k.strip()]
+    trusted = web.settings.web_ledger_vkey or (pinned[-1] if pinned else "") or session.vkey or served
     session.vkey = session.vkey or trusted
     if served != trusted:
         raise ServiceRefusal(grpc.StatusCode.DATA_LOSS,
