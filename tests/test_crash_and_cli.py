@@ -21,9 +21,11 @@ from ciphercare.services.platform.settings import load_settings
 from ciphercare.v1 import access_log_pb2
 
 
-def start_server(data_dir: Path, issuer_port: int) -> tuple[subprocess.Popen[str], int]:
+def start_server(data_dir: Path, issuer_port: int, *,
+                 demo_witness: bool = False) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, CIPHERCARE_DATA_DIR=str(data_dir), CIPHERCARE_GRPC_PORT="0",
-               CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false")
+               CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false",
+               CIPHERCARE_DEMO_WITNESS=str(demo_witness).lower())
     return start_cli_server(env, timeout_s=60)
 
 
@@ -141,7 +143,7 @@ def test_dev_token_prints_a_keycloak_shaped_token(tmp_path: Path) -> None:
 
 def test_demo_runs_the_whole_scenario_against_a_running_server(tmp_path: Path) -> None:
     issuer_port = free_port()
-    proc, port = start_server(tmp_path, issuer_port)
+    proc, port = start_server(tmp_path, issuer_port, demo_witness=True)  # a witness process (issue 11)
     try:
         result = run_cli("demo", "--target", f"127.0.0.1:{port}", data_dir=tmp_path, issuer_port=issuer_port)
     finally:
@@ -153,3 +155,5 @@ def test_demo_runs_the_whole_scenario_against_a_running_server(tmp_path: Path) -
     assert "0 visible" in out and "(unexpected)" not in out
     assert out.count("verified in tree of") == 3 and "consistency proof" in out
     assert "every proof verified" in out
+    assert "a witness in its own process cosigned the checkpoint" in out and "demo-witness" in out
+    assert "rejects a rolled-back log" in out and "refused: rollback" in out
