@@ -170,3 +170,41 @@ def test_sdk_and_verify_require_the_witness_quorum(tmp_path: Path) -> None:
         assert bad.returncode == 6, bad.stderr
     finally:
         witness.stop()
+
+
+def test_console_session_reports_a_rollback_with_both_checkpoints(tmp_path: Path) -> None:
+    """The compliance console's integrity check keeps the verified checkpoint in the session."""
+    from types import SimpleNamespace
+
+    from ciphercare.services.web.console import check_integrity
+    from ciphercare.services.web.sessions import Session
+
+    session = Session(id="s", csrf_token="c", created=0.0, last_seen=0.0)
+    node_dir = tmp_path / "node"
+    node = Node(node_dir)
+    try:
+        _record(node.hospital, "pt-c-0")
+    finally:
+        node.stop()
+    backup = tmp_path / "backup"
+    shutil.copytree(node_dir, backup)
+    node = Node(node_dir)
+    try:
+        _record(node.hospital, "pt-c-1")
+        web = SimpleNamespace(settings=node.settings)
+        first = check_integrity(web, session, node.officer, [])  # type: ignore[arg-type]
+        assert first["ok"] and first["consistency"] == "first"
+        _record(node.hospital, "pt-c-2")
+        second = check_integrity(web, session, node.officer, [])  # type: ignore[arg-type]
+        assert second["ok"] and second["consistency"] == "consistent"
+    finally:
+        node.stop()
+    rolled = Node(backup)
+    try:
+        report = check_integrity(SimpleNamespace(settings=rolled.settings), session, rolled.officer, [])  # type: ignore[arg-type]
+        assert not report["ok"] and report["consistency"] == "inconsistent"
+        assert "rollback" in report["problems"][0]
+        assert report["evidence"]["remembered_checkpoint"] != report["evidence"]["served_checkpoint"]
+        assert session.last_checkpoint is not None and session.last_checkpoint.tree_size > rolled.size()
+    finally:
+        rolled.stop()
