@@ -61,8 +61,57 @@ def post_add_checkpoint(url: str, body: bytes, timeout: float) -> Response:
         conn.close()
 
 
+class KeepAlive:
+    """One persistent HTTP connection per witness URL (tlog-witness: clients SHOULD use keep-alive).
+
+    Used by one thread per witness at a time (the submitter's rounds are sequential)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._lock = threading.Lock()
+
+    def _drop(self, url: str) -> None:
+        with self._lock:
+            conn = self._conns.pop(url, None)
+        if conn is not None:
+            conn.close()
+
+    def post(self, url: str, body: bytes, timeout: float) -> Response:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"witness URL {url!r} must be http(s)")
+        for attempt in (0, 1):
+            with self._lock:
+                conn = self._conns.get(url)
+                if conn is None:
+                    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+                    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+                    self._conns[url] = conn
+            try:
+                conn.request("POST", parts.path.rstrip("/") + "/add-checkpoint", body=body,
+                             headers={"Content-Type": "text/plain"})
+                resp = conn.getresponse()
+                data = resp.read(65536)
+                if resp.will_close:
+                    self._drop(url)
+                return Response(resp.status, data, resp.getheader("Content-Type", ""))
+            except (http.client.HTTPException, OSError):
+                self._drop(url)  # a stale kept-alive connection: retry once on a fresh one
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+
+
 def cosign_with(witness: Witness, note: bytes, size: int, proof_fn: ProofFn, timeout: float,
-                known_size: int | None) -> tuple[str | None, int | None, str]:
+                known_size: int | None,
+                post: Callable[[str, bytes, float], Response] = post_add_checkpoint,
+                ) -> tuple[str | None, int | None, str]:
     """Get ``witness``'s cosignature on ``note``: ``(signature line or None, witness size, message)``.
 
     Raises :class:`WitnessRefusal` when the answer proves a rollback or fork.
@@ -70,7 +119,7 @@ def cosign_with(witness: Witness, note: bytes, size: int, proof_fn: ProofFn, tim
     old = known_size if known_size is not None and known_size <= size else 0
     for _attempt in range(3):
         proof = proof_fn(old, size) if 0 < old < size else []
-        resp = post_add_checkpoint(witness.url, request_body(old, proof, note), timeout)
+        resp = post(witness.url, request_body(old, proof, note), timeout)
         if resp.status == 200:
             body, _ = split_note(note)
             for line in resp.body.decode("utf-8", errors="replace").splitlines():
@@ -112,6 +161,7 @@ class WitnessSubmitter:
         self.refusal: str | None = None
         self.rounds = 0
         self._pool = ThreadPoolExecutor(max(1, len(policy.witnesses)), thread_name_prefix="witness")
+        self._http = KeepAlive()
         latest = self._file.latest()
         if latest is not None:
             try:
@@ -149,7 +199,7 @@ class WitnessSubmitter:
         """Submit ``cp`` to every witness now; returns (cosignatures, problems). Raises WitnessRefusal."""
         futures = [
             (w, self._pool.submit(cosign_with, w, cp.note, cp.size, self.proof_fn, self.timeout_s,
-                                  self._sizes[w.name]))
+                                  self._sizes[w.name], self._http.post))
             for w in self.policy.witnesses
         ]
         lines: list[str] = []
@@ -212,6 +262,7 @@ class WitnessSubmitter:
             self._cond.notify_all()
         self._thread.join(flush_timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
         self._file.close()
 
 
