@@ -206,5 +206,11 @@ def test_console_session_reports_a_rollback_with_both_checkpoints(tmp_path: Path
         assert "rollback" in report["problems"][0]
         assert report["evidence"]["remembered_checkpoint"] != report["evidence"]["served_checkpoint"]
         assert session.last_checkpoint is not None and session.last_checkpoint.tree_size > rolled.size()
+        # The patient portal's receipts go through the same session memory: no receipt from a rolled-back log.
+        from ciphercare.services.web.integrity import remember_latest
+
+        latest = rolled.officer.call(rolled.officer.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+        problem, evidence = remember_latest(rolled.settings, session, rolled.officer, latest.verifier_key, latest)
+        assert problem is not None and "rollback" in problem and evidence is not None
     finally:
         rolled.stop()
