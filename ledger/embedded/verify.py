@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ciphercare.ledger.embedded.checkpoint_log import CheckpointLogError, default_path, read_records
-from ciphercare.ledger.embedded.log import decode_leaf
+from ciphercare.ledger.embedded.log import SCHEMA_VERSION, decode_leaf
 from ciphercare.ledger.transparency.checkpoint import (
     CheckpointError,
     CheckpointKeyring,
@@ -196,6 +196,13 @@ def verify_ledger(
             raise _Failed(VerifyError(None, None, "no origin given and the ledger records none", kind=KIND_DAMAGED))
         signed_sizes = _verify(conn, keyring, want_origin, meta, tree, counters)
         pub = Path(published_path) if published_path is not None else default_path(p)
+        recorded = meta.get("published_file")
+        if recorded is not None and recorded != pub.name:
+            raise _Failed(VerifyError(None, None, f"the ledger records its published-checkpoint file as {recorded!r}, "
+                                      f"not {pub.name!r} (pass --checkpoints with the node's file)"))
+        if recorded is not None and not pub.exists():
+            raise _Failed(VerifyError(None, None, f"the published-checkpoint file {pub} that the ledger records is "
+                                      "missing: nothing proves the log was not rolled back", kind=KIND_ROLLED_BACK))
         if published_path is not None or pub.exists():
             signed_sizes |= _check_published(pub, keyring, want_origin, tree, counters)
         else:
@@ -327,6 +334,16 @@ def _verify(
     vkey = meta.get("vkey")
     if vkey is not None and vkey not in keyring.vkeys:
         raise _Failed(VerifyError(None, None, f"ledger was created with key {vkey}, not {keyring.current.vkey}"))
+    known = {"schema_version", "origin", "vkey", "channel", "chaincode", "published_file"}
+    if set(meta) - known:
+        raise _Failed(VerifyError(None, None, f"meta table has unknown keys {sorted(set(meta) - known)}"))
+    if meta.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise _Failed(VerifyError(None, None, f"meta schema_version is {meta['schema_version']!r}"))
+    if meta.get("origin", origin) != origin:
+        raise _Failed(VerifyError(None, None, f"meta origin {meta['origin']!r} is not {origin!r}"))
+    published = meta.get("published_file")
+    if published is not None and (not published or "/" in published or published.startswith(".")):
+        raise _Failed(VerifyError(None, None, f"meta published_file {published!r} is not a file name"))
     signed: set[int] = set()
     newest_key = [0]
 

@@ -40,8 +40,14 @@ def test_consistent_rewrite_with_deleted_checkpoints_is_an_unsigned_tail(source:
     forked = verify_ledger(db, source[1]).first_error
     assert forked is not None and forked.kind == KIND_ROLLED_BACK
     assert "differs from the checkpoint published" in forked.message
-    # The operator deletes that file too: what is left is a tail no signed checkpoint covers.
+    # The operator deletes that file too: the ledger recorded that it keeps one.
     (data / "ledger.db.checkpoints").unlink()
+    gone = verify_ledger(db, source[1]).first_error
+    assert gone is not None and gone.kind == KIND_ROLLED_BACK and "missing" in gone.message
+    # ... and the record of it: what is left is a tail no signed checkpoint covers.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'published_file'")
+    conn.close()
     tail = verify_ledger(db, source[1]).first_error
     assert tail is not None and tail.kind == KIND_UNSIGNED and tail.exit_code == EXIT_CODES[KIND_UNSIGNED] == 4
     lo, hi = (int(x) for x in tail.message.split("entries ")[1].split(" ")[0].split(".."))
