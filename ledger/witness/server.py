@@ -131,11 +131,12 @@ class WitnessState:
 class Witness:
     """The witness logic, independent of HTTP."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], name: str, logs: dict[str, CheckpointKeyring]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], name: str, logs: dict[str, CheckpointKeyring],
+                 alg: str = "ed25519") -> None:
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self.signer = WitnessSigner(self.dir / "witness-ed25519.pem", name)
+        self.signer = WitnessSigner(self.dir / f"witness-{alg}.pem", name, alg)
         self.logs = dict(logs)
         self.state = WitnessState(self.dir / "state.json")
         self._evidence = self.dir / "evidence.log"

@@ -245,7 +245,7 @@ def cmd_witness_serve(args: argparse.Namespace) -> int:
         raise IntegrityCliError("name at least one log to witness: --log <log vkey> (or --policy)")
     try:
         rings = {origin: CheckpointKeyring.from_vkeys(keys) for origin, keys in logs.items()}
-        witness = Witness(Path(args.dir), args.name, rings)
+        witness = Witness(Path(args.dir), args.name, rings, args.alg)
         server = WitnessHTTPServer((args.host, args.port), witness, args.prefix)
     except (ValueError, OSError) as exc:
         raise IntegrityCliError(f"witness not started: {exc}") from exc
@@ -274,7 +274,7 @@ def cmd_witness_vkey(args: argparse.Namespace) -> int:
 
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     try:
-        print(WitnessSigner(Path(args.dir) / "witness-ed25519.pem", args.name).vkey)
+        print(WitnessSigner(Path(args.dir) / f"witness-{args.alg}.pem", args.name, args.alg).vkey)
     except (ValueError, OSError) as exc:
         raise IntegrityCliError(str(exc)) from exc
     return 0
@@ -285,17 +285,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     witness = sub.add_parser("witness", help="run a C2SP tlog-witness for another organisation's ledger")
     wsub = witness.add_subparsers(dest="witness_command", required=True)
     serve = wsub.add_parser("serve", help="serve POST <prefix>/add-checkpoint (tlog-witness), cosign with Ed25519")
-    serve.add_argument("--dir", required=True, help="state directory (key witness-ed25519.pem, state.json)")
+    serve.add_argument("--dir", required=True, help="state directory (key witness-<alg>.pem, state.json)")
     serve.add_argument("--name", required=True, help="witness name, e.g. witness.hospital-b.example")
     serve.add_argument("--log", action="append", help="verifier key of a log to witness (repeat; oldest first)")
     serve.add_argument("--policy", help="take the log keys from this policy file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7380, help="0 = any free port (printed)")
     serve.add_argument("--prefix", default="", help="URL prefix of the endpoints")
+    serve.add_argument("--alg", default="ed25519", choices=["ed25519", "ml-dsa-44"],
+                       help="cosignature algorithm (tlog-cosignature; ML-DSA-44 is post-quantum)")
     serve.set_defaults(func=cmd_witness_serve)
     vkey = wsub.add_parser("vkey", help="print the witness's verifier key (creates the key if missing)")
     vkey.add_argument("--dir", required=True)
     vkey.add_argument("--name", required=True)
+    vkey.add_argument("--alg", default="ed25519", choices=["ed25519", "ml-dsa-44"])
     vkey.set_defaults(func=cmd_witness_vkey)
 
 

@@ -24,7 +24,7 @@ from ciphercare.ledger.embedded.verify import KIND_WITNESS, verify_ledger
 from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 from ciphercare.ledger.transparency.merkle import MerkleTree
 from ciphercare.ledger.witness.client import post_add_checkpoint
-from ciphercare.ledger.witness.cosignature import CosignatureVerifier, split_note
+from ciphercare.ledger.witness.cosignature import CosignatureVerifier, parse_witness_vkey, split_note
 from ciphercare.ledger.witness.policy import Policy
 from ciphercare.ledger.witness.server import request_body
 
@@ -37,7 +37,9 @@ def node_key(tmp_path: Path) -> CheckpointSigner:
 
 @pytest.fixture
 def witnesses(tmp_path: Path, node_key: CheckpointSigner) -> Iterator[list[WitnessProcess]]:
-    procs = [WitnessProcess(tmp_path / f"w{i}", f"witness{i}.test", [node_key.vkey]) for i in (1, 2)]
+    """Two witness processes: one Ed25519 (cosignature/v1), one ML-DSA-44 (post-quantum)."""
+    procs = [WitnessProcess(tmp_path / f"w{i}", f"witness{i}.test", [node_key.vkey], alg)
+             for i, alg in ((1, "ed25519"), (2, "ml-dsa-44"))]
     yield procs
     for p in procs:
         p.stop()
@@ -68,6 +70,7 @@ def test_node_checkpoints_are_cosigned_by_a_quorum(tmp_path: Path, node_key: Che
         checked, cosigs = policy.verify(cosigned[1], origin=ORIGIN)
         assert checked.root_hash == cp.root_hash
         assert sorted(c.name for c in cosigs) == ["witness1.test", "witness2.test"]
+        assert [parse_witness_vkey(w.vkey)[2] for w in witnesses] == [0x04, 0x06]  # Ed25519, ML-DSA-44
         assert all(c.timestamp > 1_700_000_000 for c in cosigs)
     finally:
         led.close()

@@ -116,9 +116,9 @@ def build_killed(data: Path, n: int = 300) -> None:
 class WitnessProcess:
     """``ciphercare witness serve`` as its own process on loopback."""
 
-    def __init__(self, state_dir: Path, name: str, log_vkeys: list[str]) -> None:
+    def __init__(self, state_dir: Path, name: str, log_vkeys: list[str], alg: str = "ed25519") -> None:
         args = [sys.executable, "-m", "ciphercare.services.cli.main", "witness", "serve", "--dir", str(state_dir),
-                "--name", name, "--port", "0"]
+                "--name", name, "--port", "0", "--alg", alg]
         for vkey in log_vkeys:
             args += ["--log", vkey]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
