@@ -176,6 +176,9 @@ def _consent_event(record: ConsentRecord) -> bytes:
         "grantee_org": record.grantee_org,
         "version": record.version,
         "status": record.status,
+        # Projections (the privacy projection's document references) take the document's hash from the event
+        # and never read the chain back per event; a hash, never the document.
+        "document_sha256": record.document_sha256,
     }
     if record.revocation_reason is not None:
         payload["revocation_reason"] = record.revocation_reason

@@ -16,6 +16,7 @@ import grpc
 from ciphercare.ledger.transparency.checkpoint import CheckpointVerifier
 from ciphercare.ledger.transparency.merkle import ProofError as MerkleProofError
 from ciphercare.ledger.transparency.merkle import check_consistency, leaf_hash, verify_inclusion
+from ciphercare.sdk.channels import ChannelSecurity, open_channel
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
 
 TokenSource = Callable[[], str]
@@ -44,10 +45,12 @@ class CiphercareClient:
 
     @classmethod
     def connect(cls, target: str, token: TokenSource | str, *, deadline_s: float = 10.0,
-                max_message_bytes: int = 4 * 1024 * 1024) -> CiphercareClient:
+                max_message_bytes: int = 4 * 1024 * 1024, security: ChannelSecurity | None = None) -> CiphercareClient:
+        """A client over a new channel: TLS unless ``target`` is loopback (see :mod:`ciphercare.sdk.channels`)."""
         source: TokenSource = (lambda: token) if isinstance(token, str) else token
-        channel = grpc.insecure_channel(
+        channel = open_channel(
             target,
+            security,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ciphercare.sdk.channels import ChannelSecurity, open_channel
 from ciphercare.v1 import scoring_pb2, scoring_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
@@ -105,9 +106,10 @@ class ScoringClient:
         self._registered: set[str] = set()
 
     @classmethod
-    def connect(cls, target: str, token: str, *, deadline_s: float = 600.0) -> ScoringClient:
+    def connect(cls, target: str, token: str, *, deadline_s: float = 600.0,
+                security: ChannelSecurity | None = None) -> ScoringClient:
         options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-        return cls(grpc.insecure_channel(target, options=options), token, deadline_s=deadline_s)
+        return cls(open_channel(target, security, options=options), token, deadline_s=deadline_s)
 
     def close(self) -> None:
         self.channel.close()

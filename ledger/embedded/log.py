@@ -9,7 +9,7 @@ published to readers.  If anything fails the tree is rolled back to its old
 size and the exception propagates: nothing is half-applied.
 
 World state is a cache of the leaves: replaying every leaf's ``writes`` in
-order rebuilds the ``state`` and ``history`` tables (``ledger/verify.py``
+order rebuilds the ``state`` and ``history`` tables (``ledger/embedded/verify.py``
 checks exactly that).
 """
 

@@ -234,7 +234,8 @@ class EmbeddedMSP:
         )
         pem = cert.public_bytes(serialization.Encoding.PEM)
         der = cert.public_bytes(serialization.Encoding.DER)
-        serialized = identities_pb2.SerializedIdentity(mspid=mspid, id_bytes=pem).SerializeToString()
+        serialized = identities_pb2.SerializedIdentity(  # type: ignore[attr-defined]
+            mspid=mspid, id_bytes=pem).SerializeToString()
         return Identity(
             mspid=mspid,
             cert_pem=pem,

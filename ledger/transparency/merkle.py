@@ -188,7 +188,7 @@ class MerkleTree:
         s, b = parts[-1]
         k = b.bit_length() - 1
         o = (s >> k) * HASH_SIZE
-        acc = self._levels[k][o : o + HASH_SIZE]
+        acc = bytes(self._levels[k][o : o + HASH_SIZE])
         for s, b in reversed(parts[:-1]):
             if s & (b - 1):
                 raise ValueError(f"range [{start}, {end}) is not right-edge aligned")

@@ -11,23 +11,23 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any
 
 import grpc
 
 from ciphercare.consent import canonical
-from ciphercare.ledger.api import CommittedEvent, Ledger, Principal
+from ciphercare.ledger.api import CommittedEvent, Principal
+from ciphercare.ledger.gateway import TransparencyLog
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
-from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.gateway import ContractHandles
+from ciphercare.services.platform.projections import ProjectionRunner, committed_events
 from ciphercare.services.store import AccessEventIndex, AccessQuery, OffchainStore
-from ciphercare.services.store.consistency import committed_events
+from ciphercare.services.store.repository import ACCESS_PROJECTION
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
 
-CONTRACT = "accesslog"
 EVENT_NAME = "AccessRecorded"
 MAX_DETAIL_BYTES = 64 * 1024
 DEFAULT_PAGE = 100
@@ -85,56 +85,41 @@ class AccessScope:
         return self.pid is None and self.org is None
 
 
-class AccessProjector:
-    """Keeps the off-chain search index in step with the ledger (idempotent, resumable)."""
+class AccessProjection:
+    """The off-chain search index of access events (idempotent by seq, resumable from its cursor).
 
-    def __init__(self, ledger: Ledger, store: OffchainStore) -> None:
-        self.ledger = ledger
+    A projection fed by the :class:`~ciphercare.services.platform.projections.ProjectionRunner`.
+    """
+
+    cursor_name = ACCESS_PROJECTION
+    event_names = frozenset({EVENT_NAME})
+
+    def __init__(self, store: OffchainStore) -> None:
         self.store = store
-        self._stream: Any = None
 
-    def catch_up(self) -> int:
-        """Apply every committed event past the stored cursor; returns how many were applied."""
-        start = self.store.projection_cursor()
-        end = self.ledger.size()
+    def cursor(self) -> int:
+        return self.store.projection_cursor()
+
+    def apply(self, events: Sequence[CommittedEvent], next_seq: int) -> None:
+        self.store.project_access_events([index_from_event(e) for e in events], next_seq=next_seq)
+
+    def replay(self, log: TransparencyLog) -> int:
+        """Apply every committed event past the cursor, on its own (the store check); returns how many."""
+        start, end = self.cursor(), log.size()
         if start >= end:
             return 0
-        # A bounded read of [start, end): a following stream would block for ever when the
-        # last entries carry no AccessRecorded event (e.g. a restart after a Grant).
-        rows = [index_from_event(e) for e in committed_events(self.ledger, start, end, frozenset({EVENT_NAME}))]
-        self.store.project_access_events(rows, next_seq=end)
-        return len(rows)
-
-    async def follow(self) -> None:
-        """Apply new events as they commit, until cancelled."""
-        self.catch_up()
-        start = self.store.projection_cursor()
-        stream = self._stream = self.ledger.events(start, frozenset({EVENT_NAME}))
-        try:
-            while True:
-                # A burst of commits is applied in one off-chain transaction, off the event loop.
-                try:
-                    events = await asyncio.to_thread(stream.next_batch)
-                except StopIteration:
-                    return
-                rows = [index_from_event(event) for event in events]
-                await asyncio.to_thread(self.store.project_access_events, rows, events[-1].seq + 1)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        events = list(committed_events(log, start, end, self.event_names))
+        self.apply(events, end)
+        return len(events)
 
 
 class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, gateway: LedgerGateway, store: OffchainStore, vkey: str) -> None:
-        self.gateway = gateway
-        self.ledger = gateway.ledger
+    def __init__(self, ledger: ContractHandles, store: OffchainStore, projections: ProjectionRunner) -> None:
+        self.ledger = ledger
+        self.log = ledger.transparency
         self.store = store
-        self.vkey = vkey
-        self._projector = AccessProjector(self.ledger, store)
+        self.vkey = self.log.verifier_key()
+        self._projections = projections
 
     def _read_committed(self) -> None:
         """Bring the search index up to the ledger before answering (read-your-writes).
@@ -143,8 +128,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         ledger follower, which applies bursts asynchronously; a reader must not see less than
         what was committed before it asked.
         """
-        if self.store.projection_cursor() < self.ledger.size():
-            self._projector.catch_up()
+        self._projections.read_committed()
 
     # Writes -----------------------------------------------------------------
 
@@ -170,7 +154,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         if not event["source"]["observer"]:
             # BALP: the observer is the system that saw the access; default to the caller's client.
             event["source"]["observer"] = principal.client_id or principal.org or "unknown-client"
-        receipt = await self.gateway.submit(principal, CONTRACT, "Record", self.gateway.arg(event))
+        receipt = await self.ledger.accesslog(principal).submit("Record", self.ledger.arg(event))
         committed = [e for e in receipt.events if e.name == EVENT_NAME]
         if len(committed) != 1:
             raise RuntimeError(f"Record tx {receipt.tx_id} emitted {len(committed)} AccessRecorded events")
@@ -233,21 +217,21 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
     # Proofs -----------------------------------------------------------------
 
     def _checkpoint_at(self, size: int):  # type: ignore[no-untyped-def]
-        latest = self.ledger.checkpoint()
+        latest = self.log.checkpoint()
         if size == 0 or size == latest.size:
             return latest
         if size > latest.size:
             raise invalid(f"tree_size {size} is beyond the latest checkpoint ({latest.size})")
-        checkpoint = self.ledger.checkpoint_at(size)  # type: ignore[attr-defined]
+        checkpoint = self.log.checkpoint_at(size)
         if checkpoint is None:
             raise precondition(f"no signed checkpoint exists at tree size {size}; pass 0 for the latest")
         return checkpoint
 
     def _about_own_patient(self, seq: int, principal: Principal) -> bool:
         """Is ledger entry ``seq`` solely about the calling patient (every event it emitted names their pid)?"""
-        if "patient" not in principal.roles or not principal.pid or seq >= self.ledger.size():
+        if "patient" not in principal.roles or not principal.pid or seq >= self.log.size():
             return False
-        events = self.ledger.entry(seq).events
+        events = self.log.entry(seq).events
         if not events:
             return False
         for event in events:
@@ -261,7 +245,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         self, request: access_log_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> access_log_pb2.GetCheckpointResponse:
         # Ledger integrity (issue 11): the witness-cosigned checkpoint and its cosignature lines.
-        cosigned = getattr(self.ledger, "cosigned_checkpoint", lambda: None)()
+        cosigned = getattr(self.log, "cosigned_checkpoint", lambda: None)()
         if request.cosigned:
             if request.tree_size:
                 raise invalid("pass tree_size 0 with cosigned: the newest cosigned checkpoint is returned")
@@ -296,8 +280,8 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         checkpoint = self._checkpoint_at(request.tree_size)
         if seq >= checkpoint.size:
             raise precondition(f"entry {seq} is not covered by the checkpoint of size {checkpoint.size} yet")
-        proof = self.ledger.inclusion_proof(seq, checkpoint.size)
-        entry = self.ledger.entry(seq)
+        proof = self.log.inclusion_proof(seq, checkpoint.size)
+        entry = self.log.entry(seq)
         return access_log_pb2.GetInclusionProofResponse(
             leaf_index=proof.leaf_index,
             tree_size=proof.tree_size,
@@ -313,7 +297,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         if request.first_tree_size == 0 or request.first_tree_size > second.size:
             raise invalid(f"first_tree_size must be in 1..{second.size}")
         first = self._checkpoint_at(request.first_tree_size)
-        proof = self.ledger.consistency_proof(first.size, second.size)
+        proof = self.log.consistency_proof(first.size, second.size)
         return access_log_pb2.GetConsistencyProofResponse(
             first_tree_size=proof.first_size,
             second_tree_size=proof.second_size,

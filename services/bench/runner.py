@@ -179,7 +179,7 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
                                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}},
                                       indent=2))
         return rows
-    if which == "scoring":  # encrypted risk scoring: services/scoring_bench.py
+    if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 
         return run_scoring_bench(quick=quick, out=out)

@@ -31,7 +31,7 @@ def _ts(moment: datetime):  # type: ignore[no-untyped-def]
 
 
 def _encrypted_scoring_round(target: str, issuer: DevIssuer, step, settings: Settings) -> bool:  # type: ignore[no-untyped-def]
-    """One consented and one refused patient through encrypted risk scoring (services/scoring_demo.py)."""
+    """One consented and one refused patient through encrypted risk scoring (services/cli/demo_scoring.py)."""
     from ciphercare.sdk.scoring import ScoringError
     from ciphercare.services.cli.demo_scoring import scoring_round
 

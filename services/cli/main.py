@@ -26,6 +26,15 @@ COMMAND_MODULES = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ciphercare")
+    except PackageNotFoundError:  # running from a checkout without an install
+        return "unknown"
+
+
 class CliError(Exception):
     """A failure worth one line on stderr and exit code 1."""
 
@@ -53,15 +62,17 @@ def _display_url(settings: Settings) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from ciphercare.services.platform.logs import configure_logging
-    from ciphercare.services.platform.wiring import Application
 
     extra: dict[str, Any] = {}
     if args.port is not None:
         extra["grpc_port"] = args.port
     settings = _settings(args, **extra)
+    # JSON logging first: importing the server pulls in libraries that log (Alembic's plugins) or install a
+    # plain DEBUG handler of their own (the Fabric shim) at import time.
     configure_logging(settings)
     # ledger integrity (issue 11): CIPHERCARE_DEMO_WITNESS=true starts a local witness process for the demo
     from ciphercare.services.cli.integrity import start_demo_witness
+    from ciphercare.services.platform.wiring import Application
 
     settings, demo_witness = start_demo_witness(settings)
     try:
@@ -100,6 +111,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         if settings.witness_policy is not None:
             print(f"  witness policy (C2SP tlog-witness cosignatures):            {settings.witness_policy}")
         print(f"  off-chain store:                                            {_display_url(settings)}")
+        if app.metrics_port:
+            print(f"  metrics (Prometheus):                                       "
+                  f"http://{settings.metrics_host}:{app.metrics_port}/metrics")
+        if settings.tls_enabled:
+            print("  TLS on gRPC" + (" (mutual)" if settings.tls_client_ca_path else "") +
+                  (" and web" if settings.web_tls else ""))
         if web is not None:
             print(f"  web (patient portal, compliance console):                   {web.url}/")
         print("  try: ciphercare demo    stop: Ctrl-C", flush=True)
@@ -168,6 +185,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ciphercare", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--data-dir", help="state directory for the embedded defaults (CIPHERCARE_DATA_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
 

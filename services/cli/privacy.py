@@ -1,4 +1,4 @@
-"""`ciphercare` subcommands of the privacy room (registered by services/cli.py).
+"""`ciphercare` subcommands of the privacy room (registered by services/cli/main.py).
 
 * ``patient erase <pid>`` -- right to erasure: record it on the ledger, destroy the patient's data key.
 * ``store check [--no-repair] [--json]`` -- the off-chain store against the ledger (what every start logs).
@@ -72,6 +72,7 @@ def _owner_lock(settings: Any) -> Any:
 def cmd_patient_erase(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: logging is configured before heavy imports log anything
     from ciphercare.ledger.api import LedgerError
+    from ciphercare.services.platform.gateway import embedded_handles
     from ciphercare.services.platform.wiring import open_ledger
     from ciphercare.services.privacy.operations import ErasureError, erase_patient, open_offchain_store
     from ciphercare.services.store.envelope import CryptoError
@@ -82,7 +83,7 @@ def cmd_patient_erase(args: argparse.Namespace) -> int:
         try:
             store = open_offchain_store(settings)
             try:
-                result = erase_patient(ledger, store, args.pid, purpose=args.purpose,
+                result = erase_patient(embedded_handles(ledger), store, args.pid, purpose=args.purpose,
                                        timeout_s=settings.ledger_submit_timeout_s)
             finally:
                 store.close()
@@ -103,6 +104,7 @@ def cmd_patient_erase(args: argparse.Namespace) -> int:
 @_one_line_errors
 def cmd_store_check(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: logging is configured before heavy imports log anything
+    from ciphercare.services.platform.gateway import embedded_handles
     from ciphercare.services.platform.wiring import open_ledger
     from ciphercare.services.privacy.operations import open_offchain_store
     from ciphercare.services.store.consistency import check_store
@@ -113,7 +115,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
         try:
             store = open_offchain_store(settings)
             try:
-                report = check_store(ledger, store, full=True, orphan_grace_s=settings.orphan_grace_s,
+                report = check_store(embedded_handles(ledger), store, full=True, orphan_grace_s=settings.orphan_grace_s,
                                      repair=not args.no_repair)
             finally:
                 store.close()

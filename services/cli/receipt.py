@@ -1,4 +1,4 @@
-"""`ciphercare receipt verify`: check a portal/console receipt offline (registered by services/cli.py)."""
+"""`ciphercare receipt verify`: check a portal/console receipt offline (registered by services/cli/main.py)."""
 
 from __future__ import annotations
 

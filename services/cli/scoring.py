@@ -1,4 +1,4 @@
-"""`ciphercare` subcommands of the scoring room (registered by services/cli.py).
+"""`ciphercare` subcommands of the scoring room (registered by services/cli/main.py).
 
 * ``ciphercare model train``: train on WHAS500 (default) or a CSV with a schema, report held-out
   AUC / accuracy / Brier score / calibration, export the package (default: the local server's
@@ -6,7 +6,7 @@
 * ``ciphercare model info``: the public facts and SHA-256 of a package.
 * ``ciphercare score --input patients.csv --output risks.csv``: the hospital side end to end (keys
   generated or loaded locally, encrypt, call, decrypt, write probabilities).
-* ``ciphercare bench scoring``: added to ``ciphercare bench``'s choices (see services/scoring_bench.py).
+* ``ciphercare bench scoring``: added to ``ciphercare bench``'s choices (see services/bench/scoring.py).
 """
 
 from __future__ import annotations

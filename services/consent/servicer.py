@@ -18,11 +18,10 @@ from ciphercare.services.consent.fhir import (
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import invalid, not_found
-from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.store import DocumentErasedError, OffchainStore
 from ciphercare.v1 import consent_pb2, consent_pb2_grpc
 
-CONTRACT = "consent"
 STAFF_ROLES = frozenset({"hospital", "clinician"})
 
 
@@ -40,8 +39,8 @@ def _require(value: str, field: str) -> str:
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     """Grant, revoke, read and check consents; every write returns a ledger receipt."""
 
-    def __init__(self, gateway: LedgerGateway, store: OffchainStore) -> None:
-        self.gateway = gateway
+    def __init__(self, ledger: ContractHandles, store: OffchainStore) -> None:
+        self.ledger = ledger
         self.store = store
 
     async def Grant(
@@ -82,8 +81,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             grant["evidence_sha256"] = evidence
         grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document),
                                                            pid=grant["pid"])
-        receipt = await self.gateway.submit(principal, CONTRACT, "Grant", self.gateway.arg(grant))
-        record = self.gateway.result(receipt)
+        receipt = await self.ledger.consent(principal).submit("Grant", self.ledger.arg(grant))
+        record = self.ledger.result(receipt)
         return consent_pb2.GrantResponse(
             consent=convert.consent_to_proto(record), receipt=convert.receipt_to_proto(receipt)
         )
@@ -94,8 +93,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         principal = current_principal()
         _require(request.consent_id, "consent_id")
         _require(request.reason, "reason")
-        receipt = await self.gateway.submit(principal, CONTRACT, "Revoke", request.consent_id, request.reason)
-        record = self.gateway.result(receipt)
+        receipt = await self.ledger.consent(principal).submit("Revoke", request.consent_id, request.reason)
+        record = self.ledger.result(receipt)
         return consent_pb2.RevokeResponse(
             consent=convert.consent_to_proto(record), receipt=convert.receipt_to_proto(receipt)
         )
@@ -105,7 +104,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> consent_pb2.GetConsentResponse:
         principal = current_principal()
         _require(request.consent_id, "consent_id")
-        record = self.gateway.evaluate(principal, CONTRACT, "Get", request.consent_id)
+        record = await evaluate_json(self.ledger.consent(principal), "Get", request.consent_id)
         try:
             document = self.store.get_document(record.get("document_sha256", ""), pid=record["pid"])
         except DocumentErasedError as exc:
@@ -121,7 +120,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> consent_pb2.ListForPatientResponse:
         principal = current_principal()
         _require(request.pid, "pid")
-        records = self.gateway.evaluate(principal, CONTRACT, "ListForPatient", request.pid)
+        records = await evaluate_json(self.ledger.consent(principal), "ListForPatient", request.pid)
         if not request.include_inactive:
             records = [r for r in records if r["status"] == "active"]
         return consent_pb2.ListForPatientResponse(consents=[convert.consent_to_proto(r) for r in records])
@@ -131,7 +130,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> consent_pb2.GetConsentHistoryResponse:
         principal = current_principal()
         _require(request.consent_id, "consent_id")
-        versions = self.gateway.evaluate(principal, CONTRACT, "History", request.consent_id)
+        versions = await evaluate_json(self.ledger.consent(principal), "History", request.consent_id)
         return consent_pb2.GetConsentHistoryResponse(versions=[convert.consent_to_proto(v) for v in versions])
 
     async def Check(
@@ -143,8 +142,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         _require(request.purpose, "purpose")
         _require(request.data_class, "data_class")
         at = convert.iso_from_timestamp(request.at) if request.HasField("at") else _now_iso()
-        decision = self.gateway.evaluate(
-            principal, CONTRACT, "Check",
+        decision = await evaluate_json(
+            self.ledger.consent(principal), "Check",
             request.pid, request.recipient_organization, request.purpose, request.data_class, at,
         )
         return convert.decision_to_proto(decision, at)

@@ -412,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner._count("jwks")
             self._send_json(HTTPStatus.OK, owner.issuer.jwks())
         elif owner.login is not None and owner.login.handle_get(self, route):
-            pass  # browser login (services/auth/devlogin.py)
+            pass  # browser login (services/identity/devlogin.py)
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": "Resource not found"})
 
@@ -539,7 +539,7 @@ class DevIssuerServer:
         self._thread: threading.Thread | None = None
         self._counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()
-        #: Optional browser login (services/auth/devlogin.DevLogin), attached by the wiring before start().
+        #: Optional browser login (services/identity/devlogin.DevLogin), attached by the wiring before start().
         self.login: Any = None
 
     @classmethod

@@ -35,6 +35,7 @@ from grpc import aio
 
 from ciphercare.ledger.api import Principal
 from ciphercare.services.identity.rules import RULES, AccessRule
+from ciphercare.services.identity.token_cache import Verifier
 from ciphercare.services.identity.tokens import AuthError, TokenVerifier
 from ciphercare.services.platform.handlers import rewrap
 
@@ -131,7 +132,7 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     def __init__(
         self,
-        verifier: TokenVerifier,
+        verifier: TokenVerifier | Verifier,
         rules: Mapping[str, AccessRule] = RULES,
         on_rejection: RejectionHook | None = None,
         *,

@@ -260,5 +260,5 @@ def parse_jwks(body: bytes | str | Mapping[str, Any]) -> dict[str, CachedKey]:
             log.info("duplicate kid %r in JWKS; keeping the first", kid)
             continue
         alg = entry.get("alg")
-        keys[kid] = CachedKey(kid=kid, kty=kty, crv=crv, alg=alg if isinstance(alg, str) else None, jwk=jwk)
+        keys[kid] = CachedKey(kid=kid, kty=str(kty), crv=crv, alg=alg if isinstance(alg, str) else None, jwk=jwk)
     return keys

@@ -215,7 +215,7 @@ class TokenVerifier:
             if token.count(".") == 4:
                 raise _fail("malformed token: encrypted tokens (JWE) are not accepted")
             raise _fail("malformed token: expected three base64url parts separated by dots")
-        parts: tuple[str, str, str] = match.group(1, 2, 3)
+        parts: tuple[str, str, str] = (match.group(1), match.group(2), match.group(3))
         header = _json_object(parts[0], "header")
         alg = header.get("alg")
         if not isinstance(alg, str) or not alg:

@@ -1,17 +1,29 @@
-"""Async access to the ledger for servicers: deadlines on every call, typed results."""
+"""Contract handles for the services, made once by the wiring from the configured ledger transport.
+
+A servicer asks for the contract it needs *as the caller*: ``handles.consent(principal)`` connects the
+caller's ledger identity (:func:`ledger_principal`) through the transport and returns a
+:class:`~ciphercare.ledger.gateway.Contract`, whose ``evaluate`` / ``submit`` / ``submit_async`` carry a
+deadline each. Servicers never see the backend behind the handles: the embedded ledger in process today,
+a ledger node or Fabric peers over the gateway protocol by configuration.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from ciphercare.consent import canonical
-from ciphercare.ledger.api import Ledger, LedgerTimeout, Principal, Receipt
+from ciphercare.consent.contracts import ACCESSLOG_CONTRACT, CONSENT_CONTRACT
+from ciphercare.consent.model_registry import MODEL_CONTRACT
+from ciphercare.ledger.api import EventStream, Principal, Receipt
+from ciphercare.ledger.gateway import DEFAULT_CHANNEL, Contract, GatewayOptions, TransparencyLog, Transport, connect
 from ciphercare.services.platform.errors import ServiceError
+
+if TYPE_CHECKING:
+    from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 
 PATIENTS_ORG = "patients"
 
@@ -33,34 +45,33 @@ def ledger_principal(principal: Principal) -> Principal:
     )
 
 
-class LedgerGateway:
-    """Wraps a :class:`Ledger` for asyncio servicers.
+class ContractHandles:
+    """Makes contract handles for callers; the one door from the services to the ledger."""
 
-    ``evaluate`` runs on the calling thread (the embedded ledger evaluates
-    without an event loop and without blocking I/O beyond a SQLite read);
-    ``submit`` waits for the group commit without blocking the event loop.
-    """
+    def __init__(self, transport: Transport, options: GatewayOptions, channel: str = DEFAULT_CHANNEL) -> None:
+        self.transport = transport
+        self.options = options
+        self.channel = channel
 
-    def __init__(self, ledger: Ledger, *, submit_timeout_s: float) -> None:
-        self.ledger = ledger
-        self.submit_timeout_s = submit_timeout_s
+    def contract(self, principal: Principal, name: str) -> Contract:
+        gateway = connect(ledger_principal(principal), self.transport, options=self.options)
+        return gateway.network(self.channel).contract(name)
 
-    def evaluate(self, principal: Principal, contract: str, function: str, *args: str) -> Any:
-        principal = ledger_principal(principal)
-        return json.loads(self.ledger.evaluate(principal, contract, function, list(args)))
+    def consent(self, principal: Principal) -> Contract:
+        return self.contract(principal, CONSENT_CONTRACT)
 
-    async def submit(self, principal: Principal, contract: str, function: str, *args: str) -> Receipt:
-        principal = ledger_principal(principal)
-        submit_future = getattr(self.ledger, "submit_future", None)
-        if submit_future is not None:
-            future = submit_future(principal, contract, function, list(args))
-            try:
-                return await asyncio.wait_for(asyncio.wrap_future(future), self.submit_timeout_s)
-            except TimeoutError as exc:
-                raise LedgerTimeout(getattr(future, "tx_id", ""), self.submit_timeout_s) from exc
-        return await asyncio.to_thread(
-            self.ledger.submit, principal, contract, function, list(args), timeout=self.submit_timeout_s
-        )
+    def accesslog(self, principal: Principal) -> Contract:
+        return self.contract(principal, ACCESSLOG_CONTRACT)
+
+    def model(self, principal: Principal) -> Contract:
+        return self.contract(principal, MODEL_CONTRACT)
+
+    @property
+    def transparency(self) -> TransparencyLog:
+        return self.transport.transparency(self.channel)
+
+    def events(self, start_seq: int, names: frozenset[str] | None = None) -> EventStream:
+        return self.transport.events(self.channel, start_seq, names)
 
     @staticmethod
     def arg(value: Any) -> str:
@@ -70,3 +81,15 @@ class LedgerGateway:
     @staticmethod
     def result(receipt: Receipt) -> Any:
         return json.loads(receipt.result)
+
+
+async def evaluate_json(contract: Contract, function: str, *args: str) -> Any:
+    """``contract.evaluate`` decoded from the contracts' JSON."""
+    return json.loads(await contract.evaluate(function, *args))
+
+
+def embedded_handles(ledger: EmbeddedLedger, options: GatewayOptions | None = None) -> ContractHandles:
+    """Handles over an embedded ledger opened in this process (the server's wiring and operator commands)."""
+    from ciphercare.ledger.embedded.transport import EmbeddedTransport
+
+    return ContractHandles(EmbeddedTransport(ledger), options or GatewayOptions())

@@ -31,10 +31,17 @@ from ciphercare.services.platform.settings import Settings
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _SCALARS = (str, int, float, bool, type(None))
 _MAX_FRAMES = 20
+_QUIET_LIBRARIES = ("alembic.runtime.plugins", "asyncio", "hpack", "urllib3", "fabric_chaincode_python")
 
 
 def _scalar(value: Any) -> Any:
-    return value if isinstance(value, _SCALARS) else f"<{type(value).__name__}>"
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, list | tuple | set | frozenset) and len(value) <= 32 and all(
+            isinstance(item, str | int | float | bool) for item in value):
+        # short collections of scalars (roles, codes) as lists; sets sorted so lines are stable
+        return sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
+    return f"<{type(value).__name__}>"
 
 
 def exception_fields(exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -118,3 +125,5 @@ def configure_logging(settings: Settings, stream: Any = None, level: int = loggi
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("ciphercare").setLevel(level)
+    for noisy in _QUIET_LIBRARIES:  # libraries that narrate their own set-up at INFO or DEBUG
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -75,6 +75,24 @@ class Settings(BaseSettings):
     grpc_workers: int = Field(default=16, ge=1)
     client_deadline_s: float = Field(default=10.0, gt=0)
 
+    # TLS on every gRPC listener (and the web app when web_tls is true). Files, reloaded when they change
+    # (a renewed certificate needs no restart). With a client CA, clients must present a certificate it
+    # signed (mutual TLS); tls_client_allowed_names further limits which certificate names may call.
+    # When TLS is configured no plaintext port is opened. tls_ca_path: the roots clients of ours (the web
+    # app's backend, the CLI) trust for the server; empty: the server certificate itself (self-signed).
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    tls_client_ca_path: Path | None = None
+    tls_client_allowed_names: tuple[str, ...] = ()
+    tls_ca_path: Path | None = None
+    tls_server_name: str = ""  # the name clients check in the server certificate (default: the target host)
+    web_tls: bool = False  # serve the web app over TLS with tls_cert_path/tls_key_path (else: terminate at ingress)
+
+    # Prometheus metrics (/metrics over HTTP). Port 0: any free port (tests); the address is printed by `up`.
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
     # Identity (OIDC). The defaults point at the built-in development issuer.
     oidc_issuer: str = ""  # empty: the development issuer at dev_issuer_host:dev_issuer_port
     oidc_audience: str = "ciphercare-api"
@@ -151,11 +169,16 @@ class Settings(BaseSettings):
 
     @property
     def resolved_web_url(self) -> str:
-        return (self.web_public_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+        scheme = "https" if self.web_tls and self.tls_cert_path is not None else "http"
+        return (self.web_public_url or f"{scheme}://{self.web_host}:{self.web_port}").rstrip("/")
 
     @property
     def grpc_target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_path is not None
 
     @classmethod
     def settings_customise_sources(

@@ -20,9 +20,11 @@ from grpc_reflection.v1alpha import reflection
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
-from ciphercare.ledger.api import EndorseError, Ledger, LedgerError, Principal
+from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
-from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjector
+from ciphercare.ledger.embedded.transport import EmbeddedTransport
+from ciphercare.ledger.gateway import GatewayOptions
+from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.identity.devlogin import DevLogin
@@ -32,12 +34,15 @@ from ciphercare.services.identity.rules import RULES
 from ciphercare.services.identity.token_cache import CachingVerifier
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.errors import ErrorMappingInterceptor
-from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.gateway import ContractHandles
+from ciphercare.services.platform.metrics import Metrics, MetricsInterceptor
+from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.settings import Settings
+from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
 from ciphercare.services.store import OffchainStore
-from ciphercare.services.store.consistency import PrivacyProjector, check_store
+from ciphercare.services.store.consistency import PrivacyProjection, check_store
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
@@ -62,7 +67,7 @@ GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="cipherc
                               client_id="ciphercare-server")
 
 
-def open_ledger(settings: Settings) -> Ledger:
+def open_ledger(settings: Settings) -> EmbeddedLedger:
     """The configured ledger backend."""
     if settings.ledger_backend != "embedded":
         raise NotImplementedError(
@@ -109,12 +114,17 @@ class Application:
     """Every long-lived part of a ciphercare server, built from settings."""
 
     settings: Settings
-    ledger: Ledger
+    ledger: EmbeddedLedger
     store: OffchainStore
     verifier: CachingVerifier
     dev_issuer_server: DevIssuerServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy.py)
+    owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy/operations.py)
+    _handles: ContractHandles | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    metrics_port: int = 0
+    _metrics_server: Any = None
+    _projections: ProjectionRunner | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Application:
@@ -138,11 +148,25 @@ class Application:
                    owner_lock=owner_lock)
 
     @property
-    def gateway(self) -> LedgerGateway:
-        return LedgerGateway(self.ledger, submit_timeout_s=self.settings.ledger_submit_timeout_s)
+    def handles(self) -> ContractHandles:
+        """Contract handles for the services (the only way they reach the ledger)."""
+        if self._handles is None:
+            options = GatewayOptions(commit_status_timeout_s=self.settings.ledger_submit_timeout_s)
+            self._handles = ContractHandles(EmbeddedTransport(self.ledger), options)  # type: ignore[arg-type]
+        return self._handles
+
+    @property
+    def projections(self) -> ProjectionRunner:
+        """One runner feeding every off-chain projection (access-event index, privacy)."""
+        if self._projections is None:
+            self._projections = ProjectionRunner(
+                self.handles, [AccessProjection(self.store), PrivacyProjection(self.handles, self.store)]
+            )
+        return self._projections
 
     async def log_rejection(self, call: RejectedCall) -> None:
         """Every refused call that named a patient leaves a ``denied`` access event (fail closed)."""
+        self.metrics.auth_refusals.labels(call.code).inc()
         if not call.pid:
             return
         principal = call.principal or GATEWAY_PRINCIPAL
@@ -157,7 +181,7 @@ class Application:
             "entity": {"pid": call.pid, "data_classes": []},
         }
         try:
-            await self.gateway.submit(principal, "accesslog", "Record", canonical.dumps(event).decode())
+            await self.handles.accesslog(principal).submit("Record", canonical.dumps(event).decode())
         except EndorseError as exc:
             # A pid that fails validation cannot be logged under that pid; the refusal still stands.
             log.warning("denied access event not recorded: %s", exc.code)
@@ -171,19 +195,20 @@ class Application:
         ]
         server = grpc.aio.server(
             interceptors=[
-                PseudonymGuardInterceptor(),  # first: a name- or MRN-shaped pid reaches nothing else
+                MetricsInterceptor(self.metrics),  # outermost: every call counted with its final status
+                ClientCertificateInterceptor(frozenset(self.settings.tls_client_allowed_names)),
+                PseudonymGuardInterceptor(),  # a name- or MRN-shaped pid reaches nothing else
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
                 ErrorMappingInterceptor(),
             ],
             options=options,
         )
-        gateway = self.gateway
-        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(gateway, self.store), server)
+        handles = self.handles
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(handles, self.store), server)
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
-            AccessLogServicer(gateway, self.store, self.ledger.public_key_vkey()),  # type: ignore[attr-defined]
-            server,
+            AccessLogServicer(handles, self.store, self.projections), server
         )
-        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(gateway, self.settings), server)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(handles, self.settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
@@ -202,13 +227,15 @@ class Application:
         """
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=self.settings.grpc_workers * 4))
-        projector = AccessProjector(self.ledger, self.store)
+        projections = self.projections
         # Both projections catch up (repairing a crash's gap), orphans are reported: one "store check" log line.
-        check_store(self.ledger, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s,
-                    access_catch_up=projector.catch_up)
-        privacy = PrivacyProjector(self.ledger, self.store)
+        check_store(self.handles, self.store, full=False, orphan_grace_s=self.settings.orphan_grace_s)
         server = self.build_server()
-        port = server.add_insecure_port(self.settings.grpc_target)
+        tls = server_credentials(self.settings)
+        if tls is not None:  # TLS configured: no plaintext port at all
+            port = server.add_secure_port(self.settings.grpc_target, tls[0])
+        else:
+            port = server.add_insecure_port(self.settings.grpc_target)
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.grpc_target}")
         if port_holder is not None:
@@ -216,21 +243,35 @@ class Application:
         await server.start()
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        follow = asyncio.create_task(projector.follow())
-        self._tasks.append(asyncio.create_task(privacy.follow()))
+        follow = asyncio.create_task(projections.follow())
+        if self.settings.metrics_enabled:
+            self.metrics.observe_ledger(self.ledger.stats, self.ledger.size,
+                                        lambda: {p.cursor_name: p.cursor() for p in projections.projections})
+            try:
+                self._metrics_server, self.metrics_port = self.metrics.serve(self.settings.metrics_host,
+                                                                             self.settings.metrics_port)
+            except OSError as exc:  # the services stay up without /metrics; say so
+                log.warning("metrics endpoint not started", extra={"error": exc.strerror or type(exc).__name__,
+                                                                   "port": self.settings.metrics_port})
         if ready is not None:
             ready.set()
         stop = stop or asyncio.Event()
         try:
             await stop.wait()
         finally:
-            await asyncio.shield(self._shutdown(server, projector, follow))
+            await asyncio.shield(self._shutdown(server, projections, follow))
 
-    async def _shutdown(self, server: grpc.aio.Server, projector: AccessProjector,
+    async def _shutdown(self, server: grpc.aio.Server, projector: ProjectionRunner,
                         follow: asyncio.Task[None]) -> None:
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(grace=2.0)
+        if self._metrics_server is not None:
+            http_server, thread = self._metrics_server
+            http_server.shutdown()
+            http_server.server_close()
+            thread.join(5)
+            self._metrics_server = None
         projector.stop()
         follow.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

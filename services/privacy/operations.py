@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import re
@@ -26,9 +27,10 @@ import grpc
 from grpc import aio
 
 from ciphercare.consent import canonical
-from ciphercare.consent.contracts import ACCESSLOG_CONTRACT, ERASURE_OUTCOME_DESC
+from ciphercare.consent.contracts import ERASURE_OUTCOME_DESC
 from ciphercare.consent.model import PID_RE
-from ciphercare.ledger.api import Ledger, Principal
+from ciphercare.ledger.api import Principal
+from ciphercare.services.platform.gateway import ContractHandles
 from ciphercare.services.platform.handlers import Behaviour, rewrap
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.store import OffchainStore
@@ -225,7 +227,7 @@ class ErasureResult:
     keys_destroyed: int
 
 
-def erase_patient(ledger: Ledger, store: OffchainStore, pid: str, *, purpose: str = "PATRQT",
+def erase_patient(ledger: ContractHandles, store: OffchainStore, pid: str, *, purpose: str = "PATRQT",
                   principal: Principal = PRIVACY_PRINCIPAL, timeout_s: float = 10.0) -> ErasureResult:
     """Record the erasure of ``pid`` on the ledger, then destroy the patient's data key and documents.
 
@@ -248,8 +250,8 @@ def erase_patient(ledger: Ledger, store: OffchainStore, pid: str, *, purpose: st
         "source": {"observer": "ciphercare/privacy"},
         "entity": {"pid": pid, "data_classes": []},
     }
-    receipt = ledger.submit(principal, ACCESSLOG_CONTRACT, "Record", [canonical.dumps(event).decode()],
-                            timeout=timeout_s)
+    contract = ledger.accesslog(principal)
+    receipt = asyncio.run(contract.submit("Record", canonical.dumps(event).decode(), timeout=timeout_s))
     events = [e for e in receipt.events if e.name == "AccessRecorded"]
     if len(events) != 1:
         raise ErasureError(f"erasure tx {receipt.tx_id} emitted {len(events)} AccessRecorded events")

@@ -31,7 +31,7 @@ from ciphercare.ledger.api import EndorseError, Principal, Receipt
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import ServiceError, forbidden, invalid, not_found, status_for
-from ciphercare.services.platform.gateway import LedgerGateway
+from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.settings import Settings
 from ciphercare.v1 import common_pb2, scoring_pb2, scoring_pb2_grpc
 
@@ -84,8 +84,8 @@ def _load_or_train(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(self, gateway: LedgerGateway, settings: Settings) -> None:
-        self.gateway = gateway
+    def __init__(self, ledger: ContractHandles, settings: Settings) -> None:
+        self.ledger = ledger
         self.settings = settings
         self._deployment: Deployment | None = None
         self._lock = asyncio.Lock()
@@ -106,7 +106,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     async def _record_deployment(self, sha: str, info: dict[str, Any]) -> common_pb2.LedgerReceipt:
         try:
-            record = self.gateway.evaluate(SCORING_PRINCIPAL, "model", "Get", sha)
+            record = await evaluate_json(self.ledger.model(SCORING_PRINCIPAL), "Get", sha)
             return common_pb2.LedgerReceipt(tx_id=record.get("tx_id", ""))
         except EndorseError as exc:
             if exc.code != "NOT_FOUND":
@@ -114,7 +114,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         body = {"model_sha256": sha, "name": info["name"], "version": info["version"],
                 "n_trees": info["n_trees"], "max_depth": info["max_depth"],
                 "edge_count": sum(len(f["edges"]) for f in info["grid"]["features"])}
-        receipt = await self.gateway.submit(SCORING_PRINCIPAL, "model", "Deploy", self.gateway.arg(body))
+        receipt = await self.ledger.model(SCORING_PRINCIPAL).submit("Deploy", self.ledger.arg(body))
         log.info("model deployed on the ledger", extra={"model_sha256": sha, "tx_id": receipt.tx_id})
         return convert.receipt_to_proto(receipt)
 
@@ -338,8 +338,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             if start:
                 await asyncio.sleep(0)  # keep the event loop responsive during long batches
             chunk = pids[start:start + CHECKS_PER_CALL]
-            decisions = self.gateway.evaluate(principal, "consent", "CheckMany", self.gateway.arg(chunk), org,
-                                              header.purpose_of_use, header.data_class, "")
+            decisions = await evaluate_json(self.ledger.consent(principal), "CheckMany", self.ledger.arg(chunk), org,
+                                            header.purpose_of_use, header.data_class, "")
             if not isinstance(decisions, list) or len(decisions) != len(chunk):
                 raise RuntimeError(f"consent:CheckMany answered {type(decisions).__name__} "
                                    f"{len(decisions) if isinstance(decisions, list) else ''} for {len(chunk)} pids")
@@ -364,7 +364,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         """Submit every event concurrently (the ledger's group commit batches them); failures are returned."""
         if not events:
             return []
-        submits = [self.gateway.submit(principal, "accesslog", "Record", self.gateway.arg(e)) for e in events]
+        accesslog = self.ledger.accesslog(principal)
+        submits = [accesslog.submit("Record", self.ledger.arg(e)) for e in events]
         results = await asyncio.gather(*submits, return_exceptions=True)
         for result in results:
             if isinstance(result, asyncio.CancelledError):

@@ -23,18 +23,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ciphercare.consent.contracts import (
-    CONSENT_CONTRACT,
     ERASURE_OUTCOME_DESC,
     EVENT_ACCESS_RECORDED,
     EVENT_CONSENT_GRANTED,
 )
-from ciphercare.ledger.api import ChaincodeEvent, CommittedEvent, Ledger, LedgerEntry, Principal
+from ciphercare.ledger.api import CommittedEvent, Principal
+from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
+from ciphercare.services.platform.projections import committed_events
 from ciphercare.services.store.repository import (
     DocumentRef,
     ErasureEvent,
@@ -50,28 +51,8 @@ PRIVACY_PRINCIPAL = Principal(
     subject="service:ciphercare-privacy", org="ciphercare", roles=frozenset({"admin"}), client_id="ciphercare-server"
 )
 PRIVACY_EVENTS = frozenset({EVENT_CONSENT_GRANTED, EVENT_ACCESS_RECORDED})
+PRIVACY_CURSOR = "privacy"
 _CHUNK = 1024
-
-
-def ledger_entries(ledger: Ledger, start: int, end: int) -> Iterator[LedgerEntry]:
-    """Committed entries in [start, end), read in chunks (``entries`` when the backend has it).
-
-    Unlike an event stream this never waits for new commits, so a catch-up always ends.
-    """
-    bulk = getattr(ledger, "entries", None)
-    seq = start
-    while seq < end:
-        stop = min(end, seq + _CHUNK)
-        yield from (bulk(seq, stop) if bulk is not None else [ledger.entry(s) for s in range(seq, stop)])
-        seq = stop
-
-
-def committed_events(ledger: Ledger, start: int, end: int, names: frozenset[str]) -> Iterator[CommittedEvent]:
-    """The events named ``names`` of entries in [start, end), in ledger order."""
-    for entry in ledger_entries(ledger, start, end):
-        for event in entry.events:
-            if event.name in names:
-                yield CommittedEvent(entry.seq, entry.tx_id, entry.timestamp_ms, event.name, event.payload)
 
 
 def _recorded_ms(iso: str) -> int:
@@ -92,97 +73,73 @@ def erasure_from_event(payload: dict[str, Any], seq: int, tx_id: str) -> Erasure
     return ErasureEvent(str(payload["id"]), str(pid), seq, tx_id, _recorded_ms(str(payload["recorded"])))
 
 
-@dataclass(frozen=True)
-class _Entry:
-    seq: int
-    tx_id: str
-    function: str
-    events: tuple[ChaincodeEvent, ...]
+class PrivacyProjection:
+    """Document references and erasures from the ledger into the store (idempotent, resumable).
 
+    A projection fed by the :class:`~ciphercare.services.platform.projections.ProjectionRunner`.
+    """
 
-class PrivacyProjector:
-    """Follows the ledger: document references and erasures into the store (idempotent, resumable)."""
+    cursor_name = PRIVACY_CURSOR
+    event_names = PRIVACY_EVENTS
 
-    def __init__(self, ledger: Ledger, store: OffchainStore) -> None:
+    def __init__(self, ledger: ContractHandles, store: OffchainStore) -> None:
         self.ledger = ledger
         self.store = store
-        self._stream: Any = None
 
-    # Reading the ledger ----------------------------------------------------------
+    def cursor(self) -> int:
+        return self.store.projection_cursor(PRIVACY_CURSOR)
 
-    def _entries(self, start: int, end: int) -> Iterator[_Entry]:
-        for entry in ledger_entries(self.ledger, start, end):
-            yield _Entry(entry.seq, entry.tx_id, entry.function, tuple(entry.events))
-
-    def _consent_document(self, consent_id: str) -> tuple[str, str]:
-        record = json.loads(self.ledger.evaluate(PRIVACY_PRINCIPAL, CONSENT_CONTRACT, "Get", [consent_id]))
+    def _consent_document(self, payload: dict[str, Any]) -> tuple[str, str]:
+        if payload.get("document_sha256"):
+            return str(payload["document_sha256"]), str(payload["pid"])
+        # Ledgers written before ConsentGranted carried the hash: read the record (rare; legacy entries only).
+        contract = self.ledger.consent(PRIVACY_PRINCIPAL)
+        record = asyncio.run(evaluate_json(contract, "Get", str(payload["consent_id"])))
         return str(record["document_sha256"]), str(record["pid"])
 
-    def translate(self, entries: Iterable[_Entry]) -> tuple[list[DocumentRef], list[ErasureEvent]]:
-        """The document references and erasures a run of ledger entries carries."""
+    def translate(self, events: Iterable[CommittedEvent]) -> tuple[list[DocumentRef], list[ErasureEvent]]:
+        """The document references and erasures a run of committed events carries."""
         refs: list[DocumentRef] = []
         erasures: list[ErasureEvent] = []
-        for entry in entries:
-            for event in entry.events:
-                if event.name == EVENT_CONSENT_GRANTED:
-                    consent_id = json.loads(event.payload)["consent_id"]
-                    sha, pid = self._consent_document(consent_id)
-                    refs.append(DocumentRef(sha, pid, entry.seq))
-                elif event.name == EVENT_ACCESS_RECORDED:
-                    payload = json.loads(event.payload)
-                    entity = payload.get("entity") or {}
-                    if entity.get("detail_sha256") and entity.get("pid"):
-                        refs.append(DocumentRef(str(entity["detail_sha256"]), str(entity["pid"]), entry.seq))
-                    erasure = erasure_from_event(payload, entry.seq, entry.tx_id)
-                    if erasure is not None:
-                        erasures.append(erasure)
+        for event in events:
+            if event.name == EVENT_CONSENT_GRANTED:
+                sha, pid = self._consent_document(json.loads(event.payload))
+                refs.append(DocumentRef(sha, pid, event.seq))
+            elif event.name == EVENT_ACCESS_RECORDED:
+                payload = json.loads(event.payload)
+                entity = payload.get("entity") or {}
+                if entity.get("detail_sha256") and entity.get("pid"):
+                    refs.append(DocumentRef(str(entity["detail_sha256"]), str(entity["pid"]), event.seq))
+                erasure = erasure_from_event(payload, event.seq, event.tx_id)
+                if erasure is not None:
+                    erasures.append(erasure)
         return refs, erasures
 
-    # Projection ------------------------------------------------------------------
+    def apply(self, events: Sequence[CommittedEvent], next_seq: int) -> None:
+        refs, erasures = self.translate(events)
+        result = self.store.apply_privacy_batch(refs, erasures, next_seq)
+        for missing in result.missing:
+            log.error("ledger references a missing document", extra={"seq": missing.seq, "pid": missing.pid})
+        for erasure in result.erasures_applied:
+            log.info("erasure applied", extra={"seq": erasure.seq, "pid": erasure.pid,
+                                               "documents_shredded": erasure.documents_shredded})
 
-    def catch_up(self, start: int | None = None) -> tuple[int, PrivacyBatchResult]:
+    def replay(self, start: int | None = None) -> tuple[int, PrivacyBatchResult]:
         """Apply every committed entry from the cursor (or ``start``); returns (entries read, totals)."""
-        first = self.store.projection_cursor("privacy") if start is None else start
-        end = self.ledger.size()
+        log_ = self.ledger.transparency
+        first = self.cursor() if start is None else start
+        end = log_.size()
         total = PrivacyBatchResult()
         seq = first
         while seq < end:
             stop = min(end, seq + _CHUNK)
-            refs, erasures = self.translate(self._entries(seq, stop))
+            refs, erasures = self.translate(committed_events(log_, seq, stop, PRIVACY_EVENTS))
             result = self.store.apply_privacy_batch(refs, erasures, stop)
             total.referenced += result.referenced
             total.missing += result.missing
             total.erasures_applied += result.erasures_applied
             seq = stop
         return max(0, end - first), total
-
-    async def follow(self) -> None:
-        """Apply new entries as they commit, until cancelled."""
-        self.catch_up()
-        start = self.store.projection_cursor("privacy")
-        stream = self._stream = self.ledger.events(start, PRIVACY_EVENTS)
-        try:
-            while True:
-                # A burst of commits is applied in one off-chain transaction, off the event loop.
-                try:
-                    events = await asyncio.to_thread(stream.next_batch)
-                except StopIteration:
-                    return
-                entries = [_Entry(e.seq, e.tx_id, "", (ChaincodeEvent(e.name, e.payload),)) for e in events]
-                refs, erasures = self.translate(entries)
-                result = await asyncio.to_thread(self.store.apply_privacy_batch, refs, erasures, events[-1].seq + 1)
-                for missing in result.missing:
-                    log.error("ledger references a missing document", extra={"seq": missing.seq, "pid": missing.pid})
-                for erasure in result.erasures_applied:
-                    log.info("erasure applied", extra={"seq": erasure.seq, "pid": erasure.pid,
-                                                       "documents_shredded": erasure.documents_shredded})
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
 
 
 @dataclass
@@ -223,13 +180,14 @@ class StoreReport:
         return fields
 
 
-def _legacy_owners(projector: PrivacyProjector) -> dict[str, str]:
-    refs, _ = projector.translate(projector._entries(0, projector.ledger.size()))
+def _legacy_owners(projection: PrivacyProjection) -> dict[str, str]:
+    log_ = projection.ledger.transparency
+    refs, _ = projection.translate(committed_events(log_, 0, log_.size(), PRIVACY_EVENTS))
     return {ref.sha256: ref.pid for ref in refs}
 
 
 def check_store(
-    ledger: Ledger,
+    ledger: ContractHandles,
     store: OffchainStore,
     *,
     full: bool,
@@ -243,31 +201,30 @@ def check_store(
     access-log service). Orphans older than ``orphan_grace_s`` and unreadable leftovers
     are deleted when ``repair``; younger orphans may belong to a write still in flight.
     """
-    from ciphercare.services.audit.servicer import AccessProjector, index_from_event
+    from ciphercare.services.audit.servicer import AccessProjection, index_from_event
 
-    report = StoreReport(mode="full" if full else "startup", ledger_size=ledger.size())
-    projector = PrivacyProjector(ledger, store)
+    log_ = ledger.transparency
+    report = StoreReport(mode="full" if full else "startup", ledger_size=log_.size())
+    projector = PrivacyProjection(ledger, store)
 
     if store.legacy_document_count():
         sealed, left = store.seal_legacy_documents(_legacy_owners(projector))
         report.legacy_documents_sealed, report.legacy_documents_unattributed = sealed, left
 
-    catch_up = access_catch_up or AccessProjector(ledger, store).catch_up
-    report.access_events_caught_up = int(catch_up())
+    access = AccessProjection(store)
+    report.access_events_caught_up = int(access_catch_up() if access_catch_up else access.replay(log_))
     if full:
         cursor = store.projection_cursor()
         present = store.projected_seqs(cursor)
         missing_rows = []
-        for entry in projector._entries(0, min(cursor, ledger.size())):
-            for event in entry.events:
-                if event.name == EVENT_ACCESS_RECORDED and entry.seq not in present:
-                    missing_rows.append(index_from_event(CommittedEvent(entry.seq, entry.tx_id, 0, event.name,
-                                                                        event.payload)))
+        for event in committed_events(log_, 0, min(cursor, log_.size()), frozenset({EVENT_ACCESS_RECORDED})):
+            if event.seq not in present:
+                missing_rows.append(index_from_event(event))
         if missing_rows:
             store.project_access_events(missing_rows)
         report.access_gaps_repaired = len(missing_rows)
 
-    read, result = projector.catch_up(0 if full else None)
+    read, result = projector.replay(0 if full else None)
     report.privacy_entries_read = read
     report.documents_referenced = result.referenced
     report.erasures_applied = len(result.erasures_applied)

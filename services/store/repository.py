@@ -53,6 +53,11 @@ PRIVACY_PROJECTION = "privacy"
 DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail"})
 
 
+
+def _rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE or DELETE (a CursorResult's rowcount; SQLAlchemy types it on CursorResult only)."""
+    return int(result.rowcount)
+
 class DocumentIntegrityError(RuntimeError):
     """A stored document no longer hashes to its key, or its ciphertext was altered."""
 
@@ -406,7 +411,7 @@ class OffchainStore:
     def legacy_document_count(self) -> int:
         """Documents still in plaintext from before migration 0002."""
         with self.session() as session:
-            return int(session.scalar(select(func.count()).select_from(Document).where(Document.key_id.is_(None))))
+            return int(session.scalar(select(func.count()).select_from(Document).where(Document.key_id.is_(None))) or 0)
 
     def legacy_documents(self) -> list[str]:
         with self.session() as session:
@@ -469,11 +474,11 @@ class OffchainStore:
         with self.session() as session, session.begin():
             for _, item in items:
                 if isinstance(item, DocumentRef):
-                    matched = session.execute(
+                    matched = _rowcount(session.execute(
                         update(Document)
                         .where(Document.sha256 == item.sha256, Document.pid == item.pid)
                         .values(ledger_seq=func.coalesce(Document.ledger_seq, item.seq))
-                    ).rowcount
+                    ))
                     if matched:
                         result.referenced += matched
                     elif not self._erased(session, item.pid, after_seq=item.seq):
@@ -493,8 +498,8 @@ class OffchainStore:
             return None
         # The key first: a concurrent writer holding it FOR SHARE finishes before this DELETE
         # proceeds, and the document DELETE below then sees that writer's row too.
-        keys = session.execute(delete(DataKey).where(DataKey.pid == erasure.pid)).rowcount
-        documents = session.execute(delete(Document).where(Document.pid == erasure.pid)).rowcount
+        keys = _rowcount(session.execute(delete(DataKey).where(DataKey.pid == erasure.pid)))
+        documents = _rowcount(session.execute(delete(Document).where(Document.pid == erasure.pid)))
         session.execute(delete(Pseudonym).where(Pseudonym.pid == erasure.pid))
         row = Erasure(
             event_id=erasure.event_id, pid=erasure.pid, seq=erasure.seq, tx_id=erasure.tx_id,
@@ -540,11 +545,11 @@ class OffchainStore:
         deleted = 0
         with self.session() as session, session.begin():
             for orphan in orphans:
-                deleted += session.execute(
+                deleted += _rowcount(session.execute(
                     delete(Document).where(
                         Document.sha256 == orphan.sha256, Document.pid == orphan.pid, Document.ledger_seq.is_(None)
                     )
-                ).rowcount
+                ))
         return deleted
 
     def unreadable_documents(self) -> list[tuple[str, str]]:

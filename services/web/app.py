@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.settings import Settings
-from ciphercare.services.web.backend import ServiceRefusal, Services
+from ciphercare.services.web.backend import ServiceRefusal, Services, backend_security
 from ciphercare.services.web.oidc import LoginRequest, OidcClient, OidcError
 from ciphercare.services.web.sessions import PendingLogin, Session, SessionStore, WebUser
 
@@ -97,7 +97,8 @@ class WebApp:
         self.secure = self.base_url.startswith("https://")
         self.cookie_name = "__Host-ciphercare" if self.secure else "ciphercare_session"
         self.sessions = SessionStore(settings.web_session_idle_s, settings.web_session_max_s)
-        self.services = Services(config.grpc_target, settings.client_deadline_s, settings.grpc_max_message_bytes)
+        self.services = Services(config.grpc_target, settings.client_deadline_s, settings.grpc_max_message_bytes,
+                                 security=backend_security(settings))
         self.oidc = oidc or OidcClient(settings.resolved_oidc_issuer, settings.web_oidc_client_id,
                                        f"{self.base_url}/auth/callback", TokenVerifier.from_settings(settings))
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -14,7 +14,9 @@ from typing import TypeVar
 
 import grpc
 
+from ciphercare.sdk.channels import ChannelSecurity, open_channel
 from ciphercare.sdk.client import CiphercareClient, ProofError
+from ciphercare.services.platform.settings import Settings
 
 T = TypeVar("T")
 
@@ -50,10 +52,11 @@ class ServiceRefusal(Exception):
 class Services:
     """A gRPC channel to ciphercare and per-user SDK clients on it."""
 
-    def __init__(self, target: str, deadline_s: float = 10.0, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, target: str, deadline_s: float = 10.0, max_message_bytes: int = 4 * 1024 * 1024,
+                 security: ChannelSecurity | None = None) -> None:
         self.target = target
         self.deadline_s = deadline_s
-        self.channel = grpc.insecure_channel(target, options=[
+        self.channel = open_channel(target, security, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
@@ -80,3 +83,11 @@ class Services:
 
 
 __all__ = ["ProofError", "ServiceRefusal", "Services"]
+
+
+def backend_security(settings: Settings) -> ChannelSecurity:
+    """How the web app reaches the gRPC services: TLS with the configured roots when the services serve TLS."""
+    if not settings.tls_enabled:
+        return ChannelSecurity()
+    return ChannelSecurity(tls=True, ca_path=settings.tls_ca_path or settings.tls_cert_path,
+                           server_name=settings.tls_server_name)

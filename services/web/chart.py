@@ -77,7 +77,7 @@ def svg(data: list[Bucket], unit: str, width: int = 640, height: int = 220) -> s
     label_every = max(1, len(data) // 6)
     for i, bucket in enumerate(data):
         x = left + i * bar_w
-        y = head + plot_h
+        y: float = head + plot_h
         for _, name, css in OUTCOMES:
             n = bucket.counts.get(name, 0)
             if not n:

@@ -24,9 +24,12 @@ _WILDCARD = {"", "0.0.0.0", "::", "[::]"}
 class WebServer:
     """uvicorn serving one ASGI app from a daemon thread."""
 
-    def __init__(self, app: object, host: str, port: int, *, public_url: str = "") -> None:
+    def __init__(self, app: object, host: str, port: int, *, public_url: str = "",
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,  # type: ignore[arg-type]
-                                lifespan="off", server_header=False, proxy_headers=False, loop="asyncio")
+                                lifespan="off", server_header=False, proxy_headers=False, loop="asyncio",
+                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+        self.scheme = "https" if ssl_certfile else "http"
         self.server = uvicorn.Server(config)
         self.host = host
         self.public_url = public_url
@@ -60,7 +63,7 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        return self.public_url or f"{self.scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -72,7 +75,10 @@ def start_web(settings: Settings, grpc_port: int) -> WebServer:
     host = "127.0.0.1" if settings.grpc_host in _WILDCARD else settings.grpc_host
     app = create_app(settings, f"{host}:{grpc_port}")
     try:
-        return WebServer(app, settings.web_host, settings.web_port, public_url=settings.resolved_web_url).start()
+        tls = settings.web_tls and settings.tls_cert_path is not None
+        return WebServer(app, settings.web_host, settings.web_port, public_url=settings.resolved_web_url,
+                         ssl_certfile=str(settings.tls_cert_path) if tls else None,
+                         ssl_keyfile=str(settings.tls_key_path) if tls else None).start()
     except OSError:
         app.state.web.close()
         raise

@@ -252,6 +252,7 @@ def test_grant_check_revoke_check(ledger: Backend) -> None:
         "grantee_org": "hospital-a",
         "version": 1,
         "status": "active",
+        "document_sha256": record["document_sha256"],  # projections take it from the event (a hash, no PHI)
     }
 
     decision = check(ledger, CLINICIAN_A)

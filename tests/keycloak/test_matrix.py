@@ -1,8 +1,8 @@
 """The authorization matrix, run twice: with the development issuer's tokens and with real Keycloak tokens.
 
 Every RPC x every persona x own/other target is one test per issuer; each must
-match the one table in services/auth/matrix.py. The table's consistency with the
-role table (services/auth/rules.py) is checked here too, without any server.
+match the one table in services/identity/matrix.py. The table's consistency with the
+role table (services/identity/rules.py) is checked here too, without any server.
 """
 
 from __future__ import annotations

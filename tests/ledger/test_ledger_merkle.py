@@ -1,6 +1,6 @@
-"""RFC 9162 conformance of ledger/merkle.py, checked against a reference written here from the RFC text.
+"""RFC 9162 conformance of ledger/transparency/merkle.py, checked against a reference written here from the RFC text.
 
-Nothing below the "reference" banner imports ledger/merkle.py: MTH, PATH and
+Nothing below the "reference" banner imports ledger/transparency/merkle.py: MTH, PATH and
 PROOF follow RFC 9162 section 2.1.1, 2.1.3.1 and 2.1.4.1 literally (recursion
 over the leaf list) and the two verifiers follow sections 2.1.3.2 and 2.1.4.2
 step by step.

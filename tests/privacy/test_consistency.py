@@ -28,6 +28,7 @@ from testkit.process import CLI, free_port, start_cli_server
 
 from ciphercare.sdk.client import CiphercareClient
 from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.platform.gateway import embedded_handles
 from ciphercare.services.platform.settings import load_settings
 from ciphercare.services.platform.wiring import open_ledger
 from ciphercare.services.privacy.operations import open_offchain_store
@@ -51,7 +52,8 @@ def record_request(pid: str, detail: str) -> access_log_pb2.RecordRequest:
 def full_check(settings: Any) -> Any:
     ledger, store = open_ledger(settings), open_offchain_store(settings)
     try:
-        return check_store(ledger, store, full=True, orphan_grace_s=settings.orphan_grace_s, repair=False)
+        return check_store(embedded_handles(ledger), store, full=True, orphan_grace_s=settings.orphan_grace_s,
+                           repair=False)
     finally:
         ledger.close()
         store.close()

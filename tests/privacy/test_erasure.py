@@ -35,6 +35,7 @@ from testkit.privacy import (
 )
 
 from ciphercare.services.identity.devissuer import DevIssuer
+from ciphercare.services.platform.gateway import embedded_handles
 from ciphercare.services.platform.wiring import open_ledger
 from ciphercare.services.privacy.operations import ErasureError, erase_patient, open_offchain_store
 from ciphercare.services.store.envelope import CryptoError, KeyEncryptionKey, open_document
@@ -200,7 +201,7 @@ def test_an_erasure_on_the_ledger_but_not_yet_in_the_store_is_applied_at_start(
 
         store.apply_privacy_batch = crash  # type: ignore[method-assign]  # the process dies right after the ledger
         with pytest.raises(ErasureError, match="is on the ledger .* the next start of the server applies it"):
-            erase_patient(ledger, store, pid)
+            erase_patient(embedded_handles(ledger), store, pid)
     finally:
         ledger.close()
         store.close()

@@ -44,9 +44,12 @@ def test_model_info_is_public_and_deployed_on_the_ledger(env, hospital: ScoringC
     text = str(info.raw)
     leaves = {f"{v:.6g}" for t in package.trees for v in t.leaves()}
     assert not [leaf for leaf in leaves if len(leaf) > 6 and leaf in text]
+    import asyncio
+
+    from ciphercare.services.platform.gateway import evaluate_json
     from ciphercare.services.scoring.servicer import SCORING_PRINCIPAL
 
-    record = env.app.gateway.evaluate(SCORING_PRINCIPAL, "model", "Get", package.sha256)
+    record = asyncio.run(evaluate_json(env.app.handles.model(SCORING_PRINCIPAL), "Get", package.sha256))
     assert record["model_sha256"] == package.sha256 and record["deployed_by"]["org"] == "ciphercare"
 
 
@@ -198,7 +201,8 @@ def test_no_log_no_result(env, hospital: ScoringClient) -> None:  # type: ignore
     import asyncio
 
     from ciphercare.ledger.api import CommitError, Principal
-    from ciphercare.services.platform.gateway import LedgerGateway
+    from ciphercare.ledger.embedded.transport import EmbeddedTransport
+    from ciphercare.services.platform.gateway import ContractHandles
     from ciphercare.services.scoring.servicer import ScoringServicer
 
     hospital.register(key_owner().public_context)
@@ -206,14 +210,14 @@ def test_no_log_no_result(env, hospital: ScoringClient) -> None:  # type: ignore
     for pid in pids:
         grant(env, pid)
 
-    class FailingGateway(LedgerGateway):
-        async def submit(self, principal: Principal, contract: str, function: str, *args: str):  # type: ignore[no-untyped-def]
+    class FailingTransport(EmbeddedTransport):  # the real ledger; one commit fails on the way
+        async def submit(self, identity, channel, contract, function, args):  # type: ignore[no-untyped-def]
             if function == "Record" and json.loads(args[0])["entity"]["pid"] == pids[1]:
                 raise CommitError("tx-injected", "disk full (injected)")
-            return await super().submit(principal, contract, function, *args)
+            return await super().submit(identity, channel, contract, function, args)
 
-    real = env.app.gateway
-    servicer = ScoringServicer(FailingGateway(real.ledger, submit_timeout_s=10), env.settings)
+    handles = ContractHandles(FailingTransport(env.app.ledger), env.app.handles.options)
+    servicer = ScoringServicer(handles, env.settings)
     envelopes = key_owner().encrypt_bits(default_training().package.grid.bits(_rows()[:2]))[0]
     principal = Principal(subject="svc-hospital-a", org="hospital-a", roles=frozenset({"hospital"}))
 
@@ -238,7 +242,8 @@ def test_consent_phase_is_one_check_many_per_chunk(env, monkeypatch: pytest.Monk
     import asyncio
 
     from ciphercare.ledger.api import Principal
-    from ciphercare.services.platform.gateway import LedgerGateway
+    from ciphercare.ledger.embedded.transport import EmbeddedTransport
+    from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
     from ciphercare.services.scoring import servicer as scoring_service
     from ciphercare.services.scoring.servicer import ScoringServicer
 
@@ -247,20 +252,21 @@ def test_consent_phase_is_one_check_many_per_chunk(env, monkeypatch: pytest.Monk
         grant(env, pid)
     calls: list[tuple[str, int]] = []
 
-    class CountingGateway(LedgerGateway):
-        def evaluate(self, principal: Principal, contract: str, function: str, *args: str):  # type: ignore[no-untyped-def]
+    class CountingTransport(EmbeddedTransport):  # the real ledger, counting the proposals that reach it
+        async def evaluate(self, identity, channel, contract, function, args):  # type: ignore[no-untyped-def]
             calls.append((function, len(json.loads(args[0])) if function == "CheckMany" else 1))
-            return super().evaluate(principal, contract, function, *args)
+            return await super().evaluate(identity, channel, contract, function, args)
 
-    gateway = CountingGateway(env.app.gateway.ledger, submit_timeout_s=10)
-    servicer = ScoringServicer(gateway, env.settings)
+    handles = ContractHandles(CountingTransport(env.app.ledger), env.app.handles.options)
+    servicer = ScoringServicer(handles, env.settings)
     principal = Principal(subject="svc-hospital-a", org="hospital-a", roles=frozenset({"hospital"}))
     monkeypatch.setattr(scoring_service, "CHECKS_PER_CALL", 2)
     decided = asyncio.run(servicer._check_consents(principal, "hospital-a", _header(pids), pids))
     assert calls == [("CheckMany", 2), ("CheckMany", 2), ("CheckMany", 1)]
     assert [pid for pid, _ in decided] == pids
     for pid, decision in decided:
-        single = gateway.evaluate(principal, "consent", "Check", pid, "hospital-a", "TREAT", "Observation", "")
+        single = asyncio.run(evaluate_json(handles.consent(principal), "Check", pid, "hospital-a", "TREAT",
+                                           "Observation", ""))
         assert decision == single
     assert [d["decision"] for _, d in decided] == ["permit", "deny", "permit", "deny", "permit"]
 

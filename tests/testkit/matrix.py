@@ -1,4 +1,4 @@
-"""Runs one cell of the authorization matrix (services/auth/matrix.py) against a live server.
+"""Runs one cell of the authorization matrix (services/identity/matrix.py) against a live server.
 
 The same runner serves both issuers: a :class:`TokenSource` turns a persona into a
 bearer token (the development issuer's or a real Keycloak's), and every call
@@ -31,7 +31,7 @@ SUCCESS = access_log_pb2.ACCESS_OUTCOME_SUCCESS
 
 class TokenSource(Protocol):
     def token(self, persona: str) -> str:
-        """A bearer token for a persona of services/auth/matrix.py (or ``"hospital-b"``)."""
+        """A bearer token for a persona of services/identity/matrix.py (or ``"hospital-b"``)."""
         ...
 
 

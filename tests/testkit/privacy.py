@@ -161,7 +161,7 @@ class Scanner:
 
 @contextmanager
 def json_logs(settings: Settings) -> Iterator[io.StringIO]:
-    """The services' real JSON logging (services/logs.py) into a buffer; the previous handlers come back after."""
+    """The services' real JSON logging (services/platform/logs.py) into a buffer; old handlers come back after."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, logging.getLogger("ciphercare").level)
     buffer = io.StringIO()

@@ -19,6 +19,7 @@ def free_port() -> int:
 
 def start_cli_server(env: dict[str, str], timeout_s: float = 90.0) -> tuple[subprocess.Popen[str], int]:
     """``ciphercare up`` in its own process with ``env``; returns it and its gRPC port once it is serving."""
+    env = {"CIPHERCARE_METRICS_PORT": "0", **env}  # several servers at once: /metrics on any free port
     proc = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout_s
     port = 0

@@ -83,7 +83,7 @@ class ServerThread:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    base: dict[str, object] = {"data_dir": data_dir, "grpc_port": 0, "dev_issuer_port": free_port()}
+    base: dict[str, object] = {"data_dir": data_dir, "grpc_port": 0, "dev_issuer_port": free_port(), "metrics_port": 0}
     base.update(overrides)
     return load_settings(**base)
 
