@@ -1,6 +1,6 @@
 """Subprocess for the WAL byte-flip test: append entries, say DONE, then wait to be SIGKILLed.
 
-Usage: python integrity_wal_worker.py <data dir> <entries>
+Usage: PYTHONPATH=tests python -m testkit.integrity.wal_worker <data dir> <entries>
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a subprocess: make the test kit importable
 
 from testkit.integrity import open_ledger  # noqa: E402
 from testkit.ledger import ALICE  # noqa: E402

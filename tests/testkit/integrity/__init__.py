@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -97,12 +98,14 @@ def logical_dump(db_path: Path) -> str:
     return h.hexdigest()
 
 
-WAL_WORKER = Path(__file__).resolve().parent / "integrity_wal_worker.py"
+TESTS_DIR = Path(__file__).resolve().parents[2]
 
 
 def build_killed(data: Path, n: int = 300) -> None:
     """A ledger written by another process that is then SIGKILLed: the WAL is live and never checkpointed."""
-    proc = subprocess.Popen([sys.executable, str(WAL_WORKER), str(data), str(n)], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "testkit.integrity.wal_worker", str(data), str(n)],
+                            stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
