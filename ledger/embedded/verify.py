@@ -183,13 +183,15 @@ def verify_ledger(
     witnessed: list[int] = []
     error: VerifyError | None = None
     conn: sqlite3.Connection | None = None
+    # A bad key is the caller's error (ValueError), not damage: parse it before touching the file.
+    ring = None if isinstance(public_key, (bytes, bytearray)) else _keyring_for(public_key, key_name, {})
     try:
         conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
         conn.text_factory = _text
         conn.execute("BEGIN")
         _check_structure(conn)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        keyring = _keyring_for(public_key, key_name, meta)
+        keyring = ring if ring is not None else _keyring_for(public_key, key_name, meta)
         # An empty meta table (e.g. a WAL lost to damage) must not stop the check against the published file.
         want_origin = origin if origin is not None else meta.get("origin", keyring.current.key_name)
         if want_origin is None:
@@ -249,7 +251,25 @@ def verify_ledger(
 
 def _check_structure(conn: sqlite3.Connection) -> None:
     """``PRAGMA integrity_check``: names damaged pages, broken b-trees and index rows that do not match."""
-    rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
+    except sqlite3.DatabaseError as exc:
+        # Too damaged for the whole-file check: check table by table to name where the damage is.
+        places = []
+        try:
+            roots = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table'").fetchall()
+        except sqlite3.DatabaseError as schema_exc:
+            raise _Failed(VerifyError(None, None, f"SQLite schema (page 1) is damaged: {schema_exc}",
+                                      kind=KIND_DAMAGED)) from schema_exc
+        for name, root in roots:
+            try:
+                bad = [str(r[0]) for r in conn.execute(f'PRAGMA integrity_check("{name}")')]
+                if bad != ["ok"]:
+                    places.append(f"{name} (root page {root}): {bad[0]}")
+            except sqlite3.DatabaseError as table_exc:
+                places.append(f"{name} (root page {root}): {table_exc}")
+        detail = "; ".join(places[:4]) or str(exc)
+        raise _Failed(VerifyError(None, None, f"SQLite reports damage: {detail}", kind=KIND_DAMAGED)) from exc
     if rows != ["ok"]:
         detail = "; ".join(r.strip().replace("\n", " ") for r in rows[:5])
         raise _Failed(VerifyError(None, None, f"SQLite integrity check failed: {detail}", kind=KIND_DAMAGED))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 from testkit.integrity import build, copy_ledger, open_ledger, rewrite_entry, truncate_log
 from testkit.ledger import ALICE, ORIGIN
+from testkit.process import CLI
 
 from ciphercare.ledger.embedded.checkpoint_log import LogRefusedError
 from ciphercare.ledger.embedded.verify import EXIT_CODES, KIND_ROLLED_BACK, KIND_UNSIGNED, verify_ledger
@@ -156,3 +158,23 @@ def test_group_readable_signing_key_is_refused_in_strict_mode(tmp_path: Path) ->
         CheckpointSigner(key, ORIGIN, strict_mode=True)
     with pytest.raises(PermissionError):
         open_ledger(tmp_path, strict_key_mode=True)
+
+
+def test_cli_verify_names_a_damaged_page_in_one_line_with_exit_code_5(source: tuple[Path, str],
+                                                                       tmp_path: Path) -> None:
+    data = copy_ledger(source[0], tmp_path)
+    db = data / "ledger.db"
+    raw = bytearray(db.read_bytes())
+    page_size = int.from_bytes(raw[16:18], "big")
+    for page in (3, 4, 5):  # overwrite b-tree page headers: SQLite's own structure, not row content
+        raw[page_size * (page - 1)] = 0x7F
+    db.write_bytes(bytes(raw))
+    env = {**os.environ, "CIPHERCARE_DATA_DIR": str(data)}
+    result = subprocess.run([*CLI, "ledger", "verify", "--path", str(db), "--vkey", source[1]], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 5, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ledger BAD (damaged)") and "Traceback" not in result.stderr
+    assert "root page" in lines[0] or "Page " in lines[0]  # the damaged page or table is named
+    with pytest.raises(ValueError):
+        verify_ledger(db, "not-a-key")  # a bad key is the caller's error, not damage
