@@ -31,11 +31,12 @@ from ciphercare.analytics.anomaly.features import window_features
 MODEL_FEATURES: tuple[str, ...] = (
     "unexplained", "unexplained_patients", "max_unexplained_repeat", "no_basis", "crowd", "denials",
     "denial_share", "new_patient_ratio", "off_hours_excess", "events_ratio", "peak_ratio", "sources",
-    "fast_source_switches", "interleaved_sources", "non_treatment_share", "scoring_repeat", "break_glass_uncared",
+    "fast_source_switches", "interleaved_sources", "non_treatment_share", "scoring_repeat", "rescored_patients",
+    "break_glass_uncared",
 )
 _LOG_SCALED = frozenset({"unexplained", "unexplained_patients", "max_unexplained_repeat", "no_basis", "crowd",
                          "denials", "events_ratio", "peak_ratio", "fast_source_switches", "interleaved_sources",
-                         "break_glass_uncared"})
+                         "rescored_patients", "break_glass_uncared"})
 
 #: Model reasons: feature -> (misuse kind it points to, wording with {value} and {usual}).
 _MODEL_REASONS: dict[str, tuple[str, str]] = {
@@ -58,6 +59,8 @@ _MODEL_REASONS: dict[str, tuple[str, str]] = {
     "interleaved_sources": ("shared_credentials", "{value:.0f} accesses from one workstation amid another's within "
                                                   "30 minutes (usual: at most {usual:.0f})"),
     "scoring_repeat": ("model_extraction", "{value:.1f} risk scores per patient (usual: at most {usual:.1f})"),
+    "rescored_patients": ("model_extraction", "{value:.0f} patients scored 5 times or more (usual: at most "
+                                              "{usual:.0f})"),
     "break_glass_uncared": ("break_glass", "{value:.0f} patient(s) accessed on break-glass alone, with no care "
                                            "relationship (usual: at most {usual:.0f})"),
 }
@@ -85,6 +88,8 @@ class DetectorSettings:
     scoring_min_events: int = 100
     scoring_repeat: float = 4.0
     scoring_repeat_min_events: int = 50
+    #: ... or this many patients scored 5 times or more in the window.
+    rescored_patients: int = 3
     #: Repeated break-glass: patients accessed on break-glass alone (no care relationship) in the window,
     #: or in the week centred on it with one in this window (audit is retrospective, so the week looks both ways).
     break_glass_per_window: int = 2
@@ -336,6 +341,9 @@ class AccessAnomalyDetector:
             hits.append(("model_extraction", f"requested {row['scoring_events']:.0f} risk scores for only "
                                              f"{row['scoring_events'] / row['scoring_repeat']:.0f} patients "
                                              f"({row['scoring_repeat']:.1f} per patient)"))
+        elif row["rescored_patients"] >= s.rescored_patients:
+            hits.append(("model_extraction", f"scored {row['rescored_patients']:.0f} patients 5 times or more "
+                                             f"({row['scoring_events']:.0f} risk scores in all)"))
         glass = row["break_glass_uncared"]
         if glass >= s.break_glass_per_window or (glass >= 1 and row["break_glass_week"] >= s.break_glass_per_week):
             hits.append(("break_glass", f"reached {glass:.0f} patient(s) on break-glass alone, with no care "

@@ -38,6 +38,7 @@ FEATURES: dict[str, str] = {
     "crowd": "most distinct requesters with unexplained access (scoring aside) to the same patient in the window",
     "scoring_events": "risk scores requested",
     "scoring_repeat": "risk scores per distinct scored patient",
+    "rescored_patients": "patients scored at least 5 times in the window (repeated look-ups by scoring)",
     "export_patients": "distinct patients in exports",
     "sources": "distinct workstations / systems (source observers)",
     "fast_source_switches": "consecutive accesses from different sources less than 10 minutes apart",
@@ -48,6 +49,7 @@ FEATURES: dict[str, str] = {
 
 FAST_SWITCH_MS = 10 * MINUTE_MS
 INTERLEAVE_MS = 30 * MINUTE_MS
+RESCORED_MIN = 5
 WORK_START_HOUR = 7
 WORK_END_HOUR = 19
 
@@ -154,6 +156,8 @@ def window_features(
     subset = frame[frame["scoring"]]
     if len(subset):
         out["scoring_patients"] = subset.groupby(keys, sort=False)["pid"].nunique()
+        per_patient = subset.groupby([*keys, "pid"], sort=False).size()
+        out["rescored_patients"] = (per_patient >= RESCORED_MIN).groupby(level=keys).sum()
     subset = frame[frame["export"]]
     if len(subset):
         out["export_patients"] = subset.groupby(keys, sort=False)["pid"].nunique()
@@ -195,7 +199,8 @@ def window_features(
         out["break_glass"] = joined["bg"].fillna(0).to_numpy()
 
     for name in ("unexplained_patients", "max_unexplained_repeat", "crowd", "scoring_patients", "export_patients",
-                 "new_patients", "fast_source_switches", "interleaved_sources", "break_glass_uncared"):
+                 "new_patients", "fast_source_switches", "interleaved_sources", "break_glass_uncared",
+                 "rescored_patients"):
         if name not in out.columns:
             out[name] = 0
     out = out.fillna(0)

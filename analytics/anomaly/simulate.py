@@ -74,14 +74,14 @@ class SimConfig:
     def for_events(cls, n_events: int, seed: int = 0) -> SimConfig:
         """A configuration producing roughly ``n_events`` events over history + month."""
         base = cls(seed=seed)
-        scale = max(n_events / 55_000, 0.05)
+        scale = max(n_events / 94_000, 0.05)  # the default configuration makes about 94,000 events
         orgs = max(1, min(40, round(3 * scale ** 0.5)))
         per_org = max(scale * 3 / orgs, 0.05)
         teams = max(2, min(len(TEAMS), round(4 * per_org ** 0.5)))
         clinicians = max(2, round(6 * per_org * 4 / teams))
         return replace(base, orgs=orgs, teams_per_org=teams, clinicians_per_team=clinicians,
                        patients=max(200, round(base.patients * scale)),
-                       cases_per_kind=max(3, min(60, round(base.cases_per_kind * scale ** 0.5))))
+                       cases_per_kind=max(1, min(120, round(base.cases_per_kind * scale))))
 
 
 @dataclass(frozen=True)
