@@ -77,7 +77,8 @@ class AuditContext:
 
 @dataclass(frozen=True)
 class Explanation:
-    """Per event: the basis code that explains it (``UNEXPLAINED`` if none) and whether it has no basis at all."""
+    """Per event: the basis code that explains it (``UNEXPLAINED`` if none) and, for unexplained accesses only,
+    whether the patient has no consent and no care episode at the organisation at all (``no_basis``)."""
 
     basis: np.ndarray
     no_basis: np.ndarray

@@ -208,6 +208,7 @@ class _World:
         self.ep_start = ep_start.astype(np.int64)
         self.ep_end = (ep_start + duration).astype(np.int64)
         self.glass: list[tuple[str, str, int, int]] = []  # (requester, pid, start, end)
+        self._vip_turn = 0
         self.grace_ms = int(config.care_grace_days * DAY_MS)
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -406,7 +407,8 @@ class _World:
 
     def _snoop_well_known(self, out: _Builder, in_history: bool) -> None:
         rng = self.rng
-        vip = int(self.vips[rng.integers(0, len(self.vips))])
+        vip = int(self.vips[self._vip_turn % len(self.vips)])  # the canary patient comes first
+        self._vip_turn += 1
         first, last = self._day_range(in_history)
         day = int(rng.integers(first, last))
         org = int(rng.integers(0, self.c.orgs))
