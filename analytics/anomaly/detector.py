@@ -206,10 +206,14 @@ class AccessAnomalyDetector:
         self._seen = pd.concat([seen, history[["requester", "pid"]]]).drop_duplicates()
         model_x = self._model_matrix(feats)
         remaining = (feats["unexplained"] > 0).to_numpy()
+        # History windows a rule already flags are left out of the model's learning and calibration:
+        # misuse in the history would otherwise look usual and use up the alarm budget.
+        annotated = self._annotate(feats, model_x)
+        ruled = np.array([bool(self._rules(row)) for _, row in annotated.iterrows()], dtype=bool)
         groups = _peer_groups(feats, context)
         self._models = {}
         for group in sorted(set(groups.tolist())):
-            members = groups == group
+            members = (groups == group) & ~ruled
             if members.sum() < MIN_TRAINING_WINDOWS or not (remaining & members).any():
                 continue  # too little history for a model: this peer group is left to the rules
             # The forest learns the group's whole history (what usual days look like, explained or not);
@@ -217,7 +221,7 @@ class AccessAnomalyDetector:
             model = IsolationForest(n_estimators=s.n_estimators, random_state=s.seed)
             model.fit(self._scaled(model_x[members]))
             scores = np.sort(-model.score_samples(self._scaled(model_x[remaining & members])))
-            budget = int(np.floor(s.alarm_budget * members.sum()))
+            budget = int(np.floor(s.alarm_budget * (groups == group).sum()))
             threshold = float(scores[::-1][budget]) if budget < len(scores) else float(scores[0]) - 1e-9
             self._models[group] = _PeerModel(model, threshold, scores, model_x[members].quantile(s.reason_quantile))
         if not self._models:
@@ -282,6 +286,15 @@ class AccessAnomalyDetector:
             out.loc[rows, "model_rank"] = np.searchsorted(peer.history_scores, anomaly, side="right") / len(
                 peer.history_scores)
             out.loc[rows, "model_hit"] = anomaly > peer.threshold
+        out = self._annotate(out, x)
+        unexplained_pids = events.loc[explanation.basis == UNEXPLAINED, ["requester", "org", "time", "pid"]]
+        return out, self._patients_by_window(unexplained_pids)
+
+    def _annotate(self, feats: pd.DataFrame, x: pd.DataFrame) -> pd.DataFrame:
+        """Features plus the model's inputs (``x_*``), the requester's usual values and the break-glass week."""
+        if self._baseline is None:
+            raise RuntimeError("fit the detector first")
+        out = feats.copy()
         for name in x.columns:
             out[f"x_{name}"] = x[name]
         base = self._baseline.lookup(feats.reset_index())
@@ -289,8 +302,7 @@ class AccessAnomalyDetector:
         for name in _BASELINE_FEATURES:
             out[f"usual_{name}"] = base[name]
         out["break_glass_week"] = self._trailing_break_glass(feats)
-        unexplained_pids = events.loc[explanation.basis == UNEXPLAINED, ["requester", "org", "time", "pid"]]
-        return out, self._patients_by_window(unexplained_pids)
+        return out
 
     def _trailing_break_glass(self, feats: pd.DataFrame) -> np.ndarray:
         frame = feats["break_glass_uncared"].reset_index()
