@@ -9,8 +9,8 @@ for a kind when it holds injected misuse of that kind, and *benign* when it hold
 
 Overall, the false-positive rate per requester-day is benign requester-days with any flag over all
 benign requester-days. The detector is fitted on each simulation's history (no labels) and evaluated
-on its month. Thresholds were chosen on a tuning seed; report on other seeds
-(``python -m ciphercare.analytics.anomaly.evaluate --seeds 101 102 103``).
+on its month. Thresholds were chosen on the development seeds 7-10; the docs report other seeds
+(``python -m ciphercare.analytics.anomaly.evaluate --seeds 401 402 403``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from ciphercare.analytics.anomaly.detector import AccessAnomalyDetector, Detecto
 from ciphercare.analytics.anomaly.events import DAY_MS, MISUSE_KINDS
 from ciphercare.analytics.anomaly.simulate import BENIGN, SimConfig, Simulation, simulate
 
-#: The seed the thresholds were chosen on; never report on it.
+#: The seed the thresholds were first chosen on (with 8-10 as further development seeds); never report on them.
 TUNING_SEED = 7
-#: The seeds the docs report on.
-REPORT_SEEDS: tuple[int, ...] = (101, 102, 103)
+DEVELOPMENT_SEEDS: tuple[int, ...] = (7, 8, 9, 10)
+#: The seeds the docs report on (first run only after the detector was final).
+REPORT_SEEDS: tuple[int, ...] = (401, 402, 403)
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share of requester-days the model may flag (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if TUNING_SEED in args.seeds:
-        print(f"note: seed {TUNING_SEED} is the tuning seed; its figures are not a fair measure", file=sys.stderr)
+    tuned = sorted(set(args.seeds) & set(DEVELOPMENT_SEEDS))
+    if tuned:
+        print(f"note: seeds {tuned} were used for tuning; their figures are not a fair measure", file=sys.stderr)
     settings = DetectorSettings(alarm_budget=args.alarm_budget)
     evaluations = [evaluate(SimConfig(seed=seed, history_misuse_share=args.history_misuse_share), settings)
                    for seed in args.seeds]
