@@ -79,7 +79,8 @@ def check_events(events: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _ms(value: Any) -> int:
+def timestamp_ms(value: Any) -> int:
+    """Milliseconds since the epoch of an ISO 8601 string (``Z`` or offset; naive means UTC) or a datetime."""
     if isinstance(value, datetime):
         stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
     elif isinstance(value, str):
@@ -99,7 +100,7 @@ def events_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             agent = record["agent"]
             entity = record.get("entity") or {}
             classes = entity.get("data_classes") or []
-            rows["time"].append(_ms(record["recorded"]))
+            rows["time"].append(timestamp_ms(record["recorded"]))
             rows["requester"].append(str(agent["subject"]))
             rows["org"].append(str(agent.get("org") or ""))
             rows["client"].append(str(agent.get("client") or ""))

@@ -17,12 +17,14 @@ care episode of the patient at the organisation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ciphercare.analytics.anomaly.events import DAY_MS
+from ciphercare.analytics.anomaly.events import DAY_MS, timestamp_ms
 
 TREATMENT_PURPOSES: frozenset[str] = frozenset({"TREAT", "ETREAT", "CAREMGT"})
 
@@ -73,6 +75,37 @@ class AuditContext:
         return cls(_frame(roster, ROSTER_COLUMNS, "roster"), _frame(care, CARE_COLUMNS, "care"),
                    _frame(consents, CONSENT_COLUMNS, "consents"),
                    _frame(break_glass, BREAK_GLASS_COLUMNS, "break_glass"), care_grace_ms)
+
+
+_OPEN_MS = int(np.iinfo(np.int64).max)
+
+
+def consents_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The ``consents`` table from the consent contract's records (the ledger's consent JSON).
+
+    Only ``permit`` consents explain an access; each gives one row per purpose, with its period and
+    revocation time. A consent with nested provisions is left out: its exceptions (a purpose or period
+    denied inside it) would make the explanation broader than ``consent:Check``, and leaving it out only
+    leaves more accesses unexplained, never fewer.
+    """
+    rows: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        try:
+            if record["decision"] != "permit" or record.get("provisions"):
+                continue
+            period = record.get("period") or {}
+            start = timestamp_ms(period["start"]) if period.get("start") else -_OPEN_MS
+            end = timestamp_ms(period["end"]) - 1 if period.get("end") else _OPEN_MS  # the end is exclusive
+            revoked = timestamp_ms(record["revoked_at"]) if record.get("revoked_at") else _OPEN_MS
+            for purpose in record["purposes"]:
+                rows.append({"consent_id": str(record["id"]), "pid": str(record["pid"]),
+                             "org": str(record["grantee_org"]), "purpose": str(purpose), "start": start,
+                             "end": end, "revoked": revoked})
+        except KeyError as exc:
+            raise ValueError(f"consent record {index} lacks {exc.args[0]!r}") from exc
+    if not rows:
+        return _frame(None, CONSENT_COLUMNS, "consents")
+    return pd.DataFrame(rows, columns=list(CONSENT_COLUMNS))
 
 
 @dataclass(frozen=True)

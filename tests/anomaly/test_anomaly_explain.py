@@ -15,6 +15,7 @@ from ciphercare.analytics.anomaly.explain import (
     BY_CONSENT,
     UNEXPLAINED,
     AuditContext,
+    consents_from_records,
     explain,
 )
 
@@ -103,3 +104,32 @@ def test_context_tables_are_checked() -> None:
         AuditContext.build(care=pd.DataFrame({"pid": ["p1"]}))
     with pytest.raises(ValueError, match="care_grace_ms"):
         AuditContext.build(care_grace_ms=-1)
+
+
+def test_consents_from_ledger_records() -> None:
+    """Permit consents only, one row per purpose; provisions make a consent explain nothing (never broader)."""
+    base = {"pid": "p9", "grantee_org": "h-a", "decision": "permit", "purposes": ["TREAT", "HRESCH"],
+            "period": {"start": "2026-11-01T00:00:00Z", "end": "2026-11-03T00:00:00Z"}, "provisions": [],
+            "revoked_at": None}
+    records = [
+        {**base, "id": "c-1"},
+        {**base, "id": "c-2", "decision": "deny"},
+        {**base, "id": "c-3", "provisions": [{"type": "deny", "purposes": ["HRESCH"]}]},
+        {**base, "id": "c-4", "purposes": ["CAREMGT"], "period": {"start": "2026-11-01T00:00:00Z"},
+         "revoked_at": "2026-11-02T12:00:00Z"},
+    ]
+    table = consents_from_records(records)
+    assert table[["consent_id", "purpose"]].values.tolist() == [["c-1", "TREAT"], ["c-1", "HRESCH"],
+                                                                ["c-4", "CAREMGT"]]
+    svc = pd.DataFrame({"requester": ["svc"], "org": ["h-a"], "team": [""], "kind": ["service"]})
+    context = AuditContext.build(roster=svc, consents=table)
+    end = int(datetime(2026, 11, 3, tzinfo=UTC).timestamp() * 1000)
+    revoked = int(datetime(2026, 11, 2, 12, tzinfo=UTC).timestamp() * 1000)
+    events = check_events(pd.DataFrame([
+        {**ev(end - 1, "svc", "p9", "HRESCH")}, {**ev(end, "svc", "p9", "HRESCH")},  # the end is exclusive
+        {**ev(revoked - 1, "svc", "p9", "CAREMGT")}, {**ev(revoked, "svc", "p9", "CAREMGT")},
+    ]))
+    # In time order: just before / at the revocation, just before / at the period's end.
+    assert explain(events, context).basis.tolist() == [BY_CONSENT, UNEXPLAINED, BY_CONSENT, UNEXPLAINED]
+    with pytest.raises(ValueError, match="consent record 0 lacks 'decision'"):
+        consents_from_records([{"id": "x"}])

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 from testkit.server import Env, ServerThread, make_settings
 
 from ciphercare.analytics.anomaly import AccessAnomalyDetector, events_from_records
+from ciphercare.analytics.anomaly.explain import BY_CONSENT, UNEXPLAINED, AuditContext, consents_from_records, explain
 from ciphercare.analytics.anomaly.simulate import CANARY_NAME, SimConfig, simulate
 from ciphercare.services.identity.devissuer import DevIssuer
-from ciphercare.services.platform.convert import access_event_from_proto
-from ciphercare.v1 import access_log_pb2
+from ciphercare.services.platform.convert import access_event_from_proto, consent_from_proto
+from ciphercare.v1 import access_log_pb2, consent_pb2
 
 PULLED = 50
 
@@ -61,3 +63,27 @@ def test_a_bulk_pull_recorded_on_the_ledger_is_flagged(env: Env) -> None:
     expected = (f"opened {PULLED} patients' records within one hour", f"exported {PULLED} patients' records")
     assert any(reason.startswith(expected) for reason in flag.reasons), flag.reasons
     assert CANARY_NAME not in json.dumps(flag.to_dict())
+
+
+def test_consents_on_the_ledger_explain_research_access(env: Env) -> None:
+    """A patient's research consent (granted over gRPC) explains a research export; a deny consent does not."""
+    granted, refused = "pid-research-1", "pid-research-2"
+    for pid, decision in ((granted, consent_pb2.CONSENT_DECISION_PERMIT), (refused, consent_pb2.CONSENT_DECISION_DENY)):
+        env.patient(pid).grant(consent_pb2.GrantRequest(pid=pid, grantee_organization="hospital-b", decision=decision,
+                                                        purposes=["HRESCH"], data_classes=["Observation"]))
+    research = env.client(env.token("hospital", org="hospital-b", subject="svc-hospital-b-research"))
+    for pid in (granted, refused):
+        research.record(access_log_pb2.RecordRequest(
+            type="110106", subtype="read", action="R", outcome=access_log_pb2.ACCESS_OUTCOME_SUCCESS,
+            purpose_of_use="HRESCH", pid=pid, data_classes=["Observation"], source_observer="hospital-b/research"))
+    officer = env.officer()
+    found = officer.search_all(access_log_pb2.SearchRequest(requester_subject="svc-hospital-b-research"))
+    events = events_from_records(access_event_from_proto(message) for message in found)
+    consents = consents_from_records(consent_from_proto(c) for pid in (granted, refused)
+                                     for c in officer.list_for_patient(pid))
+    assert consents[["pid", "org", "purpose"]].values.tolist() == [[granted, "hospital-b", "HRESCH"]]
+    roster = pd.DataFrame({"requester": ["svc-hospital-b-research"], "org": ["hospital-b"], "team": [""],
+                           "kind": ["service"]})
+    explanation = explain(events, AuditContext.build(roster=roster, consents=consents))
+    basis = dict(zip(events["pid"], explanation.basis.tolist(), strict=True))
+    assert basis == {granted: BY_CONSENT, refused: UNEXPLAINED}
