@@ -22,7 +22,7 @@ of fabric-samples' ``chaincode-external``), read once by
   client certificates; when set, a peer must present one (mutual TLS, the
   ``client_auth_required`` of ``connection.json``).
 
-Three defects of the 2.5.4 shim are corrected here, in subclasses, so the
+Four defects of the 2.5.4 shim are corrected here, in subclasses, so the
 contracts behave on a peer exactly as they do embedded:
 
 * the library drops chaincode events (its ``COMPLETED`` message never carries
@@ -33,7 +33,11 @@ contracts behave on a peer exactly as they do embedded:
   so the contract fails and writes nothing;
 * a message the library cannot decode (malformed proposal, no function name)
   raises inside a background task and the peer waits forever: we answer
-  ``ERROR`` for that transaction, as the Go shim does.
+  ``ERROR`` for that transaction, as the Go shim does;
+* the library writes to the stream from one task per in-flight transaction and
+  grpc.aio refuses overlapping writes, so concurrent transactions on one stream
+  (which a peer sends) failed and their peer waited forever: writes are
+  serialised, as the Go shim serialises its sends.
 
 The stub also gains what the Go shim does and the Python one lacks: simple-key
 validation and the ``"\\x01"`` substitute for an empty range start key, and
@@ -158,6 +162,11 @@ class PeerRequestFailed(Exception):
     """The peer answered a state request with ERROR (its message is the peer's text)."""
 
 
+#: The library's private (name-mangled) queue methods, pinned by fabric-chaincode-python==2.5.4.
+_QUEUE_HEAD = "_MsgQueueHandler__get_current_msg"
+_QUEUE_POP = "_MsgQueueHandler__remove_current_and_send_next"
+
+
 class _FailClosedQueue(MsgQueueHandler):
     """The library's per-transaction request queue, failing a request the peer answered with ERROR."""
 
@@ -166,13 +175,13 @@ class _FailClosedQueue(MsgQueueHandler):
             await super().handle_msg_response(response)
             return
         tx_context_id = response.channel_id + response.txid
-        pending = self._MsgQueueHandler__get_current_msg(tx_context_id)  # type: ignore[attr-defined]
+        pending = getattr(self, _QUEUE_HEAD)(tx_context_id)
         if pending is None:
             log.warning("peer sent ERROR for tx %s with no request outstanding", response.txid)
             return
         text = bytes(response.payload).decode("utf-8", errors="replace")
         pending.future.set_exception(PeerRequestFailed(text or "peer refused the request"))
-        await self._MsgQueueHandler__remove_current_and_send_next(tx_context_id)  # type: ignore[attr-defined]
+        await getattr(self, _QUEUE_POP)(tx_context_id)
 
 
 class ServerStub(ChaincodeStub):
@@ -228,8 +237,33 @@ class ServerStub(ChaincodeStub):
         return await super().get_state_by_range(prefix, prefix + "\U0010ffff")
 
 
+class _SerialWriter:
+    """One ``write`` at a time on the stream: grpc.aio refuses overlapping writes (TOO_MANY_OPERATIONS),
+    and the library writes from one task per in-flight transaction (the Go shim serialises its sends too)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._lock = asyncio.Lock()
+
+    async def write(self, message: shim_pb.ChaincodeMessage) -> None:
+        async with self._lock:
+            await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 class CompletingHandler(Handler):
-    """The library's stream handler; sends the event with COMPLETED and answers ERROR instead of hanging."""
+    """The library's stream handler; sends the event with COMPLETED, answers ERROR instead of hanging,
+    and serialises writes so that concurrent transactions on one stream work."""
+
+    @property
+    def context(self) -> Any:
+        return self._serial_context
+
+    @context.setter
+    def context(self, value: Any) -> None:
+        self._serial_context = None if value is None else _SerialWriter(value)
 
     # The library builds a plain MsgQueueHandler inside chat_with_peer; this property swaps in ours.
     @property
@@ -286,7 +320,9 @@ class CiphercareChaincodeService(ChaincodeService):
             log.info("peer stream cancelled")
 
 
-def build_server(config: ChaincodeServerConfig, chaincode: ContractChaincode | None = None) -> tuple[grpc.aio.Server, int]:
+def build_server(
+    config: ChaincodeServerConfig, chaincode: ContractChaincode | None = None
+) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server serving ``protos.Chaincode`` on ``config.address``; returns it and the bound port."""
     if chaincode is None:
         from .contracts import new_chaincode
