@@ -3,7 +3,7 @@
 The server runs as its own process (the CLI), the peer dials it over gRPC on loopback exactly as a
 Fabric peer dials a ``ccaas`` chaincode, and the whole consent decision table (``consent_table.play``)
 runs through it. The same transactions (same creators, tx ids and timestamps) run through the
-embedded runtime (``ciphercare.ledger.runtime.ChaincodeRuntime``); every status, payload, message,
+embedded runtime (``ciphercare.ledger.embedded.runtime.ChaincodeRuntime``); every status, payload, message,
 write set and event must be byte-identical, and so must the final world states.
 """
 
@@ -24,7 +24,15 @@ from typing import Any
 
 import grpc
 import pytest
-from chaincode_peer import (
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, ContractChaincode, TransactionContext
+from fabric_protos.peer import chaincode_pb2 as cc_pb
+from fabric_protos.peer import chaincode_shim_pb2 as shim_pb
+from fabric_protos.peer import proposal_pb2
+from testkit.chaincode_peer import (
     ChaincodePeer,
     LedgerState,
     ProposalRejected,
@@ -35,23 +43,15 @@ from chaincode_peer import (
     issue_signer,
     tx_id_for,
 )
-from consent_table import CLINICIAN_A, OFFICER, PRINCIPALS, Outcome, Step, _json, grant_input, play
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, ContractChaincode, TransactionContext
-from fabric_protos.peer import chaincode_pb2 as cc_pb
-from fabric_protos.peer import chaincode_shim_pb2 as shim_pb
-from fabric_protos.peer import proposal_pb2
+from testkit.consent_table import CLINICIAN_A, OFFICER, PRINCIPALS, Outcome, Step, as_json, grant_input, play
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.consent.server import ChaincodeServerConfig, build_server
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.msp import EmbeddedMSP
-from ciphercare.ledger.runtime import ChaincodeRuntime
+from ciphercare.ledger.embedded.msp import EmbeddedMSP
+from ciphercare.ledger.embedded.runtime import ChaincodeRuntime
 
-CLI = (sys.executable, "-m", "ciphercare.services.cli", "chaincode", "serve")
+CLI = (sys.executable, "-m", "ciphercare.services.cli.main", "chaincode", "serve")
 CCID = "ciphercare_1.0:" + "ab" * 32
 CM = shim_pb.ChaincodeMessage
 
@@ -196,7 +196,7 @@ def _check(signer: Signer, pid: str = "t-1", ts_ms: int = 1_750_000_000_000) -> 
 
 def _grant(signer: Signer, pid: str = "pat-0001") -> Any:
     return build_proposal(signer, channel="ciphercare", chaincode="ciphercare", function="consent:Grant",
-                          args=[_json(grant_input(pid))], ts_ms=1_750_000_000_000)
+                          args=[as_json(grant_input(pid))], ts_ms=1_750_000_000_000)
 
 
 def test_register_names_the_package_id_and_a_wrong_one_is_refused(server: int) -> None:

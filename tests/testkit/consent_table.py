@@ -78,7 +78,7 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _json(value: Any) -> str:
+def as_json(value: Any) -> str:
     return canonical.dumps(value).decode()
 
 
@@ -205,7 +205,7 @@ class Player:
 
     def grant(self, who: Principal, pid: str, **overrides: Any) -> str:
         """Grant and return the consent id (raises if the grant was refused: the table needs it)."""
-        out = self.submit(who, "consent", "Grant", _json(grant_input(pid, **overrides)))
+        out = self.submit(who, "consent", "Grant", as_json(grant_input(pid, **overrides)))
         if not out.ok:
             raise AssertionError(f"grant for {pid} refused: {out.message}")
         return str(json.loads(out.payload)["id"])
@@ -241,10 +241,10 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
         p.evaluate(CLINICIAN_A, "consent", "Check", pid, "hospital-a", "TREAT", "Observation", "")
     for who, org in ((CLINICIAN_A, "hospital-a"), (OFFICER, "hospital-a"), (CLINICIAN_B, "hospital-b")):
         for at in ("", "2025-01-15T00:00:00Z"):
-            p.evaluate(who, "consent", "CheckMany", _json(pids), org, "TREAT", "Observation", at)
-            p.evaluate(who, "consent", "CheckMany", _json(list(reversed(pids))), org, "TREAT", "Condition", at)
+            p.evaluate(who, "consent", "CheckMany", as_json(pids), org, "TREAT", "Observation", at)
+            p.evaluate(who, "consent", "CheckMany", as_json(list(reversed(pids))), org, "TREAT", "Condition", at)
     p.evaluate(PATIENT_1, "consent", "Check", "pat-0001", "hospital-a", "TREAT", "Observation", "")
-    p.evaluate(PATIENT_1, "consent", "CheckMany", _json(["pat-0001"]), "hospital-b", "HRESCH", "Observation", "")
+    p.evaluate(PATIENT_1, "consent", "CheckMany", as_json(["pat-0001"]), "hospital-b", "HRESCH", "Observation", "")
 
     # -- check refusals: who may ask, what may be asked --
     p.evaluate(CLINICIAN_B, "consent", "Check", "t-permit", "hospital-a", "TREAT", "Observation", "")
@@ -259,20 +259,20 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
     p.evaluate(OFFICER, "consent", "Check", "t-permit", "hospital-a", "TREAT", "Observation", "2025-01-01T00:00:00")
     for bad in ("not json", "[]", '["t-permit", "t-permit"]', '["t-permit", 7]', '{"pid": "t-permit"}'):
         p.evaluate(OFFICER, "consent", "CheckMany", bad, "hospital-a", "TREAT", "Observation", "")
-    p.evaluate(PATIENT_1, "consent", "CheckMany", _json(["pat-0001", "pat-0002"]), "hospital-a", "TREAT",
+    p.evaluate(PATIENT_1, "consent", "CheckMany", as_json(["pat-0001", "pat-0002"]), "hospital-a", "TREAT",
                "Observation", "")
 
     # -- grant refusals: nothing written --
-    p.submit(PATIENT_2, "consent", "Grant", _json(grant_input("pat-0001")))
-    p.submit(OFFICER, "consent", "Grant", _json(grant_input("pat-0001")))
-    p.submit(ADMIN, "consent", "Grant", _json(grant_input("pat-0001")))
-    p.submit(NOBODY, "consent", "Grant", _json(grant_input("pat-0001")))
-    p.submit(CLINICIAN_A, "consent", "Grant", _json(grant_input("pat-0001", evidence_sha256=None)))
-    p.submit(CLINICIAN_A, "consent", "Grant", _json(grant_input("pat-0001", purposes=["FOO"])))
-    p.submit(CLINICIAN_A, "consent", "Grant", _json(grant_input("pat-0001", note="free text")))
+    p.submit(PATIENT_2, "consent", "Grant", as_json(grant_input("pat-0001")))
+    p.submit(OFFICER, "consent", "Grant", as_json(grant_input("pat-0001")))
+    p.submit(ADMIN, "consent", "Grant", as_json(grant_input("pat-0001")))
+    p.submit(NOBODY, "consent", "Grant", as_json(grant_input("pat-0001")))
+    p.submit(CLINICIAN_A, "consent", "Grant", as_json(grant_input("pat-0001", evidence_sha256=None)))
+    p.submit(CLINICIAN_A, "consent", "Grant", as_json(grant_input("pat-0001", purposes=["FOO"])))
+    p.submit(CLINICIAN_A, "consent", "Grant", as_json(grant_input("pat-0001", note="free text")))
     p.submit(CLINICIAN_A, "consent", "Grant", "not json")
     p.submit(CLINICIAN_A, "consent", "Grant", '{"pid": "pat-0001", "pid": "pat-0002"}')
-    p.submit(CLINICIAN_A, "consent", "Grant", _json(grant_input("pat-0001", period={"start": "2026-01-01T00:00:00Z",
+    p.submit(CLINICIAN_A, "consent", "Grant", as_json(grant_input("pat-0001", period={"start": "2026-01-01T00:00:00Z",
                                                                                      "end": "2025-01-01T00:00:00Z"})))
 
     # -- revoke: authorization, reasons, twice --
@@ -296,22 +296,23 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
             p.evaluate(who, "consent", "ListForPatient", pid)
 
     # -- access log --
-    scored = p.submit(HOSPITAL_A, "accesslog", "Record", _json(event_input("pat-0001")))
-    p.submit(CLINICIAN_B, "accesslog", "Record", _json(event_input("pat-0001", purpose_of_use="ETREAT")))
+    scored = p.submit(HOSPITAL_A, "accesslog", "Record", as_json(event_input("pat-0001")))
+    p.submit(CLINICIAN_B, "accesslog", "Record", as_json(event_input("pat-0001", purpose_of_use="ETREAT")))
     p.submit(PATIENT_2, "accesslog", "Record",
-             _json(event_input("pat-0001", outcome="denied", outcome_desc="permission-denied")))
-    p.submit(NOBODY, "accesslog", "Record", _json(event_input("pat-0002", outcome="error", outcome_desc="internal")))
-    p.submit(PATIENT_1, "accesslog", "Record", _json(event_input("pat-0001")))
-    p.submit(OFFICER, "accesslog", "Record", _json(event_input("pat-0001")))
+             as_json(event_input("pat-0001", outcome="denied", outcome_desc="permission-denied")))
+    p.submit(NOBODY, "accesslog", "Record", as_json(event_input("pat-0002", outcome="error", outcome_desc="internal")))
+    p.submit(PATIENT_1, "accesslog", "Record", as_json(event_input("pat-0001")))
+    p.submit(OFFICER, "accesslog", "Record", as_json(event_input("pat-0001")))
     p.submit(HOSPITAL_A, "accesslog", "Record",
-             _json(event_input("pat-0001", agent={"subject": "x", "org": "hospital-b", "roles": [], "client": ""})))
-    p.submit(HOSPITAL_A, "accesslog", "Record", _json(event_input("pat-0001", outcome_desc="patient refused, has HIV")))
+             as_json(event_input("pat-0001", agent={"subject": "x", "org": "hospital-b", "roles": [], "client": ""})))
+    p.submit(HOSPITAL_A, "accesslog", "Record",
+             as_json(event_input("pat-0001", outcome_desc="patient refused, has HIV")))
     erasure: dict[str, Any] = {"type": "110110", "subtype": "delete", "action": "D", "outcome": "success",
                "outcome_desc": "patient-erasure", "purpose_of_use": "PATRQT"}
     erase_entity: dict[str, Any] = {"pid": "pat-0002", "consent_id": None, "model_sha256": None, "data_classes": [],
                     "detail_sha256": None}
-    p.submit(CLINICIAN_A, "accesslog", "Record", _json(event_input(**erasure, entity=erase_entity)))
-    p.submit(ADMIN, "accesslog", "Record", _json(event_input(**erasure, entity=erase_entity)))
+    p.submit(CLINICIAN_A, "accesslog", "Record", as_json(event_input(**erasure, entity=erase_entity)))
+    p.submit(ADMIN, "accesslog", "Record", as_json(event_input(**erasure, entity=erase_entity)))
     event_id = json.loads(scored.payload)["id"] if scored.ok else "ae-" + "0" * 32
     for who in PRINCIPALS:
         p.evaluate(who, "accesslog", "Get", event_id)
@@ -321,10 +322,10 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
     # -- model registry --
     model = {"model_sha256": sha("model"), "name": "whas500-xgb", "version": "1.0.0", "n_trees": 100,
              "max_depth": 3, "edge_count": 700}
-    p.submit(PATIENT_1, "model", "Deploy", _json(model))
-    p.submit(HOSPITAL_A, "model", "Deploy", _json(model))
-    p.submit(HOSPITAL_A, "model", "Deploy", _json(model))
-    p.submit(HOSPITAL_A, "model", "Deploy", _json({**model, "n_trees": 0}))
+    p.submit(PATIENT_1, "model", "Deploy", as_json(model))
+    p.submit(HOSPITAL_A, "model", "Deploy", as_json(model))
+    p.submit(HOSPITAL_A, "model", "Deploy", as_json(model))
+    p.submit(HOSPITAL_A, "model", "Deploy", as_json({**model, "n_trees": 0}))
     p.evaluate(OFFICER, "model", "Get", sha("model"))
     p.evaluate(OFFICER, "model", "Get", sha("other model"))
 

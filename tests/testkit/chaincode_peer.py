@@ -20,7 +20,7 @@ peer checks of the proposal: the tx id is SHA-256(nonce || creator), the signatu
 creator's certificate and is low-S, channel and chaincode names match. The transport is the real one:
 gRPC (loopback, optional mutual TLS) to the real chaincode server process.
 
-Creators are the embedded MSP's certificates (``ciphercare.ledger.msp``), so ``consent/caller.py`` reads
+Creators are the embedded MSP's certificates (``ciphercare.ledger.embedded.msp``), so ``consent/caller.py`` reads
 the actor exactly as it does embedded; :func:`issue_signer` keeps the private key the MSP generates so the
 proposal carries a real signature.
 """
@@ -54,10 +54,10 @@ from fabric_protos.peer import proposal_pb2
 from fabric_protos.peer import proposal_response_pb2 as response_pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ciphercare.ledger import msp as msp_module
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.log import HistoryRecord
-from ciphercare.ledger.msp import EmbeddedMSP, Identity
+from ciphercare.ledger.embedded import msp as msp_module
+from ciphercare.ledger.embedded.log import HistoryRecord
+from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity
 
 T = TypeVar("T")
 CM = shim_pb.ChaincodeMessage
@@ -203,7 +203,7 @@ def check_proposal(signed: proposal_pb2.SignedProposal, *, channel: str, chainco
 
 
 class LedgerState:
-    """Committed world state with per-key history; also a ``ciphercare.ledger.runtime.StateReader``."""
+    """Committed world state with per-key history; also a ``ciphercare.ledger.embedded.runtime.StateReader``."""
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
