@@ -192,11 +192,18 @@ class ServerStub(ChaincodeStub):
     ) -> None:
         super().__init__(client, channel_id, tx_id, cc_input, signed_proposal)
         self._transient: dict[str, bytes] = {}
+        #: The chaincode definition the client invoked (the proposal's ChaincodeHeaderExtension).
+        self.chaincode_name = ""
         decoded = self.signed_proposal_pb
         if isinstance(decoded, dict):
-            payload = decoded.get("proposal", {}).get("payload")
+            proposal = decoded.get("proposal", {})
+            payload = proposal.get("payload")
             if isinstance(payload, proposal_pb.ChaincodeProposalPayload):
                 self._transient = {k: bytes(v) for k, v in payload.TransientMap.items()}
+            channel_header = proposal.get("header", {}).get("channelHeader")
+            if channel_header is not None and channel_header.extension:
+                extension = proposal_pb.ChaincodeHeaderExtension.FromString(channel_header.extension)
+                self.chaincode_name = extension.chaincode_id.name
 
     def get_transient(self) -> dict[str, bytes]:
         """The proposal's transient map (never part of the transaction the orderer sees)."""
@@ -278,7 +285,10 @@ class CompletingHandler(Handler):
         try:
             cc_input = cc_pb.ChaincodeInput.FromString(msg.payload)
             stub = ServerStub(self, msg.channel_id, msg.txid, cc_input, msg.proposal)
-            if action.lower() == "init":
+            refusal = definition_refusal(self.chaincode, stub)
+            if refusal is not None:
+                response = response_pb.Response(status=500, message=refusal)
+            elif action.lower() == "init":
                 response = await self.chaincode.init(stub)
             else:
                 response = await self.chaincode.invoke(stub)
@@ -307,6 +317,31 @@ class CompletingHandler(Handler):
         if events and response.status < _ERROR_THRESHOLD:
             completed.chaincode_event.CopyFrom(events[-1])
         await self.context.write(completed)
+
+
+#: The contract API's own contract (metadata); reachable through every definition.
+SYSTEM_CONTRACT = "org.hyperledger.fabric"
+
+
+def definition_refusal(chaincode: ContractChaincode, stub: ServerStub) -> str | None:
+    """Why this transaction may not run, or None.
+
+    On the channel every contract has a chaincode definition of its own name (``consent``,
+    ``accesslog``, ``model``), each with its own endorsement policy, all served by this one package.
+    A contract is therefore reachable only through the definition of its name: otherwise a write could
+    be endorsed under another contract's (weaker) policy. A definition named after no contract (the
+    embedded ledger's single ``ciphercare``) reaches every contract.
+    """
+    contracts = getattr(chaincode, "_contracts", {})
+    if stub.chaincode_name not in contracts:
+        return None
+    namespace, _, _ = chaincode._get_namespace_function_and_params(stub)
+    if namespace in (stub.chaincode_name, SYSTEM_CONTRACT):
+        return None
+    return (
+        f"PERMISSION_DENIED: contract {namespace!r} is served only through the chaincode definition "
+        f"{namespace!r}, not {stub.chaincode_name!r}"
+    )
 
 
 class CiphercareChaincodeService(ChaincodeService):

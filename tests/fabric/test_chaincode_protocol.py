@@ -463,3 +463,35 @@ def test_incomplete_configuration_exits_2_with_one_line(env: dict[str, str], fra
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ciphercare: ") and fragment in lines[0], done.stderr
     assert done.stdout == ""
+
+
+def test_a_contract_is_reachable_only_through_the_definition_of_its_name(
+    server: int, signers: dict[Principal, Signer]
+) -> None:
+    """On the channel each contract has its own chaincode definition (and endorsement policy)."""
+
+    def call(peer: SyncPeer, chaincode: str, function: str, *args: str) -> Any:
+        proposal = build_proposal(signers[OFFICER], channel="ciphercare", chaincode=chaincode, function=function,
+                                  args=list(args), ts_ms=1_750_000_000_000)
+        return peer.run(peer.peer.simulate(proposal))
+
+    for chaincode in ("consent", "accesslog", "model", "ciphercare"):
+        peer = new_peer(server, chaincode=chaincode)
+        try:
+            calls = {
+                "consent": ("consent:ListForPatient", "pat-0001"),
+                "accesslog": ("accesslog:ListForPatient", "pat-0001"),
+                "model": ("model:Get", "ab" * 32),
+            }
+            for contract, (function, arg) in calls.items():
+                sim = call(peer, chaincode, function, arg)
+                if chaincode in (contract, "ciphercare"):
+                    assert "served only through" not in sim.message, (chaincode, function, sim)
+                else:
+                    assert sim.status == 500 and sim.writes == () and sim.requests == ["COMPLETED"]
+                    assert sim.message == (f"PERMISSION_DENIED: contract {contract!r} is served only through the "
+                                           f"chaincode definition {contract!r}, not {chaincode!r}")
+            metadata = call(peer, chaincode, "org.hyperledger.fabric:get_metadata")
+            assert metadata.ok and b"consent" in metadata.payload
+        finally:
+            peer.close()
