@@ -41,3 +41,52 @@ as_org_admin() {
   CORE_PEER_TLS_ROOTCERT_FILE="$(peer_tls_dir "$org" "$(host_of "$peer")")/ca.crt"
   export CORE_PEER_LOCALMSPID CORE_PEER_MSPCONFIGPATH CORE_PEER_ADDRESS CORE_PEER_TLS_ROOTCERT_FILE
 }
+
+# write_peer_config BASE_CORE_YAML BUILDERS_PATH: build/config/core.yaml = Fabric's core.yaml with
+# ciphercare's external builder (config/core-external-builders.yaml) at BUILDERS_PATH.
+write_peer_config() {
+  local base="$1" builders="$2"
+  mkdir -p "$BUILD_DIR/config"
+  "${PYTHON:-python3}" - "$base" "$NETWORK_DIR/config/core-external-builders.yaml" "$builders" \
+    "$BUILD_DIR/config/core.yaml" <<'PY' || die "could not write core.yaml (needs Python with PyYAML)"
+import sys
+
+import yaml
+
+base, snippet, builders, out = sys.argv[1:5]
+with open(base) as f:
+    core = yaml.safe_load(f)
+with open(snippet) as f:
+    extra = yaml.safe_load(f)["chaincode"]["externalBuilders"]
+for builder in extra:
+    builder["path"] = builders
+kept = [b for b in core["chaincode"].get("externalBuilders") or [] if b.get("name") not in {b["name"] for b in extra}]
+core["chaincode"]["externalBuilders"] = kept + extra
+with open(out, "w") as f:
+    yaml.safe_dump(core, f, sort_keys=False)
+PY
+}
+
+# Every network host must resolve (to 127.0.0.1 for a one-machine network); print the /etc/hosts lines if not.
+check_hosts() {
+  local org endpoint host missing="" endpoints
+  endpoints="$(active_orderers)"
+  for org in $HOSPITAL_ORGS; do
+    endpoints="$endpoints $(org_var PEERS "$org") $(org_var CCAAS "$org")"
+  done
+  for endpoint in $endpoints; do
+    host="$(host_of "$endpoint")"
+    getent hosts "$host" >/dev/null 2>&1 || missing="$missing $host"
+  done
+  if [ -n "$missing" ]; then
+    log "these hosts do not resolve; add to /etc/hosts:"
+    for host in $missing; do printf '127.0.0.1 %s\n' "$host" >&2; done
+    exit 1
+  fi
+}
+
+# A PEM file as the body of a JSON string (newlines escaped; PEM holds no quotes or backslashes).
+pem_json() {
+  [ -r "$1" ] || die "cannot read $1"
+  awk 'BEGIN { ORS = "" } { gsub(/\r/, ""); print $0 "\\n" }' "$1"
+}
