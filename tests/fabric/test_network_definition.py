@@ -412,14 +412,16 @@ def test_the_external_builder_scripts_run(env: dict[str, Any], tmp_path: Path) -
     assert done.returncode == 0, done.stderr
 
     org = "hospital-a"
-    (host, port), (cc_host, cc_port) = env["peers"][org][0], env["ccaas"][org]
-    root, key, cert = _ca(tmp_path, "tlsca"), b"", _ca(tmp_path, "peer-tls")
+    host, (cc_host, cc_port) = env["peers"][org][0][0], env["ccaas"][org]
+    root = _ca(tmp_path, "tlsca")
+    cert = _ca(tmp_path, "peer-tls")  # _ca leaves the certificate's key in key.pem
     key = (tmp_path / "key.pem").read_bytes()
     for name, data in (("root.pem", root), ("tls.key", key), ("tls.crt", cert)):
         (tmp_path / name).write_bytes(data)
     peer_env = {**base, "CORE_PEER_ID": host, "CIPHERCARE_CCAAS_PORT": str(cc_port),
                 "CORE_PEER_TLS_ROOTCERT_FILE": str(tmp_path / "root.pem"),
-                "CORE_PEER_TLS_KEY_FILE": str(tmp_path / "tls.key"), "CORE_PEER_TLS_CERT_FILE": str(tmp_path / "tls.crt")}
+                "CORE_PEER_TLS_KEY_FILE": str(tmp_path / "tls.key"),
+                "CORE_PEER_TLS_CERT_FILE": str(tmp_path / "tls.crt")}
     done = subprocess.run([bin_dir / "release", build, release], env=peer_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     conn = json.loads((release / "chaincode/server/connection.json").read_text())
