@@ -495,3 +495,17 @@ def test_a_contract_is_reachable_only_through_the_definition_of_its_name(
             assert metadata.ok and b"consent" in metadata.payload
         finally:
             peer.close()
+
+
+def test_init_runs_the_named_function_or_the_default_initiator(server: int, signers: dict[Principal, Signer]) -> None:
+    """INIT (a definition with --init-required) goes through the same dispatcher as TRANSACTION."""
+    peer = new_peer(server)
+    try:
+        named = peer.run(peer.peer.simulate(_check(signers[OFFICER]), init=True))
+        assert named.ok and json.loads(named.payload)["reason_code"] == "no-consent"
+        empty = peer.run(peer.peer.send_raw(CM(type=CM.INIT, payload=cc_pb.ChaincodeInput(args=[]).SerializeToString(),
+                                               txid="init-1", channel_id="ciphercare",
+                                               proposal=_check(signers[OFFICER]).signed)))
+        assert empty.ok and empty.payload == b"Default initiator successful." and empty.writes == ()
+    finally:
+        peer.close()
