@@ -3,7 +3,8 @@
 Configured the Fabric way, by ``CHAINCODE_ID``, ``CHAINCODE_SERVER_ADDRESS`` and the ``CHAINCODE_TLS_*`` /
 ``CHAINCODE_CLIENT_CA_CERT`` variables (see :mod:`ciphercare.consent.server`), not by ``CIPHERCARE_*``
 settings: the same variables configure the chaincode container, which ships the consent package alone.
-Exit codes: 0 after SIGINT/SIGTERM, 2 for an incomplete configuration (one line on stderr).
+Exit codes: 0 after SIGINT/SIGTERM, 2 for an incomplete configuration, 1 without the server extra (one
+line on stderr).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from typing import Any
 
 
 def cmd_chaincode_serve(args: argparse.Namespace) -> int:
-    from ciphercare.consent.server import (
-        ChaincodeConfigError,
-        ChaincodeServerConfig,
-        quiet_shim_logging,
-        serve,
-    )
+    try:
+        from ciphercare.consent.server import (
+            ChaincodeConfigError,
+            ChaincodeServerConfig,
+            quiet_shim_logging,
+            serve,
+        )
+    except ModuleNotFoundError as exc:  # a plain (SDK) install has no chaincode runtime
+        print(f"ciphercare: chaincode serve needs the server extra (pip install 'ciphercare[server]'): {exc}",
+              file=sys.stderr)
+        return 1
 
     try:
         config = ChaincodeServerConfig.from_environ(os.environ)

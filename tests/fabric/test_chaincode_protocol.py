@@ -32,7 +32,7 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, Co
 from fabric_protos.peer import chaincode_pb2 as cc_pb
 from fabric_protos.peer import chaincode_shim_pb2 as shim_pb
 from fabric_protos.peer import proposal_pb2
-from testkit.chaincode_peer import (
+from testkit.fabric.chaincode_peer import (
     ChaincodePeer,
     LedgerState,
     ProposalRejected,
@@ -43,7 +43,7 @@ from testkit.chaincode_peer import (
     issue_signer,
     tx_id_for,
 )
-from testkit.consent_table import CLINICIAN_A, OFFICER, PRINCIPALS, Outcome, Step, as_json, grant_input, play
+from testkit.fabric.consent_table import CLINICIAN_A, OFFICER, PRINCIPALS, Outcome, Step, as_json, grant_input, play
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.consent.server import ChaincodeServerConfig, build_server

@@ -1,7 +1,7 @@
 """Transparency logs built from committed Fabric blocks: two organisations agree; tampering is caught.
 
 The consent table's transactions run through the embedded runtime (the contracts' real outputs),
-become endorsed envelopes and chained blocks (testkit.fabric_blocks: the wire shapes a peer delivers),
+become endorsed envelopes and chained blocks (testkit.fabric.blocks: the wire shapes a peer delivers),
 and two organisations' :class:`BlockLog`s, fed separately serialized copies, must produce the same
 leaves and roots; each signs its checkpoint with its own key, and each witnesses the other's (same
 root, or a consistency proof). Proofs are checked with the independent RFC 9162 reference
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from fabric_protos.common import common_pb2
 from testkit import rfc9162
-from testkit.chaincode_peer import LedgerState, Signer, build_proposal, issue_signer, tx_id_for
-from testkit.consent_table import PRINCIPALS, Outcome, Step, play
-from testkit.fabric_blocks import MVCC_READ_CONFLICT, VALID, chain, endorsed_envelope, make_block
+from testkit.fabric.blocks import MVCC_READ_CONFLICT, VALID, chain, endorsed_envelope, make_block
+from testkit.fabric.chaincode_peer import LedgerState, Signer, build_proposal, issue_signer, tx_id_for
+from testkit.fabric.consent_table import PRINCIPALS, Outcome, Step, play
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import Principal

@@ -20,7 +20,7 @@ from fabric_protos.ledger.rwset.kvrwset import kv_rwset_pb2
 from fabric_protos.peer import chaincode_event_pb2, chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 
 from ciphercare.ledger.transparency.from_blocks import block_data_hash, block_header_hash
-from testkit.chaincode_peer import Proposal, Signer
+from testkit.fabric.chaincode_peer import Proposal, Signer
 
 VALID = transaction_pb2.VALID
 MVCC_READ_CONFLICT = transaction_pb2.MVCC_READ_CONFLICT
