@@ -41,8 +41,12 @@ contracts behave on a peer exactly as they do embedded:
 
 The stub also gains what the Go shim does and the Python one lacks: simple-key
 validation and the ``"\\x01"`` substitute for an empty range start key, and
-``get_transient``. This module imports nothing from ``ciphercare.ledger`` or
-``ciphercare.services``: the chaincode package stays deployable alone.
+``get_transient``. On the channel each contract has a chaincode definition of
+its own name and endorsement policy; :func:`definition_refusal` keeps a
+contract from being reached through another contract's definition.
+
+This module imports nothing from ``ciphercare.ledger`` or ``ciphercare.services``:
+the chaincode package stays deployable alone.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Rules, all deterministic from block contents and the peer's own validation:
 The validation flags are computed by each organisation's own peer (block metadata is not covered by
 the header hash), so two honest organisations agree on them; an organisation whose peer disagreed would
 publish a different root, which is exactly what witnessing catches.
+
+This module parses Fabric's protos (``hyperledger-fabric-protos``, the server extra): the ledger node
+imports it; clients verify the resulting proofs and checkpoints with ``merkle`` and ``checkpoint`` alone.
 """
 
 from __future__ import annotations
