@@ -61,7 +61,9 @@ with open(snippet) as f:
 for builder in extra:
     builder["path"] = builders
 kept = [b for b in core["chaincode"].get("externalBuilders") or [] if b.get("name") not in {b["name"] for b in extra}]
-core["chaincode"]["externalBuilders"] = kept + extra
+# first: the peer asks builders in order, and Fabric's own ccaas_builder (in the 2.5 images'
+# core.yaml) would otherwise claim the package and not understand its address template
+core["chaincode"]["externalBuilders"] = extra + kept
 with open(out, "w") as f:
     yaml.safe_dump(core, f, sort_keys=False)
 PY

@@ -298,7 +298,9 @@ def test_external_builder_configuration_covers_what_release_reads() -> None:
     read = set(re.findall(r"\$\{?((?:CORE_PEER|CIPHERCARE)_[A-Z_]+)", release))
     assert read and read <= set(builder["propagateEnvironment"])
     for script in ("detect", "build", "release"):
-        assert os.access(NET / "builders/ccaas/bin" / script, os.X_OK)
+        path = NET / "builders/ccaas/bin" / script
+        assert os.access(path, os.X_OK)
+        assert path.read_text().startswith("#!/bin/sh\n")  # the fabric-peer image has no bash
 
 
 def test_fabric_ca_configs(env: dict[str, Any]) -> None:
@@ -320,7 +322,7 @@ def shell_scripts() -> list[Path]:
     found = []
     for path in sorted(NET.rglob("*")):
         if path.is_file() and "build" not in path.parts and (path.suffix in (".sh", ".env") or (
-                path.parent.name == "bin" and path.read_text(errors="replace").startswith("#!/usr/bin/env bash"))):
+                path.parent.name == "bin" and path.read_text(errors="replace").startswith("#!"))):
             found.append(path)
     return [*found, ROOT / "scripts/setup/42-shellcheck.sh"]
 
@@ -333,8 +335,7 @@ def test_scripts_are_shellcheck_clean() -> None:
         pytest.skip("shellcheck not installed (scripts/setup/42-shellcheck.sh)")
     scripts = shell_scripts()
     assert len(scripts) >= 14
-    done = subprocess.run([shellcheck, "-x", "--shell=bash", *map(str, scripts)], capture_output=True, text=True,
-                          cwd="/")
+    done = subprocess.run([shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
