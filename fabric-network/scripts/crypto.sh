@@ -32,5 +32,13 @@ for org in $HOSPITAL_ORGS; do
   cp "$tlsca/tlsca.$domain-cert.pem" "$out/client-ca.crt"
   rm -f "$out/server.csr" "$extensions"
   log "chaincode server TLS certificate for $host"
+
+  # The org's Fabric CA home: its configuration and the org's root CA, so enrolled identities validate.
+  ca_home="$BUILD_DIR/fabric-ca/$org"
+  mkdir -p "$ca_home/ca"
+  cp "$NETWORK_DIR/fabric-ca/$org/fabric-ca-server-config.yaml" "$ca_home/"
+  cp "$CRYPTO_DIR/peerOrganizations/$domain/ca/ca.$domain-cert.pem" "$CRYPTO_DIR/peerOrganizations/$domain/ca/priv_sk" \
+    "$ca_home/ca/"
+  chmod 600 "$ca_home/ca/priv_sk"
 done
 log "crypto material in $CRYPTO_DIR"

@@ -20,7 +20,7 @@ domain="$(org_domain "$org")"
 port=7054
 [ "$org" = "hospital-b" ] && port=8054
 ca_url="https://localhost:$port"
-ca_tls="$BUILD_DIR/fabric-ca/$org/tls/server.crt"
+ca_tls="$BUILD_DIR/fabric-ca/$org/tls-cert.pem"
 admin_home="$BUILD_DIR/fabric-ca-clients/$org/admin"
 node_home="$BUILD_DIR/fabric-ca-clients/$org/$node"
 node_secret="$(openssl rand -hex 24)"

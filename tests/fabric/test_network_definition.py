@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -432,3 +433,20 @@ def test_the_external_builder_scripts_run(env: dict[str, Any], tmp_path: Path) -
     # without its environment the release refuses instead of writing a broken connection.json
     done = subprocess.run([bin_dir / "release", build, tmp_path / "r2"], env=base, capture_output=True, text=True)
     assert done.returncode != 0 and "CORE_PEER_ID" in done.stderr
+
+
+def test_peer_config_puts_our_builder_before_fabrics_own(tmp_path: Path) -> None:
+    """scripts/lib.sh write_peer_config: Fabric's core.yaml plus our builder, first in the list."""
+    base = tmp_path / "core.yaml"
+    base.write_text(yaml.safe_dump({"peer": {"id": "x"}, "chaincode": {"externalBuilders": [
+        {"name": "ccaas_builder", "path": "/opt/hyperledger/ccaas_builder",
+         "propagateEnvironment": ["CHAINCODE_AS_A_SERVICE_BUILDER_CONFIG"]}]}}))
+    script = (f"set -euo pipefail; source {NET / 'scripts/env.sh'}; source {NET / 'scripts/lib.sh'}; "
+              f"write_peer_config {base} /opt/ciphercare/builders/ccaas")
+    env = {"PATH": os.environ["PATH"], "BUILD_DIR": str(tmp_path / "build"), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    core = yaml.safe_load((tmp_path / "build/config/core.yaml").read_text())
+    assert [b["name"] for b in core["chaincode"]["externalBuilders"]] == ["ciphercare-ccaas", "ccaas_builder"]
+    assert core["chaincode"]["externalBuilders"][0]["path"] == "/opt/ciphercare/builders/ccaas"
+    assert core["peer"] == {"id": "x"}
