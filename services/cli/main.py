@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ciphercare.services.cli.privacy",
     "ciphercare.services.cli.receipt",
     "ciphercare.services.cli.integrity",  # witness serve / vkey (issue 11)
+    "ciphercare.services.cli.chaincode",  # fabric-network (issue 13 item 4): `chaincode serve`
 )
 
 
