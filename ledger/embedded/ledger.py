@@ -42,6 +42,8 @@ from ciphercare.ledger.embedded.log import PendingTx, TransactionLog
 from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity
 from ciphercare.ledger.embedded.runtime import BatchOverlay, ChaincodeRuntime, endorse_error, new_tx_id
 from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+from ciphercare.ledger.witness.client import WitnessSubmitter, start_witnessing
+from ciphercare.ledger.witness.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,13 @@ class EmbeddedLedger:
         key_name: str | None = None,
         msp_dir: str | os.PathLike[str] | None = None,
         max_queue: int = 65536,
+        retired_vkeys: Sequence[str] = (),
+        published_path: str | os.PathLike[str] | None = None,
+        strict_key_mode: bool = False,
+        witness_policy: Policy | None = None,
+        witness_timeout_s: float = 5.0,
+        witness_wait_ms: float = 0.0,
+        cosigned_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -170,11 +179,20 @@ class EmbeddedLedger:
         self.path = Path(path)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self._signer = CheckpointSigner(signing_key_path, origin, key_name)
-        self._log = TransactionLog(self.path, self._signer, channel=channel, chaincode=chaincode_name)
+        self._signer = CheckpointSigner(signing_key_path, origin, key_name, strict_mode=strict_key_mode)
+        # Integrity (issue 11): the start-up check against the published-checkpoint file runs in TransactionLog.
+        self._log = TransactionLog(
+            self.path, self._signer, channel=channel, chaincode=chaincode_name,
+            retired_vkeys=retired_vkeys, published_path=published_path,
+        )
+        self._witnessing: WitnessSubmitter | None = None
+        self._witness_wait = witness_wait_ms / 1000.0
         try:
             self._msp = EmbeddedMSP(msp_dir if msp_dir is not None else self.path.parent / "msp")
             self._runtime = ChaincodeRuntime(chaincode, channel=channel, chaincode_name=chaincode_name)
+            if witness_policy is not None and witness_policy.witnesses:
+                self._witnessing = start_witnessing(
+                    self._log, witness_policy, Path(cosigned_path) if cosigned_path else None, witness_timeout_s)
         except BaseException:
             self._log.close()
             raise
@@ -346,6 +364,8 @@ class EmbeddedLedger:
             for req, res in accepted:
                 req.future.set_exception(CommitError(res.tx_id, str(exc)))
             return
+        if self._witness_wait and self._witnessing is not None:  # integrity: bounded wait for the witness quorum
+            self._witnessing.wait_cosigned(cp.size, self._witness_wait)
         base = cp.size - len(txs)
         self._batches += 1
         self._committed += len(txs)
@@ -391,6 +411,15 @@ class EmbeddedLedger:
     def checkpoint_at(self, size: int) -> Checkpoint | None:
         """The stored checkpoint for exactly ``size`` entries, or None if no batch ended there."""
         return self._log.checkpoint_at(size)
+
+    def cosigned_checkpoint(self) -> tuple[Checkpoint, bytes] | None:
+        """The newest checkpoint cosigned by the witness quorum and its note with the cosignature lines."""
+        return None if self._witnessing is None else self._witnessing.latest_cosigned()
+
+    @property
+    def witnessing(self) -> WitnessSubmitter | None:
+        """The background witness submitter (None without a witness policy)."""
+        return self._witnessing
 
     def entry(self, seq: int) -> LedgerEntry:
         """Committed entry ``seq``."""
@@ -442,6 +471,8 @@ class EmbeddedLedger:
             stream.close()
         with self._commit_cond:
             self._commit_cond.notify_all()
+        if self._witnessing is not None:
+            self._witnessing.close()
         self._log.close()
 
     def __enter__(self) -> EmbeddedLedger:

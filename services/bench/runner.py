@@ -166,7 +166,19 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(which: str, *, quick: bool = False, out: Path | None = None) -> list[dict[str, Any]]:
+def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
+              witness: bool = False) -> list[dict[str, Any]]:
+    if which == "ledger" and witness:  # the cost of witnessing (ledger integrity, issue 11)
+        from ciphercare.ledger.witness.bench import bench_witnessing, format_witness_rows
+
+        rows = bench_witnessing(duration_s=1.5 if quick else 3.0, samples=50 if quick else 200)
+        print(format_witness_rows(rows))
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"benchmark": "ledger-witness", "rows": rows,
+                                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}},
+                                      indent=2))
+        return rows
     if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 

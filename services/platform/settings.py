@@ -46,6 +46,27 @@ class Settings(BaseSettings):
     ledger_group_commit_max_batch: int = Field(default=512, ge=1, le=100_000)
     ledger_group_commit_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     ledger_submit_timeout_s: float = Field(default=10.0, gt=0)
+    # --- ledger integrity (issue 11; docs/TRANSPARENCY.md) ---------------------------------------
+    # The checkpoint signing key, apart from the data (mode 0600, owned by the server's user; refused otherwise).
+    # Empty: ledger_signing_key_path, else data_dir/ledger-ed25519.pem (a warning says to move it).
+    checkpoint_key_path: Path | None = None
+    # Pinned checkpoint verifier key(s) (note vkeys, comma-separated, oldest first) that `ledger verify` and the
+    # CLI trust instead of a key file in the data directory.
+    ledger_vkey: str = ""
+    # Keys this log was signed with before a rotation (comma-separated vkeys, oldest first).
+    ledger_retired_vkeys: str = ""
+    # Append-only file of every published checkpoint, outside SQLite. Empty: <ledger path>.checkpoints.
+    ledger_published_path: Path | None = None
+    # Witness policy file (log keys, witness keys + URLs, quorum). Empty: no witnesses.
+    witness_policy: Path | None = None
+    witness_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # How long a commit waits for the witness quorum before its receipt returns (0: fully asynchronous).
+    witness_wait_ms: float = Field(default=0.0, ge=0, le=60_000)
+    # `ciphercare up` starts a local witness process and uses it when no witness policy is configured.
+    demo_witness: bool = False
+    # Where the CLI remembers the last verified checkpoint per log. Empty: ~/.ciphercare/checkpoints.
+    client_state_dir: Path | None = None
+    # --- end ledger integrity ---------------------------------------------------------------------
 
     # gRPC
     grpc_host: str = "127.0.0.1"
@@ -139,7 +160,16 @@ class Settings(BaseSettings):
 
     @property
     def resolved_ledger_key_path(self) -> Path:
-        return self.ledger_signing_key_path or self.data_dir / "ledger-ed25519.pem"
+        return self.checkpoint_key_path or self.ledger_signing_key_path or self.data_dir / "ledger-ed25519.pem"
+
+    @property
+    def resolved_ledger_published_path(self) -> Path:
+        ledger = self.resolved_ledger_path
+        return self.ledger_published_path or ledger.with_name(ledger.name + ".checkpoints")
+
+    @property
+    def resolved_client_state_dir(self) -> Path:
+        return self.client_state_dir or Path.home() / ".ciphercare" / "checkpoints"
 
     @property
     def resolved_dev_issuer_key_path(self) -> Path:

@@ -82,6 +82,11 @@ def open_ledger(settings: Settings) -> EmbeddedLedger:
             "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key_path = settings.resolved_ledger_key_path
+    if key_path.resolve().is_relative_to(settings.data_dir.resolve()):
+        log.warning("the checkpoint signing key is kept with the data it signs; set CIPHERCARE_CHECKPOINT_KEY_PATH "
+                    "to a place the data's administrators cannot read (docs/TRANSPARENCY.md)",
+                    extra={"key_path": str(key_path)})
     return EmbeddedLedger(
         path=settings.resolved_ledger_path,
         signing_key_path=settings.resolved_ledger_key_path,
@@ -89,7 +94,23 @@ def open_ledger(settings: Settings) -> EmbeddedLedger:
         chaincode=new_chaincode(),
         max_batch=settings.ledger_group_commit_max_batch,
         max_wait_ms=settings.ledger_group_commit_max_wait_ms,
+        # ledger integrity (issue 11): rotation, the published-checkpoint file, key file mode enforced
+        retired_vkeys=[k.strip() for k in settings.ledger_retired_vkeys.split(",") if k.strip()],
+        published_path=settings.resolved_ledger_published_path,
+        strict_key_mode=True,
+        witness_policy=_witness_policy(settings),
+        witness_timeout_s=settings.witness_timeout_s,
+        witness_wait_ms=settings.witness_wait_ms,
     )
+
+
+def _witness_policy(settings: Settings) -> Any:
+    """The witness policy file named by CIPHERCARE_WITNESS_POLICY (ledger integrity, issue 11), or None."""
+    if settings.witness_policy is None:
+        return None
+    from ciphercare.ledger.witness.policy import Policy
+
+    return Policy.load(settings.witness_policy)
 
 
 def open_store(settings: Settings) -> OffchainStore:

@@ -29,6 +29,7 @@ from ciphercare.sdk.receipts import access_event_receipt, consent_change_receipt
 from ciphercare.services.web import present
 from ciphercare.services.web.app import WebApp
 from ciphercare.services.web.backend import ServiceRefusal
+from ciphercare.services.web.integrity import remember_latest
 from ciphercare.services.web.sessions import Session
 from ciphercare.v1 import access_log_pb2, common_pb2, consent_pb2
 
@@ -61,7 +62,9 @@ def _not_found(web: WebApp, request: Request) -> Response:
 
 def pinned_vkey(web: WebApp, session: Session, served: str) -> str:
     """The verifier key this session trusts: configured, else the first one the service served (then pinned)."""
-    trusted = web.settings.web_ledger_vkey or session.vkey or served
+    # Ledger integrity (issue 11): the pinned log key CIPHERCARE_LEDGER_VKEY (newest last) applies here too.
+    pinned = [k.strip() for k in getattr(web.settings, "ledger_vkey", "").split(",") if k.strip()]
+    trusted = web.settings.web_ledger_vkey or (pinned[-1] if pinned else "") or session.vkey or served
     session.vkey = session.vkey or trusted
     if served != trusted:
         raise ServiceRefusal(grpc.StatusCode.DATA_LOSS,
@@ -311,8 +314,10 @@ def _change_receipt(web: WebApp, session: Session, client: CiphercareClient, cha
     runs (``ciphercare receipt verify``) and only logs a failure.
     """
     try:
-        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
-        vkey = pinned_vkey(web, session, served)
+        latest = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+        vkey = pinned_vkey(web, session, latest.verifier_key)
+        # Ledger integrity (issue 11): the latest checkpoint must extend the one this session verified before.
+        memory_problem, _evidence = remember_latest(web.settings, session, client, vkey, latest)
     except (grpc.RpcError, ServiceRefusal) as exc:
         problem = exc.message if isinstance(exc, ServiceRefusal) else f"{exc.code().name}: {exc.details()}"
         return consent_change_receipt(change, consent, ledger, "", None, f"no trusted verifier key: {problem}")
@@ -321,6 +326,10 @@ def _change_receipt(web: WebApp, session: Session, client: CiphercareClient, cha
         check = verify_receipt(receipt, vkey)
         if not check.ok:
             log.warning("consent change receipt did not verify", extra={"problems": check.problems[:3]})
+    if memory_problem is not None:
+        # A receipt carries no verification claim: the integrity problem is told to the user, and logged.
+        log.warning("ledger integrity problem at a consent change", extra={"problem": memory_problem[:200]})
+        session.flash.append({"text": f"Ledger integrity warning: {memory_problem}"})
     return receipt
 
 
@@ -336,17 +345,22 @@ async def access_receipt(web: WebApp, request: Request, session: Session) -> Res
     if pid is None or not EVENT_ID_RE.match(event_id):
         return _not_found(web, request)
 
-    def load(client: CiphercareClient) -> tuple[Any, Any, str]:
+    def load(client: CiphercareClient) -> tuple[Any, Any, str, str | None]:
         event = client.call(client.access_log.Get, access_log_pb2.GetAccessEventRequest(event_id=event_id)).event
         proof = client.call(client.access_log.GetInclusionProof,
                             access_log_pb2.GetInclusionProofRequest(event_id=event_id))
-        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
-        return event, proof, served
+        latest = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+        vkey = pinned_vkey(web, session, latest.verifier_key)
+        # Ledger integrity (issue 11): the latest checkpoint must extend the one this session verified before.
+        problem, _evidence = remember_latest(web.settings, session, client, vkey, latest)
+        return event, proof, vkey, problem
 
-    event, proof, served = await web.call(session, load)
+    event, proof, vkey, memory_problem = await web.call(session, load)
     if event.pid != pid:
         return _not_found(web, request)
-    vkey = pinned_vkey(web, session, served)
+    if memory_problem is not None:
+        return web.error(request, 502, "The ledger was rolled back or forked",
+                         "No receipt was issued: " + memory_problem)
     receipt = access_event_receipt(event, proof, vkey)
     check = verify_receipt(receipt, vkey)
     if not check.ok:
