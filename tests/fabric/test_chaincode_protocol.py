@@ -43,7 +43,17 @@ from testkit.fabric.chaincode_peer import (
     issue_signer,
     tx_id_for,
 )
-from testkit.fabric.consent_table import CLINICIAN_A, OFFICER, PRINCIPALS, Outcome, Step, as_json, grant_input, play
+from testkit.fabric.consent_table import (
+    CLINICIAN_A,
+    OFFICER,
+    PATIENT_1,
+    PRINCIPALS,
+    Outcome,
+    Step,
+    as_json,
+    grant_input,
+    play,
+)
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.consent.server import ChaincodeServerConfig, build_server
@@ -181,7 +191,8 @@ def test_decision_table_over_the_chaincode_protocol_equals_the_embedded_runtime(
     codes = {out.message.split(":", 1)[0] for _, out in embedded if not out.ok}
     assert {"INVALID_ARGUMENT", "PERMISSION_DENIED", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS"} <= codes
     events = {out.event[0] for _, out in embedded if out.event is not None}
-    assert events == {"ConsentGranted", "ConsentRevoked", "AccessRecorded", "ModelDeployed"}
+    assert events == {"ConsentGranted", "ConsentRevoked", "ConsentConfirmed", "ConsentPolicySet", "AccessRecorded",
+                      "ModelDeployed"}
     assert {"GET_STATE", "PUT_STATE", "GET_STATE_BY_RANGE", "QUERY_STATE_NEXT", "QUERY_STATE_CLOSE",
             "GET_HISTORY_FOR_KEY", "COMPLETED"} <= seen
 
@@ -257,13 +268,14 @@ def test_undecodable_transactions_are_answered_with_error_not_silence(
 def test_concurrent_transactions_on_one_stream(server: int, signers: dict[Principal, Signer]) -> None:
     peer = new_peer(server)
     try:
-        granted = peer.run(peer.peer.simulate(_grant(signers[CLINICIAN_A], "pat-0009")))
+        # The patient's own grant: in force at once (a staff PERMIT is proposed until confirmed, docs/THREATS.md).
+        granted = peer.run(peer.peer.simulate(_grant(signers[PATIENT_1], "pat-0001")))
         assert granted.ok
         peer.peer.state.commit(granted.tx_id, 1_750_000_000_000, granted.writes)
 
         async def many() -> list[Any]:
             proposals = [_check(signers[OFFICER], pid, 1_750_000_000_000 + i) for i, pid in
-                         enumerate(["pat-0009", "pat-0008"] * 8)]
+                         enumerate(["pat-0001", "pat-0008"] * 8)]
             return list(await asyncio.gather(*(peer.peer.simulate(p) for p in proposals)))
 
         sims = peer.run(many())

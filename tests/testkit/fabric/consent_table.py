@@ -106,7 +106,7 @@ def event_input(pid: str | None = "pat-0001", **overrides: Any) -> dict[str, Any
         "outcome": "success",
         "outcome_desc": "",
         "purpose_of_use": "TREAT",
-        "source": {"observer": "scoring-service"},
+        "source": {"observer": "ciphercare/ScoringService"},  # own org or a ciphercare service (THREATS.md)
         "entity": {
             "pid": pid,
             "consent_id": None,
@@ -217,11 +217,15 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
     ids: dict[str, list[str]] = {}
 
     # -- the table's consents (staff with evidence; patients for themselves) --
+    # The table is about the decision rule, so staff PERMITs take effect at once (policy "immediate", an admin's
+    # ledger write); staff record only for their own organisation and revoke with their own reasons.
+    p.submit(ADMIN, "consent", "SetPolicy", as_json({"staff_permit": "immediate"}))
     for pid, (overrides, revoke) in TABLE.items():
-        cid = p.grant(CLINICIAN_A, pid, **overrides)
+        staff = CLINICIAN_B if overrides.get("grantee_org") == "hospital-b" else CLINICIAN_A
+        cid = p.grant(staff, pid, **overrides)
         ids.setdefault(pid, []).append(cid)
         if revoke:
-            p.submit(CLINICIAN_A, "consent", "Revoke", cid, "patient-request")
+            p.submit(staff, "consent", "Revoke", cid, "withdrawn-by-organization")
     for pid, grants in MULTI.items():
         for overrides, revoke in grants:
             cid = p.grant(HOSPITAL_A, pid, **overrides)
@@ -282,8 +286,16 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
     p.submit(OFFICER, "consent", "Revoke", theirs, "legal")
     p.submit(PATIENT_1, "consent", "Revoke", theirs, "I changed my mind")
     p.submit(PATIENT_1, "consent", "Revoke", "cns-" + "0" * 32, "patient-request")
-    p.submit(CLINICIAN_B, "consent", "Revoke", theirs, "withdrawn-by-organization")
+    p.submit(CLINICIAN_B, "consent", "Revoke", theirs, "withdrawn-by-organization")  # the patient's own: refused
     p.submit(PATIENT_1, "consent", "Revoke", theirs, "patient-request")
+    p.submit(PATIENT_1, "consent", "Revoke", theirs, "patient-request")  # twice: FAILED_PRECONDITION
+
+    # -- staff proposals (policy "confirm"): only the patient confirms, once --
+    p.submit(ADMIN, "consent", "SetPolicy", as_json({"staff_permit": "confirm"}))
+    proposed = p.grant(HOSPITAL_A, "pat-0001", purposes=["ETREAT"])
+    p.submit(HOSPITAL_A, "consent", "Confirm", proposed)
+    p.submit(PATIENT_1, "consent", "Confirm", proposed)
+    p.submit(PATIENT_1, "consent", "Confirm", proposed)
 
     # -- reads and their scoping --
     revoked = ids["t-revoked"][0]
@@ -307,6 +319,12 @@ def play(backend: Backend) -> list[tuple[Step, Outcome]]:
              as_json(event_input("pat-0001", agent={"subject": "x", "org": "hospital-b", "roles": [], "client": ""})))
     p.submit(HOSPITAL_A, "accesslog", "Record",
              as_json(event_input("pat-0001", outcome_desc="patient refused, has HIV")))
+    p.submit(CLINICIAN_B, "accesslog", "Record",  # another hospital's system: refused
+             as_json(event_input("pat-0001", source={"observer": "hospital-a/ehr"})))
+    p.submit(HOSPITAL_A, "accesslog", "Record",  # citing a consent that does not exist: FAILED_PRECONDITION
+             as_json(event_input("pat-0001", entity={"pid": "pat-0001", "consent_id": "cns-" + "e" * 32,
+                                                     "model_sha256": None, "data_classes": ["Observation"],
+                                                     "detail_sha256": None})))
     erasure: dict[str, Any] = {"type": "110110", "subtype": "delete", "action": "D", "outcome": "success",
                "outcome_desc": "patient-erasure", "purpose_of_use": "PATRQT"}
     erase_entity: dict[str, Any] = {"pid": "pat-0002", "consent_id": None, "model_sha256": None, "data_classes": [],
