@@ -17,9 +17,9 @@ from testkit.server import Env, ServerThread, make_settings
 from ciphercare.analytics.anomaly import AccessAnomalyDetector, events_from_records
 from ciphercare.analytics.anomaly.explain import BY_CONSENT, UNEXPLAINED, AuditContext, consents_from_records, explain
 from ciphercare.analytics.anomaly.simulate import CANARY_NAME, SimConfig, simulate
-from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.services.audit.convert import access_event_from_proto
 from ciphercare.services.consent.convert import consent_from_proto
+from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
 PULLED = 50
