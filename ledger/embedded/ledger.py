@@ -506,7 +506,9 @@ class EmbeddedLedger:
             self._committed += len(txs)
             with self._commit_cond:
                 self._commit_cond.notify_all()
-            receipts = [Receipt(res.tx_id, base + i, cp, res.payload, res.events) for i, (_, res) in enumerate(accepted)]
+            receipts = [
+                Receipt(res.tx_id, base + i, cp, res.payload, res.events) for i, (_, res) in enumerate(accepted)
+            ]
         for (req, _), receipt in zip(accepted, receipts, strict=True):
             req.future.set_result(receipt)
         self._fail_endorsements(batch)

@@ -347,7 +347,9 @@ class StateView:
 _ROWS_PER_STATEMENT = 64
 
 
-def _insert_rows(conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[tuple[object, ...]], tail: str = "") -> None:
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[tuple[object, ...]], tail: str = ""
+) -> None:
     """``INSERT ... VALUES (..), (..), ...`` for ``rows``, in order, ``_ROWS_PER_STATEMENT`` rows per statement."""
     one = "(" + ",".join("?" * ncols) + ")"
     for i in range(0, len(rows), _ROWS_PER_STATEMENT):
@@ -530,8 +532,12 @@ class TransactionLog:
                 cp = self.signer.sign(new_size, root, ts)
                 conn = self._wconn
                 conn.execute("BEGIN IMMEDIATE")
-                _insert_rows(conn, "INSERT INTO entries(seq, tx_id, ts_ms, contract, function, creator_msp, leaf, "
-                             "leaf_hash) VALUES ", 8, entry_rows)
+                _insert_rows(
+                    conn,
+                    "INSERT INTO entries(seq, tx_id, ts_ms, contract, function, creator_msp, leaf, leaf_hash) VALUES ",
+                    8,
+                    entry_rows,
+                )
                 if event_rows:
                     _insert_rows(conn, "INSERT INTO events(seq, idx, name, payload) VALUES ", 4, event_rows)
                 if history_rows:

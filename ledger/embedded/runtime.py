@@ -47,10 +47,10 @@ The contracts are unchanged and run the same on a Fabric peer.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import threading
-import inspect
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -663,9 +663,7 @@ class ExecutionResult:
 class ChaincodeRuntime:
     """Executes transactions of one ``ContractChaincode`` against a state view."""
 
-    def __init__(
-        self, chaincode: ContractChaincode, *, channel: str, chaincode_name: str, direct: bool = True
-    ) -> None:
+    def __init__(self, chaincode: ContractChaincode, *, channel: str, chaincode_name: str, direct: bool = True) -> None:
         if not hasattr(chaincode, "invoke"):
             raise TypeError(f"{type(chaincode).__name__} is not a chaincode (no invoke method)")
         self.chaincode = chaincode
