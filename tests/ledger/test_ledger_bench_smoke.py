@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ciphercare.ledger.bench import format_rows, run_ledger_bench
+from ciphercare.ledger.embedded.bench import format_rows, run_ledger_bench
 
 
 def test_quick_ledger_bench_reports_anchor_curve_and_stages(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, ContractChaincode, TransactionContext
-from ledger_testkit import ALICE, ORIGIN, KVContract
+from testkit.ledger import ALICE, ORIGIN, KVContract
 
 from ciphercare.consent.contracts import new_chaincode
-from ciphercare.ledger.checkpoint import CheckpointSigner
-from ciphercare.ledger.log import PendingTx, StateView, TransactionLog
-from ciphercare.ledger.msp import EmbeddedMSP
-from ciphercare.ledger.runtime import BatchOverlay, ChaincodeRuntime, DirectDispatch, ExecutionResult
+from ciphercare.ledger.embedded.log import PendingTx, StateView, TransactionLog
+from ciphercare.ledger.embedded.msp import EmbeddedMSP
+from ciphercare.ledger.embedded.runtime import BatchOverlay, ChaincodeRuntime, DirectDispatch, ExecutionResult
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 
 
 class OddContract(Contract):

@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ledger_testkit import ALICE, BOB, ORIGIN, kv_chaincode
+from testkit.ledger import ALICE, BOB, ORIGIN, kv_chaincode
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
-from ciphercare.ledger import embedded
 from ciphercare.ledger.api import CommitError, EndorseError, Principal, Receipt
-from ciphercare.ledger.embedded import EmbeddedLedger, TxFuture
-from ciphercare.ledger.log import PendingTx
+from ciphercare.ledger.embedded import ledger as embedded
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger, TxFuture
+from ciphercare.ledger.embedded.log import PendingTx
 
 MakeLedger = Callable[..., EmbeddedLedger]
 
