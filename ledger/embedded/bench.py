@@ -21,6 +21,7 @@ the parameters are the defaults below and the figures are what was measured.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -136,6 +137,10 @@ def bench_physical_limit(
 # ---------------------------------------------------------------------- (b) durable transactions, scaling curve
 
 
+def _done_at(done: Callable[[TxFuture, float], None], t0: float, fut: TxFuture) -> None:
+    done(fut, t0)
+
+
 def _load_point(
     led: EmbeddedLedger,
     submit: Callable[[int], TxFuture],
@@ -161,7 +166,7 @@ def _load_point(
     while pc() - began < duration_s:
         slots.acquire()
         t0 = pc()
-        submit(i).add_done_callback(lambda f, t0=t0: done(f, t0))
+        submit(i).add_done_callback(functools.partial(_done_at, done, t0))
         i += 1
     for _ in range(in_flight):
         slots.acquire()
@@ -212,11 +217,11 @@ def bench_curve(
             f.result(60)
         points = []
         for n in in_flights:
-            tag = f"n{n}-"
-            points.append(
-                _load_point(led, lambda i, tag=tag: led.submit_future(principal, "bench", "Put", [tag + str(i), value]),
-                            n, duration_s)
-            )  # fmt: skip
+
+            def submit(i: int, tag: str = f"n{n}-") -> TxFuture:
+                return led.submit_future(principal, "bench", "Put", [tag + str(i), value])
+
+            points.append(_load_point(led, submit, n, duration_s))
         return points
     finally:
         led.close()
