@@ -304,9 +304,50 @@ def bench_stages(data_dir: Path, n: int = 3000) -> dict[str, Any]:
             led._log.append_batch(txs[j : j + 128])
         out["append_cpu_us"] = (time.process_time() - t0) / n * 1e6
         out["append_wall_us"] = (time.perf_counter() - w0) / n * 1e6
+        out["append_only_tx_per_s"] = 1e6 / out["append_wall_us"]
         return out
     finally:
         led.close()
+
+
+def bench_wal_bytes(data_dir: Path, n: int = 2560, base: int = 20_000) -> dict[str, Any]:
+    """WAL bytes appended per transaction (batches of 128), with real (random) tx ids and with sequential ones.
+
+    The difference is the cost of the ``entries.tx_id`` UNIQUE index: random SHA-256 ids land on a
+    different B-tree page each, and every page a commit touches is written whole to the WAL (and later
+    copied to the database by a checkpoint). ``base`` entries are appended first so the index has depth.
+    """
+    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+
+    from .log import TransactionLog
+
+    out: dict[str, Any] = {}
+    for label, sequential in (("wal_bytes_per_tx_random_ids", False), ("wal_bytes_per_tx_sequential_ids", True)):
+        path = data_dir / f"wal-{label}.db"
+        tlog = TransactionLog(path, CheckpointSigner(data_dir / "wal.key", BENCH_ORIGIN))
+        try:
+
+            def txs(count: int, first: int, sequential: bool = sequential) -> list[PendingTx]:
+                return [
+                    PendingTx(f"{first + i:064x}" if sequential else hashlib.sha256(os.urandom(16)).hexdigest(), 1,
+                              "ciphercare", "ciphercare", "bench", "Put", (f"k{first + i}", "x" * 32), "BenchMSP",
+                              "c" * 64, b"k", ((f"k{first + i}", b"x" * 32),), (("bench.put", b"k"),))
+                    for i in range(count)
+                ]  # fmt: skip
+
+            for j in range(0, base, 1000):
+                tlog.append_batch(txs(1000, j))
+            # Measurement only: no automatic checkpoint, so the WAL's growth is what the commits wrote.
+            tlog._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            tlog._wconn.execute("PRAGMA wal_autocheckpoint = 0")
+            wal = Path(str(path) + "-wal")
+            before = wal.stat().st_size if wal.exists() else 0
+            for j in range(base, base + n, 128):
+                tlog.append_batch(txs(128, j))
+            out[label] = (wal.stat().st_size - before) / n
+        finally:
+            tlog.close()
+    return out
 
 
 # ---------------------------------------------------------------------- (d) proofs
@@ -400,6 +441,7 @@ def run_ledger_bench(
         data_dir = Path(out_dir) if out_dir is not None else Path(tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
         stages = bench_stages(data_dir, n=500 if quick else 3000)
+        stages.update(bench_wal_bytes(data_dir, n=512 if quick else 2560, base=2000 if quick else 20_000))
         row_bytes = int(stages["leaf_bytes"])
         limit_before = bench_physical_limit(data_dir, duration_s=duration, row_bytes=row_bytes)
         curve = bench_curve(data_dir, points_wanted, duration_s=duration)
@@ -482,6 +524,18 @@ def run_ledger_bench(
         _row(
             "CPU per tx, one thread: leaf encoding / append_batch (128 per batch, incl. encoding) / its wall time",
             f"{stages['encode_leaf_us']:.1f} / {stages['append_cpu_us']:.1f} / {stages['append_wall_us']:.1f} us",
+        )
+    )
+    rows.append(
+        _row(
+            "storage alone: append_batch, one thread, 128 per batch, no contract (tx/s, ratio to the limit)",
+            f"{stages['append_only_tx_per_s']:,.0f} ({stages['append_only_tx_per_s'] / limit:.3f})",
+        )
+    )
+    rows.append(
+        _row(
+            "WAL bytes per tx: real (random SHA-256) tx ids / sequential ids (the tx_id index's share)",
+            f"{stages['wal_bytes_per_tx_random_ids']:,.0f} / {stages['wal_bytes_per_tx_sequential_ids']:,.0f} B",
         )
     )
     for n in sizes:
