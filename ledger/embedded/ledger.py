@@ -51,7 +51,7 @@ from ciphercare.ledger.api import (
     Principal,
     Receipt,
 )
-from ciphercare.ledger.embedded.log import PendingTx, TransactionLog
+from ciphercare.ledger.embedded.log import EncodedTx, PendingTx, TransactionLog, encode_tx
 from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity
 from ciphercare.ledger.embedded.runtime import (
     BatchOverlay,
@@ -100,11 +100,15 @@ class _Request:
 class _Batch:
     """Proposals executed together and appended with one fsync."""
 
-    __slots__ = ("requests", "results", "own", "probe_tx", "read_from", "failed", "linger_until", "quiet_slices")
+    __slots__ = (
+        "requests", "results", "prepared", "own", "probe_tx", "read_from", "failed", "linger_until", "quiet_slices"
+    )  # fmt: skip
 
     def __init__(self, linger_until: float) -> None:
         self.requests: list[_Request] = []
         self.results: list[ExecutionResult] = []
+        #: Per request: its leaf encoded ahead (None when the proposal was refused).
+        self.prepared: list[PendingTx | EncodedTx | None] = []
         #: This batch's successful writes (its ``parent`` is set per round to the batch being committed).
         self.own = BatchOverlay()
         #: The first successful tx id: present in the store iff the batch committed.
@@ -415,6 +419,9 @@ class EmbeddedLedger:
                         own.apply(res.tx_id, req.ts_ms, res.writes)
                         if batch.probe_tx is None:
                             batch.probe_tx = res.tx_id
+                        batch.prepared.append(self._prepare(req, res))
+                    else:
+                        batch.prepared.append(None)
             finally:
                 own.parent = None
 
@@ -423,6 +430,7 @@ class EmbeddedLedger:
         own = BatchOverlay()
         view = self._log.writer_view()
         results = []
+        prepared: list[PendingTx | EncodedTx | None] = []
         probe = None
         for req in batch.requests:
             res = self._runtime.execute(
@@ -437,10 +445,32 @@ class EmbeddedLedger:
                 read_only=False,
             )
             results.append(res)
+            prepared.append(self._prepare(req, res) if res.ok else None)
             if res.ok:
                 own.apply(res.tx_id, req.ts_ms, res.writes)
                 probe = probe or res.tx_id
-        batch.results, batch.own, batch.probe_tx, batch.read_from = results, own, probe, None
+        batch.results, batch.prepared, batch.own, batch.probe_tx, batch.read_from = results, prepared, own, probe, None
+
+    def _prepare(self, req: _Request, res: ExecutionResult) -> PendingTx | EncodedTx:
+        """The transaction to append, its leaf encoded now (off the committer's path) when it encodes."""
+        tx = PendingTx(
+            tx_id=res.tx_id,
+            ts_ms=req.ts_ms,
+            channel=self.channel,
+            chaincode=self.chaincode_name,
+            contract=req.contract,
+            function=req.function,
+            args=req.args,
+            creator_msp=req.identity.mspid,
+            creator_cert_sha256=req.identity.cert_sha256,
+            result=res.payload,
+            writes=res.writes,
+            events=tuple((e.name, e.payload) for e in res.events),
+        )
+        try:
+            return encode_tx(tx)
+        except ValueError:
+            return tx  # append_batch encodes it again and fails the batch, as it always has
 
     def _committer_loop(self) -> None:
         lock = self._lock
@@ -474,24 +504,7 @@ class EmbeddedLedger:
         accepted = [(req, res) for req, res in zip(batch.requests, batch.results, strict=True) if res.ok]
         receipts: list[Receipt] = []
         if accepted:
-            channel, chaincode = self.channel, self.chaincode_name
-            txs = [
-                PendingTx(
-                    tx_id=res.tx_id,
-                    ts_ms=req.ts_ms,
-                    channel=channel,
-                    chaincode=chaincode,
-                    contract=req.contract,
-                    function=req.function,
-                    args=req.args,
-                    creator_msp=req.identity.mspid,
-                    creator_cert_sha256=req.identity.cert_sha256,
-                    result=res.payload,
-                    writes=res.writes,
-                    events=tuple((e.name, e.payload) for e in res.events),
-                )
-                for req, res in accepted
-            ]
+            txs = [p for p in batch.prepared if p is not None]
             try:
                 cp = self._log.append_batch(txs)
             except Exception as exc:

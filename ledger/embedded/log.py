@@ -196,6 +196,36 @@ def encode_leaf(tx: PendingTx) -> bytes:
     )
 
 
+# perf: the pipelined writer encodes leaves while the previous batch is being fsynced.
+_ENCODED_TOKEN = object()
+
+
+class EncodedTx:
+    """A :class:`PendingTx` with its leaf and leaf hash; made only by :func:`encode_tx`, so they always match."""
+
+    __slots__ = ("tx", "leaf", "leaf_hash")
+
+    def __init__(self, tx: PendingTx, leaf: bytes, hash_: bytes, token: object) -> None:
+        if token is not _ENCODED_TOKEN:
+            raise TypeError("EncodedTx is made by encode_tx()")
+        object.__setattr__(self, "tx", tx)
+        object.__setattr__(self, "leaf", leaf)
+        object.__setattr__(self, "leaf_hash", hash_)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("EncodedTx is immutable")
+
+    tx: PendingTx
+    leaf: bytes
+    leaf_hash: bytes
+
+
+def encode_tx(tx: PendingTx) -> EncodedTx:
+    """Encode ``tx``'s leaf (and hash it) ahead of :meth:`TransactionLog.append_batch`."""
+    leaf = encode_leaf(tx)
+    return EncodedTx(tx, leaf, leaf_hash(leaf), _ENCODED_TOKEN)
+
+
 def _field(obj: dict[str, object], name: str, typ: type, where: str) -> object:
     if name not in obj:
         raise ValueError(f"{where}: missing field {name!r}")
@@ -490,7 +520,7 @@ class TransactionLog:
 
     # ------------------------------------------------------------------ append
 
-    def append_batch(self, txs: Sequence[PendingTx]) -> Checkpoint:
+    def append_batch(self, txs: Sequence[PendingTx | EncodedTx]) -> Checkpoint:
         """Durably append ``txs`` (one SQLite transaction, one fsync) and return the new checkpoint."""
         if not txs:
             raise ValueError("append_batch needs at least one transaction")
@@ -506,13 +536,17 @@ class TransactionLog:
             history_rows = []
             final: dict[str, tuple[bytes | None, int]] = {}
             hashes = []
-            for i, tx in enumerate(txs):
+            for i, item in enumerate(txs):
+                if isinstance(item, EncodedTx):  # perf: leaf encoded ahead by the pipelined executor
+                    tx, leaf, h = item.tx, item.leaf, item.leaf_hash
+                else:
+                    tx = item
+                    leaf = encode_leaf(tx)
+                    h = leaf_hash(leaf)
                 if tx.tx_id in seen:
                     raise ValueError(f"transaction id {tx.tx_id} appears twice in the batch")
                 seen.add(tx.tx_id)
                 seq = base + i
-                leaf = encode_leaf(tx)
-                h = leaf_hash(leaf)
                 hashes.append(h)
                 entry_rows.append((seq, tx.tx_id, tx.ts_ms, tx.contract, tx.function, tx.creator_msp, leaf, h))
                 for idx, (name, payload) in enumerate(tx.events):

@@ -302,3 +302,26 @@ def test_close_commits_everything_queued(tmp_path: Path) -> None:
     assert [f.result(0).seq for f in futures] == list(range(50))
     with pytest.raises(Exception, match="closed"):
         led.submit_future(ALICE, "kv", "Put", ["late", "v"])
+
+
+def test_leaves_encoded_ahead_are_the_leaves_append_would_encode(tmp_path: Path) -> None:
+    from ciphercare.ledger.embedded.log import EncodedTx, TransactionLog, encode_leaf, encode_tx
+    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+
+    def tx(i: int) -> PendingTx:
+        return PendingTx(f"{i:064x}", 1, "ch", "cc", "kv", "Put", (f"k{i}", "é\x00"), "M", "c" * 64, b"r",
+                         ((f"k{i}", b"v"),), (("e", b"p"),))  # fmt: skip
+
+    encoded = encode_tx(tx(1))
+    assert encoded.leaf == encode_leaf(tx(1))
+    with pytest.raises(TypeError):
+        EncodedTx(tx(1), b"{}", b"\x00" * 32, object())  # only encode_tx makes them: leaf and fields always match
+    with pytest.raises(AttributeError):
+        encoded.leaf = b"{}"  # type: ignore[misc]
+    logs = []
+    for name, items in (("plain", [tx(1), tx(2)]), ("encoded", [encode_tx(tx(1)), tx(2)])):
+        tlog = TransactionLog(tmp_path / f"{name}.db", CheckpointSigner(tmp_path / "k.pem", ORIGIN))
+        tlog.append_batch(items)
+        logs.append(([e.leaf for e in tlog.entries(0, 2)], tlog.root(), tlog.get_state("k1")))
+        tlog.close()
+    assert logs[0] == logs[1]
