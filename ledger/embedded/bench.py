@@ -86,13 +86,16 @@ def _row(metric: str, value: str, target: str = "", met: bool | None = None, **r
 @contextmanager
 def _quiet_logs() -> Iterator[None]:
     """No INFO/DEBUG lines from the ledger (key generation etc.) in the benchmark's output."""
-    logger = logging.getLogger("ciphercare")
-    old = logger.level
-    logger.setLevel(logging.WARNING)
+    # The Fabric shim sets the root logger to DEBUG when it is imported; the benchmark prints a table only.
+    loggers = [logging.getLogger(), logging.getLogger("ciphercare")]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(old)
+        for lg, level in zip(loggers, old, strict=True):
+            lg.setLevel(level)
 
 
 # ---------------------------------------------------------------------- (a) physical limit

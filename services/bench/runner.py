@@ -307,8 +307,11 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None) -> li
         return run_scoring_bench(quick=quick, out=out)
     if which != "ledger":
         raise ValueError(f"unknown benchmark {which!r}")
+    import logging
+
     from ciphercare.ledger.embedded.bench import run_ledger_bench
 
+    logging.getLogger().setLevel(logging.WARNING)  # the Fabric shim's import set it to DEBUG: print the table only
     sizes = (10**4, 10**5) if quick else (10**4, 10**5, 10**6)
     rows = list(run_ledger_bench(sizes=sizes, quick=quick))
     if ghz_binary() is not None:
