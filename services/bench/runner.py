@@ -72,7 +72,7 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-") as tmp:
         issuer_port = free_port()
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                   CIPHERCARE_GRPC_PORT="0")
+                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0")
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -238,7 +238,7 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-") as tmp:
         issuer_port = free_port()
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                   CIPHERCARE_GRPC_PORT="0")
+                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0")
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
