@@ -27,6 +27,7 @@ committed state and never writes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -51,12 +52,13 @@ from ciphercare.ledger.api import (
     Principal,
     Receipt,
 )
-from ciphercare.ledger.embedded.log import EncodedTx, PendingTx, TransactionLog, encode_tx
+from ciphercare.ledger.embedded.log import EncodedTx, HistoryRecord, PendingTx, StateView, TransactionLog, encode_tx
 from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity
 from ciphercare.ledger.embedded.runtime import (
     BatchOverlay,
     ChaincodeRuntime,
     ExecutionResult,
+    StateReader,
     endorse_error,
     new_tx_id,
 )
@@ -95,6 +97,31 @@ class _Request:
         self.function = function
         self.args = args
         self.ts_ms = ts_ms
+
+
+class _LazySnapshot:
+    """A read snapshot of committed state, opened on the first read (``StateReader``)."""
+
+    __slots__ = ("_log", "_stack", "_view")
+
+    def __init__(self, tlog: TransactionLog, stack: contextlib.ExitStack) -> None:
+        self._log = tlog
+        self._stack = stack
+        self._view: StateView | None = None
+
+    def _open(self) -> StateView:
+        if self._view is None:
+            self._view = self._stack.enter_context(self._log.snapshot())
+        return self._view
+
+    def get(self, key: str) -> bytes | None:
+        return self._open().get(key)
+
+    def range(self, start: str, end: str) -> list[tuple[str, bytes]]:
+        return self._open().range(start, end)
+
+    def history(self, key: str) -> list[HistoryRecord]:
+        return self._open().history(key)
 
 
 class _Batch:
@@ -391,11 +418,20 @@ class EmbeddedLedger:
         with self._lock:
             committing = self._in_commit
         runtime = self._runtime
-        with self._log.snapshot() as view:
+        with contextlib.ExitStack() as stack:
+            view: StateReader
             parent = None
-            if committing is not None and committing.probe_tx is not None and not view.has_entry(committing.probe_tx):
-                parent = committing.own
-                batch.read_from = committing
+            if committing is not None and committing.probe_tx is not None:
+                snapshot = stack.enter_context(self._log.snapshot())
+                view = snapshot
+                if not snapshot.has_entry(committing.probe_tx):
+                    parent = committing.own
+                    batch.read_from = committing
+            else:
+                # Nothing is being committed: every earlier batch is durable and visible to any snapshot
+                # opened from now on, so the snapshot is opened only if a contract reads (each SQLite call
+                # releases the GIL and waits to re-take it while the submitters run).
+                view = _LazySnapshot(self._log, stack)
             own = batch.own
             own.parent = parent
             try:
