@@ -210,9 +210,17 @@ def bench_curve(
     duration_s: float = 3.0,
     max_batch: int = 512,
     max_wait_ms: float = 2.0,
+    pipeline: bool = True,
+    direct_dispatch: bool = True,
 ) -> list[dict[str, Any]]:
-    """Durable tx/s and commit latency for each number in flight (one ledger, ``bench:Put``)."""
-    led = _open(data_dir, "curve", bench_chaincode, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    """Durable tx/s and commit latency for each number in flight (one ledger, ``bench:Put``).
+
+    ``pipeline=False, direct_dispatch=False`` is the writer as it was before issue 16 (serial group
+    commit, every call through fabric-chaincode-python's dispatcher), for a same-run comparison.
+    """
+    name = "curve" if pipeline and direct_dispatch else "serial"
+    led = _open(data_dir, name, bench_chaincode, max_batch=max_batch, max_wait_ms=max_wait_ms, pipeline=pipeline,
+                direct_dispatch=direct_dispatch)  # fmt: skip
     principal = Principal("bench", "hospital-a", frozenset({"hospital"}), "bench")
     value = "x" * 32
     try:
@@ -448,6 +456,9 @@ def run_ledger_bench(
         row_bytes = int(stages["leaf_bytes"])
         limit_before = bench_physical_limit(data_dir, duration_s=duration, row_bytes=row_bytes)
         curve = bench_curve(data_dir, points_wanted, duration_s=duration)
+        serial = bench_curve(
+            data_dir, (max(points_wanted),), duration_s=duration, pipeline=False, direct_dispatch=False
+        )[0]
         record = bench_record(data_dir, max(points_wanted), duration_s=duration)
         limit_after = bench_physical_limit(data_dir, duration_s=duration, row_bytes=row_bytes)
     limit = max(limit_before["rows_per_s"], limit_after["rows_per_s"])
@@ -508,6 +519,16 @@ def run_ledger_bench(
                 curve_point=p,
             )
         )
+    same = next(p for p in curve if p["in_flight"] == serial["in_flight"])
+    rows.append(
+        _row(
+            f"before issue 16: serial writer + the library's dispatcher, {serial['in_flight']} in flight "
+            "(speed-up of the pipelined writer at the same load)",
+            f"{serial['tx_per_s']:,.0f} tx/s, p50 {serial['p50_ms']:.2f} / p99 {serial['p99_ms']:.2f} ms, "
+            f"{serial['cpu_us_per_tx']:.0f} us CPU/tx ({same['tx_per_s'] / serial['tx_per_s']:.2f}x)",
+            serial=serial,
+        )
+    )
     rows.append(
         _row(
             f"accesslog:Record (the real contract), {record['in_flight']} in flight",
