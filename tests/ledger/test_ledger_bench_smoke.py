@@ -24,8 +24,9 @@ def test_quick_ledger_bench_reports_anchor_curve_and_stages(tmp_path: Path, capl
     points = [r["curve_point"] for r in rows if "curve_point" in r]
     assert [p["in_flight"] for p in points] == [1, 8]
     assert all(p["committed"] > 0 and p["p99_ms"] >= p["p50_ms"] > 0 for p in points)
-    serial = next(r["serial"] for r in rows if "serial" in r)
-    assert serial["committed"] > 0 and serial["in_flight"] == 8
+    versus = next(r["versus"] for r in rows if "versus" in r)
+    assert versus["in_flight"] == 8 and len(versus["runs"]["before"]) == len(versus["runs"]["after"]) == 3
+    assert all(p["committed"] > 0 for p in versus["runs"]["before"] + versus["runs"]["after"])
     record = next(r["record"] for r in rows if "record" in r)
     assert record["committed"] > 0 and record["in_flight"] == 8
     stages = next(r["stages"] for r in rows if "stages" in r)
