@@ -32,14 +32,28 @@ class ScoringMode(StrEnum):
             raise ValueError(f"mode must be 'plain' or 'encrypted', got {value!r}") from None
 
 
-def check_model(model: ModelPackage, evaluator: Evaluator) -> None:
-    """Refuse a model the parameters cannot evaluate exactly (too deep, or margins too large)."""
+class ModelNotServable(HEError):
+    """The model cannot be evaluated under the 128-bit parameters (too deep, or margins too large)."""
+
+
+def servable_problem(model: ModelPackage, evaluator: Evaluator | None = None) -> str | None:
+    """Why the encrypted evaluator cannot serve ``model`` (for its owner: names the statistic), or None."""
+    from ciphercare.analytics.he.ckks import max_margin
+
     if model.max_depth > MAX_DEPTH:
-        raise HEError(f"model has trees of depth {model.max_depth}; "
-                      f"the 128-bit parameters evaluate depth <= {MAX_DEPTH}")
-    if model.margin_bound >= evaluator.max_margin():
-        raise HEError(f"model margins can reach {model.margin_bound:.1f}; the result modulus holds "
-                      f"|margin| < {evaluator.max_margin():.0f}")
+        return f"model has trees of depth {model.max_depth}; the 128-bit parameters evaluate depth <= {MAX_DEPTH}"
+    bound = min(max_margin(), evaluator.max_margin()) if evaluator is not None else max_margin()
+    if model.margin_bound >= bound:
+        return (f"model margins can reach {model.margin_bound:.1f}; the encrypted result holds |margin| < "
+                f"{bound:.0f} (fewer trees or a smaller learning rate)")
+    return None
+
+
+def check_model(model: ModelPackage, evaluator: Evaluator | None = None) -> None:
+    """Refuse a model the parameters cannot evaluate exactly (too deep, or margins too large)."""
+    problem = servable_problem(model, evaluator)
+    if problem is not None:
+        raise ModelNotServable(problem)
 
 
 def score_batch(model: ModelPackage, x: np.ndarray, *, mode: str | ScoringMode = ScoringMode.PLAIN,
@@ -59,5 +73,5 @@ def score_batch(model: ModelPackage, x: np.ndarray, *, mode: str | ScoringMode =
     for b, batch in enumerate(keys.encrypt_bits(bits)):
         cts = [evaluator.load_ciphertext(env, f"ciphertext (batch {b}, edge {j})") for j, env in enumerate(batch)]
         count = min(slots, bits.shape[0] - b * slots)
-        margins.append(keys.decrypt(evaluator.evaluate(form, cts), count))
+        margins.append(keys.decrypt(evaluator.evaluate(form, cts, groups=model.grid.groups(), owned=count), count))
     return np.concatenate(margins)

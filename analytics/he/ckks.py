@@ -52,6 +52,12 @@ SEAL_MAGIC = 0xA15E
 SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr mode, reserved, total size
 MAX_CONTEXT_BYTES = 8 * 1024 * 1024
 MAX_CIPHERTEXT_BYTES = 2 * 1024 * 1024
+#: Scale of the per-call validity weights r (the per-slot rho takes the rest of the budget: 2^37).
+VALIDITY_R_SCALE_LOG2 = 30
+#: Masked model constants kept per evaluator (each 196 KB; the default model has ~400).
+MASKED_CONSTANT_CACHE = 1024
+#: Amplitude of the uniform noise in slots no declared, consented, logged patient owns (2^6 = 64).
+UNOWNED_NOISE_LOG2 = 6
 
 
 class HEError(ValueError):
@@ -103,6 +109,15 @@ class CkksParameters:
 
 
 CKKS_PARAMETERS = CkksParameters()
+
+
+def max_margin(params: CkksParameters = CKKS_PARAMETERS) -> float:
+    """Largest |margin| a model may reach: 2^(data bits - 1 - result scale) / 8 = 128.
+
+    A slot value z at the result scale keeps every plaintext coefficient below scale * |z|, so
+    |z| < 2^10 decrypts correctly; a factor 8 leaves room for the flooding, validity and unowned-slot
+    noise (the last is at most 2^6 * sqrt(2) in slots that carry no margin)."""
+    return 2.0 ** (params.data_bits - 1 - params.result_scale_log2 - 1) / 4
 
 
 def check_security(poly_modulus_degree: int, coeff_bits: Sequence[int]) -> None:
@@ -176,7 +191,8 @@ def check_seal_header(data: bytes, what: str, max_bytes: int) -> None:
 # TenSEALContextProto: 1 encryption parameters, 2 public part (1 public key, 2 flags, 3 scale,
 # 4 relinearisation keys, 5 Galois keys), 3 secret key.
 _CTX_PARAMS, _CTX_PUBLIC, _CTX_SECRET = 1, 2, 3
-_PUB_KEY, _PUB_RELIN, _PUB_GALOIS = 1, 4, 5
+_PUB_KEY, _PUB_FLAGS, _PUB_SCALE, _PUB_RELIN, _PUB_GALOIS = 1, 2, 3, 4, 5
+_PUB_ALLOWED = frozenset({_PUB_KEY, _PUB_FLAGS, _PUB_SCALE, _PUB_RELIN})
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -264,6 +280,13 @@ def vet_public_context(data: bytes, params: CkksParameters = CKKS_PARAMETERS) ->
     public = proto_fields(_single_bytes(top, _CTX_PUBLIC, "public key section"))
     if _PUB_GALOIS in public:
         raise HEError("context carries Galois keys; scoring needs no rotations, leave them out")
+    extra = set(public) - _PUB_ALLOWED
+    if extra:
+        raise HEError(f"context's public key section has unexpected fields {sorted(extra)}; "
+                      "send exactly the public key, flags, scale and relinearisation keys")
+    for number in _PUB_ALLOWED:
+        if len(public.get(number, [])) > 1:
+            raise HEError(f"context's public key section repeats field {number}")
     for number, what in ((_PUB_KEY, "public key"), (_PUB_RELIN, "set of relinearisation keys")):
         check_seal_header(_single_bytes(public, number, what), what, MAX_CONTEXT_BYTES)
 
@@ -279,12 +302,14 @@ def context_id(public_context: bytes) -> str:
 class KeyOwner:
     """The hospital's CKKS keys: generate or load, publish the public context, encrypt, decrypt."""
 
-    def __init__(self, ts_context: Any, params: CkksParameters = CKKS_PARAMETERS) -> None:
+    def __init__(self, ts_context: Any, params: CkksParameters = CKKS_PARAMETERS,
+                 public_context: bytes | None = None, path: Path | None = None) -> None:
         from tenseal import sealapi
 
         if not ts_context.is_private():
             raise HEError("a key owner needs a context with its secret key")
         self.params = params
+        self.path = path
         self._ctx = ts_context
         self._seal = ts_context.seal_context().data
         self._encoder = sealapi.CKKSEncoder(self._seal)
@@ -292,10 +317,40 @@ class KeyOwner:
         self._encryptor = sealapi.Encryptor(self._seal, secret)
         self._decryptor = sealapi.Decryptor(self._seal, secret)
         self._parms_id = self._seal.first_parms_id()
-        self.public_context = ts_context.serialize(save_public_key=True, save_secret_key=False,
-                                                   save_galois_keys=False, save_relin_keys=True)
+        if public_context is None or not self._owns(public_context):
+            # Serialising draws fresh randomness (seeded keys), so the bytes differ on every call: the key
+            # file keeps the first serialisation beside it, and the context id stays the same per key pair.
+            public_context = ts_context.serialize(save_public_key=True, save_secret_key=False,
+                                                  save_galois_keys=False, save_relin_keys=True)
+        self.public_context = public_context
         self.context_id = context_id(self.public_context)
         self._tag = bytes.fromhex(self.context_id)
+
+    def _owns(self, public_context: bytes) -> bool:
+        """Whether ``public_context`` is a valid public context whose public key belongs to this secret key."""
+        import tenseal as ts
+        from tenseal import sealapi
+
+        try:
+            vet_public_context(public_context, self.params)
+            public = ts.context_from(public_context)
+            if public.is_private():
+                return False
+            plain = sealapi.Plaintext()
+            self._encoder.encode([1.0, -2.0], self._parms_id, self.params.bit_scale, plain)
+            ct = sealapi.Ciphertext()
+            sealapi.Encryptor(public.seal_context().data, public.public_key().data).encrypt(plain, ct)
+            out = sealapi.Plaintext()
+            self._decryptor.decrypt(ct, out)
+            values = self._encoder.decode_double(out)
+        except (HEError, ValueError, RuntimeError, TypeError):
+            return False
+        return abs(values[0] - 1.0) < 1e-6 and abs(values[1] + 2.0) < 1e-6
+
+    @staticmethod
+    def public_path(path: Path) -> Path:
+        """Where the key file's public context is kept (same directory, mode 0600)."""
+        return Path(path).with_name(Path(path).name + ".public")
 
     @classmethod
     def generate(cls, params: CkksParameters = CKKS_PARAMETERS) -> KeyOwner:
@@ -314,7 +369,12 @@ class KeyOwner:
             ctx = ts.context_from(Path(path).read_bytes())
         except (ValueError, RuntimeError, TypeError) as exc:
             raise HEError(f"{path} is not a TenSEAL context: {exc}") from None
-        return cls(ctx, params)
+        sidecar = cls.public_path(path)
+        stored = sidecar.read_bytes() if sidecar.exists() else None
+        owner = cls(ctx, params, public_context=stored, path=Path(path))
+        if stored != owner.public_context:
+            owner._write_public()
+        return owner
 
     @classmethod
     def load_or_generate(cls, path: Path, params: CkksParameters = CKKS_PARAMETERS) -> KeyOwner:
@@ -335,6 +395,18 @@ class KeyOwner:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        self.path = path
+        self._write_public()
+
+    def _write_public(self) -> None:
+        if self.path is None:
+            return
+        sidecar = self.public_path(self.path)
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.public_context)
+        tmp.replace(sidecar)
 
     def encrypt_column(self, values: np.ndarray) -> bytes:
         """One vector (at most ``slots`` values) encrypted at the bit scale, in an envelope."""
@@ -388,17 +460,37 @@ def open_envelope(envelope: bytes, expected_context: str, what: str) -> bytes:
 class CkksBackend:
     """Form arithmetic on SEAL ciphertexts with exact scale bookkeeping (no rescaling)."""
 
-    def __init__(self, evaluator: Evaluator, bits: Sequence[Any]) -> None:
+    def __init__(self, evaluator: Evaluator, bits: Sequence[Any], mask: np.ndarray | None = None) -> None:
         self.ev = evaluator
         self.bit_scale = evaluator.params.bit_scale
         self._bits = bits
+        self._mask = mask
         self.stats = {"products": 0, "scalar_products": 0, "relinearisations": 0}
 
     def _constant(self, value: float, scale: float) -> Any:
+        """A model coefficient as a plaintext; with a slot mask, ``value`` in owned slots and exactly 0 elsewhere.
+
+        Every monomial of the model's polynomial carries exactly one such coefficient, so masking them all
+        multiplies the whole result by the 0/1 mask at no cost in scale or depth.
+        """
         from tenseal import sealapi
 
-        plain = sealapi.Plaintext()
-        self.ev.encoder.encode(float(value), self.ev.parms_id, scale, plain)
+        if self._mask is None:
+            plain = sealapi.Plaintext()
+            self.ev.encoder.encode(float(value), self.ev.parms_id, scale, plain)
+            return plain
+        owned = int(self._mask.sum())
+        cache = self.ev._masked_constants
+        if cache.get("owned") != owned:  # one owned count at a time (a whole model's constants: ~80 MB)
+            cache.clear()
+            cache["owned"] = owned
+        key = (float(value), float(scale))
+        plain = cache.get(key)
+        if plain is None:
+            plain = sealapi.Plaintext()
+            self.ev.encoder.encode((self._mask * float(value)).tolist(), self.ev.parms_id, scale, plain)
+            if len(cache) <= MASKED_CONSTANT_CACHE:
+                cache[key] = plain
         return plain
 
     def bit(self, edge: int) -> Any:
@@ -472,6 +564,8 @@ class Evaluator:
         data = self.seal.first_context_data()
         self.data_modulus_log2 = sum(math.log2(m.value()) for m in data.parms().coeff_modulus())
         self._rng = np.random.default_rng(secrets.randbits(128))
+        #: Masked model constants for the last owned-slot count (a small call's mask is usually "1 patient").
+        self._masked_constants: dict[Any, Any] = {}
 
     def max_margin(self) -> float:
         """Largest |margin| the result modulus holds with the flooding noise and a safety factor of 4."""
@@ -502,19 +596,32 @@ class Evaluator:
             raise HEError(f"{what} is transparent (not encrypted)")
         return ct
 
-    def evaluate(self, form: Form, bits: Sequence[Any], *, stats: dict[str, int] | None = None) -> bytes:
-        """The model's margin for every slot, flooded and re-randomised, as an envelope."""
-        return self.finish([self._evaluate(form, bits, stats)])
+    def evaluate(self, form: Form, bits: Sequence[Any], *, groups: Sequence[tuple[int, int]],
+                 owned: int | None = None, output_sigma: float = 0.0,
+                 stats: dict[str, int] | None = None) -> bytes:
+        """The model's margin in the ``owned`` first slots, noise everywhere else, as an envelope.
 
-    def evaluate_partial(self, form: Form, bits: Sequence[Any]) -> bytes:
-        """One part of a split Form, relinearised but NOT flooded: for :meth:`finish_partials` only.
-
-        Never send this to a client: an unflooded, un-re-randomised result exposes the evaluation.
+        ``groups`` are the grid's features as ``(first global edge, edge count)``: a slot whose bits are
+        not a valid pattern (non-binary, or not monotone along a feature's edges) decrypts to noise.
+        ``owned`` (default: every slot) is the number of slots assigned to declared, consented, logged
+        patients; every other slot decrypts to fresh uniform noise that does not depend on the model.
         """
-        return seal_save(self._evaluate(form, bits, None))
+        owned = self._owned(owned)
+        return self.finish([self._evaluate(form, bits, stats, owned, groups)], owned=owned,
+                           output_sigma=output_sigma)
 
-    def finish_partials(self, partials: Sequence[bytes]) -> bytes:
-        """Sum partial results (from :meth:`evaluate_partial`), then flood and re-randomise."""
+    def evaluate_partial(self, form: Form, bits: Sequence[Any], *, groups: Sequence[tuple[int, int]] | None,
+                         owned: int | None = None) -> bytes:
+        """One part of a split Form, relinearised but NOT finished: for :meth:`finish_partials` only.
+
+        Exactly one part must carry the validity ``groups`` (the others pass ``None``). Never send this
+        to a client: an unfinished result exposes the evaluation.
+        """
+        return seal_save(self._evaluate(form, bits, None, self._owned(owned), groups))
+
+    def finish_partials(self, partials: Sequence[bytes], *, owned: int | None = None,
+                        output_sigma: float = 0.0) -> bytes:
+        """Sum partial results (from :meth:`evaluate_partial`), then mask, flood and re-randomise."""
         from tenseal import sealapi
 
         loaded = []
@@ -523,36 +630,121 @@ class Evaluator:
             if ct.scale != self.params.result_scale or ct.size() != 2:
                 raise HEError("partial result has the wrong scale or size")
             loaded.append(ct)
-        return self.finish(loaded)
+        return self.finish(loaded, owned=self._owned(owned), output_sigma=output_sigma)
 
-    def _evaluate(self, form: Form, bits: Sequence[Any], stats: dict[str, int] | None) -> Any:
-        backend = CkksBackend(self, bits)
+    def _owned(self, owned: int | None) -> int:
+        slots = self.params.slots
+        if owned is None:
+            return slots
+        if not 1 <= owned <= slots:
+            raise HEError(f"owned slot count must be in 1..{slots}, got {owned}")
+        return int(owned)
+
+    def _evaluate(self, form: Form, bits: Sequence[Any], stats: dict[str, int] | None, owned: int,
+                  groups: Sequence[tuple[int, int]] | None) -> Any:
+        mask = None
+        if owned < self.params.slots:
+            mask = np.zeros(self.params.slots)
+            mask[:owned] = 1.0
+        backend = CkksBackend(self, bits, mask)
         result = evaluate(form, backend, self.params.result_scale)
+        if groups is not None:
+            result = backend.add(result, self._validity(bits, groups, backend.stats))
         backend.relinearise(result)
         if stats is not None:
             stats.update(backend.stats)
         return result
 
-    def finish(self, results: Sequence[Any]) -> bytes:
-        """Sum, flood with Gaussian noise, add a fresh encryption of zero; the envelope a client may see."""
+    def _validity(self, bits: Sequence[Any], groups: Sequence[tuple[int, int]], stats: dict[str, int]) -> Any:
+        """``rho (.) sum_k (1 - b_k)(r_k b_k + r'_k b_{k+1})``: zero on valid patterns, large noise otherwise.
+
+        Expanded, this is ``rho_s (sum_k r_k b_k(1 - b_k) + sum_k r'_k b_{k+1}(1 - b_k))`` in slot ``s``:
+        the first sum vanishes only on binary bits, the second only when a feature's bits never go
+        0 -> 1 along its increasing edges. ``r``, ``r'`` are fresh per call (uniform +-[0.5, 1]), ``rho``
+        fresh per slot and call (uniform +-[2^11, 2^12]). Scales: ``1 - b`` at 2^40, ``r b`` at
+        2^(40+30), their product at 2^110, times ``rho`` at 2^37 = 2^147, the result scale; depth 2.
+        One ciphertext product per edge, one relinearisation shared with the model's.
+        """
         from tenseal import sealapi
 
+        p = self.params
+        r_scale = 2.0**VALIDITY_R_SCALE_LOG2
+        rho_scale = p.result_scale / (p.bit_scale * p.bit_scale * r_scale)
+        one = sealapi.Plaintext()
+        self.encoder.encode(1.0, self.parms_id, p.bit_scale, one)
+        acc: Any = None
+
+        def weighted(ct: Any) -> Any:
+            weight = float(self._rng.uniform(0.5, 1.0) * self._rng.choice((-1.0, 1.0)))
+            plain = sealapi.Plaintext()
+            self.encoder.encode(weight, self.parms_id, r_scale, plain)
+            out = sealapi.Ciphertext()
+            self.evaluator.multiply_plain(ct, plain, out)
+            stats["scalar_products"] += 1
+            return out
+
+        for start, count in groups:
+            for k in range(count):
+                j = start + k
+                combo = weighted(bits[j])
+                if k + 1 < count:
+                    self.evaluator.add_inplace(combo, weighted(bits[j + 1]))
+                complement = sealapi.Ciphertext()
+                self.evaluator.negate(bits[j], complement)
+                self.evaluator.add_plain_inplace(complement, one)
+                product = sealapi.Ciphertext()
+                self.evaluator.multiply(complement, combo, product)
+                stats["products"] += 1
+                if acc is None:
+                    acc = product
+                else:
+                    self.evaluator.add_inplace(acc, product)
+        if acc is None:
+            raise HEError("the grid has no edges")
+        slots = p.slots
+        rho = self._rng.uniform(2.0**11, 2.0**12, slots) * self._rng.choice((-1.0, 1.0), slots)
+        plain = sealapi.Plaintext()
+        self.encoder.encode(rho.tolist(), self.parms_id, rho_scale, plain)
+        self.evaluator.multiply_plain_inplace(acc, plain)
+        if acc.scale != p.result_scale:
+            raise HEError("validity term landed at the wrong scale")
+        return acc
+
+    def finish(self, results: Sequence[Any], *, owned: int | None = None, output_sigma: float = 0.0) -> bytes:
+        """Sum, mask the unowned slots with fresh noise, flood, add a fresh encryption of zero.
+
+        The envelope a client may see. ``output_sigma`` (margin units, optional coarsening) adds that
+        much Gaussian noise to every owned slot on top of the flooding noise.
+        """
+        from tenseal import sealapi
+
+        owned = self._owned(owned)
+        if not 0.0 <= output_sigma <= 4.0:
+            raise HEError("output noise must be in 0..4 (margin units)")
         result = results[0]
         for other in results[1:]:
             self.evaluator.add_inplace(result, other)
-        self._flood(result)
+        self._flood(result, owned, output_sigma)
         zero = sealapi.Ciphertext()
         self._encryptor.encrypt_zero(self.parms_id, zero)
         zero.scale = result.scale
         self.evaluator.add_inplace(result, zero)
         return ENVELOPE_MAGIC + self._tag + seal_save(result)
 
-    def _flood(self, result: Any) -> None:
+    def _flood(self, result: Any, owned: int, output_sigma: float) -> None:
+        """Gaussian flooding in every slot (std 2^flood_log2, or ``output_sigma`` if larger, in owned slots)
+        plus uniform noise of amplitude 2^UNOWNED_NOISE_LOG2 (real and imaginary) in every unowned slot."""
         from tenseal import sealapi
 
-        sigma = 2.0**self.params.flood_log2
         slots = self.params.slots
-        noise = self._rng.normal(0.0, sigma, slots) + 1j * self._rng.normal(0.0, sigma, slots)
+        sigma = np.full(slots, 2.0**self.params.flood_log2)
+        sigma[:owned] = max(sigma[0], output_sigma)
+        noise = self._rng.normal(0.0, 1.0, slots) * sigma + 1j * self._rng.normal(0.0, 1.0, slots) * sigma
+        if owned < slots:
+            amplitude = 2.0**UNOWNED_NOISE_LOG2
+            free = slots - owned
+            noise[owned:] += (self._rng.uniform(-amplitude, amplitude, free)
+                              + 1j * self._rng.uniform(-amplitude, amplitude, free))
         plain = sealapi.Plaintext()
         self.encoder.encode(noise.tolist(), self.parms_id, result.scale, plain)
         self.evaluator.add_plain_inplace(result, plain)

@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     web_oidc_client_id: str = "ciphercare-portal"
     web_session_idle_s: int = Field(default=1800, ge=60)
     web_session_max_s: int = Field(default=8 * 3600, ge=300)
+
+    # Encrypted scoring (issue 12). Quota: patients scored (success events) per organisation and purpose
+    # of use per rolling window; 0 disables it. Contexts: registered public contexts kept per organisation;
+    # a registration beyond the limit first removes contexts unused for scoring_context_idle_s.
+    # Output noise: optional Gaussian noise (margin units) on every released score, a coarsening that
+    # raises the cost of black-box extraction and costs accuracy (see docs/SCORING.md); 0 = off.
+    scoring_quota_patients: int = Field(default=10_000, ge=0)
+    scoring_quota_window_s: float = Field(default=86_400.0, gt=0)
+    scoring_max_contexts_per_org: int = Field(default=8, ge=1, le=10_000)
+    scoring_context_idle_s: float = Field(default=30 * 86_400.0, ge=0)
+    scoring_output_noise: float = Field(default=0.0, ge=0.0, le=4.0)
     web_ledger_vkey: str = ""  # pin the checkpoint verifier key; empty: the one the service serves (pinned per session)
 
     @field_validator("oidc_algorithms")

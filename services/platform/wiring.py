@@ -22,7 +22,7 @@ from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
-from ciphercare.ledger.embedded.transport import EmbeddedTransport
+from ciphercare.ledger.embedded.ledger.transport import EmbeddedTransport
 from ciphercare.ledger.gateway import GatewayOptions
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
@@ -208,7 +208,10 @@ class Application:
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
             AccessLogServicer(handles, self.store, self.projections), server
         )
-        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(handles, self.settings), server)
+        # The scoring servicer is kept: its usage counters (scoring volume per organisation) are read by
+        # the metrics and the unusual-access detector (issue 12).
+        self.scoring = ScoringServicer(handles, self.settings)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(self.scoring, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)

@@ -27,7 +27,12 @@ def test_encrypted_scores_match_xgboost_on_the_held_out_split() -> None:
     assert np.max(np.abs(plain - reference)) <= 1e-5
     assert np.max(np.abs(encrypted - reference)) <= 1e-3
     assert np.array_equal(encrypted > 0, reference > 0)
-    assert round(roc_auc(test.y, sigmoid(encrypted)), 3) == round(roc_auc(test.y, sigmoid(reference)), 3)
+    # Patients in the same grid cell tie exactly in plaintext (half credit in the AUC); the encrypted
+    # scores' 1e-5 noise breaks such ties either way, so the AUCs agree up to the tied pairs' share.
+    pos, neg = reference[test.y == 1], reference[test.y == 0]
+    tied = int(np.sum(pos[:, None] == neg[None, :]))
+    slack = tied / (2 * pos.size * neg.size)
+    assert abs(roc_auc(test.y, sigmoid(encrypted)) - roc_auc(test.y, sigmoid(reference))) <= slack + 1e-9
 
 
 def test_mode_is_validated() -> None:
@@ -115,6 +120,8 @@ def test_split_evaluation_equals_the_whole_model() -> None:
     keys = key_owner()
     evaluator = Evaluator(keys.public_context)
     cts = [evaluator.load_ciphertext(e) for e in keys.encrypt_bits(bits)[0]]
-    partials = [evaluator.evaluate_partial(p, cts) for p in parts]
-    margins = keys.decrypt(evaluator.finish_partials(partials), len(x))
+    groups = package.grid.groups()
+    partials = [evaluator.evaluate_partial(p, cts, groups=groups if k == 0 else None, owned=len(x))
+                for k, p in enumerate(parts)]
+    margins = keys.decrypt(evaluator.finish_partials(partials, owned=len(x)), len(x))
     assert np.max(np.abs(margins - result.xgboost_margin(x))) <= 1e-3
