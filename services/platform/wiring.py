@@ -22,7 +22,7 @@ from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
-from ciphercare.ledger.embedded.ledger.transport import EmbeddedTransport
+from ciphercare.ledger.embedded.transport import EmbeddedTransport
 from ciphercare.ledger.gateway import GatewayOptions
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer

@@ -43,9 +43,9 @@ def _evaluator(context_path: str, context_id: str) -> Any:
 
 def _model(model_path: str, model_sha256: str, evaluator: Any) -> tuple[Any, Any]:
     """The deployed package and its Form (cached per hash; checked against the evaluator's budget)."""
+    from ciphercare.analytics.engine import check_model
     from ciphercare.analytics.model.forms import model_form
     from ciphercare.analytics.model.package import ModelPackage
-    from ciphercare.analytics.engine import check_model
 
     entry = _FORMS.get(model_sha256)
     if entry is None:

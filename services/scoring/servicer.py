@@ -78,9 +78,9 @@ NOT_SERVABLE = ("the deployed model cannot be served by the encrypted evaluator 
 
 
 def _load_or_train(path: Path) -> tuple[str, dict[str, Any]]:
+    from ciphercare.analytics.engine import servable_problem
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.package import ModelError, ModelPackage
-    from ciphercare.analytics.engine import servable_problem
     from ciphercare.analytics.model.training import train_model
 
     if not path.exists():
@@ -357,8 +357,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                           f"({batch_count} batch(es) x {edge_count} edges)")
 
         # 4. No log, no result: per batch, commit every patient's access event, then release.
-        from ciphercare.analytics.he.ckks import HEError
         from ciphercare.analytics.engine import ModelNotServable
+        from ciphercare.analytics.he.ckks import HEError
 
         try:
             for b in range(batch_count):

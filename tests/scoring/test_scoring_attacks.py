@@ -28,8 +28,8 @@ from ciphercare.analytics.extraction import (
     pattern_matrix,
     random_levels,
 )
-from ciphercare.analytics.model.forms import model_form
 from ciphercare.analytics.he.ckks import Evaluator, KeyOwner, proto_fields
+from ciphercare.analytics.model.forms import model_form
 from ciphercare.sdk.scoring import ScoringClient
 from ciphercare.v1 import scoring_pb2
 
@@ -118,8 +118,9 @@ def test_crafted_patterns_in_owned_slots_decrypt_to_noise() -> None:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A server with a small quota and context limit (SQLite store; the store is not what is tested)."""
-    from ciphercare.services.identity.devissuer import DevIssuer
     from testkit.server import Env, ServerThread, make_settings
+
+    from ciphercare.services.identity.devissuer import DevIssuer
 
     data_dir = tmp_path_factory.mktemp("scoring-attacks")
     default_training().package.save(data_dir / "scoring" / "model.json")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from testkit.scoring import default_training, key_owner
 
+from ciphercare.analytics.engine import score_batch
 from ciphercare.analytics.model.datasets import SchemaError, load_csv, load_dataset, load_whas500
 from ciphercare.analytics.model.package import ModelError, ModelPackage, TreeNode
-from ciphercare.analytics.engine import score_batch
 from ciphercare.analytics.model.training import TrainingConfig, train_model
 from ciphercare.services.cli.main import main
 
@@ -145,9 +145,10 @@ def test_cli_train_on_a_csv_without_schema(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_unservable_deployed_model_is_failed_precondition_without_statistics(tmp_path: Path) -> None:
-    from ciphercare.services.identity.devissuer import DevIssuer
-    from ciphercare.sdk.scoring import ScoringClient
     from testkit.server import ServerThread, make_settings
+
+    from ciphercare.sdk.scoring import ScoringClient
+    from ciphercare.services.identity.devissuer import DevIssuer
 
     base = default_training().package
 
