@@ -12,8 +12,8 @@ attacks are implemented here so that the tests and docs/SCORING.md can measure w
   bin per feature), one logged, consented scoring each. The model's margin is a sum of trees of depth
   <= 3, so as a function of the bins it has interactions of order <= 3; the attack reads the anchored
   decomposition at base point "every feature in its lowest bin": main effects (sum K_f queries), every
-  pair of features (sum K_f K_g), and the triples whose pairs interact. The reconstruction is exact
-  when noise-free; with output noise each query is repeated and averaged.
+  pair of features (sum K_f K_g), and every triple with an interacting pair. The reconstruction is
+  exact when noise-free; with output noise each query is repeated and averaged.
 
 Nothing here is used by the service; it exists to measure the service's guarantees.
 """
@@ -130,6 +130,9 @@ class BlackBoxAttack:
     oracle: Oracle
     repeats: int = 1
     tolerance: float = 1e-6
+    #: A triple of features is probed when at least this many of its pairs interact (1: exact for trees,
+    #: whose depth-3 paths f -> g -> h always give the pair (f, g) or (f, h) a term; 2: cheaper, not exact).
+    min_active_pairs: int = 1
     queries: int = 0
     stages: dict[str, int] = field(default_factory=dict)
     _values: dict[tuple[tuple[int, int], ...], float] = field(default_factory=dict)
@@ -176,7 +179,7 @@ class BlackBoxAttack:
                 active = {tuple(sorted(f for f, _ in k)) for k, v in self._terms.items()
                           if len(k) == 2 and abs(v) > self.tolerance}
                 groups = [t for t in itertools.combinations(range(n), 3)
-                          if sum(pair in active for pair in itertools.combinations(t, 2)) >= 2]
+                          if sum(pair in active for pair in itertools.combinations(t, 2)) >= self.min_active_pairs]
             cells = [c for g in groups for c in self._cells(g)]
             self._ask(cells)
             for cell in cells:
