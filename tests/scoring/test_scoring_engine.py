@@ -27,11 +27,11 @@ def test_encrypted_scores_match_xgboost_on_the_held_out_split() -> None:
     assert np.max(np.abs(plain - reference)) <= 1e-5
     assert np.max(np.abs(encrypted - reference)) <= 1e-3
     assert np.array_equal(encrypted > 0, reference > 0)
-    # Patients in the same grid cell tie exactly in plaintext (half credit in the AUC); the encrypted
-    # scores' 1e-5 noise breaks such ties either way, so the AUCs agree up to the tied pairs' share.
+    # The AUC counts ordered (death, survivor) pairs; the encrypted scores' noise (<= 1e-3) can swap only
+    # pairs whose margins are within 2e-3 of each other, so the AUCs agree up to those pairs' share.
     pos, neg = reference[test.y == 1], reference[test.y == 0]
-    tied = int(np.sum(pos[:, None] == neg[None, :]))
-    slack = tied / (2 * pos.size * neg.size)
+    close = int(np.sum(np.abs(pos[:, None] - neg[None, :]) <= 2e-3))
+    slack = close / (pos.size * neg.size)
     assert abs(roc_auc(test.y, sigmoid(encrypted)) - roc_auc(test.y, sigmoid(reference))) <= slack + 1e-9
 
 
