@@ -100,8 +100,9 @@ def _load_or_train(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(self, ledger: ContractHandles, settings: Settings) -> None:
+    def __init__(self, ledger: ContractHandles, settings: Settings, metrics: Any | None = None) -> None:
         self.ledger = ledger
+        self.metrics = metrics  # services/platform/metrics.py: scoring patients, batches, quota refusals
         self.settings = settings
         self._deployment: Deployment | None = None
         self._lock = asyncio.Lock()
@@ -288,6 +289,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             self.usage.reserve(org, header.purpose_of_use, len(permitted))
         except QuotaExceeded as exc:
             log.warning("scoring quota exhausted", extra={"org": org, "purpose_of_use": header.purpose_of_use})
+            if self.metrics is not None:
+                self.metrics.scoring_quota_refusals.labels(org).inc()
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
         # 2. A `denied` access event for every refused patient (committed before answering).
@@ -295,6 +298,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                               decision.get("consent_id"), header, deployment.sha256)
                   for _, pid, decision in denied]
         receipts = await self._record(principal, events)
+        if self.metrics is not None and denied:
+            self.metrics.scoring_patients.labels(org, "denied").inc(len(denied))
         for (i, _, _), result in zip(denied, receipts, strict=True):
             if isinstance(result, Receipt):
                 outcomes[i].access_event_id = json.loads(result.result)["id"]
@@ -387,6 +392,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                         outcome.reason_code = ("batch-withheld" if isinstance(result, Receipt)
                                                else "access-event-not-recorded")
                     batch_outcomes.append(outcome)
+                if self.metrics is not None:
+                    self.metrics.scoring_batches.inc()
+                    self.metrics.scoring_patients.labels(org, "scored" if logged else "error").inc(len(members))
                 if not logged:
                     log.error("batch %d withheld: access events not recorded", b)
                 yield scoring_pb2.ScoreResponse(score=scoring_pb2.EncryptedScore(

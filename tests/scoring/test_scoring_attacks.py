@@ -248,6 +248,9 @@ def test_well_formed_extraction_stops_at_the_quota(guarded) -> None:  # type: ig
         # Refused before anything was recorded: the counters show the refusal, no more patients.
         row = next(r for r in _usage(guarded).snapshot() if r["org"] == "hospital-q")
         assert row["patients_in_window"] == used and row["refused_total"] >= 1
+        metrics = guarded.app.metrics
+        assert metrics.scoring_quota_refusals.labels("hospital-q")._value.get() >= 1
+        assert metrics.scoring_patients.labels("hospital-q", "scored")._value.get() == used
         # What the attacker has after the quota: not even the main effects of every feature.
         assert attack.queries < sum(len(e) for e in package.grid.edges) + 1
     finally:
