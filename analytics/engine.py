@@ -1,9 +1,12 @@
 """One scoring path, two modes: ``plain`` (numpy on the comparison bits) and ``encrypted`` (CKKS).
 
 Both walk the same :class:`~ciphercare.analytics.model.forms.Form` of the model, so the plaintext result is
-always there to compare with. In ``encrypted`` mode this function plays both roles in one process
-(key owner and evaluator, the evaluator seeing only the public context and ciphertext bytes); the
-service splits them across the wire.
+always there to compare with. In ``encrypted`` mode this function plays both roles in one process with
+the very calls the two sides make across the wire: the hospital's
+:meth:`~ciphercare.analytics.client.keys.KeyOwner.encrypt_bits` and ``decrypt`` (what the SDK calls),
+the server's :meth:`~ciphercare.analytics.server.evaluator.Evaluator.load_ciphertext` and ``evaluate``
+with slot ownership and validity (what the service's worker pool calls); the evaluator sees only the
+public context and ciphertext bytes.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ from enum import StrEnum
 
 import numpy as np
 
-from ciphercare.analytics.he.ckks import Evaluator, HEError, KeyOwner
+from ciphercare.analytics.client.keys import KeyOwner
+from ciphercare.analytics.he.budget import MAX_DEPTH, ModelNotServable, check_model, servable_problem
 from ciphercare.analytics.model.forms import PlainBackend, evaluate, model_form
 from ciphercare.analytics.model.package import ModelPackage
+from ciphercare.analytics.server.evaluator import Evaluator
 
-#: Deepest tree the 128-bit parameter set can evaluate (scale 2^40 per bit level, 2^147 at the end).
-MAX_DEPTH = 3
-
+__all__ = ["MAX_DEPTH", "ModelNotServable", "ScoringMode", "check_model", "score_batch", "servable_problem"]
 
 class ScoringMode(StrEnum):
     PLAIN = "plain"
@@ -30,30 +33,6 @@ class ScoringMode(StrEnum):
             return cls(value)
         except ValueError:
             raise ValueError(f"mode must be 'plain' or 'encrypted', got {value!r}") from None
-
-
-class ModelNotServable(HEError):
-    """The model cannot be evaluated under the 128-bit parameters (too deep, or margins too large)."""
-
-
-def servable_problem(model: ModelPackage, evaluator: Evaluator | None = None) -> str | None:
-    """Why the encrypted evaluator cannot serve ``model`` (for its owner: names the statistic), or None."""
-    from ciphercare.analytics.he.ckks import max_margin
-
-    if model.max_depth > MAX_DEPTH:
-        return f"model has trees of depth {model.max_depth}; the 128-bit parameters evaluate depth <= {MAX_DEPTH}"
-    bound = min(max_margin(), evaluator.max_margin()) if evaluator is not None else max_margin()
-    if model.margin_bound >= bound:
-        return (f"model margins can reach {model.margin_bound:.1f}; the encrypted result holds |margin| < "
-                f"{bound:.0f} (fewer trees or a smaller learning rate)")
-    return None
-
-
-def check_model(model: ModelPackage, evaluator: Evaluator | None = None) -> None:
-    """Refuse a model the parameters cannot evaluate exactly (too deep, or margins too large)."""
-    problem = servable_problem(model, evaluator)
-    if problem is not None:
-        raise ModelNotServable(problem)
 
 
 def score_batch(model: ModelPackage, x: np.ndarray, *, mode: str | ScoringMode = ScoringMode.PLAIN,

@@ -274,7 +274,7 @@ def train_model(dataset: Dataset, config: TrainingConfig | None = None, *, name:
     if warnings:
         metadata["warnings"] = warnings
     package = ModelPackage(provisional.name, version, dataset.schema, grid, trees, base_margin, metadata)
-    from ciphercare.analytics.engine import servable_problem
+    from ciphercare.analytics.he.budget import servable_problem
 
     problem = servable_problem(package)
     if problem is not None:

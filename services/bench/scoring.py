@@ -143,7 +143,7 @@ def evaluate_batch_without_checks(context_path: str, context_id: str, model_path
 
 def run_server_bench(*, out: Path | None = None, batches: int = 3) -> list[dict[str, Any]]:
     """Server throughput at full batches, with slot ownership and validity checks and without them (quick)."""
-    from ciphercare.analytics.he.ckks import KeyOwner
+    from ciphercare.analytics.client.keys import KeyOwner
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.forms import model_form
     from ciphercare.analytics.model.training import train_model

@@ -144,7 +144,8 @@ class _Progress:
 def cmd_score(args: argparse.Namespace) -> int:
     import grpc
 
-    from ciphercare.analytics.he.ckks import HEError, KeyOwner
+    from ciphercare.analytics.client.keys import KeyOwner
+    from ciphercare.analytics.he.ckks import HEError
     from ciphercare.analytics.model.datasets import SchemaError, load_csv
     from ciphercare.sdk.scoring import ScoringClient, ScoringError
     from ciphercare.services.cli.main import _settings

@@ -25,7 +25,8 @@ _MAX_EVALUATORS = 8
 
 
 def _evaluator(context_path: str, context_id: str) -> Any:
-    from ciphercare.analytics.he.ckks import Evaluator, HEError
+    from ciphercare.analytics.he.ckks import HEError
+    from ciphercare.analytics.server.evaluator import Evaluator
 
     cached = _EVALUATORS.get(context_id)
     if cached is not None:
@@ -43,7 +44,7 @@ def _evaluator(context_path: str, context_id: str) -> Any:
 
 def _model(model_path: str, model_sha256: str, evaluator: Any) -> tuple[Any, Any]:
     """The deployed package and its Form (cached per hash; checked against the evaluator's budget)."""
-    from ciphercare.analytics.engine import check_model
+    from ciphercare.analytics.he.budget import check_model
     from ciphercare.analytics.model.forms import model_form
     from ciphercare.analytics.model.package import ModelPackage
 

@@ -78,7 +78,7 @@ NOT_SERVABLE = ("the deployed model cannot be served by the encrypted evaluator 
 
 
 def _load_or_train(path: Path) -> tuple[str, dict[str, Any]]:
-    from ciphercare.analytics.engine import servable_problem
+    from ciphercare.analytics.he.budget import servable_problem
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.package import ModelError, ModelPackage
     from ciphercare.analytics.model.training import train_model
@@ -158,7 +158,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             data = b"".join(chunks)
             if not data:
                 raise invalid("context is empty: send the serialised public context in chunks")
-            from ciphercare.analytics.he.ckks import Evaluator, HEError, context_id
+            from ciphercare.analytics.he.ckks import HEError, context_id
+            from ciphercare.analytics.server.evaluator import Evaluator
 
             cid = context_id(data)
             path = self._context_path(org, cid)
@@ -362,7 +363,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                           f"({batch_count} batch(es) x {edge_count} edges)")
 
         # 4. No log, no result: per batch, commit every patient's access event, then release.
-        from ciphercare.analytics.engine import ModelNotServable
+        from ciphercare.analytics.he.budget import ModelNotServable
         from ciphercare.analytics.he.ckks import HEError
 
         try:

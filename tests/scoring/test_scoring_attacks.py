@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from testkit.scoring import default_training, grant, key_owner
 
+from ciphercare.analytics.client.keys import KeyOwner
 from ciphercare.analytics.extraction import (
     BlackBoxAttack,
     compare,
@@ -28,8 +29,9 @@ from ciphercare.analytics.extraction import (
     pattern_matrix,
     random_levels,
 )
-from ciphercare.analytics.he.ckks import Evaluator, KeyOwner, proto_fields
+from ciphercare.analytics.he.ckks import proto_fields
 from ciphercare.analytics.model.forms import model_form
+from ciphercare.analytics.server.evaluator import Evaluator
 from ciphercare.sdk.scoring import ScoringClient
 from ciphercare.v1 import scoring_pb2
 

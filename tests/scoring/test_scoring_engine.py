@@ -9,10 +9,11 @@ import pytest
 from testkit.scoring import default_training, key_owner
 
 from ciphercare.analytics.engine import ScoringMode, score_batch
-from ciphercare.analytics.he.ckks import CKKS_PARAMETERS, Evaluator, HEError, check_security
+from ciphercare.analytics.he.ckks import CKKS_PARAMETERS, HEError, check_security
 from ciphercare.analytics.model.forms import PlainBackend, evaluate, model_form
 from ciphercare.analytics.model.package import ModelError, ModelPackage, TreeNode
 from ciphercare.analytics.model.training import roc_auc, sigmoid
+from ciphercare.analytics.server.evaluator import Evaluator
 
 
 def test_encrypted_scores_match_xgboost_on_the_held_out_split() -> None:

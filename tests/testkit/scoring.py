@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ciphercare.analytics.he.ckks import KeyOwner
+from ciphercare.analytics.client.keys import KeyOwner
 from ciphercare.analytics.model.datasets import load_whas500
 from ciphercare.analytics.model.training import TrainingResult, train_model
 
