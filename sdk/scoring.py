@@ -135,7 +135,7 @@ class ScoringClient:
     @classmethod
     def connect(cls, target: str, token: str, *, deadline_s: float = 600.0,
                 security: ChannelSecurity | None = None) -> ScoringClient:
-        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         return cls(open_channel(target, security, options=options), token, deadline_s=deadline_s, target=target)
 
     # Registration memory: a key file's public context is stable (KeyOwner keeps it beside the key), and the

@@ -136,7 +136,8 @@ def classification_metrics(y: np.ndarray, probability: np.ndarray, *, bins: int 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of a stratified train/test split (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train: list[int] = []
+    test: list[int] = []
     for label in np.unique(y):
         rows = np.flatnonzero(y == label)
         rng.shuffle(rows)

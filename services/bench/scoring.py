@@ -230,7 +230,7 @@ def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete:
         return run_server_bench(out=out)
     import xgboost as xgb
 
-    from ciphercare.analytics.he.ckks import KeyOwner
+    from ciphercare.analytics.client.keys import KeyOwner
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.forms import model_form
     from ciphercare.analytics.model.training import roc_auc, sigmoid, train_model
@@ -322,19 +322,19 @@ def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    for label, run in runs.items():
-        size = run["size"]
-        margins = run["margins"]
+    for label, entry in runs.items():
+        size = entry["size"]
+        margins = entry["margins"]
         acc = _accuracy(margins, reference[:size])
         server_s = server["one_batch_s"] if size <= keys.params.slots else server["full_s"]
         auc = roc_auc(training.test.y, sigmoid(margins[:n_test])) if size >= n_test else None
         rows.append({"system": f"ciphercare encrypted, model-private (batch {label})", "batch": size,
                      "server_ms_per_patient": server_s / size * 1e3 if size == n or size <= keys.params.slots
                      else None,
-                     "e2e_ms_per_patient": run["seconds"] / size * 1e3, "single_patient_s": runs["1"]["seconds"],
-                     "upload_bytes_per_patient": run["upload_bytes"] / size,
+                     "e2e_ms_per_patient": entry["seconds"] / size * 1e3, "single_patient_s": runs["1"]["seconds"],
+                     "upload_bytes_per_patient": entry["upload_bytes"] / size,
                      "key_bytes_per_patient": evaluation_key_bytes / size, "auc": auc, **acc})
-        raw[f"e2e_batch_{label}"] = {k: v for k, v in run.items() if k != "margins"} | {"accuracy": acc}
+        raw[f"e2e_batch_{label}"] = {k: v for k, v in entry.items() if k != "margins"} | {"accuracy": acc}
 
     # 4. Concrete ML (TFHE), same split, trees, depth and learning rate.
     concrete_note = ""
