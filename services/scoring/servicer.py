@@ -6,8 +6,9 @@ one access event per patient on the ledger, and hands ciphertexts to the evaluat
 after every one of its patients' access events is committed; if any of them fails, the whole batch
 (one ciphertext holds all its patients) is withheld and its patients get ``ERROR``.
 
-State lives under ``<data_dir>/scoring``: ``model.json`` (the deployed model package; the default
-WHAS500 model is trained there on first use) and ``contexts/<org>/<id>.ctx`` (registered public
+State lives under ``<data_dir>/scoring``: ``model.json`` (the deployed model package, written by
+``ciphercare model train``; ``ciphercare up`` trains the default WHAS500 model there if none is
+deployed; the service itself never trains) and ``contexts/<org>/<id>.ctx`` (registered public
 contexts).
 """
 
@@ -77,15 +78,33 @@ NOT_SERVABLE = ("the deployed model cannot be served by the encrypted evaluator 
                 "the model owner must retrain it (ciphercare model train checks this before writing a package)")
 
 
-def _load_or_train(path: Path) -> tuple[str, dict[str, Any]]:
-    from ciphercare.analytics.he.budget import servable_problem
+NOT_DEPLOYED = ("no scoring model is deployed on this server; the operator trains one with `ciphercare model train` "
+                "(`ciphercare up` trains the default WHAS500 model when none is there)")
+
+
+def ensure_default_model(settings: Settings) -> bool:
+    """Train the default WHAS500 model into ``model_path(settings)`` if no model is there (``ciphercare up``).
+
+    Returns whether it trained. The service itself never trains: a request never waits for training.
+    """
     from ciphercare.analytics.model.datasets import load_whas500
-    from ciphercare.analytics.model.package import ModelError, ModelPackage
     from ciphercare.analytics.model.training import train_model
 
+    path = model_path(settings)
+    if path.exists():
+        return False
+    log.info("no model at %s; training the default WHAS500 model", path)
+    train_model(load_whas500()).package.save(path)
+    return True
+
+
+def _load_deployed(path: Path) -> tuple[str, dict[str, Any]]:
+    """The deployed package's hash and public facts, or FAILED_PRECONDITION (no model statistic in the message)."""
+    from ciphercare.analytics.he.budget import servable_problem
+    from ciphercare.analytics.model.package import ModelError, ModelPackage
+
     if not path.exists():
-        log.info("no model at %s; training the default WHAS500 model", path)
-        train_model(load_whas500()).package.save(path)
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, NOT_DEPLOYED)
     try:
         package = ModelPackage.load(path)
     except ModelError as exc:
@@ -113,13 +132,13 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     # ------------------------------------------------------------ deployment
 
     async def deployment(self) -> Deployment:
-        """Load (or train) the model once and make sure its hash is on the ledger."""
+        """Load the deployed model once and make sure its hash is on the ledger (never trains)."""
         async with self._lock:
             if self._deployment is None:
                 from ciphercare.analytics.he.ckks import CKKS_PARAMETERS
 
                 path = model_path(self.settings)
-                sha, info = await asyncio.to_thread(_load_or_train, path)
+                sha, info = await asyncio.to_thread(_load_deployed, path)
                 receipt = await self._record_deployment(sha, info)
                 self._deployment = Deployment(path, sha, info, CKKS_PARAMETERS.to_dict(), receipt)
             return self._deployment
@@ -512,4 +531,4 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(code, message)
 
 
-__all__ = ["SCORING_PRINCIPAL", "ScoringServicer", "model_path"]
+__all__ = ["SCORING_PRINCIPAL", "ScoringServicer", "ensure_default_model", "model_path"]

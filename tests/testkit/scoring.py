@@ -35,3 +35,10 @@ def grant(env: Any, pid: str, org: str = "hospital-a", purposes: tuple[str, ...]
         return response.consent.id
     finally:
         client.close()
+
+
+def deploy_default(settings: Any) -> str:
+    """Put the default model where the server reads it (what ``ciphercare up`` does); returns its SHA-256."""
+    from ciphercare.services.scoring.servicer import model_path
+
+    return default_training().package.save(model_path(settings))
