@@ -76,9 +76,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ciphercare.services.platform.wiring import Application
     from ciphercare.services.scoring.servicer import ensure_default_model
 
-    # Scoring (issue 12): the service never trains; `up` puts the default model in place if none is deployed.
-    if ensure_default_model(settings):
-        print("ciphercare: trained the default scoring model (WHAS500)", file=sys.stderr, flush=True)
+    # Scoring: the service never trains; `up` puts the default model in place if none is deployed (logged).
+    ensure_default_model(settings)
     settings, demo_witness = start_demo_witness(settings)
     try:
         app = Application.from_settings(settings)
