@@ -46,6 +46,27 @@ class Settings(BaseSettings):
     ledger_group_commit_max_batch: int = Field(default=512, ge=1, le=100_000)
     ledger_group_commit_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     ledger_submit_timeout_s: float = Field(default=10.0, gt=0)
+    # fabricgw: the Fabric Gateway backend (ledger_backend="fabric") and the node (`ciphercare ledger serve`).
+    # Client side: the gateway endpoint (a Fabric peer or a ciphercare ledger node), TLS, and the org CA
+    # material under ledger_msp_dir/<MSPID>/{ca-cert,ca-key}.pem with which this node enrols its users
+    # (short-lived per-user certificates; docs/FABRIC.md). ledger_msp_id limits enrolment to one org.
+    ledger_endpoint: str = ""
+    ledger_channel: str = "ciphercare"
+    ledger_chaincode: str = "ciphercare"
+    ledger_tls_ca_path: Path | None = None
+    ledger_tls_client_cert_path: Path | None = None
+    ledger_tls_client_key_path: Path | None = None
+    ledger_tls_server_name: str = ""
+    ledger_msp_dir: Path | None = None
+    ledger_msp_id: str = ""
+    ledger_user_cert_validity_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    ledger_evaluate_timeout_s: float = Field(default=5.0, gt=0)
+    # Node side: where `ciphercare ledger serve` listens, its TLS (client CA set: mutual TLS required).
+    ledger_node_host: str = "127.0.0.1"
+    ledger_node_port: int = Field(default=7051, ge=0, le=65535)
+    ledger_node_tls_cert_path: Path | None = None
+    ledger_node_tls_key_path: Path | None = None
+    ledger_node_tls_client_ca_path: Path | None = None
 
     # gRPC
     grpc_host: str = "127.0.0.1"
@@ -124,6 +145,10 @@ class Settings(BaseSettings):
     @property
     def resolved_ledger_key_path(self) -> Path:
         return self.ledger_signing_key_path or self.data_dir / "ledger-ed25519.pem"
+
+    @property
+    def resolved_ledger_msp_dir(self) -> Path:
+        return self.ledger_msp_dir or self.resolved_ledger_path.parent / "msp"
 
     @property
     def resolved_dev_issuer_key_path(self) -> Path:

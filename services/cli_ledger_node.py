@@ -1,0 +1,99 @@
+"""``ciphercare ledger serve``: the embedded ledger as a Fabric Gateway node (ledger/gateway_server.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        from ciphercare.services.cli import CliError
+
+        raise CliError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def cmd_ledger_serve(args: argparse.Namespace) -> int:
+    from ciphercare.consent.contracts import new_chaincode
+    from ciphercare.ledger.embedded import EmbeddedLedger
+    from ciphercare.ledger.gateway_server import MspRegistry, NodeTLS, org_msp_ids, start_node
+    from ciphercare.services.cli import CliError, _settings
+    from ciphercare.services.privacy import LedgerOwnerLock
+
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)  # the Fabric shim sets the root logger to DEBUG at import
+
+    extra: dict[str, Any] = {"ledger_backend": "embedded"}
+    if args.port is not None:
+        extra["ledger_node_port"] = args.port
+    settings = _settings(args, **extra)
+    tls = None
+    cert = _read(settings.ledger_node_tls_cert_path, "TLS certificate")
+    key = _read(settings.ledger_node_tls_key_path, "TLS key")
+    if (cert is None) != (key is None):
+        raise CliError("TLS needs both CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH and CIPHERCARE_LEDGER_NODE_TLS_KEY_PATH")
+    if cert is not None and key is not None:
+        tls = NodeTLS(cert, key, _read(settings.ledger_node_tls_client_ca_path, "TLS client CA"))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = LedgerOwnerLock(settings.resolved_ledger_path)
+    except Exception as exc:  # noqa: BLE001 - one readable line
+        raise CliError(str(exc)) from exc
+    msp_dir = settings.resolved_ledger_msp_dir
+    ledger = EmbeddedLedger(
+        path=settings.resolved_ledger_path,
+        signing_key_path=settings.resolved_ledger_key_path,
+        origin=settings.ledger_origin,
+        chaincode=new_chaincode(),
+        channel=settings.ledger_channel,
+        chaincode_name=settings.ledger_chaincode,
+        max_batch=settings.ledger_group_commit_max_batch,
+        max_wait_ms=settings.ledger_group_commit_max_wait_ms,
+        msp_dir=msp_dir,
+    )
+
+    async def run() -> None:
+        server, port, gateway = await start_node(
+            ledger,
+            MspRegistry(msp_dir),
+            host=settings.ledger_node_host,
+            port=settings.ledger_node_port,
+            tls=tls,
+            max_message_bytes=settings.grpc_max_message_bytes,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"ledger node: gateway.Gateway on {settings.ledger_node_host}:{port} "
+            f"({'TLS' if tls else 'plaintext'}), channel {settings.ledger_channel}, "
+            f"chaincode {settings.ledger_chaincode}, MSPs {', '.join(org_msp_ids(msp_dir)) or '(none yet)'}",
+            flush=True,
+        )
+        await stop.wait()
+        await server.stop(grace=2.0)
+
+    try:
+        asyncio.run(run())
+    finally:
+        ledger.close()
+        lock.release()
+    print("ledger node stopped", file=sys.stderr)
+    return 0
+
+
+def register_ledger_serve(ledger_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``ledger serve`` under the ``ledger`` command."""
+    serve = ledger_sub.add_parser("serve", help="run the embedded ledger as a Fabric Gateway node (gRPC)")
+    serve.add_argument("--port", type=int, help="gRPC port (default CIPHERCARE_LEDGER_NODE_PORT, 7051; 0 = any)")
+    serve.set_defaults(func=cmd_ledger_serve)
