@@ -7,7 +7,7 @@
     Header{channel_header: ChannelHeader{type ENDORSER_TRANSACTION, channel_id, tx_id, timestamp, epoch 0,
                                          extension: ChaincodeHeaderExtension{chaincode_id{name}}},
            signature_header: SignatureHeader{creator: SerializedIdentity, nonce: 24 random bytes}}
-    ChaincodeProposalPayload{input: ChaincodeInvocationSpec{chaincode_spec{chaincode_id{name},
+    ChaincodeProposalPayload{input: ChaincodeInvocationSpec{chaincode_spec{type NODE, chaincode_id{name},
                              input: ChaincodeInput{args: ["Contract:Function", arg...]}}}, TransientMap}
     tx_id = hex(SHA-256(nonce || creator))
 """
@@ -83,6 +83,7 @@ def build_proposal(
         channel_header=channel_header.SerializeToString(), signature_header=signature_header.SerializeToString()
     )
     spec = chaincode_pb2.ChaincodeSpec(
+        type=chaincode_pb2.ChaincodeSpec.Type.NODE,  # what the official Node and Go clients put here
         chaincode_id=cc_id,
         input=chaincode_pb2.ChaincodeInput(args=[_to_bytes(transaction)] + [_to_bytes(a) for a in args]),
     )

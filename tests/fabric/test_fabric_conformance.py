@@ -1,0 +1,159 @@
+"""The official Node client (``@hyperledger/fabric-gateway`` from npm) against ``ciphercare ledger serve``.
+
+* The whole consent decision table gives identical outcomes through the Node client and through
+  ciphercare's Python client (each against its own fresh node process).
+* Transactions built by both clients, captured at the node, decode to identical protos field by
+  field except nonce, timestamp and signatures (and what derives from them: tx id, creator
+  certificate, proposal hash), and every signature verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from conformance_plan import AT, PRINCIPALS, build_steps, normalise
+from fabric_testkit import in_process_node, make_plan, require_node, run_plan_node, run_plan_python, serve_process
+from fabric_protos.common import common_pb2
+from fabric_protos.gateway import gateway_pb2
+from fabric_protos.msp import identities_pb2
+from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
+from google.protobuf.json_format import MessageToDict
+
+from ciphercare.ledger.fabric.proposal import transaction_id
+from ciphercare.ledger.fabric.signer import verify
+from cryptography import x509
+
+
+def _strip(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in o.items() if k != "error"} for o in outcomes]
+
+
+def test_decision_table_identical_through_node_and_python_clients(tmp_path: Path) -> None:
+    require_node()
+    steps = build_steps()
+    with serve_process(tmp_path / "py") as target:
+        plan = make_plan(tmp_path / "py" / "msp", steps, PRINCIPALS)
+        python = asyncio.run(run_plan_python(plan, target))
+    with serve_process(tmp_path / "node") as target:
+        plan = make_plan(tmp_path / "node" / "msp", steps, PRINCIPALS)
+        node = run_plan_node(plan, target, tmp_path)["outcomes"]
+    assert len(python) == len(node) == len(steps)
+    a, b = normalise(python), normalise(_strip(node))
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x == y, f"step {i} {steps[i]['fn']}: python {x} != node {y}"
+    # The table really was exercised: permits, denies and refusals all occur.
+    decisions = [json.loads(o["result"]).get("decision") for o in python if o["ok"] and o["result"].startswith("{")]
+    assert {"permit", "deny"} <= set(decisions)
+    assert {o["code"] for o in python if not o["ok"]} == {3, 5, 7, 9}  # INVALID_ARGUMENT NOT_FOUND PERM.. FAILED_PREC..
+
+
+def _decode_proposal(signed: proposal_pb2.SignedProposal) -> dict[str, Any]:
+    prop = proposal_pb2.Proposal.FromString(signed.proposal_bytes)
+    header = common_pb2.Header.FromString(prop.header)
+    ch = common_pb2.ChannelHeader.FromString(header.channel_header)
+    sh = common_pb2.SignatureHeader.FromString(header.signature_header)
+    ext = proposal_pb2.ChaincodeHeaderExtension.FromString(ch.extension)
+    cpp = proposal_pb2.ChaincodeProposalPayload.FromString(prop.payload)
+    spec = chaincode_pb2.ChaincodeInvocationSpec.FromString(cpp.input)
+    creator = identities_pb2.SerializedIdentity.FromString(sh.creator)
+    assert ch.tx_id == transaction_id(sh.nonce, sh.creator)
+    assert len(sh.nonce) == 24
+    cert = x509.load_pem_x509_certificate(creator.id_bytes)
+    verify(cert.public_key(), signed.proposal_bytes, signed.signature)  # type: ignore[arg-type]
+    ch_d = MessageToDict(ch, preserving_proto_field_name=True)
+    for varying in ("tx_id", "timestamp", "extension"):
+        ch_d.pop(varying, None)
+    return {
+        "proposal_fields": sorted(f.name for f, _ in prop.ListFields()),
+        "header_fields": sorted(f.name for f, _ in header.ListFields()),
+        "channel_header": ch_d,
+        "channel_header_fields": sorted(f.name for f, _ in ch.ListFields()),
+        "chaincode_header_extension": MessageToDict(ext),
+        "signature_header_fields": sorted(f.name for f, _ in sh.ListFields()),
+        "creator_msp": creator.mspid,
+        "creator_fields": sorted(f.name for f, _ in creator.ListFields()),
+        "payload": {"input": MessageToDict(spec), "transient": dict(cpp.TransientMap),
+                    "fields": sorted(f.name for f, _ in cpp.ListFields())},
+    }
+
+
+def _decode_envelope(env: common_pb2.Envelope) -> dict[str, Any]:
+    payload = common_pb2.Payload.FromString(env.payload)
+    ch = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+    sh = common_pb2.SignatureHeader.FromString(payload.header.signature_header)
+    creator = identities_pb2.SerializedIdentity.FromString(sh.creator)
+    cert = x509.load_pem_x509_certificate(creator.id_bytes)
+    verify(cert.public_key(), env.payload, env.signature)  # type: ignore[arg-type]
+    tx = transaction_pb2.Transaction.FromString(payload.data)
+    cap = transaction_pb2.ChaincodeActionPayload.FromString(tx.actions[0].payload)
+    prp = proposal_response_pb2.ProposalResponsePayload.FromString(cap.action.proposal_response_payload)
+    action = proposal_pb2.ChaincodeAction.FromString(prp.extension)
+    for e in cap.action.endorsements:
+        endorser = identities_pb2.SerializedIdentity.FromString(e.endorser)
+        ecert = x509.load_pem_x509_certificate(endorser.id_bytes)
+        verify(ecert.public_key(), cap.action.proposal_response_payload + e.endorser, e.signature)  # type: ignore[arg-type]
+    spec = chaincode_pb2.ChaincodeInvocationSpec.FromString(
+        proposal_pb2.ChaincodeProposalPayload.FromString(cap.chaincode_proposal_payload).input
+    )
+    ch_d = MessageToDict(ch, preserving_proto_field_name=True)
+    for varying in ("tx_id", "timestamp", "extension"):
+        ch_d.pop(varying, None)
+    response = MessageToDict(action.response)
+    response.pop("payload", None)  # holds the consent id, derived from the tx id
+    return {
+        "envelope_fields": sorted(f.name for f, _ in env.ListFields()),
+        "channel_header": ch_d,
+        "creator_msp": creator.mspid,
+        "actions": len(tx.actions),
+        "action_header_is_signature_header": tx.actions[0].header == payload.header.signature_header,
+        "invocation": MessageToDict(spec),
+        "endorsements": len(cap.action.endorsements),
+        "response": response,
+        "chaincode_id": MessageToDict(action.chaincode_id),
+    }
+
+
+def _captures(captured: list[tuple[str, Any]], method: str) -> list[Any]:
+    return [r for m, r in captured if m == method]
+
+
+def test_transactions_from_both_clients_decode_identically(tmp_path: Path) -> None:
+    require_node()
+    grant_args = [json.loads(build_steps()[0]["args"][0])]
+    steps = [
+        {"op": "evaluate", "who": "clinician_a", "contract": "consent", "fn": "Check",
+         "args": ["pat-0001", "hospital-a", "TREAT", "Observation", AT]},
+        {"op": "submit", "who": "clinician_a", "contract": "consent", "fn": "Grant",
+         "args": [json.dumps(grant_args[0], separators=(",", ":"), sort_keys=True)]},
+    ]
+    with in_process_node(tmp_path) as node:
+        plan = make_plan(tmp_path / "msp", steps, {"clinician_a": PRINCIPALS["clinician_a"]})
+        python = asyncio.run(run_plan_python(plan, node.target))
+        py_captured = list(node.captured)
+        node.captured.clear()
+        js = run_plan_node(plan, node.target, tmp_path)["outcomes"]
+        js_captured = list(node.captured)
+    assert all(o["ok"] for o in python) and all(o["ok"] for o in js), (python, js)
+
+    for method in ("Evaluate", "Endorse"):
+        (py_req,), (js_req,) = _captures(py_captured, method), _captures(js_captured, method)
+        assert py_req.channel_id == js_req.channel_id == "ciphercare"
+        assert len(py_req.transaction_id) == len(js_req.transaction_id) == 64
+        assert _decode_proposal(py_req.proposed_transaction) == _decode_proposal(js_req.proposed_transaction)
+        req_fields = {f.name for f, _ in py_req.ListFields()}
+        assert req_fields == {f.name for f, _ in js_req.ListFields()}
+
+    (py_sub,), (js_sub,) = _captures(py_captured, "Submit"), _captures(js_captured, "Submit")
+    assert _decode_envelope(py_sub.prepared_transaction) == _decode_envelope(js_sub.prepared_transaction)
+
+    py_cs, js_cs = _captures(py_captured, "CommitStatus"), _captures(js_captured, "CommitStatus")
+    assert py_cs and js_cs
+    for signed, sub in ((py_cs[0], py_sub), (js_cs[0], js_sub)):
+        req = gateway_pb2.CommitStatusRequest.FromString(signed.request)
+        assert req.transaction_id == sub.transaction_id and req.channel_id == "ciphercare"
+        creator = identities_pb2.SerializedIdentity.FromString(req.identity)
+        cert = x509.load_pem_x509_certificate(creator.id_bytes)
+        verify(cert.public_key(), signed.request, signed.signature)  # type: ignore[arg-type]
