@@ -8,7 +8,7 @@ import grpc
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.peer import transaction_pb2
 
-from .errors import CommitStatusError, wrap
+from .errors import CommitError, CommitStatusError, wrap
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,22 @@ class Commit:
         except grpc.RpcError as err:
             raise wrap(CommitStatusError, err, self.transaction_id) from err
         return Status(self.transaction_id, int(response.result), int(response.block_number))
+
+
+@dataclass(frozen=True)
+class SubmittedTransaction:
+    """A transaction sent to ordering: its endorsed result now, its commit status later."""
+
+    transaction_id: str
+    result: bytes
+    commit: Commit
+
+    async def status(self, *, timeout: float | None = None) -> Status:
+        return await self.commit.status(timeout=timeout)
+
+    async def committed_result(self, *, timeout: float | None = None) -> bytes:
+        """The result once committed as VALID; :class:`CommitError` with the validation code otherwise."""
+        status = await self.status(timeout=timeout)
+        if not status.successful:
+            raise CommitError(status.transaction_id, status.code, status.block_number)
+        return self.result

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from fabric_protos.peer import proposal_pb2
 
-from .commit import Commit, Status
-from .errors import CommitError
+from .commit import SubmittedTransaction
 from .proposal import Proposal, build_proposal, transaction_name
-
-
-@dataclass(frozen=True)
-class SubmittedTransaction:
-    """What ``submit_async`` returns: the endorsed result now, the commit to await later."""
-
-    transaction_id: str
-    result: bytes
-    commit: Commit
-
-    async def status(self, *, timeout: float | None = None) -> Status:
-        return await self.commit.status(timeout=timeout)
 
 
 class Contract:
@@ -86,9 +72,7 @@ class Contract:
         """Endorse and send to ordering; the result is available now, the commit status later."""
         proposal = self.new_proposal(name, arguments=arguments, transient_data=transient_data)
         transaction = await proposal.endorse(timeout=endorse_timeout)
-        commit = await transaction.submit(timeout=submit_timeout)
-        assert isinstance(commit, Commit)
-        return SubmittedTransaction(proposal.transaction_id, transaction.result, commit)
+        return await transaction.submit(timeout=submit_timeout)
 
     async def submit(
         self,
@@ -102,7 +86,4 @@ class Contract:
         submitted = await self.submit_async(
             name, arguments, transient_data=transient_data, endorse_timeout=timeout, submit_timeout=timeout
         )
-        status = await submitted.status(timeout=timeout)
-        if not status.successful:
-            raise CommitError(status.transaction_id, status.code, status.block_number)
-        return submitted.result
+        return await submitted.committed_result(timeout=timeout)

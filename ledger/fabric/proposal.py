@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from fabric_protos.common import common_pb2
@@ -27,6 +28,9 @@ from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .errors import EndorseError, wrap
+
+if TYPE_CHECKING:
+    from .commit import SubmittedTransaction
 
 NONCE_LENGTH = 24
 
@@ -160,9 +164,9 @@ class Transaction:
         """The contract's return value from the endorsement (``parseTransactionEnvelope`` in the Node client)."""
         return envelope_result(self.envelope)
 
-    async def submit(self, *, timeout: float | None = None) -> object:
-        """Send to ordering; a :class:`ciphercare.ledger.fabric.commit.Commit` to await the commit status."""
-        from .commit import Commit
+    async def submit(self, *, timeout: float | None = None) -> SubmittedTransaction:
+        """Send to ordering; the result now, and the commit to await (``Transaction.submit`` in Node)."""
+        from .commit import Commit, SubmittedTransaction
         from .errors import SubmitError
         from .gateway import Gateway
 
@@ -175,7 +179,7 @@ class Transaction:
             await gw.stub.Submit(request, timeout=gw.options.deadline("submit", timeout))
         except grpc.RpcError as err:
             raise wrap(SubmitError, err, self.transaction_id) from err
-        return Commit(gw, self.channel, self.transaction_id)
+        return SubmittedTransaction(self.transaction_id, self.result, Commit(gw, self.channel, self.transaction_id))
 
 
 def envelope_result(envelope: common_pb2.Envelope) -> bytes:
