@@ -5,12 +5,12 @@
 It speaks ``gateway.proto`` to a Fabric peer or to ``ciphercare ledger serve``.
 """
 
-from .contract import Contract
-from .errors import CommitError, CommitStatusError, EndorseError, ErrorDetail, GatewayError, SubmitError
-from .gateway import ConnectOptions, Gateway, connect
-from .identity import X509Identity
-from .network import Network
-from .signer import new_private_key_signer
+from ciphercare.ledger.fabric.contract import Contract
+from ciphercare.ledger.fabric.errors import CommitError, CommitStatusError, EndorseError, ErrorDetail, GatewayError, SubmitError
+from ciphercare.ledger.fabric.gateway import ConnectOptions, Gateway, connect
+from ciphercare.ledger.fabric.identity import X509Identity
+from ciphercare.ledger.fabric.network import Network
+from ciphercare.ledger.fabric.signer import new_private_key_signer
 
 __all__ = [
     "CommitError",

@@ -8,7 +8,7 @@ import grpc
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.peer import transaction_pb2
 
-from .errors import CommitError, CommitStatusError, wrap
+from ciphercare.ledger.fabric.errors import CommitError, CommitStatusError, wrap
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Commit:
 
     async def status(self, *, timeout: float | None = None) -> Status:
         """The transaction's commit status; :class:`CommitStatusError` when it cannot be obtained in time."""
-        from .gateway import Gateway
+        from ciphercare.ledger.fabric.gateway import Gateway
 
         gw = self._gateway
         assert isinstance(gw, Gateway)

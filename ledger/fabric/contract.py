@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from fabric_protos.peer import proposal_pb2
 
-from .commit import SubmittedTransaction
-from .proposal import Proposal, build_proposal, transaction_name
+from ciphercare.ledger.fabric.commit import SubmittedTransaction
+from ciphercare.ledger.fabric.proposal import Proposal, build_proposal, transaction_name
 
 
 class Contract:
@@ -30,7 +30,7 @@ class Contract:
         endorsing_organizations: Sequence[str] = (),
     ) -> Proposal:
         """Build and sign a proposal for transaction ``name`` (qualified with the contract name)."""
-        from .gateway import Gateway
+        from ciphercare.ledger.fabric.gateway import Gateway
 
         gw = self._gateway
         assert isinstance(gw, Gateway)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import grpc
 from fabric_protos.gateway import gateway_pb2_grpc
 
-from .identity import X509Identity
-from .network import Network
-from .signer import Signer
+from ciphercare.ledger.fabric.identity import X509Identity
+from ciphercare.ledger.fabric.network import Network
+from ciphercare.ledger.fabric.signer import Signer
 
 
 @dataclass(frozen=True)

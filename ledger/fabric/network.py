@@ -12,8 +12,8 @@ import grpc
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.orderer import ab_pb2
 
-from .contract import Contract
-from .errors import GatewayError, wrap
+from ciphercare.ledger.fabric.contract import Contract
+from ciphercare.ledger.fabric.errors import GatewayError, wrap
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Network:
         A checkpoint with a position wins over ``start_block`` (as in the official clients);
         events of the checkpoint's transaction and earlier ones in its block are skipped.
         """
-        from .gateway import Gateway
+        from ciphercare.ledger.fabric.gateway import Gateway
 
         gw = self._gateway
         assert isinstance(gw, Gateway)

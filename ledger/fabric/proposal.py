@@ -27,10 +27,10 @@ from fabric_protos.gateway import gateway_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .errors import EndorseError, wrap
+from ciphercare.ledger.fabric.errors import EndorseError, wrap
 
 if TYPE_CHECKING:
-    from .commit import SubmittedTransaction
+    from ciphercare.ledger.fabric.commit import SubmittedTransaction
 
 NONCE_LENGTH = 24
 
@@ -116,7 +116,7 @@ class Proposal:
 
     async def evaluate(self, *, timeout: float | None = None) -> bytes:
         """Run the transaction on one peer without ordering it; the contract's result bytes."""
-        from .gateway import Gateway
+        from ciphercare.ledger.fabric.gateway import Gateway
 
         gw = self.client
         assert isinstance(gw, Gateway)
@@ -131,7 +131,7 @@ class Proposal:
 
     async def endorse(self, *, timeout: float | None = None) -> Transaction:
         """Collect endorsements; the prepared (unsigned) transaction envelope, signed here."""
-        from .gateway import Gateway
+        from ciphercare.ledger.fabric.gateway import Gateway
 
         gw = self.client
         assert isinstance(gw, Gateway)
@@ -166,9 +166,9 @@ class Transaction:
 
     async def submit(self, *, timeout: float | None = None) -> SubmittedTransaction:
         """Send to ordering; the result now, and the commit to await (``Transaction.submit`` in Node)."""
-        from .commit import Commit, SubmittedTransaction
-        from .errors import SubmitError
-        from .gateway import Gateway
+        from ciphercare.ledger.fabric.commit import Commit, SubmittedTransaction
+        from ciphercare.ledger.fabric.errors import SubmitError
+        from ciphercare.ledger.fabric.gateway import Gateway
 
         gw = self.client
         assert isinstance(gw, Gateway)

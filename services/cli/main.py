@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--vkey", help="verifier key of the log (default: derived from the local signing key)")
     verify.set_defaults(func=cmd_ledger_verify)
     # fabricgw: `ledger serve` (the Fabric Gateway node) lives in its own module.
-    from ciphercare.services.cli_ledger_node import register_ledger_serve
+    from ciphercare.services.cli.ledger_node import register_ledger_serve
 
     register_ledger_serve(ledger_sub)
 

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conformance_plan import AT, PRINCIPALS, build_steps, normalise
-from fabric_testkit import in_process_node, make_plan, require_node, run_plan_node, run_plan_python, serve_process
+from testkit.fabric_plan import AT, PRINCIPALS, build_steps, normalise
+from testkit.fabric import in_process_node, make_plan, require_node, run_plan_node, run_plan_python, serve_process
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.msp import identities_pb2

@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 import pytest
-import rfc9162
-from conformance_plan import _grant
+from testkit import rfc9162
+from testkit.fabric_plan import _grant
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_pb2
-from fabric_testkit import Enrolled, InProcessNode, enrol, in_process_node
+from testkit.fabric import Enrolled, InProcessNode, enrol, in_process_node
 
 from ciphercare.ledger.api import Principal
 from ciphercare.ledger.fabric import ConnectOptions, X509Identity, connect
@@ -37,7 +37,7 @@ from ciphercare.ledger.fabric.errors import CommitError, CommitStatusError, Endo
 from ciphercare.ledger.fabric.network import Checkpointer, FileCheckpointer
 from ciphercare.ledger.fabric.proposal import build_proposal, envelope_result, transaction_id
 from ciphercare.ledger.fabric.signer import P256_N, new_private_key_signer, to_low_s
-from ciphercare.ledger.gateway_server import sign_transparency_call
+from ciphercare.ledger.embedded.gateway_server import sign_transparency_call
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
 
 CLIN = Principal("u-clin-a", "hospital-a", frozenset({"clinician"}), "ehr-a")

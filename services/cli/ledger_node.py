@@ -16,17 +16,17 @@ def _read(path: Path | None, what: str) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError as exc:
-        from ciphercare.services.cli import CliError
+        from ciphercare.services.cli.main import CliError
 
         raise CliError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def cmd_ledger_serve(args: argparse.Namespace) -> int:
     from ciphercare.consent.contracts import new_chaincode
-    from ciphercare.ledger.embedded import EmbeddedLedger
-    from ciphercare.ledger.gateway_server import MspRegistry, NodeTLS, org_msp_ids, start_node
-    from ciphercare.services.cli import CliError, _settings
-    from ciphercare.services.privacy import LedgerOwnerLock
+    from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+    from ciphercare.ledger.embedded.gateway_server import MspRegistry, NodeTLS, org_msp_ids, start_node
+    from ciphercare.services.cli.main import CliError, _settings
+    from ciphercare.services.privacy.operations import LedgerOwnerLock
 
     import logging
 

@@ -22,14 +22,14 @@ from google.protobuf.message import Message
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.embedded import EmbeddedLedger
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.fabric import ConnectOptions, EndorseError, Gateway, X509Identity, connect
 from ciphercare.ledger.fabric.errors import CommitError, GatewayError
 from ciphercare.ledger.fabric.signer import new_private_key_signer
-from ciphercare.ledger.gateway_server import GatewayServicer, MspRegistry, start_node
-from ciphercare.ledger.msp import EmbeddedMSP
+from ciphercare.ledger.embedded.gateway_server import GatewayServicer, MspRegistry, start_node
+from ciphercare.ledger.embedded.msp import EmbeddedMSP
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).resolve().parent.parent / "fabric" / "node"
 CHANNEL = "ciphercare"
 CHAINCODE = "ciphercare"
 
@@ -127,7 +127,7 @@ def serve_process(data_dir: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERCARE_")}
     env["CIPHERCARE_DATA_DIR"] = str(data_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ciphercare.services.cli", "ledger", "serve", "--port", "0"],
+        [sys.executable, "-m", "ciphercare.services.cli.main", "ledger", "serve", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
     try:

@@ -67,13 +67,13 @@ from google.rpc import status_pb2
 
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, common_pb2 as cc_common_pb2
 
-from .api import ChaincodeEvent, Checkpoint, CommitError, EndorseError, LedgerError, Principal
-from .embedded import EmbeddedLedger, TxFuture
-from .fabric.proposal import transaction_id
-from .fabric.signer import SignatureError, new_private_key_signer, verify
-from .log import StateView
-from .msp import EmbeddedMSP, Identity, msp_id_for_org
-from .runtime import BatchOverlay, ExecutionResult, StateReader, endorse_error
+from ciphercare.ledger.api import ChaincodeEvent, Checkpoint, CommitError, EndorseError, LedgerError, Principal
+from ciphercare.ledger.embedded.ledger import EmbeddedLedger, TxFuture
+from ciphercare.ledger.fabric.proposal import transaction_id
+from ciphercare.ledger.fabric.signer import SignatureError, new_private_key_signer, verify
+from ciphercare.ledger.embedded.log import StateView
+from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity, msp_id_for_org
+from ciphercare.ledger.embedded.runtime import BatchOverlay, ExecutionResult, StateReader, endorse_error
 
 log = logging.getLogger(__name__)
 
