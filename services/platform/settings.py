@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     ledger_msp_id: str = ""
     ledger_user_cert_validity_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     ledger_evaluate_timeout_s: float = Field(default=5.0, gt=0)
+    ledger_node_vkey: str = ""  # pin the node's checkpoint verifier key; empty: learnt on first use
     # Node side: where `ciphercare ledger serve` listens, its TLS (client CA set: mutual TLS required).
     ledger_node_host: str = "127.0.0.1"
     ledger_node_port: int = Field(default=7051, ge=0, le=65535)

@@ -69,11 +69,11 @@ GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="cipherc
 
 def open_ledger(settings: Settings) -> EmbeddedLedger:
     """The configured ledger backend."""
-    if settings.ledger_backend != "embedded":
-        raise NotImplementedError(
-            "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
-        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.ledger_backend == "fabric":  # fabricgw: a Fabric peer or `ciphercare ledger serve`
+        from ciphercare.ledger.fabric.ledger import open_fabric_ledger
+
+        return open_fabric_ledger(settings, GATEWAY_PRINCIPAL)
     return EmbeddedLedger(
         path=settings.resolved_ledger_path,
         signing_key_path=settings.resolved_ledger_key_path,
