@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import threading
@@ -59,21 +60,20 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.ledger.rwset import rwset_pb2
 from fabric_protos.ledger.rwset.kvrwset import kv_rwset_pb2
 from fabric_protos.msp import identities_pb2
-from fabric_protos.peer import chaincode_event_pb2, chaincode_pb2, proposal_pb2, proposal_response_pb2
-from fabric_protos.peer import transaction_pb2
+from fabric_protos.peer import chaincode_event_pb2, chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
-from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, common_pb2 as cc_common_pb2
-
 from ciphercare.ledger.api import ChaincodeEvent, Checkpoint, CommitError, EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger, TxFuture
-from ciphercare.ledger.fabric.proposal import transaction_id
-from ciphercare.ledger.fabric.signer import SignatureError, new_private_key_signer, verify
 from ciphercare.ledger.embedded.log import StateView
 from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity, msp_id_for_org
 from ciphercare.ledger.embedded.runtime import BatchOverlay, ExecutionResult, StateReader, endorse_error
+from ciphercare.ledger.fabric.proposal import transaction_id
+from ciphercare.ledger.fabric.signer import SignatureError, new_private_key_signer, verify
+from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
+from ciphercare.v1 import common_pb2 as cc_common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,9 @@ class PeerChecks:
         ch = _parse(common_pb2.ChannelHeader, header.channel_header, "channel header")
         sh = _parse(common_pb2.SignatureHeader, header.signature_header, "signature header")
         if ch.type != common_pb2.HeaderType.ENDORSER_TRANSACTION:
-            _invalid(f"header type {ch.type} is not ENDORSER_TRANSACTION ({common_pb2.HeaderType.ENDORSER_TRANSACTION})")
+            _invalid(
+                f"header type {ch.type} is not ENDORSER_TRANSACTION ({common_pb2.HeaderType.ENDORSER_TRANSACTION})"
+            )
         if not sh.nonce:
             _invalid("signature header has no nonce")
         if not sh.creator:
@@ -311,7 +313,9 @@ class PeerChecks:
         ext = _parse(proposal_pb2.ChaincodeHeaderExtension, ch.extension, "chaincode header extension")
         self.check_chaincode(ext.chaincode_id.name)
 
-    def proposal(self, signed: proposal_pb2.SignedProposal, request_tx_id: str, request_channel: str) -> CheckedProposal:
+    def proposal(
+        self, signed: proposal_pb2.SignedProposal, request_tx_id: str, request_channel: str
+    ) -> CheckedProposal:
         """Check a ``SignedProposal`` of an Evaluate or Endorse request."""
         if not signed.proposal_bytes:
             _invalid("proposed_transaction is missing or has no proposal bytes")
@@ -516,7 +520,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             recorder = RecordingView(view)
             reader: StateReader = recorder
             res = self.ledger.runtime.execute(
-                reader, None, p.identity, p.contract, p.function, p.args, tx_id=p.tx_id, ts_ms=p.ts_ms,
+                reader,
+                None,
+                p.identity,
+                p.contract,
+                p.function,
+                p.args,
+                tx_id=p.tx_id,
+                ts_ms=p.ts_ms,
                 read_only=read_only,
             )
         return res, recorder
@@ -537,7 +548,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             p = self.checks.proposal(request.proposed_transaction, request.transaction_id, request.channel_id)
             res, _ = self._simulate(p, read_only=True)
             if not res.ok:
-                raise self._contract_refusal(endorse_error(p.tx_id, res.message), "evaluate call to endorser returned error")
+                raise self._contract_refusal(
+                    endorse_error(p.tx_id, res.message), "evaluate call to endorser returned error"
+                )
         except RequestRefused as exc:
             await self._abort(context, exc)
         return gateway_pb2.EvaluateResponse(
@@ -591,7 +604,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             action=transaction_pb2.ChaincodeEndorsedAction(proposal_response_payload=prp, endorsements=[endorsement]),
         )
         tx = transaction_pb2.Transaction(
-            actions=[transaction_pb2.TransactionAction(header=p.signature_header, payload=action_payload.SerializeToString())]
+            actions=[
+                transaction_pb2.TransactionAction(header=p.signature_header, payload=action_payload.SerializeToString())
+            ]
         )
         payload = common_pb2.Payload(
             header=common_pb2.Header(channel_header=p.channel_header, signature_header=p.signature_header),
@@ -621,7 +636,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if tx.actions[0].header != sh_bytes:
             _invalid("transaction action header differs from the envelope's signature header")
         cap = _parse(transaction_pb2.ChaincodeActionPayload, tx.actions[0].payload, "chaincode action payload")
-        cpp = _parse(proposal_pb2.ChaincodeProposalPayload, cap.chaincode_proposal_payload, "chaincode proposal payload")
+        cpp = _parse(
+            proposal_pb2.ChaincodeProposalPayload, cap.chaincode_proposal_payload, "chaincode proposal payload"
+        )
         if cpp.TransientMap:
             _invalid("transient data must not be part of a transaction")
         spec = _parse(chaincode_pb2.ChaincodeInvocationSpec, cpp.input, "chaincode invocation spec")
@@ -656,8 +673,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         args = [bytes(a).decode("utf-8") for a in spec.chaincode_spec.input.args]
         contract, function = _split_transaction_name(args[0])
         checked = CheckedProposal(
-            ch.tx_id, ch.channel_id, self.checks.chaincode, _ts_ms(ch), bytes(sh.creator), identity, contract,
-            function, tuple(args[1:]), ch_bytes, sh_bytes, bytes(cap.chaincode_proposal_payload),
+            ch.tx_id,
+            ch.channel_id,
+            self.checks.chaincode,
+            _ts_ms(ch),
+            bytes(sh.creator),
+            identity,
+            contract,
+            function,
+            tuple(args[1:]),
+            ch_bytes,
+            sh_bytes,
+            bytes(cap.chaincode_proposal_payload),
         )
         return checked, EndorsedTransaction(ch.tx_id, bytes(action.response.payload), kv, events)
 
@@ -679,7 +706,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 except LedgerError as exc:
                     raise RequestRefused(grpc.StatusCode.UNAVAILABLE, f"failed to submit transaction: {exc}") from exc
                 self._inflight[p.tx_id] = fut
-            fut.add_done_callback(lambda f, tx_id=p.tx_id: self._settle(tx_id, f))
+            fut.add_done_callback(functools.partial(self._settle, p.tx_id))
         except RequestRefused as exc:
             await self._abort(context, exc)
         return gateway_pb2.SubmitResponse()
@@ -830,7 +857,11 @@ class TransparencyServicer(access_log_pb2_grpc.AccessLogServiceServicer):
 
     async def _authenticate(self, method: str, request: Message, context: grpc.aio.ServicerContext) -> None:
         md = {k: v for k, v in (context.invocation_metadata() or ())}
-        creator, sig, ts = md.get(TRANSPARENCY_CREATOR_KEY), md.get(TRANSPARENCY_SIGNATURE_KEY), md.get(TRANSPARENCY_TIME_KEY)
+        creator, sig, ts = (
+            md.get(TRANSPARENCY_CREATOR_KEY),
+            md.get(TRANSPARENCY_SIGNATURE_KEY),
+            md.get(TRANSPARENCY_TIME_KEY),
+        )
         try:
             if not isinstance(creator, bytes) or not isinstance(sig, bytes) or not isinstance(ts, str):
                 _unauthenticated("transparency calls must carry the caller's identity, timestamp and signature")

@@ -6,7 +6,14 @@ It speaks ``gateway.proto`` to a Fabric peer or to ``ciphercare ledger serve``.
 """
 
 from ciphercare.ledger.fabric.contract import Contract
-from ciphercare.ledger.fabric.errors import CommitError, CommitStatusError, EndorseError, ErrorDetail, GatewayError, SubmitError
+from ciphercare.ledger.fabric.errors import (
+    CommitError,
+    CommitStatusError,
+    EndorseError,
+    ErrorDetail,
+    GatewayError,
+    SubmitError,
+)
 from ciphercare.ledger.fabric.gateway import ConnectOptions, Gateway, connect
 from ciphercare.ledger.fabric.identity import X509Identity
 from ciphercare.ledger.fabric.network import Network

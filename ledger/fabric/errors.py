@@ -55,7 +55,11 @@ class CommitError(Exception):
     """The transaction was ordered but committed as invalid (``code`` is its ``TxValidationCode``)."""
 
     def __init__(self, tx_id: str, code: int, block_number: int) -> None:
-        name = transaction_pb2.TxValidationCode.Name(code) if code in transaction_pb2.TxValidationCode.values() else str(code)
+        name = (
+            transaction_pb2.TxValidationCode.Name(code)
+            if code in transaction_pb2.TxValidationCode.values()
+            else str(code)
+        )
         super().__init__(f"transaction {tx_id} failed to commit with status code {code} ({name})")
         self.tx_id = tx_id
         self.code = code

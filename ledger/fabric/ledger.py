@@ -387,7 +387,9 @@ class FabricLedger:
 
     def inclusion_proof(self, seq: int, tree_size: int) -> InclusionProof:
         response = self._run(
-            self._signed("GetInclusionProof", access_log_pb2.GetInclusionProofRequest(sequence=seq, tree_size=tree_size)),
+            self._signed(
+                "GetInclusionProof", access_log_pb2.GetInclusionProofRequest(sequence=seq, tree_size=tree_size)
+            ),
             None,
         )
         return InclusionProof(response.leaf_index, response.tree_size, tuple(bytes(h) for h in response.hashes))
@@ -395,7 +397,9 @@ class FabricLedger:
     def consistency_proof(self, first_size: int, second_size: int) -> ConsistencyProof:
         request = access_log_pb2.GetConsistencyProofRequest(first_tree_size=first_size, second_tree_size=second_size)
         response = self._run(self._signed("GetConsistencyProof", request), None)
-        return ConsistencyProof(response.first_tree_size, response.second_tree_size, tuple(bytes(h) for h in response.hashes))
+        return ConsistencyProof(
+            response.first_tree_size, response.second_tree_size, tuple(bytes(h) for h in response.hashes)
+        )
 
     def wait_for_size(self, size: int, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -440,8 +444,9 @@ def open_fabric_ledger(settings: Any, service_principal: Principal) -> FabricLed
         service_principal=service_principal,
         credentials=credentials,
         server_name_override=settings.ledger_tls_server_name or None,
-        options=ConnectOptions(evaluate_timeout=settings.ledger_evaluate_timeout_s,
-                               commit_status_timeout=settings.ledger_submit_timeout_s),
+        options=ConnectOptions(
+            evaluate_timeout=settings.ledger_evaluate_timeout_s, commit_status_timeout=settings.ledger_submit_timeout_s
+        ),
         msp_id=settings.ledger_msp_id,
         user_cert_validity=_dt.timedelta(seconds=settings.ledger_user_cert_validity_s),
         checkpoint_vkey=settings.ledger_node_vkey,

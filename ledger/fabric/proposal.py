@@ -110,7 +110,7 @@ class Proposal:
     endorsing_organizations: tuple[str, ...] = field(default=())
 
     @property
-    def bytes(self) -> bytes:
+    def serialized(self) -> bytes:
         """The serialized ``SignedProposal`` (for offline signing and capture)."""
         return self.signed.SerializeToString()
 

@@ -22,13 +22,13 @@ def _read(path: Path | None, what: str) -> bytes | None:
 
 
 def cmd_ledger_serve(args: argparse.Namespace) -> int:
+    import logging
+
     from ciphercare.consent.contracts import new_chaincode
-    from ciphercare.ledger.embedded.ledger import EmbeddedLedger
     from ciphercare.ledger.embedded.gateway_server import MspRegistry, NodeTLS, org_msp_ids, start_node
+    from ciphercare.ledger.embedded.ledger import EmbeddedLedger
     from ciphercare.services.cli.main import CliError, _settings
     from ciphercare.services.privacy.operations import LedgerOwnerLock
-
-    import logging
 
     logging.getLogger().setLevel(logging.WARNING)  # the Fabric shim sets the root logger to DEBUG at import
 

@@ -14,17 +14,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from testkit.fabric_plan import AT, PRINCIPALS, build_steps, normalise
-from testkit.fabric import in_process_node, make_plan, require_node, run_plan_node, run_plan_python, serve_process
+from cryptography import x509
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 from google.protobuf.json_format import MessageToDict
+from testkit.fabric import in_process_node, make_plan, require_node, run_plan_node, run_plan_python, serve_process
+from testkit.fabric_plan import AT, PRINCIPALS, build_steps, normalise
 
 from ciphercare.ledger.fabric.proposal import transaction_id
 from ciphercare.ledger.fabric.signer import verify
-from cryptography import x509
 
 
 def _strip(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -75,8 +75,11 @@ def _decode_proposal(signed: proposal_pb2.SignedProposal) -> dict[str, Any]:
         "signature_header_fields": sorted(f.name for f, _ in sh.ListFields()),
         "creator_msp": creator.mspid,
         "creator_fields": sorted(f.name for f, _ in creator.ListFields()),
-        "payload": {"input": MessageToDict(spec), "transient": dict(cpp.TransientMap),
-                    "fields": sorted(f.name for f, _ in cpp.ListFields())},
+        "payload": {
+            "input": MessageToDict(spec),
+            "transient": dict(cpp.TransientMap),
+            "fields": sorted(f.name for f, _ in cpp.ListFields()),
+        },
     }
 
 
@@ -124,10 +127,20 @@ def test_transactions_from_both_clients_decode_identically(tmp_path: Path) -> No
     require_node()
     grant_args = [json.loads(build_steps()[0]["args"][0])]
     steps = [
-        {"op": "evaluate", "who": "clinician_a", "contract": "consent", "fn": "Check",
-         "args": ["pat-0001", "hospital-a", "TREAT", "Observation", AT]},
-        {"op": "submit", "who": "clinician_a", "contract": "consent", "fn": "Grant",
-         "args": [json.dumps(grant_args[0], separators=(",", ":"), sort_keys=True)]},
+        {
+            "op": "evaluate",
+            "who": "clinician_a",
+            "contract": "consent",
+            "fn": "Check",
+            "args": ["pat-0001", "hospital-a", "TREAT", "Observation", AT],
+        },
+        {
+            "op": "submit",
+            "who": "clinician_a",
+            "contract": "consent",
+            "fn": "Grant",
+            "args": [json.dumps(grant_args[0], separators=(",", ":"), sort_keys=True)],
+        },
     ]
     with in_process_node(tmp_path) as node:
         plan = make_plan(tmp_path / "msp", steps, {"clinician_a": PRINCIPALS["clinician_a"]})

@@ -19,8 +19,6 @@ from typing import Any
 
 import grpc
 import pytest
-from testkit import rfc9162
-from testkit.fabric_plan import _grant
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,15 +27,17 @@ from cryptography.x509.oid import NameOID
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_pb2
+from testkit import rfc9162
 from testkit.fabric import Enrolled, InProcessNode, enrol, in_process_node
+from testkit.fabric_plan import _grant
 
 from ciphercare.ledger.api import Principal
+from ciphercare.ledger.embedded.gateway_server import sign_transparency_call
 from ciphercare.ledger.fabric import ConnectOptions, X509Identity, connect
 from ciphercare.ledger.fabric.errors import CommitError, CommitStatusError, EndorseError, error_details
 from ciphercare.ledger.fabric.network import Checkpointer, FileCheckpointer
 from ciphercare.ledger.fabric.proposal import build_proposal, envelope_result, transaction_id
 from ciphercare.ledger.fabric.signer import P256_N, new_private_key_signer, to_low_s
-from ciphercare.ledger.embedded.gateway_server import sign_transparency_call
 from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc
 
 CLIN = Principal("u-clin-a", "hospital-a", frozenset({"clinician"}), "ehr-a")
@@ -81,7 +81,10 @@ def signed_proposal(
     sign: Callable[[bytes], bytes] | None = None,
 ) -> tuple[proposal_pb2.SignedProposal, str]:
     proposal, tx_id = build_proposal(
-        channel=channel, chaincode=chaincode, transaction=fn, args=args if args is not None else CHECK_ARGS,
+        channel=channel,
+        chaincode=chaincode,
+        transaction=fn,
+        args=args if args is not None else CHECK_ARGS,
         creator=creator if creator is not None else _creator(e),
     )
     if mutate is not None:
@@ -169,15 +172,26 @@ def test_unknown_msp_is_unauthenticated(node: InProcessNode, clin: Enrolled) -> 
     assert "NoSuchOrgMSP" in (err.details() or "")
 
 
-def _self_issued(org: str, subject: str, *, ca_key: ec.EllipticCurvePrivateKey | None = None,
-                 issuer: x509.Name | None = None, not_after: dt.datetime | None = None,
-                 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+def _self_issued(
+    org: str,
+    subject: str,
+    *,
+    ca_key: ec.EllipticCurvePrivateKey | None = None,
+    issuer: x509.Name | None = None,
+    not_after: dt.datetime | None = None,
+) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, subject)]
+    )
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=2))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=2))
         .not_valid_after(not_after or now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key or key, hashes.SHA256())
@@ -190,8 +204,12 @@ def test_certificate_from_a_foreign_ca_claiming_a_member_msp_is_unauthenticated(
 ) -> None:
     # A misbehaving org admin mints its own certificate and claims HospitalAMSP.
     cert_pem, key = _self_issued("hospital-a", "u-clin-a")
-    forged = Enrolled(CLIN, "HospitalAMSP", cert_pem, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    forged = Enrolled(
+        CLIN,
+        "HospitalAMSP",
+        cert_pem,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     sp, tx_id = signed_proposal(forged, creator=X509Identity("HospitalAMSP", cert_pem).serialize())
     err = refused(node, "Endorse", endorse_request(sp, tx_id))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -210,10 +228,19 @@ def test_expired_certificate_is_unauthenticated(tmp_path: Path, node: InProcessN
     ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca-cert.pem").read_bytes())
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    cert_pem, key = _self_issued("hospital-a", "u-clin-a", ca_key=ca_key, issuer=ca_cert.subject,
-                                 not_after=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
-    old = Enrolled(CLIN, "HospitalAMSP", cert_pem, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cert_pem, key = _self_issued(
+        "hospital-a",
+        "u-clin-a",
+        ca_key=ca_key,
+        issuer=ca_cert.subject,
+        not_after=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+    )
+    old = Enrolled(
+        CLIN,
+        "HospitalAMSP",
+        cert_pem,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     sp, tx_id = signed_proposal(old)
     err = refused(node, "Evaluate", evaluate_request(sp, tx_id))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "expired" in (err.details() or "")
@@ -232,7 +259,8 @@ def test_tx_id_not_derived_from_nonce_and_creator_is_invalid(node: InProcessNode
 
     sp, _ = signed_proposal(clin, mutate=wrong_tx_id)
     ch = common_pb2.ChannelHeader.FromString(
-        common_pb2.Header.FromString(proposal_pb2.Proposal.FromString(sp.proposal_bytes).header).channel_header)
+        common_pb2.Header.FromString(proposal_pb2.Proposal.FromString(sp.proposal_bytes).header).channel_header
+    )
     err = refused(node, "Endorse", endorse_request(sp, ch.tx_id))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "SHA-256(nonce || creator)" in (err.details() or "")
@@ -252,7 +280,9 @@ def test_wrong_channel_is_not_found(node: InProcessNode, clin: Enrolled) -> None
 
 def test_request_channel_differing_from_the_proposal_is_invalid(node: InProcessNode, clin: Enrolled) -> None:
     sp, tx_id = signed_proposal(clin)
-    assert refused(node, "Evaluate", evaluate_request(sp, tx_id, channel="x")).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        refused(node, "Evaluate", evaluate_request(sp, tx_id, channel="x")).code() == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_wrong_chaincode_is_not_found(node: InProcessNode, clin: Enrolled) -> None:
@@ -331,7 +361,9 @@ def test_client_rewriting_the_endorsed_result_breaks_the_endorsement(node: InPro
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "endorsement" in (err.details() or "")
 
 
-def test_envelope_signed_by_someone_else_is_unauthenticated(tmp_path: Path, node: InProcessNode, clin: Enrolled) -> None:
+def test_envelope_signed_by_someone_else_is_unauthenticated(
+    tmp_path: Path, node: InProcessNode, clin: Enrolled
+) -> None:
     other = enrol(tmp_path / "msp", Principal("u-clin-z", "hospital-a", frozenset({"clinician"}), "ehr-a"))
     env, tx_id = run(_endorse(node, clin, "consent:Grant", [_grant("pat-0001")]))
     env.signature = new_private_key_signer(_key(other))(env.payload)
@@ -342,7 +374,8 @@ def test_malformed_envelope_is_invalid(node: InProcessNode, clin: Enrolled) -> N
     env = common_pb2.Envelope(payload=b"\xff\x01", signature=b"")
     assert refused(node, "Submit", submit_request(env, "a" * 64)).code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused(node, "Submit", gateway_pb2.SubmitRequest(channel_id="ciphercare")).code() == (
-        grpc.StatusCode.INVALID_ARGUMENT)
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_replayed_transaction_is_refused(node: InProcessNode, clin: Enrolled) -> None:
@@ -439,8 +472,12 @@ def test_every_call_has_a_deadline_even_against_an_unresponsive_endpoint(clin: E
 
 def test_default_deadlines_are_set_per_stage() -> None:
     o = ConnectOptions()
-    assert (o.deadline("evaluate", None), o.deadline("endorse", None), o.deadline("submit", None),
-            o.deadline("commit_status", None)) == (5.0, 15.0, 5.0, 60.0)
+    assert (
+        o.deadline("evaluate", None),
+        o.deadline("endorse", None),
+        o.deadline("submit", None),
+        o.deadline("commit_status", None),
+    ) == (5.0, 15.0, 5.0, 60.0)
     assert o.deadline("evaluate", 1.5) == 1.5
     with pytest.raises(ValueError):
         o.deadline("evaluate", 0)
@@ -449,7 +486,9 @@ def test_default_deadlines_are_set_per_stage() -> None:
 # --------------------------------------------------------------------------- events
 
 
-def test_chaincode_events_resume_from_a_checkpoint_without_gaps(tmp_path: Path, node: InProcessNode, clin: Enrolled) -> None:
+def test_chaincode_events_resume_from_a_checkpoint_without_gaps(
+    tmp_path: Path, node: InProcessNode, clin: Enrolled
+) -> None:
     async def body() -> None:
         async with clin.gateway(node.target) as gw:
             network = gw.network("ciphercare")
@@ -492,7 +531,11 @@ def test_chaincode_events_resume_from_a_checkpoint_without_gaps(tmp_path: Path, 
             await asyncio.sleep(0.2)
             submitted = await consent.submit_async("Grant", [_grant("pat-0099")])
             ev = await asyncio.wait_for(nxt, 10)
-            assert (ev.block_number, ev.transaction_id, ev.event_name) == (6, submitted.transaction_id, "ConsentGranted")
+            assert (ev.block_number, ev.transaction_id, ev.event_name) == (
+                6,
+                submitted.transaction_id,
+                "ConsentGranted",
+            )
             assert json.loads(ev.payload)["pid"] == "pat-0099"
             await stream.aclose()
 
@@ -500,8 +543,9 @@ def test_chaincode_events_resume_from_a_checkpoint_without_gaps(tmp_path: Path, 
 
 
 def test_events_request_with_a_bad_signature_is_refused(node: InProcessNode, clin: Enrolled) -> None:
-    req = gateway_pb2.ChaincodeEventsRequest(channel_id="ciphercare", chaincode_id="ciphercare",
-                                             identity=_creator(clin)).SerializeToString()
+    req = gateway_pb2.ChaincodeEventsRequest(
+        channel_id="ciphercare", chaincode_id="ciphercare", identity=_creator(clin)
+    ).SerializeToString()
     signed = gateway_pb2.SignedChaincodeEventsRequest(request=req, signature=new_private_key_signer(_key(clin))(b"x"))
 
     async def body() -> None:
@@ -534,13 +578,15 @@ def test_transparency_api_serves_verifiable_proofs_to_members_only(node: InProce
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetCheckpoint(req, timeout=5, metadata=bad)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            cp = await stub.GetCheckpoint(req, timeout=5,
-                                          metadata=sign_transparency_call("GetCheckpoint", req, _creator(clin), signer))
+            cp = await stub.GetCheckpoint(
+                req, timeout=5, metadata=sign_transparency_call("GetCheckpoint", req, _creator(clin), signer)
+            )
             origin, size, root = rfc9162.verify_note(cp.checkpoint.signed_note, cp.verifier_key)
             assert size == 3
             preq = access_log_pb2.GetInclusionProofRequest(sequence=1)
             proof = await stub.GetInclusionProof(
-                preq, timeout=5, metadata=sign_transparency_call("GetInclusionProof", preq, _creator(clin), signer))
+                preq, timeout=5, metadata=sign_transparency_call("GetInclusionProof", preq, _creator(clin), signer)
+            )
             assert rfc9162.verify_inclusion(proof.leaf, 1, 3, list(proof.hashes), root)
 
     run(body())

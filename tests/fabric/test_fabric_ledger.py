@@ -47,7 +47,11 @@ def test_submit_returns_a_receipt_whose_proof_verifies(ledger: FabricLedger, nod
     assert receipt.checkpoint.size == 1
     entry = ledger.entry(0)
     assert (entry.tx_id, entry.contract, entry.function, entry.creator_msp) == (
-        receipt.tx_id, "consent", "Grant", "HospitalAMSP")
+        receipt.tx_id,
+        "consent",
+        "Grant",
+        "HospitalAMSP",
+    )
     proof = ledger.inclusion_proof(0, 1)
     assert rfc9162.verify_inclusion(entry.leaf, 0, 1, list(proof.hashes), receipt.checkpoint.root_hash)
     assert node.ledger.entry(0).leaf == entry.leaf
@@ -55,8 +59,11 @@ def test_submit_returns_a_receipt_whose_proof_verifies(ledger: FabricLedger, nod
 
 def test_evaluate_and_contract_refusals_keep_their_codes(ledger: FabricLedger) -> None:
     ledger.submit(CLIN, "consent", "Grant", [_grant("pat-0001")])
-    decision = json.loads(ledger.evaluate(CLIN, "consent", "Check",
-                                          ["pat-0001", "hospital-a", "TREAT", "Observation", "2025-06-01T00:00:00Z"]))
+    decision = json.loads(
+        ledger.evaluate(
+            CLIN, "consent", "Check", ["pat-0001", "hospital-a", "TREAT", "Observation", "2025-06-01T00:00:00Z"]
+        )
+    )
     assert decision["decision"] == "permit"
     with pytest.raises(EndorseError) as err:
         ledger.evaluate(CLIN_B, "consent", "Check", ["pat-0001", "hospital-a", "TREAT", "Observation", ""])
@@ -83,8 +90,12 @@ def test_events_replay_then_follow(ledger: FabricLedger) -> None:
 
 def test_a_node_enrols_only_its_own_organisation(tmp_path: Path, node: InProcessNode) -> None:
     EmbeddedMSP(tmp_path / "msp").enrol(CLIN)  # HospitalAMSP's CA exists
-    led = FabricLedger(node.target, EmbeddedMSP(tmp_path / "msp", create_missing=False), service_principal=SERVICE,
-                       msp_id="HospitalAMSP")
+    led = FabricLedger(
+        node.target,
+        EmbeddedMSP(tmp_path / "msp", create_missing=False),
+        service_principal=SERVICE,
+        msp_id="HospitalAMSP",
+    )
     try:
         with pytest.raises(EndorseError) as err:
             led.evaluate(CLIN_B, "consent", "Check", ["pat-0001", "hospital-b", "TREAT", "Observation", ""])

@@ -17,14 +17,19 @@ def test_demo_runs_with_the_services_on_a_separate_ledger_node(tmp_path: Path) -
         issuer_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERCARE_")}
         env.update(
-            CIPHERCARE_DATA_DIR=str(svc_dir), CIPHERCARE_GRPC_PORT="0", CIPHERCARE_WEB_ENABLED="false",
-            CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_LEDGER_BACKEND="fabric",
-            CIPHERCARE_LEDGER_ENDPOINT=target, CIPHERCARE_LEDGER_MSP_DIR=str(node_dir / "msp"),
+            CIPHERCARE_DATA_DIR=str(svc_dir),
+            CIPHERCARE_GRPC_PORT="0",
+            CIPHERCARE_WEB_ENABLED="false",
+            CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
+            CIPHERCARE_LEDGER_BACKEND="fabric",
+            CIPHERCARE_LEDGER_ENDPOINT=target,
+            CIPHERCARE_LEDGER_MSP_DIR=str(node_dir / "msp"),
         )
         proc, port = start_cli_server(env, timeout_s=90)
         try:
-            demo = subprocess.run([*CLI, "demo", "--target", f"127.0.0.1:{port}"], env=env, capture_output=True,
-                                  text=True, timeout=600)
+            demo = subprocess.run(
+                [*CLI, "demo", "--target", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=600
+            )
         finally:
             proc.terminate()
             proc.wait(30)

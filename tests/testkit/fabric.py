@@ -1,4 +1,4 @@
-"""Helpers for the Fabric Gateway tests: a ledger node (in-process or ``ciphercare ledger serve``), identities, plans."""
+"""Helpers for the Fabric Gateway tests: a ledger node (in-process or `ledger serve`), identities, plans."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from google.protobuf.message import Message
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import Principal
+from ciphercare.ledger.embedded.gateway_server import GatewayServicer, MspRegistry, start_node
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+from ciphercare.ledger.embedded.msp import EmbeddedMSP
 from ciphercare.ledger.fabric import ConnectOptions, EndorseError, Gateway, X509Identity, connect
 from ciphercare.ledger.fabric.errors import CommitError, GatewayError
 from ciphercare.ledger.fabric.signer import new_private_key_signer
-from ciphercare.ledger.embedded.gateway_server import GatewayServicer, MspRegistry, start_node
-from ciphercare.ledger.embedded.msp import EmbeddedMSP
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "fabric" / "node"
 CHANNEL = "ciphercare"
@@ -89,7 +89,11 @@ class InProcessNode:
 @contextmanager
 def in_process_node(tmp: Path, *, max_wait_ms: float = 2.0) -> Iterator[InProcessNode]:
     ledger = EmbeddedLedger(
-        tmp / "ledger.db", tmp / "ckpt.pem", "ciphercare.test/ledger", new_chaincode, msp_dir=tmp / "msp",
+        tmp / "ledger.db",
+        tmp / "ckpt.pem",
+        "ciphercare.test/ledger",
+        new_chaincode,
+        msp_dir=tmp / "msp",
         max_wait_ms=max_wait_ms,
     )
     node = InProcessNode(ledger)
@@ -128,7 +132,10 @@ def serve_process(data_dir: Path) -> Iterator[str]:
     env["CIPHERCARE_DATA_DIR"] = str(data_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ciphercare.services.cli.main", "ledger", "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -203,7 +210,10 @@ def run_plan_node(plan: dict[str, Any], target: str, tmp: Path) -> dict[str, Any
     plan_path.write_text(json.dumps(plan))
     proc = subprocess.run(
         [node, str(NODE_DIR / "conformance.js"), str(plan_path), target],
-        capture_output=True, text=True, timeout=300, cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=NODE_DIR,
     )
     if proc.returncode != 0:
         raise AssertionError(f"node client failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -64,8 +64,15 @@ class _Plan:
     def grant(self, pid: str, who: str = "clinician_a", **overrides: Any) -> int:
         return self.submit(who, "consent", "Grant", _grant(pid, **overrides))
 
-    def check(self, pid: str, who: str = "clinician_a", purpose: str = "TREAT", data_class: str = "Observation",
-              org: str = "hospital-a", at: str = AT) -> int:
+    def check(
+        self,
+        pid: str,
+        who: str = "clinician_a",
+        purpose: str = "TREAT",
+        data_class: str = "Observation",
+        org: str = "hospital-a",
+        at: str = AT,
+    ) -> int:
         return self.evaluate(who, "consent", "Check", pid, org, purpose, data_class, at)
 
 
@@ -105,24 +112,53 @@ def build_steps() -> list[dict[str, Any]]:
     p.grant("pat-0009", provisions=[{"type": "deny", "data_classes": ["Condition"]}])
     p.check("pat-0009", data_class="Condition")
     p.check("pat-0009", data_class="Observation")
-    p.grant("pat-0010", decision="deny", purposes=["TREAT", "HRESCH"],
-            provisions=[{"type": "permit", "purposes": ["TREAT"]}])
+    p.grant(
+        "pat-0010",
+        decision="deny",
+        purposes=["TREAT", "HRESCH"],
+        provisions=[{"type": "permit", "purposes": ["TREAT"]}],
+    )
     p.check("pat-0010", purpose="TREAT")
     p.check("pat-0010", purpose="HRESCH")
-    p.grant("pat-0011", provisions=[{
-        "type": "deny", "data_classes": ["Observation"], "provisions": [{
-            "type": "permit", "purposes": ["TREAT"], "provisions": [{
-                "type": "deny", "actors": ["hospital-a"], "period": {"start": "2025-06-01T00:00:00Z"}}]}]}])
+    p.grant(
+        "pat-0011",
+        provisions=[
+            {
+                "type": "deny",
+                "data_classes": ["Observation"],
+                "provisions": [
+                    {
+                        "type": "permit",
+                        "purposes": ["TREAT"],
+                        "provisions": [
+                            {"type": "deny", "actors": ["hospital-a"], "period": {"start": "2025-06-01T00:00:00Z"}}
+                        ],
+                    }
+                ],
+            }
+        ],
+    )
     p.check("pat-0011", at="2025-05-01T00:00:00Z")
     p.check("pat-0011")
-    p.grant("pat-0012", decision="deny", provisions=[
-        {"type": "permit", "purposes": ["TREAT"]}, {"type": "deny", "data_classes": ["Observation"]}])
+    p.grant(
+        "pat-0012",
+        decision="deny",
+        provisions=[{"type": "permit", "purposes": ["TREAT"]}, {"type": "deny", "data_classes": ["Observation"]}],
+    )
     p.check("pat-0012")
     p.grant("pat-0013", provisions=[{"type": "deny", "actors": ["hospital-b"]}])
     p.check("pat-0013")
     # CheckMany, oversight, patient for themselves
-    p.evaluate("clinician_a", "consent", "CheckMany", json.dumps(["pat-0001", "pat-0003", "pat-0009"]),
-               "hospital-a", "TREAT", "Condition", AT)
+    p.evaluate(
+        "clinician_a",
+        "consent",
+        "CheckMany",
+        json.dumps(["pat-0001", "pat-0003", "pat-0009"]),
+        "hospital-a",
+        "TREAT",
+        "Condition",
+        AT,
+    )
     p.check("pat-0001", who="officer")
     p.grant("pat-1001", who="patient_1", evidence_sha256=None)
     p.check("pat-1001", who="patient_1")
