@@ -173,6 +173,10 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ciphercare.services.bench.runner import run_bench
 
+    if getattr(args, "gateway", False):  # fabricgw: the Fabric Gateway protocol beside in-process
+        from ciphercare.services.bench.gateway import main as gateway_bench
+
+        return gateway_bench((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
     rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None)
     return 0 if rows else 1
 
@@ -234,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("which", choices=["ledger"])
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.add_argument("--gateway", action="store_true",
+                       help="ledger: durable tx/s and Check rate through the Fabric Gateway protocol beside in-process")
     bench.set_defaults(func=cmd_bench)
 
     db = sub.add_parser("db", help="off-chain store")
