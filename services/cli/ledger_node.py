@@ -10,24 +10,37 @@ from pathlib import Path
 from typing import Any
 
 
+class _Refused(Exception):
+    """A configuration problem: one line on stderr, exit code 1 (as the CLI's CliError)."""
+
+
 def _read(path: Path | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:
         return path.read_bytes()
     except OSError as exc:
-        from ciphercare.services.cli.main import CliError
-
-        raise CliError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise _Refused(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def cmd_ledger_serve(args: argparse.Namespace) -> int:
+    # Handled here: CliError may be a second copy of the class when the CLI runs as ``python -m``.
+    try:
+        return _serve(args)
+    except _Refused as exc:
+        print(f"ciphercare: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
     import logging
+
+    from pydantic import ValidationError
 
     from ciphercare.consent.contracts import new_chaincode
     from ciphercare.ledger.embedded.gateway_server import MspRegistry, NodeTLS, org_msp_ids, start_node
     from ciphercare.ledger.embedded.ledger import EmbeddedLedger
-    from ciphercare.services.cli.main import CliError, _settings
+    from ciphercare.services.platform.settings import load_settings
     from ciphercare.services.privacy.operations import LedgerOwnerLock
 
     logging.getLogger().setLevel(logging.WARNING)  # the Fabric shim sets the root logger to DEBUG at import
@@ -35,19 +48,25 @@ def cmd_ledger_serve(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"ledger_backend": "embedded"}
     if args.port is not None:
         extra["ledger_node_port"] = args.port
-    settings = _settings(args, **extra)
+    if getattr(args, "data_dir", None):
+        extra["data_dir"] = Path(args.data_dir)
+    try:
+        settings = load_settings(**extra)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _Refused(f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
     tls = None
     cert = _read(settings.ledger_node_tls_cert_path, "TLS certificate")
     key = _read(settings.ledger_node_tls_key_path, "TLS key")
     if (cert is None) != (key is None):
-        raise CliError("TLS needs both CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH and CIPHERCARE_LEDGER_NODE_TLS_KEY_PATH")
+        raise _Refused("TLS needs both CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH and CIPHERCARE_LEDGER_NODE_TLS_KEY_PATH")
     if cert is not None and key is not None:
         tls = NodeTLS(cert, key, _read(settings.ledger_node_tls_client_ca_path, "TLS client CA"))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = LedgerOwnerLock(settings.resolved_ledger_path)
     except Exception as exc:  # noqa: BLE001 - one readable line
-        raise CliError(str(exc)) from exc
+        raise _Refused(str(exc)) from exc
     msp_dir = settings.resolved_ledger_msp_dir
     ledger = EmbeddedLedger(
         path=settings.resolved_ledger_path,

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.embedded.gateway_server import GatewayServicer, MspRegistry, start_node
+from ciphercare.ledger.embedded.gateway_server import GatewayServicer, MspRegistry, NodeTLS, start_node
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.msp import EmbeddedMSP
 from ciphercare.ledger.fabric import ConnectOptions, EndorseError, Gateway, X509Identity, connect
@@ -87,7 +87,7 @@ class InProcessNode:
 
 
 @contextmanager
-def in_process_node(tmp: Path, *, max_wait_ms: float = 2.0) -> Iterator[InProcessNode]:
+def in_process_node(tmp: Path, *, max_wait_ms: float = 2.0, tls: NodeTLS | None = None) -> Iterator[InProcessNode]:
     ledger = EmbeddedLedger(
         tmp / "ledger.db",
         tmp / "ckpt.pem",
@@ -105,7 +105,7 @@ def in_process_node(tmp: Path, *, max_wait_ms: float = 2.0) -> Iterator[InProces
         nonlocal stop
         stop = asyncio.Event()
         server, port, servicer = await start_node(
-            ledger, MspRegistry(tmp / "msp"), on_request=lambda m, r: node.captured.append((m, r))
+            ledger, MspRegistry(tmp / "msp"), tls=tls, on_request=lambda m, r: node.captured.append((m, r))
         )
         node.port, node.servicer = port, servicer
         started.set()
