@@ -37,10 +37,17 @@ def test_decision_table_identical_through_node_and_python_clients(tmp_path: Path
     with serve_process(tmp_path / "py") as target:
         plan = make_plan(tmp_path / "py" / "msp", steps, PRINCIPALS)
         python = asyncio.run(run_plan_python(plan, target))
+        committed = sum(1 for st, o in zip(steps, python, strict=True) if st["op"] == "submit" and o["ok"])
+        py_events = asyncio.run(_python_events(plan, target, committed))
     with serve_process(tmp_path / "node") as target:
         plan = make_plan(tmp_path / "node" / "msp", steps, PRINCIPALS)
-        node = run_plan_node(plan, target, tmp_path)["outcomes"]
+        plan["events"] = {"start_block": 0, "count": committed}
+        report = run_plan_node(plan, target, tmp_path)
+        node = report["outcomes"]
     assert len(python) == len(node) == len(steps)
+    # Chaincode events from block 0 through both clients' checkpointing readers: same blocks, same names.
+    assert [(e["block"], e["name"]) for e in report["events"]] == [(b, n) for b, _, n in py_events]
+    assert [b for b, _, _ in py_events] == list(range(committed))
     a, b = normalise(python), normalise(_strip(node))
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         assert x == y, f"step {i} {steps[i]['fn']}: python {x} != node {y}"
@@ -48,6 +55,30 @@ def test_decision_table_identical_through_node_and_python_clients(tmp_path: Path
     decisions = [json.loads(o["result"]).get("decision") for o in python if o["ok"] and o["result"].startswith("{")]
     assert {"permit", "deny"} <= set(decisions)
     assert {o["code"] for o in python if not o["ok"]} == {3, 5, 7, 9}  # INVALID_ARGUMENT NOT_FOUND PERM.. FAILED_PREC..
+
+
+async def _python_events(plan: dict[str, Any], target: str, count: int) -> list[tuple[int, str, str]]:
+    from cryptography.hazmat.primitives import serialization
+
+    from ciphercare.ledger.fabric import X509Identity, connect, new_private_key_signer
+    from ciphercare.ledger.fabric.network import Checkpointer
+
+    p = plan["principals"]["officer"]
+    key = serialization.load_pem_private_key(p["key_pem"].encode(), None)
+    gw = connect(X509Identity(p["msp_id"], p["cert_pem"].encode()), new_private_key_signer(key), target=target)  # type: ignore[arg-type]
+    checkpoint = Checkpointer()
+    out: list[tuple[int, str, str]] = []
+    try:
+        async for ev in gw.network(plan["channel"]).chaincode_events(
+            plan["chaincode"], start_block=0, checkpoint=checkpoint
+        ):
+            out.append((ev.block_number, ev.transaction_id, ev.event_name))
+            checkpoint.checkpoint_chaincode_event(ev)
+            if len(out) == count:
+                break
+    finally:
+        await gw.close()
+    return out
 
 
 def _decode_proposal(signed: proposal_pb2.SignedProposal) -> dict[str, Any]:
