@@ -265,6 +265,74 @@ class FabricLedger:
 
     # ------------------------------------------------------------------ evaluate / submit
 
+    def _contract(self, principal: Principal, channel: str, contract: str) -> Any:
+        return self._enrol(principal).gateway.network(channel or self.channel).contract(self.chaincode, contract)
+
+    async def evaluate_async(
+        self, principal: Principal, channel: str, contract: str, function: str, args: Sequence[str]
+    ) -> bytes:
+        """Evaluate from any event loop: the call runs on this ledger's loop; errors mapped to the ledger API."""
+        self._check_open()
+        proposal = self._contract(principal, channel, contract).new_proposal(function, arguments=list(args))
+
+        async def call() -> bytes:
+            try:
+                return await proposal.evaluate()
+            except fabric_errors.GatewayError as err:
+                raise endorse_error_from(err) from err
+
+        result: bytes = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
+        return result
+
+    async def submit_async(
+        self, principal: Principal, channel: str, contract: str, function: str, args: Sequence[str]
+    ) -> _TxFuture:
+        """Endorse and hand to ordering (errors raised here, per stage); the future resolves once committed."""
+        self._check_open()
+        proposal = self._contract(principal, channel, contract).new_proposal(function, arguments=list(args))
+        fut = _TxFuture(proposal.transaction_id)
+        fut.set_running_or_notify_cancel()
+
+        async def stages() -> Any:
+            try:
+                transaction = await proposal.endorse()
+            except fabric_errors.GatewayError as err:
+                raise endorse_error_from(err) from err
+            events = _events_of(transaction.envelope)
+            try:
+                submitted = await transaction.submit()
+            except fabric_errors.GatewayError as err:
+                from ciphercare.ledger.gateway import SubmitError
+
+                raise SubmitError(proposal.transaction_id, f"{err.code.name}: {err.message}") from err
+            return submitted, events
+
+        submitted, events = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(stages(), self._loop))
+
+        async def commit() -> Receipt:
+            try:
+                status = await submitted.status()
+            except fabric_errors.GatewayError as err:
+                if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise LedgerTimeout(proposal.transaction_id, self._options.commit_status_timeout) from err
+                raise LedgerError(f"commit status of {proposal.transaction_id}: {err.message}") from err
+            if not status.successful:
+                raise CommitError(status.transaction_id, f"committed as invalid: {status.code_name}")
+            checkpoint = await self._checkpoint_async(0)
+            if checkpoint.size <= status.block_number:
+                raise CommitError(status.transaction_id, "the node's checkpoint does not cover the commit yet")
+            return Receipt(proposal.transaction_id, status.block_number, checkpoint, submitted.result, events)
+
+        def done(task: Future[Receipt]) -> None:
+            exc = task.exception()
+            if exc is None:
+                fut.set_result(task.result())
+            else:
+                fut.set_exception(exc)
+
+        asyncio.run_coroutine_threadsafe(commit(), self._loop).add_done_callback(done)
+        return fut
+
     def evaluate(self, principal: Principal, contract: str, function: str, args: Sequence[str]) -> bytes:
         """Evaluate on the gateway (deadline: the evaluate default of the connect options)."""
         self._check_open()
@@ -384,6 +452,18 @@ class FabricLedger:
 
     def entry(self, seq: int) -> LedgerEntry:
         return self._run(self._entry_async(seq), None)  # type: ignore[no-any-return]
+
+    def entries(self, start: int, end: int) -> list[LedgerEntry]:
+        """Entries ``start <= seq < end`` (clipped to the size), each verified against the checkpoint."""
+        end = min(end, self.size())
+
+        async def fetch() -> list[LedgerEntry]:
+            return [await self._entry_async(seq) for seq in range(start, end)]
+
+        return self._run(fetch(), None)  # type: ignore[no-any-return]
+
+    def verifier_key(self) -> str:
+        return self.public_key_vkey()
 
     def inclusion_proof(self, seq: int, tree_size: int) -> InclusionProof:
         response = self._run(

@@ -23,7 +23,7 @@ from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
-from ciphercare.ledger.gateway import GatewayOptions
+from ciphercare.ledger.gateway import GatewayOptions, Transport
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
@@ -131,7 +131,14 @@ class Application:
         """Contract handles for the services (the only way they reach the ledger)."""
         if self._handles is None:
             options = GatewayOptions(commit_status_timeout_s=self.settings.ledger_submit_timeout_s)
-            self._handles = ContractHandles(EmbeddedTransport(self.ledger), options)  # type: ignore[arg-type]
+            transport: Transport = EmbeddedTransport(self.ledger)  # type: ignore[arg-type]
+            if self.settings.ledger_backend == "fabric":  # fabricgw: the Fabric Gateway client
+                from ciphercare.ledger.fabric.ledger import FabricLedger
+                from ciphercare.ledger.fabric.transport import FabricTransport
+
+                assert isinstance(self.ledger, FabricLedger)
+                transport = FabricTransport(self.ledger)
+            self._handles = ContractHandles(transport, options)
         return self._handles
 
     @property

@@ -126,3 +126,37 @@ def test_closed_ledger_refuses_calls(ledger: FabricLedger) -> None:
     ledger.close()
     with pytest.raises(LedgerError):
         ledger.evaluate(CLIN, "consent", "Check", [])
+
+
+def test_contract_handles_over_the_fabric_transport(ledger: FabricLedger) -> None:
+    import asyncio
+
+    from ciphercare.ledger.fabric.transport import FabricTransport
+    from ciphercare.ledger.gateway import GatewayOptions
+    from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
+
+    handles = ContractHandles(FabricTransport(ledger), GatewayOptions())
+
+    async def body() -> None:
+        receipt = await handles.consent(CLIN).submit("Grant", _grant("pat-0001"))
+        assert receipt.seq == 0 and receipt.checkpoint.size == 1
+        decision = await evaluate_json(
+            handles.consent(CLIN), "Check", "pat-0001", "hospital-a", "TREAT", "Observation", "2025-06-01T00:00:00Z"
+        )
+        assert decision["decision"] == "permit"
+        with pytest.raises(EndorseError) as err:  # refused at the endorse stage, with its code and tx id
+            await handles.consent(CLIN).submit_async("Revoke", "cns-" + "0" * 32, "patient-request")
+        assert err.value.code == "NOT_FOUND" and len(err.value.tx_id) == 64
+        with pytest.raises(EndorseError) as err:  # a channel the node has not joined
+            await (
+                handles.contract(CLIN, "consent")
+                .network.gateway.network("elsewhere")
+                .contract("consent")
+                .evaluate("Check", "pat-0001", "hospital-a", "TREAT", "Observation", "")
+            )
+        assert err.value.code == "NOT_FOUND"
+
+    asyncio.run(body())
+    log = handles.transparency
+    assert log.size() == 1 and [e.function for e in log.entries(0, 5)] == ["Grant"]
+    assert log.verifier_key() == ledger.public_key_vkey()
