@@ -81,6 +81,9 @@ GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 NODE_ORG = "ciphercare-node"
 _MAX_INVALID_KEPT = 100_000
 _CREATOR_CACHE = 4096
+_EVENT_CHUNK = 256
+#: How far a proposal's timestamp may be from the node's clock (endorse, evaluate and submit).
+TIMESTAMP_WINDOW_MS = 5 * 60 * 1000
 TRANSPARENCY_CREATOR_KEY = "ciphercare-creator-bin"
 TRANSPARENCY_SIGNATURE_KEY = "ciphercare-signature-bin"
 TRANSPARENCY_TIME_KEY = "ciphercare-timestamp-ms"
@@ -250,9 +253,21 @@ class CheckedProposal:
 
 
 def _ts_ms(header: common_pb2.ChannelHeader) -> int:
+    """The proposal's timestamp in ms, refused unless within :data:`TIMESTAMP_WINDOW_MS` of the node's clock.
+
+    The contracts take the transaction time from it (record times, ``Check`` at ""), so a client must
+    not choose it freely; a Fabric peer does not check it (docs/FABRIC.md).
+    """
     if not header.HasField("timestamp"):
         _invalid("channel header has no timestamp")
-    return int(header.timestamp.seconds) * 1000 + int(header.timestamp.nanos) // 1_000_000
+    ts = int(header.timestamp.seconds) * 1000 + int(header.timestamp.nanos) // 1_000_000
+    skew = ts - time.time_ns() // 1_000_000
+    if abs(skew) > TIMESTAMP_WINDOW_MS:
+        _invalid(
+            f"transaction timestamp is {skew / 1000:+.0f} s from the node's clock (allowed ±"
+            f"{TIMESTAMP_WINDOW_MS // 1000} s)"
+        )
+    return ts
 
 
 def _split_transaction_name(name: str) -> tuple[str, str]:
@@ -484,6 +499,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._invalid: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._on_request = on_request
+        self._notifier: threading.Thread | None = None
+        self._signal: asyncio.Event | None = None
+        self._stopping = False
 
     @staticmethod
     def _ca_pem(msp: EmbeddedMSP) -> bytes:
@@ -769,29 +787,73 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         except RequestRefused as exc:
             await self._abort(context, exc)
         after_tx = msg.after_transaction_id
-        stream = self.ledger.events(start)
+        next_seq = start
         skipping = bool(after_tx)
-        try:
-            while True:
-                batch = await asyncio.to_thread(_next_batch, stream)
-                if batch is None:
+        while True:
+            signal = self._commit_signal()
+            size = self.ledger.size()
+            if next_seq >= size:
+                await signal.wait()  # set by the notifier thread on the next commit (or close)
+                if self._stopping:
                     return
-                by_block: dict[int, list[chaincode_event_pb2.ChaincodeEvent]] = {}
-                for ev in batch:
-                    if skipping and ev.seq == start:
-                        if ev.tx_id == after_tx:
-                            skipping = False
+                continue
+            end = min(size, next_seq + _EVENT_CHUNK)
+            for entry in self.ledger.entries(next_seq, end):
+                events = []
+                for ev in entry.events:
+                    if skipping and entry.seq == start:
                         continue
-                    skipping = False
-                    by_block.setdefault(ev.seq, []).append(
+                    events.append(
                         chaincode_event_pb2.ChaincodeEvent(
-                            chaincode_id=self.checks.chaincode, tx_id=ev.tx_id, event_name=ev.name, payload=ev.payload
+                            chaincode_id=self.checks.chaincode,
+                            tx_id=entry.tx_id,
+                            event_name=ev.name,
+                            payload=ev.payload,
                         )
                     )
-                for block, events in by_block.items():
-                    yield gateway_pb2.ChaincodeEventsResponse(events=events, block_number=block)
-        finally:
-            stream.close()
+                if skipping and entry.seq == start:
+                    skipping = entry.tx_id != after_tx  # one transaction per block: skip it and what precedes it
+                    if skipping:
+                        continue
+                skipping = False
+                if events:
+                    yield gateway_pb2.ChaincodeEventsResponse(events=events, block_number=entry.seq)
+            next_seq = end
+
+    def _commit_signal(self) -> asyncio.Event:
+        """An event set at the next commit; one notifier thread serves every stream of this servicer."""
+        if self._notifier is None:
+            loop = asyncio.get_running_loop()
+            self._signal = asyncio.Event()
+
+            def notify() -> None:
+                seen = self.ledger.size()
+                try:
+                    while not self._stopping:
+                        if self.ledger.wait_for_size(seen + 1, timeout=1.0):
+                            seen = self.ledger.size()
+                            loop.call_soon_threadsafe(self._fire)
+                        elif self.ledger._closed:  # noqa: SLF001 - the ledger gives no other closed flag
+                            break
+                    loop.call_soon_threadsafe(self._fire)
+                except RuntimeError:  # the serving loop is gone
+                    return
+
+            self._notifier = threading.Thread(target=notify, name="gateway-commit-notifier", daemon=True)
+            self._notifier.start()
+        assert self._signal is not None
+        return self._signal
+
+    def _fire(self) -> None:
+        assert self._signal is not None
+        signal, self._signal = self._signal, asyncio.Event()
+        signal.set()
+
+    def stop(self) -> None:
+        """End the notifier and every event stream (call on the serving loop)."""
+        self._stopping = True
+        if self._signal is not None:
+            self._fire()
 
     def _start_block(self, msg: gateway_pb2.ChaincodeEventsRequest) -> int:
         size = self.ledger.size()
@@ -805,13 +867,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if kind == "newest":
             return max(size - 1, 0)
         return size  # next_commit or unset
-
-
-def _next_batch(stream: Any) -> list[Any] | None:
-    try:
-        return list(stream.next_batch())
-    except StopIteration:
-        return None
 
 
 # ---------------------------------------------------------------------------- transparency

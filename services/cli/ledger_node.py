@@ -100,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         await stop.wait()
+        gateway.stop()
         await server.stop(grace=2.0)
 
     try:

@@ -11,8 +11,12 @@ from testkit.process import CLI
 
 def test_gateway_bench_reports_both_paths_and_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([*CLI, "bench", "ledger", "--gateway", "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*CLI, "bench", "ledger", "--gateway", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())
     metrics = [r["metric"] for r in rows]

@@ -610,3 +610,21 @@ def test_signer_rejects_other_curves() -> None:
 
 
 _ = connect
+
+
+@pytest.mark.parametrize("offset_s", [-3600, 3600])
+def test_a_client_chosen_transaction_time_far_from_the_node_clock_is_refused(
+    node: InProcessNode, clin: Enrolled, offset_s: int
+) -> None:
+    # The contracts record the transaction time (consent recorded_at, access event time): a hospital must not
+    # backdate or postdate them by choosing the proposal's timestamp.
+    def shifted(p: proposal_pb2.Proposal) -> None:
+        header = common_pb2.Header.FromString(p.header)
+        ch = common_pb2.ChannelHeader.FromString(header.channel_header)
+        ch.timestamp.seconds += offset_s
+        header.channel_header = ch.SerializeToString()
+        p.header = header.SerializeToString()
+
+    sp, tx_id = signed_proposal(clin, fn="consent:Grant", args=[_grant("pat-0001")], mutate=shifted)
+    err = refused(node, "Endorse", endorse_request(sp, tx_id))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "timestamp" in (err.details() or "")

@@ -110,6 +110,7 @@ def in_process_node(tmp: Path, *, max_wait_ms: float = 2.0, tls: NodeTLS | None 
         node.port, node.servicer = port, servicer
         started.set()
         await stop.wait()
+        servicer.stop()
         await server.stop(grace=None)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
