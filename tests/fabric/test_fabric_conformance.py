@@ -1,8 +1,9 @@
-"""The official Node client (``@hyperledger/fabric-gateway`` from npm) against ``ciphercare ledger serve``.
+"""The official clients against ``ciphercare ledger serve``: Node (``@hyperledger/fabric-gateway`` 1.12 from
+npm) and Go (``github.com/hyperledger/fabric-gateway`` v1.7.0), two independent implementations.
 
-* The whole consent decision table gives identical outcomes through the Node client and through
+* The whole consent decision table gives identical outcomes through each official client and through
   ciphercare's Python client (each against its own fresh node process).
-* Transactions built by both clients, captured at the node, decode to identical protos field by
+* Transactions built by the clients, captured at the node, decode to identical protos field by
   field except nonce, timestamp and signatures (and what derives from them: tx id, creator
   certificate, proposal hash), and every signature verifies.
 """
@@ -14,13 +15,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 from google.protobuf.json_format import MessageToDict
-from testkit.fabric import in_process_node, make_plan, require_node, run_plan_node, run_plan_python, serve_process
+from testkit.fabric import (
+    in_process_node,
+    make_plan,
+    require_go_client,
+    require_node,
+    run_plan_go,
+    run_plan_node,
+    run_plan_python,
+    serve_process,
+)
 from testkit.fabric_plan import AT, PRINCIPALS, build_steps, normalise
 
 from ciphercare.ledger.fabric.proposal import transaction_id
@@ -55,6 +66,18 @@ def test_decision_table_identical_through_node_and_python_clients(tmp_path: Path
     decisions = [json.loads(o["result"]).get("decision") for o in python if o["ok"] and o["result"].startswith("{")]
     assert {"permit", "deny"} <= set(decisions)
     assert {o["code"] for o in python if not o["ok"]} == {3, 5, 7, 9}  # INVALID_ARGUMENT NOT_FOUND PERM.. FAILED_PREC..
+
+
+def test_decision_table_identical_through_go_and_python_clients(tmp_path: Path) -> None:
+    require_go_client()
+    steps = build_steps()
+    with serve_process(tmp_path / "py") as target:
+        python = asyncio.run(run_plan_python(make_plan(tmp_path / "py" / "msp", steps, PRINCIPALS), target))
+    with serve_process(tmp_path / "go") as target:
+        go = run_plan_go(make_plan(tmp_path / "go" / "msp", steps, PRINCIPALS), target, tmp_path)["outcomes"]
+    assert len(python) == len(go) == len(steps)
+    for i, (x, y) in enumerate(zip(normalise(python), normalise(go), strict=True)):
+        assert x == y, f"step {i} {steps[i]['fn']}: python {x} != go {y}"
 
 
 async def _python_events(plan: dict[str, Any], target: str, count: int) -> list[tuple[int, str, str]]:
@@ -154,8 +177,10 @@ def _captures(captured: list[tuple[str, Any]], method: str) -> list[Any]:
     return [r for m, r in captured if m == method]
 
 
-def test_transactions_from_both_clients_decode_identically(tmp_path: Path) -> None:
-    require_node()
+@pytest.mark.parametrize("official", ["node", "go"])
+def test_transactions_from_the_official_and_python_clients_decode_identically(tmp_path: Path, official: str) -> None:
+    run_official = run_plan_node if official == "node" else run_plan_go
+    require_node() if official == "node" else require_go_client()
     grant_args = [json.loads(build_steps()[0]["args"][0])]
     steps = [
         {
@@ -178,7 +203,7 @@ def test_transactions_from_both_clients_decode_identically(tmp_path: Path) -> No
         python = asyncio.run(run_plan_python(plan, node.target))
         py_captured = list(node.captured)
         node.captured.clear()
-        js = run_plan_node(plan, node.target, tmp_path)["outcomes"]
+        js = run_official(plan, node.target, tmp_path)["outcomes"]
         js_captured = list(node.captured)
     assert all(o["ok"] for o in python) and all(o["ok"] for o in js), (python, js)
 
@@ -186,12 +211,23 @@ def test_transactions_from_both_clients_decode_identically(tmp_path: Path) -> No
         (py_req,), (js_req,) = _captures(py_captured, method), _captures(js_captured, method)
         assert py_req.channel_id == js_req.channel_id == "ciphercare"
         assert len(py_req.transaction_id) == len(js_req.transaction_id) == 64
-        assert _decode_proposal(py_req.proposed_transaction) == _decode_proposal(js_req.proposed_transaction)
+        ours, theirs = _decode_proposal(py_req.proposed_transaction), _decode_proposal(js_req.proposed_transaction)
+        assert ours["payload"]["input"]["chaincodeSpec"]["type"] == "NODE"  # as the Node client sets it
+        if official == "go":
+            # The two official clients differ here: Go leaves ChaincodeSpec.type unset (UNDEFINED), Node
+            # says NODE; peers ignore it for invocations. Everything else must match.
+            assert "type" not in theirs["payload"]["input"]["chaincodeSpec"]
+            theirs["payload"]["input"]["chaincodeSpec"]["type"] = "NODE"
+        assert ours == theirs
         req_fields = {f.name for f, _ in py_req.ListFields()}
         assert req_fields == {f.name for f, _ in js_req.ListFields()}
 
     (py_sub,), (js_sub,) = _captures(py_captured, "Submit"), _captures(js_captured, "Submit")
-    assert _decode_envelope(py_sub.prepared_transaction) == _decode_envelope(js_sub.prepared_transaction)
+    ours_env, theirs_env = _decode_envelope(py_sub.prepared_transaction), _decode_envelope(js_sub.prepared_transaction)
+    if official == "go":  # the same ChaincodeSpec.type difference, carried into the transaction
+        assert "type" not in theirs_env["invocation"]["chaincodeSpec"]
+        theirs_env["invocation"]["chaincodeSpec"]["type"] = "NODE"
+    assert ours_env == theirs_env
 
     py_cs, js_cs = _captures(py_captured, "CommitStatus"), _captures(js_captured, "CommitStatus")
     assert py_cs and js_cs

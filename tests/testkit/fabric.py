@@ -46,6 +46,34 @@ def require_node() -> str:
     return node
 
 
+GO_DIR = NODE_DIR.parent / "go"
+
+
+def require_go_client() -> str:
+    """The Go conformance binary built from the official Go client (scripts/setup/55-go-fabric.sh)."""
+    path = os.environ.get("CIPHERCARE_TEST_FABRIC_GO") or str(GO_DIR / "bin" / "conformance")
+    if not os.access(path, os.X_OK):
+        msg = "the Go Fabric Gateway conformance client is needed (scripts/setup/55-go-fabric.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def run_plan_go(plan: dict[str, Any], target: str, tmp: Path) -> dict[str, Any]:
+    """The plan through the official Go client (tests/fabric/go/main.go)."""
+    binary = require_go_client()
+    plan_path = tmp / "plan-go.json"
+    plan_path.write_text(json.dumps(plan))
+    proc = subprocess.run([binary, str(plan_path), target], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"go client failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    report: dict[str, Any] = json.loads(proc.stdout)
+    for o in report["outcomes"]:  # Go omits empty fields
+        o.setdefault("details", []) if not o["ok"] else None
+    return report
+
+
 @dataclass
 class Enrolled:
     principal: Principal
@@ -231,7 +259,9 @@ __all__ = [
     "grpc",
     "in_process_node",
     "make_plan",
+    "require_go_client",
     "require_node",
+    "run_plan_go",
     "run_plan_node",
     "run_plan_python",
     "serve_process",
