@@ -32,7 +32,7 @@ from testkit.fabric import (
     run_plan_python,
     serve_process,
 )
-from testkit.fabric_plan import AT, PRINCIPALS, build_steps, normalise
+from testkit.fabric.plan import AT, PRINCIPALS, build_steps, normalise
 
 from ciphercare.ledger.fabric.proposal import transaction_id
 from ciphercare.ledger.fabric.signer import verify

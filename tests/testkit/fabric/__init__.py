@@ -29,7 +29,7 @@ from ciphercare.ledger.fabric import ConnectOptions, EndorseError, Gateway, X509
 from ciphercare.ledger.fabric.errors import CommitError, GatewayError
 from ciphercare.ledger.fabric.signer import new_private_key_signer
 
-NODE_DIR = Path(__file__).resolve().parent.parent / "fabric" / "node"
+NODE_DIR = Path(__file__).resolve().parents[2] / "fabric" / "node"
 CHANNEL = "ciphercare"
 CHAINCODE = "ciphercare"
 
