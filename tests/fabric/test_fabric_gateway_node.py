@@ -628,3 +628,56 @@ def test_a_client_chosen_transaction_time_far_from_the_node_clock_is_refused(
     sp, tx_id = signed_proposal(clin, fn="consent:Grant", args=[_grant("pat-0001")], mutate=shifted)
     err = refused(node, "Endorse", endorse_request(sp, tx_id))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "timestamp" in (err.details() or "")
+
+
+def test_an_org_ca_minting_a_certificate_for_another_orgs_user_is_refused_by_the_contract(
+    tmp_path: Path, node: InProcessNode, clin: Enrolled
+) -> None:
+    # A misbehaving hospital-a admin uses its own CA (valid for HospitalAMSP, so the node accepts the creator)
+    # to mint a certificate whose attributes claim a hospital-b clinician. The actor comes from the verified
+    # certificate, and the contract refuses attributes of an org that does not own the creator's MSP.
+    from ciphercare.consent import canonical
+    from ciphercare.ledger.embedded.msp import ATTR_OID, identity_attrs
+
+    ca_dir = tmp_path / "msp" / "HospitalAMSP"
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca-cert.pem").read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    impostor = Principal("u-clin-b", "hospital-b", frozenset({"clinician"}), "ehr-b")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hospital-b"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "u-clin-b"),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.UnrecognizedExtension(
+                x509.ObjectIdentifier(ATTR_OID), canonical.dumps({"attrs": identity_attrs(impostor)})
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    forged = Enrolled(
+        impostor,
+        "HospitalAMSP",
+        pem,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    sp, tx_id = signed_proposal(forged, args=["pat-0001", "hospital-b", "TREAT", "Observation", ""])
+    err = refused(node, "Evaluate", evaluate_request(sp, tx_id))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not belong to the creator's MSP" in (err.details() or "")
