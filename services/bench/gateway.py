@@ -169,11 +169,48 @@ def _gateway(tmp: Path, duration_s: float, concurrency: int) -> dict[str, dict[s
         proc.wait(30)
 
 
+def _services_check(tmp: Path, duration_s: float, concurrency: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``ConsentService/Check`` RPC of ``ciphercare up``: embedded ledger vs a ``ledger serve`` node."""
+    from ciphercare.services.bench.runner import bench_check_rps
+
+    embedded = bench_check_rps(duration_s=duration_s, concurrency=concurrency)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERCARE_")}
+    env["CIPHERCARE_DATA_DIR"] = str(tmp)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciphercare.services.cli.main", "ledger", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None  # noqa: S101 - Popen with stdout=PIPE sets it
+        line = proc.stdout.readline()
+        if "gateway.Gateway on " not in line:
+            raise RuntimeError(f"ledger serve did not start: {line!r}")
+        target = line.split("gateway.Gateway on ", 1)[1].split(" ", 1)[0]
+        remote = bench_check_rps(
+            duration_s=duration_s,
+            concurrency=concurrency,
+            extra_env={
+                "CIPHERCARE_LEDGER_BACKEND": "fabric",
+                "CIPHERCARE_LEDGER_ENDPOINT": target,
+                "CIPHERCARE_LEDGER_MSP_DIR": str(tmp / "msp"),
+                "CIPHERCARE_WEB_ENABLED": "false",
+            },
+        )
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return embedded, remote
+
+
 def bench_gateway(*, duration_s: float = 5.0, concurrency: int = 32) -> list[dict[str, Any]]:
     """Rows for the benchmark table: in-process and gateway side by side, with ratios."""
     with tempfile.TemporaryDirectory(prefix="ciphercare-gw-bench-") as d:
         inproc = _in_process(Path(d) / "in-process", duration_s, concurrency)
         gateway = _gateway(Path(d) / "gateway", duration_s, concurrency)
+        rpc_embedded, rpc_remote = _services_check(Path(d) / "services", duration_s, concurrency)
     rows = []
     for op, what in (("submit", "durable consent:Grant tx/s"), ("evaluate", "consent:Check evaluations/s")):
         a, b = inproc[op], gateway[op]
@@ -195,6 +232,23 @@ def bench_gateway(*, duration_s: float = 5.0, concurrency: int = 32) -> list[dic
             }
         )
         rows.append({"metric": f"{what}: gateway / in-process", "value": f"{b['per_s'] / a['per_s']:.2f}"})
+    for label, r in (("embedded ledger in the server", rpc_embedded), ("ledger serve node via gateway", rpc_remote)):
+        rows.append(
+            {
+                "metric": f"ConsentService/Check RPS, {label} ({concurrency} in flight)",
+                "value": f"{r['rps']:.0f}",
+                "p50_ms": round(r["p50_ms"], 2),
+                "p99_ms": round(r["p99_ms"], 2),
+                "errors": r["errors"],
+                "server_cpu_us_per_op": round(r["server_cpu_us_per_request"]),
+            }
+        )
+    rows.append(
+        {
+            "metric": "ConsentService/Check RPS: gateway / embedded",
+            "value": f"{rpc_remote['rps'] / rpc_embedded['rps']:.2f}",
+        }
+    )
     return rows
 
 
