@@ -8,6 +8,7 @@ a ``timeout`` overriding the default for that call.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 import grpc
@@ -35,6 +36,20 @@ class ConnectOptions:
             return override
         value: float | None = getattr(self, f"{stage}_timeout")
         return value
+
+
+def is_loopback(target: str) -> bool:
+    """Whether a ``host:port`` / ``[v6]:port`` target is a loopback address (plaintext is allowed only there)."""
+    rest = target.split("///", 1)[-1]
+    host = (
+        rest[1 : rest.find("]")] if rest.startswith("[") else (rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest)
+    )
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def secure_channel_credentials(

@@ -208,6 +208,7 @@ class FabricLedger:
         self._enrolled: collections.OrderedDict[Principal, _Enrolment] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._stats: dict[str, int] = {"committed": 0, "endorse_refused": 0, "commit_invalid": 0}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fabric-gateway", daemon=True)
         self._thread.start()
@@ -297,6 +298,7 @@ class FabricLedger:
             try:
                 transaction = await proposal.endorse()
             except fabric_errors.GatewayError as err:
+                self._count("endorse_refused")
                 raise endorse_error_from(err) from err
             events = _events_of(transaction.envelope)
             try:
@@ -317,10 +319,12 @@ class FabricLedger:
                     raise LedgerTimeout(proposal.transaction_id, self._options.commit_status_timeout) from err
                 raise LedgerError(f"commit status of {proposal.transaction_id}: {err.message}") from err
             if not status.successful:
+                self._count("commit_invalid")
                 raise CommitError(status.transaction_id, f"committed as invalid: {status.code_name}")
             checkpoint = await self._checkpoint_async(0)
             if checkpoint.size <= status.block_number:
                 raise CommitError(status.transaction_id, "the node's checkpoint does not cover the commit yet")
+            self._count("committed")
             return Receipt(proposal.transaction_id, status.block_number, checkpoint, submitted.result, events)
 
         def done(task: Future[Receipt]) -> None:
@@ -481,6 +485,15 @@ class FabricLedger:
             response.first_tree_size, response.second_tree_size, tuple(bytes(h) for h in response.hashes)
         )
 
+    def stats(self) -> dict[str, int]:
+        """Counters since open (no network call): transactions committed and refused through this client."""
+        with self._lock:
+            return dict(self._stats)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._stats[name] = self._stats.get(name, 0) + 1
+
     def wait_for_size(self, size: int, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.size() < size:
@@ -508,6 +521,13 @@ def open_fabric_ledger(settings: Any, service_principal: Principal) -> FabricLed
     if not settings.ledger_endpoint:
         raise LedgerError("CIPHERCARE_LEDGER_BACKEND=fabric needs CIPHERCARE_LEDGER_ENDPOINT (host:port)")
     credentials = None
+    from ciphercare.ledger.fabric.gateway import is_loopback
+
+    if settings.ledger_tls_ca_path is None and not is_loopback(settings.ledger_endpoint):
+        raise LedgerError(
+            f"the gateway endpoint {settings.ledger_endpoint} is not loopback: set CIPHERCARE_LEDGER_TLS_CA_PATH "
+            "(plaintext only to a loopback address)"
+        )
     if settings.ledger_tls_ca_path is not None:
         from ciphercare.ledger.fabric.gateway import secure_channel_credentials
 

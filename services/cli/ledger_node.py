@@ -62,6 +62,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise _Refused("TLS needs both CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH and CIPHERCARE_LEDGER_NODE_TLS_KEY_PATH")
     if cert is not None and key is not None:
         tls = NodeTLS(cert, key, _read(settings.ledger_node_tls_client_ca_path, "TLS client CA"))
+    from ciphercare.ledger.fabric.gateway import is_loopback
+
+    if tls is None and not is_loopback(f"{settings.ledger_node_host}:0"):
+        raise _Refused(
+            f"listening on {settings.ledger_node_host} needs TLS (CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH and "
+            "CIPHERCARE_LEDGER_NODE_TLS_KEY_PATH); plaintext only on a loopback address"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = LedgerOwnerLock(settings.resolved_ledger_path)

@@ -73,7 +73,8 @@ def open_ledger(settings: Settings) -> EmbeddedLedger:
     if settings.ledger_backend == "fabric":  # fabricgw: a Fabric peer or `ciphercare ledger serve`
         from ciphercare.ledger.fabric.ledger import open_fabric_ledger
 
-        return open_fabric_ledger(settings, GATEWAY_PRINCIPAL)
+        # Duck-typed like EmbeddedLedger for what the wiring uses (size, stats, close, the old Ledger protocol).
+        return open_fabric_ledger(settings, GATEWAY_PRINCIPAL)  # type: ignore[return-value]
     return EmbeddedLedger(
         path=settings.resolved_ledger_path,
         signing_key_path=settings.resolved_ledger_key_path,

@@ -135,3 +135,25 @@ def test_ledger_serve_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ciphercare: TLS needs both"), proc.stderr[-500:]
     assert not (tmp_path / "d" / "ledger.db").exists()
+
+
+def test_ledger_serve_refuses_plaintext_beyond_loopback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERCARE_")}
+    env.update(CIPHERCARE_DATA_DIR=str(tmp_path / "d"), CIPHERCARE_LEDGER_NODE_HOST="0.0.0.0")
+    proc = subprocess.run([*CLI, "ledger", "serve", "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("ciphercare: listening on 0.0.0.0 needs TLS")
+    assert not (tmp_path / "d" / "ledger.db").exists()
+
+
+def test_services_refuse_a_plaintext_gateway_endpoint_beyond_loopback(tmp_path: Path) -> None:
+    from ciphercare.ledger.api import LedgerError
+    from ciphercare.ledger.fabric.gateway import is_loopback
+    from ciphercare.ledger.fabric.ledger import open_fabric_ledger
+    from ciphercare.services.platform.settings import load_settings
+
+    assert is_loopback("127.0.0.1:7051") and is_loopback("localhost:7051") and is_loopback("[::1]:7051")
+    assert not is_loopback("peer0.hospital-a.example:7051") and not is_loopback("10.0.0.5:7051")
+    settings = load_settings(data_dir=tmp_path, ledger_backend="fabric", ledger_endpoint="10.0.0.5:7051")
+    with pytest.raises(LedgerError, match="CIPHERCARE_LEDGER_TLS_CA_PATH"):
+        open_fabric_ledger(settings, CLIN)
