@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as _dt
 import queue
 import threading
@@ -523,6 +524,9 @@ def open_fabric_ledger(settings: Any, service_principal: Principal) -> FabricLed
     credentials = None
     from ciphercare.ledger.fabric.gateway import is_loopback
 
+    if settings.ledger_org:  # the node's own service identity belongs to its organisation
+        service_principal = dataclasses.replace(service_principal, org=settings.ledger_org)
+
     if settings.ledger_tls_ca_path is None and not is_loopback(settings.ledger_endpoint):
         raise LedgerError(
             f"the gateway endpoint {settings.ledger_endpoint} is not loopback: set CIPHERCARE_LEDGER_TLS_CA_PATH "
@@ -536,9 +540,9 @@ def open_fabric_ledger(settings: Any, service_principal: Principal) -> FabricLed
         credentials = secure_channel_credentials(settings.ledger_tls_ca_path.read_bytes(), cert, key)
     return FabricLedger(
         settings.ledger_endpoint,
-        # With ledger_msp_id set this node enrols users of that one organisation, whose CA must exist; without
+        # With ledger_org set this node enrols users of that one organisation, whose CA must exist; without
         # it (development, one node for every org) the org CAs are created on first use, as embedded.
-        EmbeddedMSP(settings.resolved_ledger_msp_dir, create_missing=not settings.ledger_msp_id),
+        EmbeddedMSP(settings.resolved_ledger_msp_dir, create_missing=not settings.ledger_org),
         channel=settings.ledger_channel,
         chaincode=settings.ledger_chaincode,
         service_principal=service_principal,
@@ -547,7 +551,7 @@ def open_fabric_ledger(settings: Any, service_principal: Principal) -> FabricLed
         options=ConnectOptions(
             evaluate_timeout=settings.ledger_evaluate_timeout_s, commit_status_timeout=settings.ledger_submit_timeout_s
         ),
-        msp_id=settings.ledger_msp_id,
+        msp_id=msp_id_for_org(settings.ledger_org) if settings.ledger_org else "",
         user_cert_validity=_dt.timedelta(seconds=settings.ledger_user_cert_validity_s),
         checkpoint_vkey=settings.ledger_node_vkey,
     )

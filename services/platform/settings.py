@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     # fabricgw: the Fabric Gateway backend (ledger_backend="fabric") and the node (`ciphercare ledger serve`).
     # Client side: the gateway endpoint (a Fabric peer or a ciphercare ledger node), TLS, and the org CA
     # material under ledger_msp_dir/<MSPID>/{ca-cert,ca-key}.pem with which this node enrols its users
-    # (short-lived per-user certificates; docs/FABRIC.md). ledger_msp_id limits enrolment to one org.
+    # (short-lived per-user certificates; docs/FABRIC.md). ledger_org: this node's organisation (e.g. hospital-a):
+    # it enrols only that org's users, under <Org>MSP, and reads the log as that org; empty: every org (development).
     ledger_endpoint: str = ""
     ledger_channel: str = "ciphercare"
     ledger_chaincode: str = "ciphercare"
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     ledger_tls_client_key_path: Path | None = None
     ledger_tls_server_name: str = ""
     ledger_msp_dir: Path | None = None
-    ledger_msp_id: str = ""
+    ledger_org: str = ""
     ledger_user_cert_validity_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     ledger_evaluate_timeout_s: float = Field(default=5.0, gt=0)
     ledger_node_vkey: str = ""  # pin the node's checkpoint verifier key; empty: learnt on first use

@@ -160,3 +160,34 @@ def test_contract_handles_over_the_fabric_transport(ledger: FabricLedger) -> Non
     log = handles.transparency
     assert log.size() == 1 and [e.function for e in log.entries(0, 5)] == ["Grant"]
     assert log.verifier_key() == ledger.public_key_vkey()
+
+
+def test_an_org_node_from_settings_enrols_its_users_and_reads_the_log_as_its_org(
+    tmp_path: Path, node: InProcessNode
+) -> None:
+    from ciphercare.ledger.fabric.ledger import open_fabric_ledger
+    from ciphercare.services.platform.settings import load_settings
+
+    EmbeddedMSP(tmp_path / "msp").enrol(CLIN)  # the consortium set up HospitalAMSP's CA; this node holds it
+    settings = load_settings(
+        data_dir=tmp_path / "svc",
+        ledger_backend="fabric",
+        ledger_endpoint=node.target,
+        ledger_msp_dir=tmp_path / "msp",
+        ledger_org="hospital-a",
+    )
+    service = Principal("service:ciphercare-gateway", "ciphercare", frozenset(), "ciphercare-server")
+    led = open_fabric_ledger(settings, service)
+    try:
+        receipt = led.submit(CLIN, "consent", "Grant", [_grant("pat-0001")])
+        assert led.entry(receipt.seq).creator_msp == "HospitalAMSP"
+        with pytest.raises(EndorseError):  # a patient does not transact through a hospital's node
+            led.evaluate(
+                Principal("u-pat", "patients", frozenset({"patient"}), "portal", "pat-0001"),
+                "consent",
+                "ListForPatient",
+                ["pat-0001"],
+            )
+        assert not (tmp_path / "msp" / "PatientsMSP").exists()  # and no CA was invented for it
+    finally:
+        led.close()
