@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ciphercare.services.cli.scoring",
     "ciphercare.services.cli.privacy",
     "ciphercare.services.cli.receipt",
+    "ciphercare.services.cli.chaincode",  # fabric-network (issue 13 item 4): `chaincode serve`
 )
 
 

@@ -22,7 +22,7 @@ from fabric_protos.gateway import gateway_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 from google.protobuf.json_format import MessageToDict
-from testkit.fabric import (
+from testkit.fabric.gateway import (
     in_process_node,
     make_plan,
     require_go_client,
@@ -32,7 +32,7 @@ from testkit.fabric import (
     run_plan_python,
     serve_process,
 )
-from testkit.fabric.plan import AT, PRINCIPALS, build_steps, normalise
+from testkit.fabric.gateway_plan import AT, PRINCIPALS, build_steps, normalise
 
 from ciphercare.ledger.fabric.proposal import transaction_id
 from ciphercare.ledger.fabric.signer import verify

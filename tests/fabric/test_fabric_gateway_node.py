@@ -28,8 +28,8 @@ from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_pb2
 from testkit import rfc9162
-from testkit.fabric import Enrolled, InProcessNode, enrol, in_process_node
-from testkit.fabric.plan import _grant
+from testkit.fabric.gateway import Enrolled, InProcessNode, enrol, in_process_node
+from testkit.fabric.gateway_plan import _grant
 
 from ciphercare.ledger.api import Principal
 from ciphercare.ledger.embedded.gateway_server import sign_transparency_call

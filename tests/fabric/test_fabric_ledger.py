@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from testkit import rfc9162
-from testkit.fabric import InProcessNode, in_process_node
-from testkit.fabric.plan import _grant
+from testkit.fabric.gateway import InProcessNode, in_process_node
+from testkit.fabric.gateway_plan import _grant
 
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal, Receipt
 from ciphercare.ledger.embedded.msp import EmbeddedMSP

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from testkit.fabric import serve_process
+from testkit.fabric.gateway import serve_process
 from testkit.process import CLI, free_port, start_cli_server
 
 

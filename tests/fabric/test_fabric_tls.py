@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from testkit.fabric import enrol, in_process_node
+from testkit.fabric.gateway import enrol, in_process_node
 from testkit.process import CLI
 
 from ciphercare.ledger.api import Principal

@@ -1,4 +1,4 @@
-// Runs a ciphercare conformance plan (tests/testkit/fabric/plan.py) with the official Go Fabric Gateway
+// Runs a ciphercare conformance plan (tests/testkit/fabric/gateway_plan.py) with the official Go Fabric Gateway
 // client (github.com/hyperledger/fabric-gateway) against a Fabric Gateway endpoint and prints the outcomes
 // as JSON on stdout, in the same shape as tests/fabric/node/conformance.js.
 // Usage: go run . <plan.json> <host:port>

@@ -1,5 +1,5 @@
 'use strict';
-// Runs a ciphercare conformance plan (tests/testkit/fabric/plan.py) with the official
+// Runs a ciphercare conformance plan (tests/testkit/fabric/gateway_plan.py) with the official
 // @hyperledger/fabric-gateway client against a Fabric Gateway endpoint and prints the outcomes
 // as JSON on stdout. Usage: node conformance.js <plan.json> <host:port>
 // Optional in the plan: "events": {"start_block": N, "count": M} reads M chaincode events from
