@@ -67,6 +67,29 @@ class Settings(BaseSettings):
     # Where the CLI remembers the last verified checkpoint per log. Empty: ~/.ciphercare/checkpoints.
     client_state_dir: Path | None = None
     # --- end ledger integrity ---------------------------------------------------------------------
+    # fabricgw: the Fabric Gateway backend (ledger_backend="fabric") and the node (`ciphercare ledger serve`).
+    # Client side: the gateway endpoint (a Fabric peer or a ciphercare ledger node), TLS, and the org CA
+    # material under ledger_msp_dir/<MSPID>/{ca-cert,ca-key}.pem with which this node enrols its users
+    # (short-lived per-user certificates; docs/FABRIC.md). ledger_org: this node's organisation (e.g. hospital-a):
+    # it enrols only that org's users, under <Org>MSP, and reads the log as that org; empty: every org (development).
+    ledger_endpoint: str = ""
+    ledger_channel: str = "ciphercare"
+    ledger_chaincode: str = "ciphercare"
+    ledger_tls_ca_path: Path | None = None
+    ledger_tls_client_cert_path: Path | None = None
+    ledger_tls_client_key_path: Path | None = None
+    ledger_tls_server_name: str = ""
+    ledger_msp_dir: Path | None = None
+    ledger_org: str = ""
+    ledger_user_cert_validity_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    ledger_evaluate_timeout_s: float = Field(default=5.0, gt=0)
+    ledger_node_vkey: str = ""  # pin the node's checkpoint verifier key; empty: learnt on first use
+    # Node side: where `ciphercare ledger serve` listens, its TLS (client CA set: mutual TLS required).
+    ledger_node_host: str = "127.0.0.1"
+    ledger_node_port: int = Field(default=7051, ge=0, le=65535)
+    ledger_node_tls_cert_path: Path | None = None
+    ledger_node_tls_key_path: Path | None = None
+    ledger_node_tls_client_ca_path: Path | None = None
 
     # gRPC
     grpc_host: str = "127.0.0.1"
@@ -165,6 +188,10 @@ class Settings(BaseSettings):
     @property
     def resolved_client_state_dir(self) -> Path:
         return self.client_state_dir or Path.home() / ".ciphercare" / "checkpoints"
+
+    @property
+    def resolved_ledger_msp_dir(self) -> Path:
+        return self.ledger_msp_dir or self.resolved_ledger_path.parent / "msp"
 
     @property
     def resolved_dev_issuer_key_path(self) -> Path:
