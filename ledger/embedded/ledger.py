@@ -33,10 +33,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Protocol
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import ContractChaincode
 
@@ -63,6 +64,8 @@ from ciphercare.ledger.embedded.runtime import (
     new_tx_id,
 )
 from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+from ciphercare.ledger.witness.client import WitnessSubmitter, start_witnessing
+from ciphercare.ledger.witness.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +89,17 @@ def _now_ms() -> int:
 
 
 class _Request:
-    __slots__ = ("future", "identity", "contract", "function", "args", "ts_ms")
+    __slots__ = ("future", "identity", "contract", "function", "args", "ts_ms", "prepared")
 
     def __init__(
-        self, future: TxFuture, identity: Identity, contract: str, function: str, args: tuple[str, ...], ts_ms: int
+        self,
+        future: TxFuture,
+        identity: Identity,
+        contract: str,
+        function: str,
+        args: tuple[str, ...],
+        ts_ms: int,
+        prepared: PreparedTransaction | None = None,
     ) -> None:
         self.future = future
         self.identity = identity
@@ -97,6 +107,38 @@ class _Request:
         self.function = function
         self.args = args
         self.ts_ms = ts_ms
+        # fabricgw: a transaction endorsed by the gateway node (ledger/gateway_server.py). The writer validates
+        # its read set against the state it commits on (MVCC) and applies its endorsed writes instead of executing.
+        self.prepared = prepared
+
+
+class PreparedTransaction(Protocol):
+    """An endorsed transaction the writer validates (MVCC) and commits without re-executing (fabricgw)."""
+
+    def validate(self, view: StateView, overlay: BatchOverlay) -> ExecutionResult:
+        """The endorsed result if its reads still hold; raise :class:`CommitError` (with a code) if not."""
+        ...
+
+
+class _FlatOverlay:
+    """The pending writes a gateway-endorsed transaction is validated against: its batch's and, while that
+    is not yet visible, those of the batch being committed (``values`` as ``BatchOverlay`` has it)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Mapping[str, bytes | None]) -> None:
+        self.values = values
+
+
+def _mvcc_overlay(own: BatchOverlay) -> BatchOverlay | _FlatOverlay:
+    if own.parent is None:
+        return own
+    maps: list[Mapping[str, bytes | None]] = []
+    layer: BatchOverlay | None = own
+    while layer is not None:
+        maps.append(layer.values)
+        layer = layer.parent
+    return _FlatOverlay(collections.ChainMap(*maps))  # type: ignore[arg-type]
 
 
 class _LazySnapshot:
@@ -123,6 +165,9 @@ class _LazySnapshot:
     def history(self, key: str) -> list[HistoryRecord]:
         return self._open().history(key)
 
+    def version(self, key: str) -> int | None:
+        return self._open().version(key)
+
 
 class _Batch:
     """Proposals executed together and appended with one fsync."""
@@ -133,7 +178,7 @@ class _Batch:
 
     def __init__(self, linger_until: float) -> None:
         self.requests: list[_Request] = []
-        self.results: list[ExecutionResult] = []
+        self.results: list[ExecutionResult | CommitError] = []
         #: Per request: its leaf encoded ahead (None when the proposal was refused).
         self.prepared: list[PendingTx | EncodedTx | None] = []
         #: This batch's successful writes (its ``parent`` is set per round to the batch being committed).
@@ -234,6 +279,13 @@ class EmbeddedLedger:
         key_name: str | None = None,
         msp_dir: str | os.PathLike[str] | None = None,
         max_queue: int = 65536,
+        retired_vkeys: Sequence[str] = (),
+        published_path: str | os.PathLike[str] | None = None,
+        strict_key_mode: bool = False,
+        witness_policy: Policy | None = None,
+        witness_timeout_s: float = 5.0,
+        witness_wait_ms: float = 0.0,
+        cosigned_path: str | os.PathLike[str] | None = None,
         pipeline: bool = True,
         direct_dispatch: bool = True,
     ) -> None:
@@ -250,13 +302,27 @@ class EmbeddedLedger:
         self.path = Path(path)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self._signer = CheckpointSigner(signing_key_path, origin, key_name)
-        self._log = TransactionLog(self.path, self._signer, channel=channel, chaincode=chaincode_name)
+        self._signer = CheckpointSigner(signing_key_path, origin, key_name, strict_mode=strict_key_mode)
+        # Integrity (issue 11): the start-up check against the published-checkpoint file runs in TransactionLog.
+        self._log = TransactionLog(
+            self.path,
+            self._signer,
+            channel=channel,
+            chaincode=chaincode_name,
+            retired_vkeys=retired_vkeys,
+            published_path=published_path,
+        )
+        self._witnessing: WitnessSubmitter | None = None
+        self._witness_wait = witness_wait_ms / 1000.0
         try:
             self._msp = EmbeddedMSP(msp_dir if msp_dir is not None else self.path.parent / "msp")
             self._runtime = ChaincodeRuntime(
                 chaincode, channel=channel, chaincode_name=chaincode_name, direct=direct_dispatch
             )
+            if witness_policy is not None and witness_policy.witnesses:
+                self._witnessing = start_witnessing(
+                    self._log, witness_policy, Path(cosigned_path) if cosigned_path else None, witness_timeout_s
+                )
         except BaseException:
             self._log.close()
             raise
@@ -323,7 +389,10 @@ class EmbeddedLedger:
         self._check_open()
         identity = self._msp.identity(principal)
         fut = TxFuture(new_tx_id(identity))
-        req = _Request(fut, identity, contract, function, tuple(args), _now_ms())
+        self._enqueue(_Request(fut, identity, contract, function, tuple(args), _now_ms()))
+        return fut
+
+    def _enqueue(self, req: _Request) -> None:
         with self._lock:
             while len(self._incoming) >= self.max_queue and not self._stopping:
                 self._space_waiters += 1
@@ -336,6 +405,32 @@ class EmbeddedLedger:
             self._incoming.append(req)
             if len(self._incoming) == 1:
                 self._work_cv.notify()
+
+    # fabricgw: hooks for the gateway node (ledger/gateway_server.py) ------------------
+
+    @property
+    def runtime(self) -> ChaincodeRuntime:
+        """The chaincode runtime (the gateway node simulates proposals with it)."""
+        return self._runtime
+
+    def snapshot(self) -> contextlib.AbstractContextManager[StateView]:
+        """A read snapshot of committed state (``with ledger.snapshot() as view``)."""
+        return self._log.snapshot()
+
+    def submit_prepared(
+        self,
+        identity: Identity,
+        tx_id: str,
+        ts_ms: int,
+        contract: str,
+        function: str,
+        args: Sequence[str],
+        prepared: PreparedTransaction,
+    ) -> TxFuture:
+        """Queue an endorsed transaction; the writer validates its reads and commits its endorsed writes."""
+        self._check_open()
+        fut = TxFuture(tx_id)
+        self._enqueue(_Request(fut, identity, contract, function, tuple(args), ts_ms, prepared))
         return fut
 
     def submit(
@@ -438,20 +533,10 @@ class EmbeddedLedger:
                 for req in take:
                     if not req.future.set_running_or_notify_cancel():
                         continue  # cancelled by the caller before execution
-                    res = runtime.execute(
-                        view,
-                        own,
-                        req.identity,
-                        req.contract,
-                        req.function,
-                        req.args,
-                        tx_id=req.future.tx_id,
-                        ts_ms=req.ts_ms,
-                        read_only=False,
-                    )
+                    res = self._run_one(req, view, own)
                     batch.requests.append(req)
                     batch.results.append(res)
-                    if res.ok:
+                    if isinstance(res, ExecutionResult) and res.ok:
                         own.apply(res.tx_id, req.ts_ms, res.writes)
                         if batch.probe_tx is None:
                             batch.probe_tx = res.tx_id
@@ -461,28 +546,38 @@ class EmbeddedLedger:
             finally:
                 own.parent = None
 
+    def _run_one(self, req: _Request, view: StateReader, own: BatchOverlay) -> ExecutionResult | CommitError:
+        """Execute one proposal, or MVCC-validate one the gateway node endorsed (fabricgw)."""
+        if req.prepared is not None:  # endorsed by the gateway node: validate its reads, no re-execution
+            try:
+                return req.prepared.validate(view, _mvcc_overlay(own))  # type: ignore[arg-type]
+            except CommitError as exc:
+                return exc
+        return self._runtime.execute(
+            view,
+            own,
+            req.identity,
+            req.contract,
+            req.function,
+            req.args,
+            tx_id=req.future.tx_id,
+            ts_ms=req.ts_ms,
+            read_only=False,
+        )
+
     def _reexecute(self, batch: _Batch) -> None:
         """Execute ``batch`` again against committed state (the batch it read from failed to commit)."""
         own = BatchOverlay()
         view = self._log.writer_view()
-        results = []
+        results: list[ExecutionResult | CommitError] = []
         prepared: list[PendingTx | EncodedTx | None] = []
         probe = None
         for req in batch.requests:
-            res = self._runtime.execute(
-                view,
-                own,
-                req.identity,
-                req.contract,
-                req.function,
-                req.args,
-                tx_id=req.future.tx_id,
-                ts_ms=req.ts_ms,
-                read_only=False,
-            )
+            res = self._run_one(req, view, own)
             results.append(res)
-            prepared.append(self._prepare(req, res) if res.ok else None)
-            if res.ok:
+            ok = isinstance(res, ExecutionResult) and res.ok
+            prepared.append(self._prepare(req, res) if isinstance(res, ExecutionResult) and ok else None)
+            if isinstance(res, ExecutionResult) and ok:
                 own.apply(res.tx_id, req.ts_ms, res.writes)
                 probe = probe or res.tx_id
         batch.results, batch.prepared, batch.own, batch.probe_tx, batch.read_from = results, prepared, own, probe, None
@@ -537,7 +632,11 @@ class EmbeddedLedger:
     def _commit(self, batch: _Batch) -> None:
         if batch.read_from is not None and batch.read_from.failed:
             self._reexecute(batch)
-        accepted = [(req, res) for req, res in zip(batch.requests, batch.results, strict=True) if res.ok]
+        accepted = [
+            (req, res)
+            for req, res in zip(batch.requests, batch.results, strict=True)
+            if isinstance(res, ExecutionResult) and res.ok
+        ]
         receipts: list[Receipt] = []
         if accepted:
             txs = [p for p in batch.prepared if p is not None]
@@ -550,6 +649,8 @@ class EmbeddedLedger:
                     req.future.set_exception(CommitError(res.tx_id, str(exc)))
                 self._fail_endorsements(batch)
                 return
+            if self._witness_wait and self._witnessing is not None:  # integrity: bounded wait for the witness quorum
+                self._witnessing.wait_cosigned(cp.size, self._witness_wait)
             base = cp.size - len(txs)
             self._batches += 1
             self._committed += len(txs)
@@ -565,7 +666,9 @@ class EmbeddedLedger:
     @staticmethod
     def _fail_endorsements(batch: _Batch) -> None:
         for req, res in zip(batch.requests, batch.results, strict=True):
-            if not res.ok:
+            if isinstance(res, CommitError):  # a gateway-endorsed transaction failed MVCC validation
+                req.future.set_exception(res)
+            elif not res.ok:
                 req.future.set_exception(endorse_error(res.tx_id, res.message))
 
     # ------------------------------------------------------------------ events
@@ -605,6 +708,15 @@ class EmbeddedLedger:
     def checkpoint_at(self, size: int) -> Checkpoint | None:
         """The stored checkpoint for exactly ``size`` entries, or None if no batch ended there."""
         return self._log.checkpoint_at(size)
+
+    def cosigned_checkpoint(self) -> tuple[Checkpoint, bytes] | None:
+        """The newest checkpoint cosigned by the witness quorum and its note with the cosignature lines."""
+        return None if self._witnessing is None else self._witnessing.latest_cosigned()
+
+    @property
+    def witnessing(self) -> WitnessSubmitter | None:
+        """The background witness submitter (None without a witness policy)."""
+        return self._witnessing
 
     def entry(self, seq: int) -> LedgerEntry:
         """Committed entry ``seq``."""
@@ -660,6 +772,8 @@ class EmbeddedLedger:
             stream.close()
         with self._commit_cond:
             self._commit_cond.notify_all()
+        if self._witnessing is not None:
+            self._witnessing.close()
         self._log.close()
 
     def __enter__(self) -> EmbeddedLedger:

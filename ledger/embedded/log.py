@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,13 @@ from ciphercare.ledger.api import (
     LedgerEntry,
     LedgerError,
 )
-from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+from ciphercare.ledger.embedded.checkpoint_log import (
+    CheckpointFile,
+    LogRefusedError,
+    check_log_against_published,
+    default_path,
+)
+from ciphercare.ledger.transparency.checkpoint import CheckpointKeyring, CheckpointSigner
 from ciphercare.ledger.transparency.merkle import HASH_SIZE, MerkleTree, leaf_hash
 
 log = logging.getLogger(__name__)
@@ -271,7 +277,7 @@ def decode_leaf(leaf: bytes) -> DecodedLeaf:
     creator = _field(obj, "creator", dict, "leaf")
     writes_raw = _field(obj, "writes", list, "leaf")
     writes: list[tuple[str, bytes | None]] = []
-    for i, w in enumerate(writes_raw):  # type: ignore[arg-type]
+    for i, w in enumerate(writes_raw):  # type: ignore[arg-type,var-annotated]
         where = f"leaf.writes[{i}]"
         if not isinstance(w, dict) or set(w) != {"key", "value_b64"}:
             raise ValueError(f"{where}: must be an object with key and value_b64")
@@ -288,7 +294,7 @@ def decode_leaf(leaf: bytes) -> DecodedLeaf:
             raise ValueError(f"leaf.writes: keys not strictly sorted at {b[0]!r}")
     events_raw = _field(obj, "events", list, "leaf")
     events: list[tuple[str, bytes]] = []
-    for i, e in enumerate(events_raw):  # type: ignore[arg-type]
+    for i, e in enumerate(events_raw):  # type: ignore[arg-type,var-annotated]
         where = f"leaf.events[{i}]"
         if not isinstance(e, dict) or set(e) != {"name", "payload_b64"}:
             raise ValueError(f"{where}: must be an object with name and payload_b64")
@@ -357,6 +363,11 @@ class StateView:
         """Partial composite key scan: ``[prefix, prefix + U+10FFFF)`` as the shim does."""
         return self.range(prefix, prefix + MAX_UNICODE_RUNE)
 
+    def version(self, key: str) -> int | None:
+        """Seq of the transaction that last wrote ``key`` (None if absent): the MVCC version (fabricgw)."""
+        row = self._conn.execute("SELECT version_seq FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
     def history(self, key: str) -> list[HistoryRecord]:
         """Committed modifications of ``key``, newest first (Fabric 2.x order)."""
         rows = self._conn.execute(
@@ -408,11 +419,20 @@ class TransactionLog:
         *,
         channel: str = "ciphercare",
         chaincode: str = "ciphercare",
+        retired_vkeys: Sequence[str] = (),
+        published_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.signer = signer
-        self.verifier = signer.verifier()
+        # Integrity (issue 11): the keys this log was ever signed with, oldest first (rotation), and the
+        # append-only file of every checkpoint published, outside SQLite (ledger/checkpoint_log.py).
+        self.retired_vkeys = tuple(v for v in retired_vkeys if v != signer.vkey)
+        self.keyring = CheckpointKeyring.from_vkeys([*self.retired_vkeys, signer.vkey])
+        self.verifier = self.keyring  # verify(note, origin) accepts any key of the ring
+        self.published_path = Path(published_path) if published_path is not None else default_path(self.path)
+        self._published: CheckpointFile | None = None
+        self._after_publish: list[Callable[[Checkpoint], None]] = []
         self.channel = channel
         self.chaincode = chaincode
         self._append_lock = threading.Lock()
@@ -429,10 +449,19 @@ class TransactionLog:
             raise LedgerError(f"could not put {self.path} in WAL mode (got {mode})")
         self._wconn.execute("PRAGMA synchronous = FULL")
         self._wconn.executescript(SCHEMA)
-        self._check_meta()
-        self._tree = self._load_tree()
-        self._size = self._tree.size
-        self._latest = self._load_latest_checkpoint()
+        try:
+            self._check_meta()
+            self._tree = self._load_tree()
+            self._size = self._tree.size
+            self._check_published()  # integrity: refuse a log shorter than / different from what was published
+            self._published = CheckpointFile(self.published_path)
+            self._latest = self._load_latest_checkpoint()
+            self._publish(self._latest, initial=True)
+        except BaseException:
+            if self._published is not None:
+                self._published.close()
+            self._wconn.close()
+            raise
 
     # ------------------------------------------------------------------ open
 
@@ -452,8 +481,18 @@ class TransactionLog:
             self._wconn.execute("COMMIT")
             return
         for key, value in want.items():
+            if key == "vkey" and have.get(key) != value and have.get(key) in self.retired_vkeys:
+                # Key rotation: the previous key is named as retired; new checkpoints are signed by the new one.
+                log.warning("checkpoint key rotated from %s to %s", have.get(key), value)
+                self._wconn.execute("BEGIN IMMEDIATE")
+                self._wconn.execute("UPDATE meta SET value = ? WHERE key = 'vkey'", (value,))
+                self._wconn.execute("COMMIT")
+                continue
             if have.get(key) != value:
-                raise LedgerError(f"{self.path}: ledger {key} is {have.get(key)!r} but this process uses {value!r}")
+                hint = " (rotating the signing key? name the old key as retired)" if key == "vkey" else ""
+                raise LedgerError(
+                    f"{self.path}: ledger {key} is {have.get(key)!r} but this process uses {value!r}{hint}"
+                )
 
     def _load_tree(self) -> MerkleTree:
         count, max_seq = self._wconn.execute("SELECT COUNT(*), MAX(seq) FROM entries").fetchone()
@@ -466,14 +505,57 @@ class TransactionLog:
             buf += h
         return MerkleTree.from_leaf_hashes(buf)
 
+    def _check_published(self) -> None:
+        """Start-up proof that this log extends the newest checkpoint in the published-checkpoint file."""
+        started = self._wconn.execute("SELECT value FROM meta WHERE key = 'published_file'").fetchone()
+        if not self.published_path.exists() or self.published_path.stat().st_size == 0:
+            if started is not None:
+                raise LogRefusedError(
+                    f"{self.published_path} (every checkpoint this node published) is missing or empty, but "
+                    f"{self.path} says it was started. Refusing to start: without it the node cannot prove it "
+                    "is not rolled back. Restore the file from a backup or replica."
+                )
+            if self._tree.size:
+                log.warning("no published-checkpoint file yet for a ledger of %d entries; starting one at %s",
+                            self._tree.size, self.published_path)
+        else:
+            check_log_against_published(self._tree, self.published_path, self.keyring, self.signer.origin,
+                                        self.path)
+        if started is None:
+            self._wconn.execute("BEGIN IMMEDIATE")
+            self._wconn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('published_file', ?)",
+                                (str(self.published_path.name),))
+            self._wconn.execute("COMMIT")
+
+    def _publish(self, cp: Checkpoint, *, initial: bool = False) -> None:
+        """Record ``cp`` in the published-checkpoint file (fsynced) before anyone is told about it."""
+        assert self._published is not None
+        if initial:
+            latest = self._published.latest()
+            if latest is not None and latest.note == cp.note:
+                return
+        self._published.append_checkpoint(cp)
+        for hook in self._after_publish:
+            try:
+                hook(cp)
+            except Exception:  # a witness hook must never break the append path
+                log.exception("after-publish hook failed")
+
+    def add_publish_hook(self, hook: Callable[[Checkpoint], None]) -> None:
+        """Call ``hook(checkpoint)`` after each checkpoint is recorded (the witness submitter uses this)."""
+        self._after_publish.append(hook)
+
     def _load_latest_checkpoint(self) -> Checkpoint:
         row = self._wconn.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         if row is not None and row[0] > self._size:
             raise LedgerError(f"{self.path}: checkpoint for size {row[0]} but only {self._size} entries")
-        if row is None or row[0] != self._size:
+        resign = row is None or row[0] != self._size
+        if not resign and self.keyring.signer_index(bytes(row[1])) != len(self.keyring.verifiers) - 1:
+            resign = True  # signed by a retired key: the new key takes over at this size
+        if resign:
             cp = self.signer.sign(self._size, self._tree.root())
             self._wconn.execute("BEGIN IMMEDIATE")
-            self._wconn.execute("INSERT INTO checkpoints(size, note) VALUES (?, ?)", (cp.size, cp.note))
+            self._wconn.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)", (cp.size, cp.note))
             self._wconn.execute("COMMIT")
             return cp
         cp = self.verifier.verify(bytes(row[1]), origin=self.signer.origin)
@@ -591,6 +673,15 @@ class TransactionLog:
             except BaseException as exc:
                 self._undo(base, exc)
                 raise
+            try:
+                self._publish(cp)  # integrity: fsynced outside SQLite before any receipt is returned
+            except BaseException as exc:
+                # Committed but not recorded as published: no receipt may go out, and the node stops appending.
+                self._broken = f"could not record checkpoint {new_size} in {self.published_path}: {exc!r}"
+                log.error("%s", self._broken)
+                self._latest = cp
+                self._size = new_size
+                raise LedgerError(self._broken) from exc
             self._latest = cp
             self._size = new_size
             return cp
@@ -763,3 +854,5 @@ class TransactionLog:
             for conn in readers:
                 conn.close()
             self._wconn.close()
+            if self._published is not None:
+                self._published.close()

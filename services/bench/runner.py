@@ -61,8 +61,13 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float) -> int:
     raise RuntimeError("server did not report its port in time")
 
 
-def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str, Any]:
-    """Consent ``Check`` requests per second over real gRPC on loopback, server in a subprocess."""
+def bench_check_rps(
+    duration_s: float = 10.0, concurrency: int = 32, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Consent ``Check`` requests per second over real gRPC on loopback, server in a subprocess.
+
+    ``extra_env`` configures the server further (the Fabric Gateway backend: services/bench/gateway.py).
+    """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from ciphercare.services.identity.devissuer import DevIssuer
@@ -72,7 +77,7 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-") as tmp:
         issuer_port = free_port()
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0")
+                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0", **(extra_env or {}))
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -300,7 +305,19 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(which: str, *, quick: bool = False, out: Path | None = None) -> list[dict[str, Any]]:
+def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
+              witness: bool = False) -> list[dict[str, Any]]:
+    if which == "ledger" and witness:  # the cost of witnessing (ledger integrity, issue 11)
+        from ciphercare.ledger.witness.bench import bench_witnessing, format_witness_rows
+
+        rows = bench_witnessing(duration_s=1.5 if quick else 3.0, samples=50 if quick else 200)
+        print(format_witness_rows(rows))
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"benchmark": "ledger-witness", "rows": rows,
+                                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}},
+                                      indent=2))
+        return rows
     if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 
