@@ -512,7 +512,6 @@ class EmbeddedLedger:
         """Execute ``take`` into ``batch``, reading committed state + the batch being committed + earlier writes."""
         with self._lock:
             committing = self._in_commit
-        runtime = self._runtime
         with contextlib.ExitStack() as stack:
             view: StateReader
             parent = None
