@@ -325,3 +325,42 @@ def test_leaves_encoded_ahead_are_the_leaves_append_would_encode(tmp_path: Path)
         logs.append(([e.leaf for e in tlog.entries(0, 2)], tlog.root(), tlog.get_state("k1")))
         tlog.close()
     assert logs[0] == logs[1]
+
+
+def test_gateway_endorsed_read_of_a_key_the_committing_batch_wrote_is_an_mvcc_conflict(
+    make_ledger: MakeLedger,
+) -> None:
+    """A transaction endorsed by the gateway node (MVCC-validated, not executed) is checked against the
+    writes of the batch still being committed, not only against committed state and its own batch."""
+    from fabric_protos.ledger.rwset.kvrwset import kv_rwset_pb2
+    from fabric_protos.peer import transaction_pb2
+
+    from ciphercare.ledger.embedded.gateway_server import EndorsedTransaction, TransactionInvalid
+
+    led = make_ledger(max_batch=64, max_wait_ms=0.0)
+    first = led.submit(ALICE, "kv", "Put", ["s", "0"])  # s at version (seq) 0
+    identity = led.msp.identity(ALICE)
+
+    def endorsed(tx_id: str, read_version: int) -> EndorsedTransaction:
+        kv = kv_rwset_pb2.KVRWSet(
+            reads=[kv_rwset_pb2.KVRead(key="s", version=kv_rwset_pb2.Version(block_num=read_version))],
+            writes=[kv_rwset_pb2.KVWrite(key="s", value=b"endorsed")],
+        )
+        return EndorsedTransaction(tx_id, b"", kv, ())
+
+    later: list[TxFuture] = []
+    _hold_first_append_until(led, lambda: bool(later) and later[0].running())
+    f1 = led.submit_future(ALICE, "kv", "Append", ["s", "a"])  # batch 1 writes s; held in its append
+    while not f1.running():
+        time.sleep(0.001)
+    time.sleep(0.02)
+    stale = hashlib.sha256(b"stale").hexdigest()
+    later.append(led.submit_prepared(identity, stale, 1, "kv", "Put", ["s", "x"], endorsed(stale, first.seq)))
+    assert f1.result(10).result == b"0a"
+    with pytest.raises(TransactionInvalid) as err:
+        later[0].result(10)
+    assert err.value.code == transaction_pb2.MVCC_READ_CONFLICT  # type: ignore[attr-defined]
+    assert led.get_state("s") == b"0a" and led.entry_by_tx_id(stale) is None
+    fresh = hashlib.sha256(b"fresh").hexdigest()
+    r = led.submit_prepared(identity, fresh, 2, "kv", "Put", ["s", "y"], endorsed(fresh, f1.result(0).seq)).result(10)
+    assert led.get_state("s") == b"endorsed" and r.seq == 2
