@@ -306,7 +306,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
-              witness: bool = False) -> list[dict[str, Any]]:
+              witness: bool = False, million: bool = False) -> list[dict[str, Any]]:
+    if which == "anomaly":  # unusual-access detection: analytics/anomaly/bench.py (docs/ANOMALY.md)
+        from ciphercare.analytics.anomaly.bench import run_anomaly_bench
+
+        return run_anomaly_bench(quick=quick, include_million=million, out=out)
     if which == "ledger" and witness:  # the cost of witnessing (ledger integrity, issue 11)
         from ciphercare.ledger.witness.bench import bench_witnessing, format_witness_rows
 
