@@ -15,6 +15,7 @@ stderr saying why), 2 bad usage. No secrets are printed.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import urllib.error
@@ -32,6 +33,7 @@ def _split_target(target: str) -> tuple[str, int]:
 def check_grpc(target: str, service: str, timeout_s: float, tls_ca: Path | None, tls_cert: Path | None,
                tls_key: Path | None, server_name: str | None) -> str | None:
     """None when the server reports SERVING; otherwise the reason."""
+    os.environ["GRPC_VERBOSITY"] = "NONE"  # the one line below says why; no gRPC core log lines on stderr
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -52,7 +54,8 @@ def check_grpc(target: str, service: str, timeout_s: float, tls_ca: Path | None,
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         name = code.name if code is not None else "ERROR"
-        return f"gRPC health {target}: {name}: {exc.details() if hasattr(exc, 'details') else exc}"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return f"gRPC health {target} service {service or '(overall)'}: {name}" + (f": {details}" if details else "")
     finally:
         channel.close()
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
