@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from testkit.deploy import (
     CHART,
     NAMESPACE,
     OVERLAYS,
-    REPO,
     RELEASE,
+    REPO,
     by_kind,
     containers,
     documents,
@@ -465,3 +466,25 @@ def test_deploy_doc_names_every_secret_the_chart_mounts(docs: dict[str, list[dic
                     assert name in text or generic in text, f"{overlay}: Secret {name} missing from docs/DEPLOY.md"
                     for item in volume["secret"].get("items", []):
                         assert item["key"] in text, f"key {item['key']} of {name} missing from docs/DEPLOY.md"
+
+
+def test_deploy_doc_key_commands_make_keys_the_services_accept(tmp_path: Path) -> None:
+    """The KEK and Ed25519 key commands of docs/DEPLOY.md, run as written, give files the services load."""
+    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+    from ciphercare.services.store.envelope import KeyEncryptionKey
+
+    text = (REPO / "docs" / "DEPLOY.md").read_text()
+    commands = [line for line in text.splitlines()
+                if line.startswith(("printf 'ciphercare-kek-v1", "openssl genpkey -algorithm ed25519"))]
+    assert len(commands) == 3, commands
+    subprocess.run(["/bin/bash", "-ec", "\n".join(commands)], cwd=tmp_path, check=True, timeout=60)
+    kek = KeyEncryptionKey.from_file_bytes((tmp_path / "kek.key").read_bytes(), "kek.key")
+    assert len(kek.key) == 32
+    vkey_line = next(line for line in text.splitlines() if line.startswith("python3 -c 'import sys; from ciphercare"))
+    for name in ("checkpoint-ed25519.pem", "witness-ed25519.pem"):
+        (tmp_path / name).chmod(0o600)
+        signer = CheckpointSigner.load(tmp_path / name, "ciphercare.example.org/ledger")
+        script = vkey_line.removeprefix("python3 -c ").rstrip(" \\").strip("'")
+        printed = subprocess.run([sys.executable, "-c", script, str(tmp_path / name), "ciphercare.example.org/ledger"],
+                                 capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        assert printed == signer.vkey
