@@ -221,7 +221,8 @@ def test_probes_use_grpc_health_and_tls_aware_exec(docs: dict[str, list[dict[str
     assert "--tls-ca=/etc/ciphercare/tls/ca.crt" in command and "--tls-cert=/etc/ciphercare/tls/tls.crt" in command
 
 
-def test_settings_cover_identity_ledger_tls_and_observability(docs: dict[str, list[dict[str, Any]]]) -> None:
+def test_settings_cover_identity_ledger_tls_and_observability(helm_bin: str,
+                                                              docs: dict[str, list[dict[str, Any]]]) -> None:
     api = env_of(pod_spec(by_kind(docs["production"], "Deployment")[_name("api")])["containers"][0])
     assert api["CIPHERCARE_OIDC_ISSUER"] == "https://id.hospital-a.example.org/realms/ciphercare"
     assert api["CIPHERCARE_OIDC_AUDIENCE"] == "ciphercare-api"
@@ -231,12 +232,17 @@ def test_settings_cover_identity_ledger_tls_and_observability(docs: dict[str, li
     assert api["CIPHERCARE_LEDGER_MSP_ID"] == "HospitalAMSP"
     assert api["CIPHERCARE_LEDGER_TLS_CA_PATH"] == "/etc/ciphercare/ledger-tls/ca.crt"
     assert api["CIPHERCARE_CONFIG"] == "/etc/ciphercare/secret-settings/settings.toml"
-    assert api["CIPHERCARE_TLS_REQUIRE_CLIENT_CERT"] == "true"
-    assert api["CIPHERCARE_METRICS_PORT"] == "9464"
+    assert api["CIPHERCARE_TLS_CLIENT_CA_PATH"] == "/etc/ciphercare/tls/ca.crt"  # mutual TLS
+    assert api["CIPHERCARE_TLS_SERVER_NAME"] == _name("api")
+    assert api["CIPHERCARE_METRICS_PORT"] == "9464" and api["CIPHERCARE_METRICS_HOST"] == "0.0.0.0"
     assert api["CIPHERCARE_TRACING_ENABLED"] == "true"
     defaults = env_of(pod_spec(by_kind(docs["defaults"], "Deployment")[_name("api")])["containers"][0])
     assert defaults["CIPHERCARE_LEDGER_ENDPOINT"] == f"{_name('ledger')}:7051"
-    assert not [k for k in defaults if k.startswith(("CIPHERCARE_TRACING", "CIPHERCARE_METRICS", "CIPHERCARE_TLS"))]
+    assert not [k for k in defaults if k.startswith(("CIPHERCARE_TRACING", "CIPHERCARE_TLS"))]
+    assert defaults["CIPHERCARE_METRICS_ENABLED"] == "true"
+    off = documents(template(helm_bin, "--set", "metrics.enabled=false").stdout)
+    off_api = env_of(pod_spec(by_kind(off, "Deployment")[_name("api")])["containers"][0])
+    assert off_api["CIPHERCARE_METRICS_ENABLED"] == "false" and "CIPHERCARE_METRICS_PORT" not in off_api
     ledger = env_of(pod_spec(by_kind(docs["defaults"], "StatefulSet")[_name("ledger")])["containers"][0])
     assert ledger["CIPHERCARE_CHECKPOINT_KEY_PATH"] == "/run/ciphercare/keys/checkpoint-ed25519.pem"
     assert ledger["CIPHERCARE_WITNESS_POLICY"] == "/etc/ciphercare/files/witness-policy.json"
@@ -245,7 +251,7 @@ def test_settings_cover_identity_ledger_tls_and_observability(docs: dict[str, li
 def test_settings_variables_the_app_knows_are_spelled_as_it_reads_them(
         docs: dict[str, list[dict[str, Any]]]) -> None:
     """Every CIPHERCARE_* variable the chart sets is a Settings field, or one of the names announced for the
-    settings being added by issues 11, 13 and 14 (listed here so a typo cannot hide)."""
+    settings being added by issues 11, 13 and 14's tracing (listed here so a typo cannot hide)."""
     from ciphercare.services.platform.settings import Settings
 
     known = {f"CIPHERCARE_{name.upper()}" for name in Settings.model_fields} | {"CIPHERCARE_CONFIG"}
@@ -255,14 +261,13 @@ def test_settings_variables_the_app_knows_are_spelled_as_it_reads_them(
         "CIPHERCARE_LEDGER_CHAINCODE", "CIPHERCARE_LEDGER_IDENTITY_CERT_PATH", "CIPHERCARE_LEDGER_IDENTITY_KEY_PATH",
         "CIPHERCARE_LEDGER_TLS_ENABLED", "CIPHERCARE_LEDGER_TLS_CA_PATH", "CIPHERCARE_LEDGER_TLS_SERVER_NAME",
         "CIPHERCARE_LEDGER_TLS_CLIENT_CERT_PATH", "CIPHERCARE_LEDGER_TLS_CLIENT_KEY_PATH",
-        "CIPHERCARE_LEDGER_MSP_DIR", "CIPHERCARE_FABRIC_CONNECTION_PROFILE",
-        "CIPHERCARE_TLS_CERT_PATH", "CIPHERCARE_TLS_KEY_PATH", "CIPHERCARE_TLS_CLIENT_CA_PATH",
-        "CIPHERCARE_TLS_REQUIRE_CLIENT_CERT", "CIPHERCARE_METRICS_PORT", "CIPHERCARE_TRACING_ENABLED",
+        "CIPHERCARE_LEDGER_MSP_DIR", "CIPHERCARE_FABRIC_CONNECTION_PROFILE", "CIPHERCARE_TRACING_ENABLED",
         "CIPHERCARE_TRACING_ENDPOINT", "CIPHERCARE_TRACING_SAMPLE_RATIO", "CIPHERCARE_TRACING_SERVICE_NAME",
     }
     used = {name for overlay in docs.values() for w in workloads(overlay) for c in containers(w)
             for name in env_of(c) if name.startswith("CIPHERCARE_")}
     assert used - known - announced == set()
+    assert {n for n in used if n.startswith(("CIPHERCARE_TLS_", "CIPHERCARE_METRICS_"))} <= known
     assert {"CIPHERCARE_DATABASE_URL", "CIPHERCARE_KEK_PATH", "CIPHERCARE_OIDC_ISSUER"} & used == {
         "CIPHERCARE_KEK_PATH", "CIPHERCARE_OIDC_ISSUER"}  # the database URL only ever arrives in the secret file
 
@@ -352,8 +357,11 @@ def test_network_policies_default_deny_and_allow_only_the_needed_flows(
     assert egress_to_db and all(peer_ok for peer_ok in (_selects(egress_to_db[0]["to"][0]["podSelector"], postgres),))
     assert not _selects(egress_to_db[0]["to"][0]["podSelector"], stranger)
     ledger_policy = by_kind(docs["defaults"], "NetworkPolicy")[_name("ledger")]
-    for rule in ledger_policy["spec"]["ingress"]:  # nothing from outside the release reaches the ledger
-        assert all(set(peer) == {"podSelector"} for peer in rule["from"]), rule
+    for rule in ledger_policy["spec"]["ingress"]:  # nothing from outside the release reaches the gateway port
+        if {"port": 7051, "protocol": "TCP"} in rule["ports"]:
+            assert all(set(peer) == {"podSelector"} for peer in rule["from"]), rule
+        else:  # the monitoring namespace reaches the metrics port only
+            assert rule["ports"] == [{"port": 9464, "protocol": "TCP"}], rule
     embedded_api = by_kind(docs["embedded"], "NetworkPolicy")[_name("api")]
     assert not [r for r in embedded_api["spec"]["egress"] if {"port": 5432, "protocol": "TCP"} in r["ports"]]
 

@@ -351,3 +351,71 @@ def test_tcp_health_check(tls_server: dict[str, Any]) -> None:
     assert _healthcheck("tcp", tls_server["target"]).returncode == 0
     closed = _healthcheck("tcp", f"127.0.0.1:{free_port()}")
     assert closed.returncode == 1 and "unhealthy: TCP" in closed.stderr
+
+
+def _leaf(name: str, ca_key: Any, ca: x509.Certificate, directory: Path) -> tuple[Path, Path]:
+    """A P-256 certificate for ``name`` (server and client usage, as docs/DEPLOY.md makes them)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(_pem(cert))
+    (directory / "tls.key").write_bytes(_pem(key))
+    (directory / "ca.crt").write_bytes(_pem(ca))
+    return directory / "tls.crt", directory / "tls.key"
+
+
+def test_api_serves_mutual_tls_as_the_production_overlay_configures_it(container_env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    """The production overlay's TLS settings and its exec probe, rendered by helm, against `ciphercare up`:
+    the probe (the pod's own certificate) is SERVING; plaintext and a certificate from another CA are refused;
+    /metrics and the web liveness endpoint answer."""
+    helm_bin = require_tool("HELM_BIN", "helm", "source scripts/setup/40-helm.sh")
+    docs = documents(template(helm_bin, "-f", str(REPO / "helm/ciphercare/ci/production-values.yaml")).stdout)
+    api = next(w for w in workloads(docs) if w["metadata"]["name"] == "cc-ciphercare-api")
+    main = pod_spec(api)["containers"][0]
+    tls_dir = tmp_path / "tls"
+
+    def local(value: str) -> str:
+        return value.replace("/etc/ciphercare/tls", str(tls_dir))
+
+    chart_env = {e["name"]: local(e["value"]) for e in main["env"]
+                 if e["name"].startswith(("CIPHERCARE_TLS_", "CIPHERCARE_METRICS_"))}
+    assert {"CIPHERCARE_TLS_CERT_PATH", "CIPHERCARE_TLS_KEY_PATH", "CIPHERCARE_TLS_CLIENT_CA_PATH",
+            "CIPHERCARE_TLS_CA_PATH", "CIPHERCARE_TLS_SERVER_NAME", "CIPHERCARE_METRICS_ENABLED"} <= set(chart_env)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("node CA", ca_key, None, ca_key, ca=True)
+    _leaf(chart_env["CIPHERCARE_TLS_SERVER_NAME"], ca_key, ca, tls_dir)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = _cert("someone else's CA", other_key, None, other_key, ca=True)
+    rogue_cert, rogue_key = _leaf(chart_env["CIPHERCARE_TLS_SERVER_NAME"], other_key, other_ca, tmp_path / "rogue")
+    metrics_port = free_port()
+    env = {**container_env, **chart_env, "CIPHERCARE_METRICS_HOST": "127.0.0.1",
+           "CIPHERCARE_METRICS_PORT": str(metrics_port)}
+    grpc_port = env["CIPHERCARE_GRPC_PORT"]
+    probe = [local(arg).replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}")
+             for arg in main["readinessProbe"]["exec"]["command"]]
+    assert probe[0] == "ciphercare-healthcheck"
+    proc = _run_until_up(env, tmp_path)
+    try:
+        assert _healthcheck(*probe[1:]).returncode == 0
+        plaintext = _healthcheck("grpc", f"127.0.0.1:{grpc_port}", "--timeout", "3")
+        assert plaintext.returncode == 1 and "unhealthy" in plaintext.stderr
+        rogue = [a for a in probe[1:] if not a.startswith(("--tls-cert", "--tls-key"))]
+        refused = _healthcheck(*rogue, f"--tls-cert={rogue_cert}", f"--tls-key={rogue_key}", "--timeout", "3")
+        assert refused.returncode == 1
+        assert _healthcheck("http", f"http://127.0.0.1:{metrics_port}/metrics").returncode == 0
+        liveness = main["livenessProbe"]["httpGet"]["path"]
+        assert _healthcheck("http", f"http://127.0.0.1:{env['CIPHERCARE_WEB_PORT']}{liveness}").returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""

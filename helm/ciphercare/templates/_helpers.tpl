@@ -179,24 +179,44 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
 {{- end }}
 {{- end -}}
 
-{{/* TLS of this component's own listener (plugs into issue 14 item 1). "ciphercare.tlsEnv" $ */}}
+{{/* TLS of this component's own listener (settings tls_*; certificate files are reloaded when they change).
+A client CA turns on mutual TLS. The pod's own certificate is always among the allowed client names, so
+that its TLS probe (which presents it) is accepted. "ciphercare.tlsEnv" (dict "ctx" $ "component" "api") */}}
 {{- define "ciphercare.tlsEnv" -}}
-{{- if .Values.tls.enabled }}
+{{- $tls := .ctx.Values.tls -}}
+{{- if $tls.enabled }}
+{{- $own := include "ciphercare.component" (dict "ctx" .ctx "component" .component) }}
 - name: CIPHERCARE_TLS_CERT_PATH
   value: /etc/ciphercare/tls/tls.crt
 - name: CIPHERCARE_TLS_KEY_PATH
   value: /etc/ciphercare/tls/tls.key
+- name: CIPHERCARE_TLS_CA_PATH
+  value: /etc/ciphercare/tls/ca.crt
+- name: CIPHERCARE_TLS_SERVER_NAME
+  value: {{ $own | quote }}
+{{- if $tls.requireClientCert }}
 - name: CIPHERCARE_TLS_CLIENT_CA_PATH
   value: /etc/ciphercare/tls/ca.crt
-- name: CIPHERCARE_TLS_REQUIRE_CLIENT_CERT
-  value: {{ .Values.tls.requireClientCert | quote }}
+{{- with $tls.allowedClientNames }}
+- name: CIPHERCARE_TLS_CLIENT_ALLOWED_NAMES
+  value: {{ append . $own | uniq | toJson | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
+{{/* Prometheus /metrics (settings metrics_*) and tracing (issue 14; names announced, off by default). */}}
 {{- define "ciphercare.observabilityEnv" -}}
 {{- if .ctx.Values.metrics.enabled }}
+- name: CIPHERCARE_METRICS_ENABLED
+  value: "true"
+- name: CIPHERCARE_METRICS_HOST
+  value: "0.0.0.0"
 - name: CIPHERCARE_METRICS_PORT
   value: {{ .ctx.Values.metrics.port | quote }}
+{{- else }}
+- name: CIPHERCARE_METRICS_ENABLED
+  value: "false"
 {{- end }}
 {{- if .ctx.Values.tracing.enabled }}
 - name: CIPHERCARE_TRACING_ENABLED
