@@ -18,7 +18,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from testkit.deploy import (
+from testkit.deploy.chart import (
     CHART,
     NAMESPACE,
     OVERLAYS,

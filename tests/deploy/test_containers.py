@@ -27,19 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from testkit.deploy import (
-    CONTAINERFILE,
-    HEALTHCHECK,
-    REPO,
-    documents,
-    pod_spec,
-    recipe_violations,
-    require_tool,
-    target_command,
-    target_env,
-    template,
-    workloads,
-)
+from testkit.deploy.chart import REPO, documents, pod_spec, require_tool, template, workloads
+from testkit.deploy.recipe import CONTAINERFILE, HEALTHCHECK, recipe_violations, target_command, target_env
 from testkit.process import CLI, free_port
 
 from ciphercare.services.store.envelope import KeyEncryptionKey
