@@ -378,6 +378,13 @@ def test_api_serves_mutual_tls_as_the_production_overlay_configures_it(container
 
     chart_env = {e["name"]: local(e["value"]) for e in main["env"]
                  if e["name"].startswith(("CIPHERCARE_TLS_", "CIPHERCARE_METRICS_"))}
+    # the secret settings file, as the operator writes it (docs/DEPLOY.md step 3), at the chart's mount path
+    secret_settings = {e["name"]: e["value"] for e in main["env"]}["CIPHERCARE_CONFIG"]
+    settings_file = tmp_path / secret_settings.lstrip("/")
+    settings_file.parent.mkdir(parents=True)
+    database = tmp_path / "offchain-from-secret.db"
+    settings_file.write_text(f'database_url = "sqlite:///{database}"\n')
+    chart_env["CIPHERCARE_CONFIG"] = str(settings_file)
     assert {"CIPHERCARE_TLS_CERT_PATH", "CIPHERCARE_TLS_KEY_PATH", "CIPHERCARE_TLS_CLIENT_CA_PATH",
             "CIPHERCARE_TLS_CA_PATH", "CIPHERCARE_TLS_SERVER_NAME", "CIPHERCARE_METRICS_ENABLED"} <= set(chart_env)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -408,3 +415,4 @@ def test_api_serves_mutual_tls_as_the_production_overlay_configures_it(container
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert database.exists()  # the database URL came from the secret settings file
