@@ -98,7 +98,7 @@ def test_overlays_render_what_they_say(docs: dict[str, list[dict[str, Any]]]) ->
     defaults, embedded, production = docs["defaults"], docs["embedded"], docs["production"]
     # defaults: stateless API Deployment + ledger node + witness StatefulSets
     assert set(by_kind(defaults, "Deployment")) == {_name("api")}
-    assert set(by_kind(defaults, "StatefulSet")) == {_name("ledger"), _name("witness")}
+    assert set(by_kind(defaults, "StatefulSet")) == {_name("ledger")}
     # embedded: one pod, the API as a one-replica StatefulSet with its volume; nothing else runs
     assert not by_kind(embedded, "Deployment")
     (api,) = by_kind(embedded, "StatefulSet").values()
@@ -154,8 +154,7 @@ def test_private_keys_reach_only_their_owner_and_are_copied_0600(docs: dict[str,
     """The checkpoint key is mounted in the ledger writer only (embedded: the API, which is the writer); the
     KEK in the API only; each via an init container that installs it 0600 in a memory volume."""
     expected = {
-        "defaults": {_name("api"): {"kek", "ledger-identity"}, _name("ledger"): {"checkpoint-key"},
-                     _name("witness"): {"witness-key"}},
+        "defaults": {_name("api"): {"kek", "ledger-identity"}, _name("ledger"): {"checkpoint-key"}},
         "embedded": {_name("api"): {"kek", "checkpoint-key"}},
         "production": {_name("api"): {"kek", "ledger-identity"}, _name("witness"): {"witness-key"},
                        _name("chaincode"): set()},
@@ -171,6 +170,10 @@ def test_private_keys_reach_only_their_owner_and_are_copied_0600(docs: dict[str,
             (init,) = spec["initContainers"]
             script = init["command"][-1]
             assert "umask 077" in script and script.count("chmod 0600") >= 1
+            if workload["metadata"]["name"] == _name("witness"):  # its key lives in its state directory
+                assert "cp /etc/ciphercare/secrets/witness-key/witness-ed25519.pem /var/lib/ciphercare/" in script
+                assert {"name": "data", "mountPath": "/var/lib/ciphercare"} in init["volumeMounts"]
+                continue
             keys = next(v for v in spec["volumes"] if v["name"] == "keys")
             assert keys["emptyDir"]["medium"] == "Memory"
             main = spec["containers"][0]
@@ -245,7 +248,8 @@ def test_settings_cover_identity_ledger_tls_and_observability(helm_bin: str,
     assert off_api["CIPHERCARE_METRICS_ENABLED"] == "false" and "CIPHERCARE_METRICS_PORT" not in off_api
     ledger = env_of(pod_spec(by_kind(docs["defaults"], "StatefulSet")[_name("ledger")])["containers"][0])
     assert ledger["CIPHERCARE_CHECKPOINT_KEY_PATH"] == "/run/ciphercare/keys/checkpoint-ed25519.pem"
-    assert ledger["CIPHERCARE_WITNESS_POLICY"] == "/etc/ciphercare/files/witness-policy.json"
+    assert "CIPHERCARE_WITNESS_POLICY" not in ledger  # no policy given: no witnesses
+    assert api["CIPHERCARE_WITNESS_POLICY"] == "/etc/ciphercare/files/witness-policy.txt"
 
 
 def test_settings_variables_the_app_knows_are_spelled_as_it_reads_them(
@@ -273,10 +277,14 @@ def test_settings_variables_the_app_knows_are_spelled_as_it_reads_them(
 
 
 def test_files_by_value_reach_the_configmap(docs: dict[str, list[dict[str, Any]]]) -> None:
+    from ciphercare.ledger.witness.policy import Policy
+
     values = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
     files = by_kind(docs["production"], "ConfigMap")[_name("files")]["data"]
     assert json.loads(files["connection-profile.json"]) == values["fabric"]["connectionProfile"]
-    assert json.loads(files["witness-policy.json"]) == values["witness"]["policy"]
+    assert files["witness-policy.txt"] == values["transparency"]["policy"]
+    policy = Policy.parse(files["witness-policy.txt"])  # the ledger's own parser accepts it
+    assert len(policy.witnesses) == 2 and policy.quorum == 1
 
 
 def test_web_is_behind_an_ingress_with_tls(docs: dict[str, list[dict[str, Any]]]) -> None:
@@ -328,8 +336,14 @@ def _allowed(policies: list[dict[str, Any]], src: dict[str, str], dst: dict[str,
     return rules_ok("egress", src, dst) and rules_ok("ingress", dst, src)
 
 
+WITNESSED_LOG = "hospital-b.example.org/ledger+4a1d5aec+AUuAZai3wxnSRFJ/FjQFRrv74lL/cIR42bsmSzuD2Xe1"
+
+
 def test_network_policies_default_deny_and_allow_only_the_needed_flows(
-        docs: dict[str, list[dict[str, Any]]]) -> None:
+        helm_bin: str, docs: dict[str, list[dict[str, Any]]]) -> None:
+    node = documents(template(helm_bin, "--set", "witness.enabled=true", "--set",
+                              f"witness.logs={{{WITNESSED_LOG}}}").stdout)
+    docs = {**docs, "defaults": node}
     policies = list(by_kind(docs["defaults"], "NetworkPolicy").values())
     deny = by_kind(docs["defaults"], "NetworkPolicy")[_name("default-deny")]
     assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
@@ -387,6 +401,9 @@ BAD_VALUES = [
     (["--set", "settings.extra.DATABASE_URL=postgresql://u:p@db/x"], "DATABASE_URL"),
     (["--set", "kek.secretName=Not_A_Name"], "/kek/secretName"),
     (["--set", "tracing.enabled=true"], "/tracing/endpoint"),
+    (["--set", "witness.enabled=true"], "anyOf"),
+    (["--set", "witness.alg=rsa"], "/witness/alg"),
+    (["--set", "witness.logs={not-a-vkey}"], "/witness/logs/0"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import itertools
 import os
 import signal
 import subprocess
@@ -115,7 +116,11 @@ def test_recipe_and_chart_run_the_same_commands_on_the_same_ports() -> None:
     assert set(rendered) == set(TARGETS)
     for target in TARGETS:
         container = pod_spec(rendered[target])["containers"][0]
-        assert target_command(recipe, target) == ["ciphercare", *container["args"]], target
+        command = target_command(recipe, target)
+        if target == "witness":  # the chart adds the witness's name, algorithm and logs to the image's command
+            assert ["ciphercare", *container["args"]][:len(command)] == command
+        else:
+            assert command == ["ciphercare", *container["args"]], target
         assert container["image"].split("/")[-1].split(":")[0].split("@")[0] == f"ciphercare-{target}"
         ports = {p["containerPort"] for p in container["ports"]} - {9464}
         exposed = {int(p) for line in recipe.split(f"AS {target}\n", 1)[1].split("FROM", 1)[0].splitlines()
@@ -134,7 +139,7 @@ def _cli_knows(*words: str) -> bool:
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_target_command_is_a_cli_command(target: str) -> None:
     command = target_command(CONTAINERFILE.read_text(), target)[1:]
-    words = [w for w in command if not w.startswith("-") and not w.isdigit()]
+    words = list(itertools.takewhile(lambda w: not w.startswith("-"), command))
     if target != "api" and not _cli_knows(*words):
         pytest.skip(f"`ciphercare {' '.join(words)}` is not built yet (issue 13 and issue 11 add it)")
     assert _cli_knows(*words), command
@@ -416,3 +421,84 @@ def test_api_serves_mutual_tls_as_the_production_overlay_configures_it(container
         code = proc.wait(timeout=60)
     assert code == 0, proc.stderr.read() if proc.stderr else ""
     assert database.exists()  # the database URL came from the secret settings file
+
+
+def _wait_for(check: list[str], proc: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
+    while datetime.datetime.now() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        if _healthcheck(*check, "--timeout", "1").returncode == 0:
+            return
+    raise AssertionError(f"not healthy within {timeout_s} s: {check}")
+
+
+def test_witness_entrypoint_runs_as_the_production_overlay_configures_it(tmp_path: Path) -> None:
+    """`ciphercare witness serve` with the chart's arguments, its policy ConfigMap and its key installed by the
+    chart's init script from a group-readable Secret file: healthy by the chart's probe path, serving the key
+    from the Secret, stopped cleanly by SIGTERM."""
+    from ciphercare.ledger.witness.cosignature import WitnessSigner
+
+    helm_bin = require_tool("HELM_BIN", "helm", "source scripts/setup/40-helm.sh")
+    docs = documents(template(helm_bin, "-f", str(REPO / "helm/ciphercare/ci/production-values.yaml")).stdout)
+    witness = next(w for w in workloads(docs) if w["metadata"]["name"] == "cc-ciphercare-witness")
+    files = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cc-ciphercare-files")
+    spec = pod_spec(witness)
+    main = spec["containers"][0]
+    data, secrets, conf = tmp_path / "data", tmp_path / "secrets" / "witness-key", tmp_path / "files"
+    for d in (data, secrets, conf):
+        d.mkdir(parents=True)
+    (conf / "witness-policy.txt").write_text(files["data"]["witness-policy.txt"])
+    name = main["args"][main["args"].index("--name") + 1]
+    signer = WitnessSigner(secrets / "witness-ed25519.pem", name, "ed25519")
+    (secrets / "witness-ed25519.pem").chmod(0o440)  # as the kubelet projects a Secret with fsGroup
+    (init,) = spec["initContainers"]
+    script = init["command"][2].replace("/etc/ciphercare/secrets", str(tmp_path / "secrets")).replace(
+        "/var/lib/ciphercare", str(data))
+    subprocess.run(["/bin/sh", "-ec", script], check=True, timeout=30)
+    assert (data / "witness-ed25519.pem").stat().st_mode & 0o777 == 0o600
+    port = free_port()
+    args = [str(data) if a == "/var/lib/ciphercare" else
+            str(conf / "witness-policy.txt") if a == "/etc/ciphercare/files/witness-policy.txt" else
+            "127.0.0.1" if a == "0.0.0.0" else str(port) if a == str(main["ports"][0]["containerPort"]) else a
+            for a in main["args"]]
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        probe = main["readinessProbe"]["httpGet"]
+        url = f"http://127.0.0.1:{port}{probe['path']}"
+        _wait_for(["http", url], proc)
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert answer.read().decode().strip() == signer.vkey  # the key from the Secret, not a new one
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert {p.name for p in data.iterdir()} <= {"witness-ed25519.pem", "state.json"}
+
+
+def test_chaincode_entrypoint_runs_as_the_production_overlay_configures_it(tmp_path: Path) -> None:
+    """`ciphercare chaincode serve` with the chart's CHAINCODE_* environment (TLS, client CA): it listens where
+    the chart says, passes the chart's TCP probe and stops cleanly on SIGTERM."""
+    helm_bin = require_tool("HELM_BIN", "helm", "source scripts/setup/40-helm.sh")
+    docs = documents(template(helm_bin, "-f", str(REPO / "helm/ciphercare/ci/production-values.yaml")).stdout)
+    chaincode = next(w for w in workloads(docs) if w["metadata"]["name"] == "cc-ciphercare-chaincode")
+    main = pod_spec(chaincode)["containers"][0]
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("node CA", ca_key, None, ca_key, ca=True)
+    _leaf("cc-ciphercare-chaincode", ca_key, ca, tmp_path / "tls")
+    port = free_port()
+    env = {e["name"]: e["value"].replace("/etc/ciphercare/tls", str(tmp_path / "tls")) for e in main["env"]}
+    assert env["CHAINCODE_TLS_DISABLED"] == "false" and "CHAINCODE_CLIENT_CA_CERT" in env
+    assert env["CHAINCODE_SERVER_ADDRESS"] == f"0.0.0.0:{main['ports'][0]['containerPort']}"
+    env["CHAINCODE_SERVER_ADDRESS"] = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([*CLI, *main["args"]], env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert main["readinessProbe"]["tcpSocket"]["port"] == "chaincode"
+        _wait_for(["tcp", f"127.0.0.1:{port}"], proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""

@@ -133,6 +133,7 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
 "ciphercare.keysInit" (dict "ctx" $ "component" "api" "keys" (list (dict "volume" "kek" "file" "kek.key")))
 */}}
 {{- define "ciphercare.keysInit" -}}
+{{- $dest := .dest | default "/run/ciphercare/keys" -}}
 - name: install-keys
   image: {{ include "ciphercare.image" (dict "ctx" .ctx "component" .component) }}
   imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
@@ -142,8 +143,8 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
     - |
       umask 077
       {{- range .keys }}
-      cp /etc/ciphercare/secrets/{{ .volume }}/{{ .file }} /run/ciphercare/keys/{{ .file }}
-      chmod 0600 /run/ciphercare/keys/{{ .file }}
+      cp /etc/ciphercare/secrets/{{ .volume }}/{{ .file }} {{ $dest }}/{{ .file }}
+      chmod 0600 {{ $dest }}/{{ .file }}
       {{- end }}
   securityContext:
     {{- include "ciphercare.containerSecurityContext" .ctx | nindent 4 }}
@@ -151,8 +152,8 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
     requests: {cpu: 10m, memory: 16Mi}
     limits: {cpu: 100m, memory: 64Mi}
   volumeMounts:
-    - name: keys
-      mountPath: /run/ciphercare/keys
+    - name: {{ .destVolume | default "keys" }}
+      mountPath: {{ $dest }}
     {{- range .keys }}
     - name: {{ .volume }}
       mountPath: /etc/ciphercare/secrets/{{ .volume }}
@@ -162,10 +163,12 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
 
 {{/* Secret volumes for "ciphercare.keysInit" keys: (dict "keys" (list (dict "volume" "kek" "secret" "x" "file" "kek.key"))) */}}
 {{- define "ciphercare.keyVolumes" -}}
+{{- if not .noMemoryVolume }}
 - name: keys
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
+{{- end }}
 {{- range .keys }}
 - name: {{ .volume }}
   secret:
