@@ -359,7 +359,7 @@ def test_network_policies_default_deny_and_allow_only_the_needed_flows(
         assert _selects(deny["spec"]["podSelector"], workload["spec"]["template"]["metadata"]["labels"])
     assert _allowed(policies, labels["api"], labels["ledger"], 7051)
     assert _allowed(policies, labels["ledger"], labels["witness"], 7060)
-    assert _allowed(policies, labels["witness"], labels["ledger"], 7051)
+    assert not _allowed(policies, labels["witness"], labels["ledger"], 7051)  # witnesses answer, never dial
     # refused: the ledger never calls the API; the witness never reaches the API's ports; nobody else's port
     assert not _allowed(policies, labels["ledger"], labels["api"], 50051)
     assert not _allowed(policies, labels["witness"], labels["api"], 50051)
