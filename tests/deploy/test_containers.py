@@ -141,7 +141,7 @@ def test_every_target_command_is_a_cli_command(target: str) -> None:
     command = target_command(CONTAINERFILE.read_text(), target)[1:]
     words = list(itertools.takewhile(lambda w: not w.startswith("-"), command))
     if target != "api" and not _cli_knows(*words):
-        pytest.skip(f"`ciphercare {' '.join(words)}` is not built yet (issue 13 and issue 11 add it)")
+        pytest.skip(f"`ciphercare {' '.join(words)}` is not built yet (issue 13 adds it)")
     assert _cli_knows(*words), command
 
 
