@@ -3,7 +3,7 @@
 #
 #   deploy/containers/build-local.sh base              # Debian bookworm + python3.11 root (debootstrap) as a base image
 #   deploy/containers/build-local.sh build [TARGET..]  # build targets (default: api) on that base, docker format
-#   deploy/containers/build-local.sh smoke [TARGET]    # start the image with runc: read-only root, uid 10001,
+#   deploy/containers/build-local.sh smoke [TARGET]    # start an image (api, witness, chaincode) with runc: read-only root, uid 10001,
 #                                                       # no capabilities; run its health check; stop it
 #
 # Needs root and Debian's buildah, debootstrap and runc (apt-get install buildah debootstrap runc). Storage is
@@ -42,28 +42,42 @@ build() {
 }
 
 smoke() {
-  local target=${1:-api} work ctr mnt pid rc=0
-  [ "$target" = api ] || { echo "smoke: only the api entry point exists today" >&2; return 2; }
+  local target=${1:-api} work ctr mnt pid rc=0 check
+  case "$target" in
+    api) check=(grpc 127.0.0.1:50051) ;;
+    witness) check=(http http://127.0.0.1:7060/vkey) ;;
+    chaincode) check=(tcp 127.0.0.1:9999) ;;
+    *) echo "smoke: api, witness or chaincode (ledger serve is not built yet)" >&2; return 2 ;;
+  esac
   work=$(mktemp -d)
   mkdir -p "$work/bundle" "$work/data"
   chown 10001:10001 "$work/data" && chmod 0750 "$work/data"
   ctr=$("${B[@]}" from "localhost/ciphercare-$target:$TAG")
   mnt=$("${B[@]}" mount "$ctr")
   (cd "$work/bundle" && runc spec)
-  python3 - "$work/bundle/config.json" "$mnt" "$work/data" <<'PY'
+  python3 - "$work/bundle/config.json" "$mnt" "$work/data" "$target" <<'PY'
 import json
 import sys
 
-path, rootfs, data = sys.argv[1:]
+path, rootfs, data, target = sys.argv[1:]
+# a log key to witness (an example key; the witness only needs one to start)
+LOG = "hospital-b.example.org/ledger+4a1d5aec+AUuAZai3wxnSRFJ/FjQFRrv74lL/cIR42bsmSzuD2Xe1"
+ARGS = {
+    "api": ["ciphercare", "up"],
+    "witness": ["ciphercare", "witness", "serve", "--dir", "/var/lib/ciphercare", "--host", "127.0.0.1", "--port",
+                "7060", "--name", "witness.example.org", "--log", LOG],
+    "chaincode": ["ciphercare", "chaincode", "serve"],
+}
 c = json.load(open(path))
 c["root"] = {"path": rootfs, "readonly": True}
 p = c["process"]
-p.update(terminal=False, user={"uid": 10001, "gid": 10001}, cwd="/var/lib/ciphercare", args=["ciphercare", "up"],
+p.update(terminal=False, user={"uid": 10001, "gid": 10001}, cwd="/var/lib/ciphercare", args=ARGS[target],
          noNewPrivileges=True)
 p["env"] = ["PATH=/opt/ciphercare/bin:/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1",
             "CIPHERCARE_DATA_DIR=/var/lib/ciphercare", "CIPHERCARE_GRPC_HOST=127.0.0.1", "CIPHERCARE_GRPC_PORT=50051",
             "CIPHERCARE_WEB_HOST=127.0.0.1", "CIPHERCARE_WEB_PORT=3000", "CIPHERCARE_DEV_ISSUER_ENABLED=false",
-            "CIPHERCARE_OIDC_ISSUER=https://127.0.0.1:1/realms/ciphercare"]
+            "CIPHERCARE_OIDC_ISSUER=https://127.0.0.1:1/realms/ciphercare",
+            "CHAINCODE_ID=ciphercare_1.0:smoke", "CHAINCODE_SERVER_ADDRESS=127.0.0.1:9999", "CHAINCODE_TLS_DISABLED=true"]
 p["capabilities"] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
 # the host's network namespace, so the check below reaches 127.0.0.1 inside; no cgroup setup needed
 c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] not in ("network", "cgroup")]
@@ -77,14 +91,16 @@ PY
   runc run --bundle "$work/bundle" "ciphercare-smoke-$$" >"$work/out.log" 2>"$work/err.log" &
   pid=$!
   for _ in $(seq 1 180); do
-    grep -q "try: ciphercare demo" "$work/out.log" 2>/dev/null && break
+    runc exec "ciphercare-smoke-$$" ciphercare-healthcheck "${check[@]}" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 1
   done
   cat "$work/out.log"
-  echo "-- HEALTHCHECK inside the container:"
-  runc exec "ciphercare-smoke-$$" ciphercare-healthcheck grpc 127.0.0.1:50051 && echo "gRPC health: SERVING" || rc=1
-  runc exec "ciphercare-smoke-$$" ciphercare-healthcheck http http://127.0.0.1:3000/healthz && echo "web: ok" || rc=1
+  echo "-- HEALTHCHECK inside the container: ciphercare-healthcheck ${check[*]}"
+  runc exec "ciphercare-smoke-$$" ciphercare-healthcheck "${check[@]}" && echo "healthy" || rc=1
+  if [ "$target" = api ]; then
+    runc exec "ciphercare-smoke-$$" ciphercare-healthcheck http http://127.0.0.1:3000/healthz && echo "web: ok" || rc=1
+  fi
   echo "-- the root filesystem is read-only, the user is not root:"
   if runc exec "ciphercare-smoke-$$" sh -c 'touch /opt/ciphercare/probe' 2>/dev/null; then rc=1; echo "root fs writable!"; fi
   runc exec "ciphercare-smoke-$$" id
