@@ -208,13 +208,13 @@ def test_stateless_services_roll_and_keep_a_disruption_budget(docs: dict[str, li
 
 
 def test_probes_use_grpc_health_and_tls_aware_exec(docs: dict[str, list[dict[str, Any]]]) -> None:
-    api = by_kind(docs["defaults"], "Deployment")[_name("api")]
+    api = by_kind(docs["embedded"], "StatefulSet")[_name("api")]  # plaintext gRPC: the kubelet's gRPC probe
     main = pod_spec(api)["containers"][0]
     assert main["readinessProbe"]["grpc"] == {"port": 50051}
     assert main["startupProbe"]["grpc"] == {"port": 50051}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "web"}
-    ledger = by_kind(docs["defaults"], "StatefulSet")[_name("ledger")]
-    assert pod_spec(ledger)["containers"][0]["readinessProbe"]["grpc"] == {"port": 7051}
+    ledger = by_kind(docs["defaults"], "StatefulSet")[_name("ledger")]  # no grpc.health.v1 on the node
+    assert pod_spec(ledger)["containers"][0]["readinessProbe"]["tcpSocket"] == {"port": "gateway"}
     # With TLS the kubelet's plaintext gRPC probe would fail: the image's health check speaks TLS instead.
     tls_api = by_kind(docs["production"], "Deployment")[_name("api")]
     probe = pod_spec(tls_api)["containers"][0]["readinessProbe"]
@@ -232,7 +232,8 @@ def test_settings_cover_identity_ledger_tls_and_observability(helm_bin: str,
     assert api["CIPHERCARE_DEV_ISSUER_ENABLED"] == "false"
     assert api["CIPHERCARE_LEDGER_BACKEND"] == "fabric"
     assert api["CIPHERCARE_LEDGER_ENDPOINT"] == "peer0.hospital-a.example.org:7051"
-    assert api["CIPHERCARE_LEDGER_MSP_ID"] == "HospitalAMSP"
+    assert api["CIPHERCARE_LEDGER_ORG"] == "hospital-a"
+    assert api["CIPHERCARE_LEDGER_MSP_DIR"] == "/run/ciphercare/keys/msp"
     assert api["CIPHERCARE_LEDGER_TLS_CA_PATH"] == "/etc/ciphercare/ledger-tls/ca.crt"
     assert api["CIPHERCARE_CONFIG"] == "/etc/ciphercare/secret-settings/settings.toml"
     assert api["CIPHERCARE_TLS_CLIENT_CA_PATH"] == "/etc/ciphercare/tls/ca.crt"  # mutual TLS
@@ -241,13 +242,15 @@ def test_settings_cover_identity_ledger_tls_and_observability(helm_bin: str,
     assert api["CIPHERCARE_TRACING_ENABLED"] == "true"
     defaults = env_of(pod_spec(by_kind(docs["defaults"], "Deployment")[_name("api")])["containers"][0])
     assert defaults["CIPHERCARE_LEDGER_ENDPOINT"] == f"{_name('ledger')}:7051"
-    assert not [k for k in defaults if k.startswith(("CIPHERCARE_TRACING", "CIPHERCARE_TLS"))]
+    assert not [k for k in defaults if k.startswith("CIPHERCARE_TRACING")]
+    assert defaults["CIPHERCARE_LEDGER_TLS_SERVER_NAME"] == _name("ledger")  # TLS to the node by default
     assert defaults["CIPHERCARE_METRICS_ENABLED"] == "true"
     off = documents(template(helm_bin, "--set", "metrics.enabled=false").stdout)
     off_api = env_of(pod_spec(by_kind(off, "Deployment")[_name("api")])["containers"][0])
     assert off_api["CIPHERCARE_METRICS_ENABLED"] == "false" and "CIPHERCARE_METRICS_PORT" not in off_api
     ledger = env_of(pod_spec(by_kind(docs["defaults"], "StatefulSet")[_name("ledger")])["containers"][0])
     assert ledger["CIPHERCARE_CHECKPOINT_KEY_PATH"] == "/run/ciphercare/keys/checkpoint-ed25519.pem"
+    assert ledger["CIPHERCARE_LEDGER_NODE_HOST"] == "0.0.0.0" and "CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH" in ledger
     assert "CIPHERCARE_WITNESS_POLICY" not in ledger  # no policy given: no witnesses
     assert api["CIPHERCARE_WITNESS_POLICY"] == "/etc/ciphercare/files/witness-policy.txt"
 
@@ -260,18 +263,14 @@ def test_settings_variables_the_app_knows_are_spelled_as_it_reads_them(
 
     known = {f"CIPHERCARE_{name.upper()}" for name in Settings.model_fields} | {"CIPHERCARE_CONFIG"}
     announced = {
-        "CIPHERCARE_CHECKPOINT_KEY_PATH", "CIPHERCARE_WITNESS_POLICY", "CIPHERCARE_WITNESS_KEY_PATH",
-        "CIPHERCARE_LEDGER_ENDPOINT", "CIPHERCARE_LEDGER_MSP_ID", "CIPHERCARE_LEDGER_CHANNEL",
-        "CIPHERCARE_LEDGER_CHAINCODE", "CIPHERCARE_LEDGER_IDENTITY_CERT_PATH", "CIPHERCARE_LEDGER_IDENTITY_KEY_PATH",
-        "CIPHERCARE_LEDGER_TLS_ENABLED", "CIPHERCARE_LEDGER_TLS_CA_PATH", "CIPHERCARE_LEDGER_TLS_SERVER_NAME",
-        "CIPHERCARE_LEDGER_TLS_CLIENT_CERT_PATH", "CIPHERCARE_LEDGER_TLS_CLIENT_KEY_PATH",
-        "CIPHERCARE_LEDGER_MSP_DIR", "CIPHERCARE_FABRIC_CONNECTION_PROFILE", "CIPHERCARE_TRACING_ENABLED",
+        "CIPHERCARE_FABRIC_CONNECTION_PROFILE", "CIPHERCARE_TRACING_ENABLED",
         "CIPHERCARE_TRACING_ENDPOINT", "CIPHERCARE_TRACING_SAMPLE_RATIO", "CIPHERCARE_TRACING_SERVICE_NAME",
     }
     used = {name for overlay in docs.values() for w in workloads(overlay) for c in containers(w)
             for name in env_of(c) if name.startswith("CIPHERCARE_")}
     assert used - known - announced == set()
-    assert {n for n in used if n.startswith(("CIPHERCARE_TLS_", "CIPHERCARE_METRICS_"))} <= known
+    assert {n for n in used if n.startswith(("CIPHERCARE_TLS_", "CIPHERCARE_METRICS_", "CIPHERCARE_LEDGER_",
+                                             "CIPHERCARE_WITNESS_", "CIPHERCARE_CHECKPOINT_"))} <= known
     assert {"CIPHERCARE_DATABASE_URL", "CIPHERCARE_KEK_PATH", "CIPHERCARE_OIDC_ISSUER"} & used == {
         "CIPHERCARE_KEK_PATH", "CIPHERCARE_OIDC_ISSUER"}  # the database URL only ever arrives in the secret file
 
@@ -402,6 +401,9 @@ BAD_VALUES = [
     (["--set", "kek.secretName=Not_A_Name"], "/kek/secretName"),
     (["--set", "tracing.enabled=true"], "/tracing/endpoint"),
     (["--set", "witness.enabled=true"], "anyOf"),
+    (["--set", "tls.enabled=false"], "/tls/enabled"),
+    (["--set", "ledger.tls.enabled=false"], "/ledger/tls/enabled"),
+    (["--set", "ledger.mspId=Org1"], "/ledger/mspId"),
     (["--set", "witness.alg=rsa"], "/witness/alg"),
     (["--set", "witness.logs={not-a-vkey}"], "/witness/logs/0"),
 ]
@@ -513,3 +515,14 @@ def test_deploy_doc_key_commands_make_keys_the_services_accept(tmp_path: Path) -
         printed = subprocess.run([sys.executable, "-c", script, str(tmp_path / name), "ciphercare.example.org/ledger"],
                                  capture_output=True, text=True, check=True, timeout=60).stdout.strip()
         assert printed == signer.vkey
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_msp_id_is_the_ledgers_name_for_the_org(overlay: str) -> None:
+    """ledger.mspId must be what the ledger derives from ledger.org, or enrolled users land in the wrong MSP."""
+    from ciphercare.ledger.embedded.msp import msp_id_for_org
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["ledger"]
+    if OVERLAYS[overlay]:
+        values.update(yaml.safe_load(Path(OVERLAYS[overlay][1]).read_text()).get("ledger", {}))
+    assert values["mspId"] == msp_id_for_org(values["org"])

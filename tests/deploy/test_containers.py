@@ -502,3 +502,57 @@ def test_chaincode_entrypoint_runs_as_the_production_overlay_configures_it(tmp_p
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_ledger_node_entrypoint_runs_as_the_defaults_configure_it(tmp_path: Path) -> None:
+    """`ciphercare ledger serve` with the defaults' arguments and environment (TLS, checkpoint key installed by
+    the chart's init script from a group-readable Secret file, trusted MSP certificates from the ConfigMap):
+    it listens with TLS where the chart says, passes the chart's TCP probe and stops cleanly on SIGTERM."""
+    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+
+    helm_bin = require_tool("HELM_BIN", "helm", "source scripts/setup/40-helm.sh")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("HospitalA CA", ca_key, None, ca_key, ca=True)
+    docs = documents(template(helm_bin, "--set-string", f"ledger.node.msps.HospitalAMSP={_pem(ca).decode()}").stdout)
+    ledger = next(w for w in workloads(docs) if w["metadata"]["name"] == "cc-ciphercare-ledger")
+    files = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cc-ciphercare-files")
+    spec = pod_spec(ledger)
+    main = spec["containers"][0]
+    roots = {"/etc/ciphercare/secrets": tmp_path / "secrets", "/run/ciphercare/keys": tmp_path / "keys",
+             "/var/lib/ciphercare": tmp_path / "data", "/etc/ciphercare/files": tmp_path / "files",
+             "/etc/ciphercare/tls": tmp_path / "tls"}
+
+    def local(value: str) -> str:
+        for chart_path, here in roots.items():
+            value = value.replace(chart_path, str(here))
+        return value
+
+    for here in roots.values():
+        here.mkdir(parents=True, exist_ok=True)
+    for key, text in files["data"].items():
+        (roots["/etc/ciphercare/files"] / key).write_text(text)
+    (roots["/etc/ciphercare/secrets"] / "checkpoint-key").mkdir()
+    key_file = roots["/etc/ciphercare/secrets"] / "checkpoint-key" / "checkpoint-ed25519.pem"
+    signer = CheckpointSigner(key_file, "ciphercare.example.org/ledger")
+    key_file.chmod(0o440)
+    _leaf("cc-ciphercare-ledger", ca_key, ca, roots["/etc/ciphercare/tls"])
+    (init,) = spec["initContainers"]
+    subprocess.run(["/bin/sh", "-ec", local(init["command"][2])], check=True, timeout=30)
+    assert (roots["/var/lib/ciphercare"] / "msp" / "HospitalAMSP" / "ca-cert.pem").read_bytes() == _pem(ca)
+    port = free_port()
+    env = {e["name"]: local(e["value"]) for e in main["env"]}
+    env.update({"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CIPHERCARE_LEDGER_NODE_HOST": "127.0.0.1",
+                "CIPHERCARE_METRICS_ENABLED": "false"})
+    args = [str(port) if a == str(main["ports"][0]["containerPort"]) else a for a in main["args"]]
+    proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert main["readinessProbe"]["tcpSocket"] == {"port": "gateway"}
+        _wait_for(["tcp", f"127.0.0.1:{port}"], proc)
+        plaintext = _healthcheck("grpc", f"127.0.0.1:{port}", "--timeout", "3")
+        assert plaintext.returncode == 1  # the node speaks TLS only
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert not (roots["/var/lib/ciphercare"] / "ledger-ed25519.pem").exists()  # the Secret's key was used
+    assert signer.vkey  # the key the Secret held is a valid checkpoint key

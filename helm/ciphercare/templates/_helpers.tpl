@@ -143,8 +143,21 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
     - |
       umask 077
       {{- range .keys }}
-      cp /etc/ciphercare/secrets/{{ .volume }}/{{ .file }} {{ $dest }}/{{ .file }}
-      chmod 0600 {{ $dest }}/{{ .file }}
+      {{- $dir := $dest }}
+      {{- if .subdir }}
+      {{- $dir = printf "%s/%s" $dest .subdir }}
+      mkdir -p {{ $dir }}
+      {{- end }}
+      {{- $volume := .volume }}
+      {{- range (.also | default list) }}
+      cp /etc/ciphercare/secrets/{{ $volume }}/{{ . }} {{ $dir }}/{{ . }}
+      {{- end }}
+      cp /etc/ciphercare/secrets/{{ .volume }}/{{ .file }} {{ $dir }}/{{ .file }}
+      chmod 0600 {{ $dir }}/{{ .file }}
+      {{- end }}
+      {{- range .copies }}
+      mkdir -p {{ dir .to }}
+      cp {{ .from }} {{ .to }}
       {{- end }}
   securityContext:
     {{- include "ciphercare.containerSecurityContext" .ctx | nindent 4 }}
@@ -154,6 +167,13 @@ its read-only Secret mount into a memory-backed volume, mode 0600, owned by the 
   volumeMounts:
     - name: {{ .destVolume | default "keys" }}
       mountPath: {{ $dest }}
+    {{- range .extraMounts }}
+    - name: {{ .name }}
+      mountPath: {{ .mountPath }}
+      {{- if .readOnly }}
+      readOnly: true
+      {{- end }}
+    {{- end }}
     {{- range .keys }}
     - name: {{ .volume }}
       mountPath: /etc/ciphercare/secrets/{{ .volume }}
