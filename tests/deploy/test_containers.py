@@ -49,6 +49,16 @@ def test_recipe_follows_the_rules() -> None:
     assert recipe_violations(CONTAINERFILE.read_text(), TARGETS) == []
 
 
+def test_recipe_installs_the_server_extra() -> None:
+    """A plain install is the SDK only: the services need pyproject's `server` extra in the image."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "server" in extras
+    installs = [line for line in CONTAINERFILE.read_text().splitlines() if "pip install" in line]
+    assert installs and all('".[server]"' in line for line in installs), installs
+
+
 GOOD = """ARG BASE=docker.io/library/python:3.11.14-slim-bookworm
 FROM ${BASE} AS runtime
 COPY app /app
