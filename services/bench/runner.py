@@ -61,6 +61,20 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float) -> int:
     raise RuntimeError("server did not report its port in time")
 
 
+def _wait_for_line(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None  # noqa: S101 - Popen with stdout=PIPE always sets it
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            continue
+        if marker in line:
+            return
+    raise RuntimeError(f"server did not print {marker!r} in time")
+
+
 def bench_check_rps(
     duration_s: float = 10.0, concurrency: int = 32, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -226,7 +240,25 @@ def _ghz(ghz: str, port: int, call: str, data: Any, metadata: dict[str, str], du
             "errors": not_ok if set(codes) - {"OK", "Unavailable"} else max(0, not_ok - concurrency)}
 
 
-def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections: int = 4) -> dict[str, Any]:
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a server and its child processes (the read replicas ``up`` started)."""
+    total = _process_cpu_s(pid)
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # any thread may have started a child
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            pass
+    for child in children:
+        try:
+            total += _process_cpu_s(int(child))
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections: int = 4,
+                    processes: int = 1, health_s: float = 5.0) -> dict[str, Any]:
     """``Check`` and the gRPC Health floor under ghz (a Go load generator), server in its own process.
 
     The same server, the same run: first ``ConsentService/Check`` as a hospital over 50 patients with a
@@ -243,12 +275,14 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-") as tmp:
         issuer_port = free_port()
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0")
+                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0", CIPHERCARE_WEB_ENABLED="false",
+                   CIPHERCARE_GRPC_PROCESSES=str(processes))
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             port = _wait_for_port(proc, 60.0)
+            _wait_for_line(proc, "try: ciphercare demo", 120.0)  # every replica is serving
             issuer = DevIssuer.from_settings(settings)
             hospital = issuer.issue(subject="bench-hospital", roles=["hospital"], org="hospital-a")
             pids = [f"pt-bench-{i:04d}" for i in range(50)]
@@ -269,16 +303,17 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
                        "data_class": "Observation"} for pid in pids]
             auth = {"authorization": f"Bearer {hospital}"}
             _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, 1.0, concurrency, connections)
-            cpu0 = _process_cpu_s(proc.pid)
+            cpu0 = _tree_cpu_s(proc.pid)
             check = _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, duration_s, concurrency,
                          connections)
-            check_cpu = _process_cpu_s(proc.pid) - cpu0
-            cpu0 = _process_cpu_s(proc.pid)
-            health = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, 5.0), concurrency,
+            check_cpu = _tree_cpu_s(proc.pid) - cpu0
+            cpu0 = _tree_cpu_s(proc.pid)
+            health = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, health_s), concurrency,
                           connections)
-            health_cpu = _process_cpu_s(proc.pid) - cpu0
+            health_cpu = _tree_cpu_s(proc.pid) - cpu0
             return {
                 "load_generator": "ghz",
+                "processes": processes,
                 "concurrency": concurrency,
                 "connections": connections,
                 "check": check,
