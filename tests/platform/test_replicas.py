@@ -91,8 +91,8 @@ class Node:
         return response
 
     def revoke(self, pid: str, consent_id: str) -> consent_pb2.RevokeResponse:
-        status, response = self.call("Revoke", consent_pb2.RevokeRequest(consent_id=consent_id, reason="patient-request"),
-                                     self.token("patient", pid=pid))
+        request = consent_pb2.RevokeRequest(consent_id=consent_id, reason="patient-request")
+        status, response = self.call("Revoke", request, self.token("patient", pid=pid))
         assert status == "OK", response
         return response
 
