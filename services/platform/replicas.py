@@ -225,8 +225,10 @@ async def serve_replica(settings: Settings, *, ready: Callable[[int], None] | No
     # Check never reads the off-chain store; every RPC that does is forwarded to the writer.
     servicer = ConsentServicer(handles, None)  # type: ignore[arg-type]
     forwarder = Forwarder(writer_target(settings), settings.grpc_max_message_bytes)
+    allowed = frozenset(settings.tls_client_allowed_names)
+    # Any interceptor puts every call through grpc.aio's interceptor pipeline: only when there is one to apply.
     server = grpc.aio.server(
-        interceptors=[ClientCertificateInterceptor(frozenset(settings.tls_client_allowed_names))],
+        interceptors=[ClientCertificateInterceptor(allowed)] if allowed else None,
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
