@@ -240,16 +240,21 @@ def _ghz(ghz: str, port: int, call: str, data: Any, metadata: dict[str, str], du
             "errors": not_ok if set(codes) - {"OK", "Unavailable"} else max(0, not_ok - concurrency)}
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a server and its child processes (the read replicas ``up`` started)."""
-    total = _process_cpu_s(pid)
+def _children(pid: int) -> list[str]:
+    """The child processes of ``pid`` (the read replicas ``up`` started), from /proc."""
     children: list[str] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):  # any thread may have started a child
         try:
             children += (task / "children").read_text().split()
         except OSError:
             pass
-    for child in children:
+    return children
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a server and its child processes."""
+    total = _process_cpu_s(pid)
+    for child in _children(pid):
         try:
             total += _process_cpu_s(int(child))
         except (OSError, ValueError):
@@ -322,6 +327,7 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
             return {
                 "load_generator": "ghz",
                 "processes": processes,
+                "server_processes_measured": 1 + len(_children(proc.pid)),
                 "concurrency": concurrency,
                 "connections": connections,
                 "check": check,

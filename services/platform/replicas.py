@@ -74,6 +74,15 @@ def writer_socket_path(settings: Settings) -> Path:
     return (settings.data_dir / WRITER_SOCKET_NAME).resolve()
 
 
+#: Unix socket paths are limited to 108 bytes (sun_path) on Linux.
+MAX_SOCKET_PATH = 100
+
+
+def writer_socket_usable(settings: Settings) -> bool:
+    """Whether the writer's socket path fits a Unix socket address (a very deep data directory does not)."""
+    return len(str(writer_socket_path(settings)).encode()) <= MAX_SOCKET_PATH
+
+
 def writer_target(settings: Settings) -> str:
     return "unix:" + str(writer_socket_path(settings))
 
@@ -362,6 +371,9 @@ async def start_replicas(settings: Settings, port: int) -> ReplicaSupervisor | N
     if settings.ledger_backend != "embedded":
         log.warning("CIPHERCARE_GRPC_PROCESSES > 1 needs the embedded ledger; serving from one process")
         return None
+    if not writer_socket_usable(settings):
+        raise RuntimeError(f"read replicas need the writer's socket {writer_socket_path(settings)}, whose path is "
+                           f"longer than {MAX_SOCKET_PATH} bytes: use a shorter CIPHERCARE_DATA_DIR")
     supervisor = ReplicaSupervisor(settings, port, settings.grpc_processes - 1)
     try:
         await asyncio.to_thread(supervisor.start)

@@ -38,7 +38,7 @@ from ciphercare.services.platform.errors import ErrorMappingInterceptor
 from ciphercare.services.platform.gateway import ContractHandles
 from ciphercare.services.platform.metrics import Metrics, MetricsInterceptor
 from ciphercare.services.platform.projections import ProjectionRunner
-from ciphercare.services.platform.replicas import reuseport_options, writer_socket_path
+from ciphercare.services.platform.replicas import reuseport_options, writer_socket_path, writer_socket_usable
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
@@ -254,13 +254,17 @@ class Application:
             raise RuntimeError(f"cannot listen on {self.settings.grpc_target}")
         if port_holder is not None:
             port_holder.append(port)
-        if self.settings.ledger_backend == "embedded":  # perf (issue 16): the endpoint read replicas forward to
+        # perf (issue 16): the endpoint read replicas forward to (owner-only Unix socket; with TLS, only when
+        # replicas are configured, so a single TLS process keeps no plaintext endpoint at all).
+        internal = (self.settings.ledger_backend == "embedded" and writer_socket_usable(self.settings)
+                    and (tls is None or self.settings.grpc_processes > 1))
+        if internal:
             socket_path = writer_socket_path(self.settings)
             socket_path.unlink(missing_ok=True)
             if server.add_insecure_port("unix:" + str(socket_path)) == 0:
                 raise RuntimeError(f"cannot listen on {socket_path}")
         await server.start()
-        if self.settings.ledger_backend == "embedded":
+        if internal:
             os.chmod(writer_socket_path(self.settings), 0o600)  # perf (issue 16): owner only
         for name in ("", *SERVICE_NAMES[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
