@@ -242,6 +242,16 @@ def test_up_with_three_processes_shares_the_port_and_survives_a_replica_dying(tm
             node = Node(port, issuer)
             assert node.check(pid).decision == PERMIT
             node.channel.close()
+        deadline = time.monotonic() + 90  # and `up` starts another replica in its place
+        while time.monotonic() < deadline:
+            now = [p for p in _children(up.pid) if "replica" in Path(f"/proc/{p}/cmdline").read_text()
+                   and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+            if len(now) == 2 and replicas[0] not in now:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the killed replica was not replaced: {now}")
+        replicas = now + [replicas[0]]
     finally:
         _stop(up)
     for p in replicas:  # `up` stopped its replicas with itself
