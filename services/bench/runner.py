@@ -61,6 +61,20 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float) -> int:
     raise RuntimeError("server did not report its port in time")
 
 
+def _wait_for_line(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None  # noqa: S101 - Popen with stdout=PIPE always sets it
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            continue
+        if marker in line:
+            return
+    raise RuntimeError(f"server did not print {marker!r} in time")
+
+
 def bench_check_rps(
     duration_s: float = 10.0, concurrency: int = 32, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -226,7 +240,30 @@ def _ghz(ghz: str, port: int, call: str, data: Any, metadata: dict[str, str], du
             "errors": not_ok if set(codes) - {"OK", "Unavailable"} else max(0, not_ok - concurrency)}
 
 
-def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections: int = 4) -> dict[str, Any]:
+def _children(pid: int) -> list[str]:
+    """The child processes of ``pid`` (the read replicas ``up`` started), from /proc."""
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # any thread may have started a child
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            pass
+    return children
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a server and its child processes."""
+    total = _process_cpu_s(pid)
+    for child in _children(pid):
+        try:
+            total += _process_cpu_s(int(child))
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections: int = 4,
+                    processes: int = 1, health_s: float = 5.0, repeats: int = 1) -> dict[str, Any]:
     """``Check`` and the gRPC Health floor under ghz (a Go load generator), server in its own process.
 
     The same server, the same run: first ``ConsentService/Check`` as a hospital over 50 patients with a
@@ -243,12 +280,14 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-") as tmp:
         issuer_port = free_port()
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0")
+                   CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0", CIPHERCARE_WEB_ENABLED="false",
+                   CIPHERCARE_GRPC_PROCESSES=str(processes))
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             port = _wait_for_port(proc, 60.0)
+            _wait_for_line(proc, "try: ciphercare demo", 120.0)  # every replica is serving
             issuer = DevIssuer.from_settings(settings)
             hospital = issuer.issue(subject="bench-hospital", roles=["hospital"], org="hospital-a")
             pids = [f"pt-bench-{i:04d}" for i in range(50)]
@@ -269,16 +308,26 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
                        "data_class": "Observation"} for pid in pids]
             auth = {"authorization": f"Bearer {hospital}"}
             _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, 1.0, concurrency, connections)
-            cpu0 = _process_cpu_s(proc.pid)
-            check = _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, duration_s, concurrency,
-                         connections)
-            check_cpu = _process_cpu_s(proc.pid) - cpu0
-            cpu0 = _process_cpu_s(proc.pid)
-            health = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, 5.0), concurrency,
-                          connections)
-            health_cpu = _process_cpu_s(proc.pid) - cpu0
+            check, check_cpu, health, health_cpu = None, 0.0, None, 0.0
+            # The machine may be shared: the best of ``repeats`` short runs of each, alternated, same server.
+            for _ in range(max(1, repeats)):
+                cpu0 = _tree_cpu_s(proc.pid)
+                run = _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, duration_s, concurrency,
+                           connections)
+                cpu = _tree_cpu_s(proc.pid) - cpu0
+                if check is None or run["rps"] > check["rps"]:
+                    check, check_cpu = run, cpu
+                cpu0 = _tree_cpu_s(proc.pid)
+                run = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, health_s), concurrency,
+                           connections)
+                cpu = _tree_cpu_s(proc.pid) - cpu0
+                if health is None or run["rps"] > health["rps"]:
+                    health, health_cpu = run, cpu
+            assert check is not None and health is not None  # noqa: S101 - at least one run
             return {
                 "load_generator": "ghz",
+                "processes": processes,
+                "server_processes_measured": 1 + len(_children(proc.pid)),
                 "concurrency": concurrency,
                 "connections": connections,
                 "check": check,
@@ -292,6 +341,32 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def bench_check_scaling(process_counts: tuple[int, ...] = (1, 2, 3, 4), *, duration_s: float = 4.0,
+                        health_s: float = 3.0, repeats: int = 2, concurrency: int = 32,
+                        connections: int = 16) -> list[dict[str, Any]]:
+    """``Check`` and the Health floor under ghz for each number of server processes (issue 16 item 2)."""
+    return [bench_check_ghz(duration_s=duration_s, concurrency=concurrency, connections=connections,
+                            processes=n, health_s=health_s, repeats=repeats) for n in process_counts]
+
+
+def check_scaling_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for g in results:
+        c, h = g["check"], g["health"]
+        n = g["processes"]
+        rows.append({"metric": f"{n} process(es): Check RPS, p50 / p99", "value":
+                     f"{c['rps']:.0f}, {c['p50_ms']:.2f} / {c['p99_ms']:.2f} ms",
+                     "target": ">= 3000, p99 <= 10 ms",
+                     "met": "yes" if c["rps"] >= 3000 and c["p99_ms"] <= 10 and not c["errors"] else "NO"})
+        rows.append({"metric": f"{n} process(es): Health floor RPS, p99; Check / floor",
+                     "value": f"{h['rps']:.0f}, {h['p99_ms']:.2f} ms; {c['rps'] / h['rps']:.2f}", "target": "",
+                     "met": ""})
+        rows.append({"metric": f"{n} process(es): server CPU per Check / per Health",
+                     "value": f"{g['check_server_cpu_us']:.0f} / {g['health_server_cpu_us']:.0f} us", "target": "",
+                     "met": ""})
+    return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -326,6 +401,22 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
         from ciphercare.services.bench.scoring import run_scoring_bench
 
         return run_scoring_bench(quick=quick, out=out)
+    if which == "check":  # issue 16 item 2: Check with 1..4 server processes, the Health floor beside it
+        if ghz_binary() is None:
+            raise RuntimeError("ghz not found: set GHZ_BIN or `go install github.com/bojand/ghz/cmd/ghz@v0.121.0`")
+        counts = (1, 2) if quick else (1, 2, 3, 4)
+        results = bench_check_scaling(counts, duration_s=1.5 if quick else 4.0, health_s=1.5 if quick else 3.0,
+                                      repeats=1 if quick else 2)
+        rows = check_scaling_rows(results)
+        print("ghz, 32 in flight over 16 connections; best of the runs per process count (shared machine)")
+        print(_table(rows))
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"benchmark": "check", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                                       "rows": rows, "runs": results}, indent=2))
+            print(f"\nwrote {out}")
+        return rows
     if which != "ledger":
         raise ValueError(f"unknown benchmark {which!r}")
     import logging

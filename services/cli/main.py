@@ -99,6 +99,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # perf (issue 16 item 2): CIPHERCARE_GRPC_PROCESSES > 1 starts read replicas on the same port.
+        from ciphercare.services.platform.replicas import start_replicas
+
+        try:
+            replicas = await start_replicas(settings, ports[0])
+        except BaseException:
+            stop.set()
+            await task
+            raise
         web = None
         if settings.web_enabled:
             from ciphercare.services.web.server import start_web
@@ -111,6 +120,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  gRPC (Consent, AccessLog, Scoring; health, reflection):     {settings.grpc_host}:{ports[0]}")
         if app.dev_issuer_server is not None:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
+        if replicas is not None:
+            print(f"  read replicas on the same port (SO_REUSEPORT):              {len(replicas.processes)} "
+                  f"(pids {', '.join(map(str, replicas.pids()))})")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
         if settings.witness_policy is not None:
             print(f"  witness policy (C2SP tlog-witness cosignatures):            {settings.witness_policy}")
@@ -129,6 +141,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         finally:
             if web is not None:
                 web.stop()
+            if replicas is not None:
+                await asyncio.to_thread(replicas.stop)
 
     try:
         asyncio.run(run())
@@ -138,6 +152,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             demo_witness.terminate()
             demo_witness.wait(10)
     return 0
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    from ciphercare.services.platform.logs import configure_logging
+
+    settings = _settings(args, **({"grpc_port": args.port} if args.port is not None else {}))
+    configure_logging(settings)
+    from ciphercare.services.platform.replicas import run_replica
+
+    return run_replica(settings)
 
 
 # dev-token ----------------------------------------------------------------------
@@ -201,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     up.set_defaults(func=cmd_up)
 
+    # perf (issue 16 item 2): a read replica, started by `up` when CIPHERCARE_GRPC_PROCESSES > 1.
+    replica = sub.add_parser("replica", help="serve as a read replica beside a running `up` (started by `up`)")
+    replica.add_argument("--port", type=int, help="the writer's gRPC port (default from settings)")
+    replica.set_defaults(func=cmd_replica)
+
     demo = sub.add_parser("demo", help="drive a scripted scenario against running services")
     demo.add_argument("--target", help="gRPC host:port (default from settings)")
     demo.set_defaults(func=cmd_demo)
@@ -224,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ledger_serve(ledger_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
-    bench.add_argument("which", choices=["ledger", "anomaly"])
+    bench.add_argument("which", choices=["ledger", "anomaly", "check"])  # check: issue 16 item 2
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.add_argument("--witness", action="store_true",

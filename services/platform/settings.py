@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(default=4 * MiB, ge=64 * 1024)
     grpc_workers: int = Field(default=16, ge=1)
     client_deadline_s: float = Field(default=10.0, gt=0)
+    # perf (issue 16 item 2): server processes sharing the gRPC port (SO_REUSEPORT). 1: one process. N > 1:
+    # the writer (owns the ledger) plus N - 1 read replicas that answer Check and forward everything else to
+    # the writer (services/platform/replicas.py). Embedded ledger only.
+    grpc_processes: int = Field(default=1, ge=1, le=64)
 
     # TLS on every gRPC listener (and the web app when web_tls is true). Files, reloaded when they change
     # (a renewed certificate needs no restart). With a client CA, clients must present a certificate it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ from ciphercare.services.platform.handlers import DecodeGuardInterceptor
 from ciphercare.services.platform.metrics import Metrics, MetricsInterceptor
 from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.reflection_v1 import SERVICE_NAME_V1, enable_server_reflection
+from ciphercare.services.platform.replicas import reuseport_options, writer_socket_path, writer_socket_usable
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
@@ -233,6 +235,7 @@ class Application:
         options = [
             ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", self.settings.grpc_max_message_bytes),
+            *reuseport_options(self.settings),  # perf (issue 16): read replicas share the port
         ]
         server = grpc.aio.server(
             interceptors=[
@@ -288,7 +291,18 @@ class Application:
             raise RuntimeError(f"cannot listen on {self.settings.grpc_target}")
         if port_holder is not None:
             port_holder.append(port)
+        # perf (issue 16): the endpoint read replicas forward to (owner-only Unix socket; with TLS, only when
+        # replicas are configured, so a single TLS process keeps no plaintext endpoint at all).
+        internal = (self.settings.ledger_backend == "embedded" and writer_socket_usable(self.settings)
+                    and (tls is None or self.settings.grpc_processes > 1))
+        if internal:
+            socket_path = writer_socket_path(self.settings)
+            socket_path.unlink(missing_ok=True)
+            if server.add_insecure_port("unix:" + str(socket_path)) == 0:
+                raise RuntimeError(f"cannot listen on {socket_path}")
         await server.start()
+        if internal:
+            os.chmod(writer_socket_path(self.settings), 0o600)  # perf (issue 16): owner only
         for name in ("", *HEALTH_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         follow = asyncio.create_task(projections.follow())
