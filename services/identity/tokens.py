@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from ciphercare.services.platform.settings import Settings
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
+# The identity provider's keys could not be fetched at all: not the caller's fault (issue 14, faults).
+UNAVAILABLE = "UNAVAILABLE"
 MAX_TOKEN_BYTES = 16 * 1024
 
 #: Asymmetric algorithms this verifier can accept, with the JWK (kty, crv) each needs.
@@ -238,7 +240,8 @@ class TokenVerifier:
     def _verify_with(self, parts: tuple[str, str, str], alg: str, cached: CachedKey | None) -> Principal:
         if cached is None:
             if not self.jwks.kids():
-                raise _fail("cannot verify: the issuer's signing keys (JWKS) could not be fetched")
+                raise AuthError(UNAVAILABLE, "cannot verify tokens now: the identity provider's signing keys "
+                                             "(JWKS) could not be fetched; retry later")
             raise _fail("unknown signing key (kid not in the issuer's JWKS)")
         want_kty, want_crv = _ALG_KEY_TYPE[alg]
         if cached.kty != want_kty or (want_crv is not None and cached.crv != want_crv):

@@ -11,6 +11,7 @@ Readers that must see what was committed before they asked call :meth:`Projectio
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -20,6 +21,11 @@ from ciphercare.ledger.gateway import TransparencyLog
 
 #: Entries read per chunk while catching up.
 CHUNK = 1024
+#: Pause before the first retry after a failed apply, and the longest pause (doubling in between).
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 5.0
+
+log = logging.getLogger("ciphercare.projections")
 
 
 class Projection(Protocol):
@@ -102,8 +108,12 @@ class ProjectionRunner:
             self.catch_up()
 
     async def follow(self) -> None:
-        """Apply new events as they commit, until cancelled or stopped."""
-        await asyncio.to_thread(self.catch_up)
+        """Apply new events as they commit, until cancelled or stopped.
+
+        A failed apply (the off-chain store down or slow) does not end the follower: it retries a catch-up
+        from the cursors, with a growing pause, until the store is back (issue 14, dependency faults).
+        """
+        await self._catch_up_retrying()
         start = min((p.cursor() for p in self.projections), default=0)
         stream = self._stream = self.source.events(start, self._names)
         try:
@@ -112,9 +122,26 @@ class ProjectionRunner:
                     batch = await asyncio.to_thread(stream.next_batch)
                 except StopIteration:
                     return
-                await asyncio.to_thread(self._apply_batch, batch)
+                try:
+                    await asyncio.to_thread(self._apply_batch, batch)
+                except Exception as exc:  # noqa: BLE001 - logged; the cursors make the retry exact
+                    log.warning("projection apply failed; retrying from the cursors",
+                                extra={"error": type(exc).__name__})
+                    await self._catch_up_retrying()
         finally:
             self.stop()
+
+    async def _catch_up_retrying(self) -> None:
+        pause = RETRY_FIRST_S
+        while True:
+            try:
+                await asyncio.to_thread(self.catch_up)
+                return
+            except Exception as exc:  # noqa: BLE001 - a dependency outage; retried until it ends
+                log.warning("projection catch-up failed; retrying", extra={"error": type(exc).__name__,
+                                                                           "retry_in_s": pause})
+            await asyncio.sleep(pause)
+            pause = min(RETRY_MAX_S, pause * 2)
 
     def _apply_batch(self, batch: Sequence[CommittedEvent]) -> None:
         if not batch:
