@@ -170,7 +170,8 @@ class TokenVerifier:
     def from_settings(cls, settings: Settings, *, jwks: JwksCache | None = None) -> TokenVerifier:
         """Build a verifier (and its JWKS cache) from the typed settings."""
         if jwks is None:
-            jwks = JwksCache(settings.resolved_jwks_url, settings.oidc_jwks_cache_s)
+            jwks = JwksCache(settings.resolved_jwks_url, settings.oidc_jwks_cache_s, settings.oidc_jwks_timeout_s,
+                             min_refetch_interval_s=settings.oidc_jwks_min_refetch_s)
         return cls(
             issuer=settings.resolved_oidc_issuer,
             audience=settings.oidc_audience,

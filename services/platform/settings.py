@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     oidc_jwks_url: str = ""  # empty: <issuer>/protocol/openid-connect/certs (Keycloak's layout)
     oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
     oidc_jwks_cache_s: float = Field(default=300.0, gt=0)
+    # How long one JWKS fetch may take, and the least time between two fetches for an unknown key id
+    # (the identity provider down: requests fail fast with UNAVAILABLE in between; docs/OPERATIONS.md).
+    oidc_jwks_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    oidc_jwks_min_refetch_s: float = Field(default=10.0, ge=0, le=3600)
     oidc_leeway_s: float = Field(default=30.0, ge=0, le=300)
     oidc_org_claim: str = "org"
     oidc_pid_claim: str = "pid"
