@@ -12,6 +12,7 @@ against a read snapshot of committed state and never writes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -23,6 +24,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import ContractChaincode
 
@@ -38,9 +40,9 @@ from ciphercare.ledger.api import (
     Principal,
     Receipt,
 )
-from ciphercare.ledger.embedded.log import PendingTx, TransactionLog
+from ciphercare.ledger.embedded.log import PendingTx, StateView, TransactionLog
 from ciphercare.ledger.embedded.msp import EmbeddedMSP, Identity
-from ciphercare.ledger.embedded.runtime import BatchOverlay, ChaincodeRuntime, endorse_error, new_tx_id
+from ciphercare.ledger.embedded.runtime import BatchOverlay, ChaincodeRuntime, ExecutionResult, endorse_error, new_tx_id
 from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 from ciphercare.ledger.witness.client import WitnessSubmitter, start_witnessing
 from ciphercare.ledger.witness.policy import Policy
@@ -66,6 +68,17 @@ class _Request:
     function: str
     args: tuple[str, ...]
     ts_ms: int
+    # fabricgw: a transaction endorsed by the gateway node (ledger/gateway_server.py). The writer validates
+    # its read set against the state it commits on (MVCC) and applies its endorsed writes instead of executing.
+    prepared: PreparedTransaction | None = None
+
+
+class PreparedTransaction(Protocol):
+    """An endorsed transaction the writer validates (MVCC) and commits without re-executing (fabricgw)."""
+
+    def validate(self, view: StateView, overlay: BatchOverlay) -> ExecutionResult:
+        """The endorsed result if its reads still hold; raise :class:`CommitError` (with a code) if not."""
+        ...
 
 
 _STOP = object()
@@ -250,6 +263,33 @@ class EmbeddedLedger:
         self._queue.put(req)
         return fut
 
+    # fabricgw: hooks for the gateway node (ledger/gateway_server.py) ------------------
+
+    @property
+    def runtime(self) -> ChaincodeRuntime:
+        """The chaincode runtime (the gateway node simulates proposals with it)."""
+        return self._runtime
+
+    def snapshot(self) -> contextlib.AbstractContextManager[StateView]:
+        """A read snapshot of committed state (``with ledger.snapshot() as view``)."""
+        return self._log.snapshot()
+
+    def submit_prepared(
+        self,
+        identity: Identity,
+        tx_id: str,
+        ts_ms: int,
+        contract: str,
+        function: str,
+        args: Sequence[str],
+        prepared: PreparedTransaction,
+    ) -> TxFuture:
+        """Queue an endorsed transaction; the writer validates its reads and commits its endorsed writes."""
+        self._check_open()
+        fut = TxFuture(tx_id)
+        self._queue.put(_Request(fut, identity, contract, function, tuple(args), ts_ms, prepared))
+        return fut
+
     def submit(
         self,
         principal: Principal,
@@ -322,6 +362,15 @@ class EmbeddedLedger:
         for req in batch:
             if not req.future.set_running_or_notify_cancel():
                 continue  # cancelled by the caller before execution
+            if req.prepared is not None:  # fabricgw: endorsed by the gateway node; MVCC-validate, no re-execution
+                try:
+                    res = req.prepared.validate(view, overlay)
+                except CommitError as exc:
+                    req.future.set_exception(exc)
+                    continue
+                overlay.apply(res.tx_id, req.ts_ms, res.writes)
+                accepted.append((req, res))
+                continue
             res = self._runtime.execute(
                 view,
                 overlay,

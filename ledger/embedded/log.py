@@ -328,6 +328,11 @@ class StateView:
         """Partial composite key scan: ``[prefix, prefix + U+10FFFF)`` as the shim does."""
         return self.range(prefix, prefix + MAX_UNICODE_RUNE)
 
+    def version(self, key: str) -> int | None:
+        """Seq of the transaction that last wrote ``key`` (None if absent): the MVCC version (fabricgw)."""
+        row = self._conn.execute("SELECT version_seq FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
     def history(self, key: str) -> list[HistoryRecord]:
         """Committed modifications of ``key``, newest first (Fabric 2.x order)."""
         rows = self._conn.execute(

@@ -58,8 +58,13 @@ def _wait_for_port(proc: subprocess.Popen[str], timeout_s: float) -> int:
     raise RuntimeError("server did not report its port in time")
 
 
-def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str, Any]:
-    """Consent ``Check`` requests per second over real gRPC on loopback, server in a subprocess."""
+def bench_check_rps(
+    duration_s: float = 10.0, concurrency: int = 32, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Consent ``Check`` requests per second over real gRPC on loopback, server in a subprocess.
+
+    ``extra_env`` configures the server further (the Fabric Gateway backend: services/bench/gateway.py).
+    """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from ciphercare.services.identity.devissuer import DevIssuer
@@ -69,7 +74,7 @@ def bench_check_rps(duration_s: float = 10.0, concurrency: int = 32) -> dict[str
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-") as tmp:
         issuer_port = free_port()
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
-                   CIPHERCARE_GRPC_PORT="0")
+                   CIPHERCARE_GRPC_PORT="0", **(extra_env or {}))
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -74,7 +74,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     # ledger integrity (issue 11): CIPHERCARE_DEMO_WITNESS=true starts a local witness process for the demo
     from ciphercare.services.cli.integrity import start_demo_witness
     from ciphercare.services.platform.wiring import Application
+    from ciphercare.services.scoring.servicer import ensure_default_model
 
+    # Scoring: the service never trains; `up` puts the default model in place if none is deployed (logged).
+    ensure_default_model(settings)
     settings, demo_witness = start_demo_witness(settings)
     try:
         app = Application.from_settings(settings)
@@ -160,6 +163,10 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ciphercare.services.bench.runner import run_bench
 
+    if getattr(args, "gateway", False):  # fabricgw: the Fabric Gateway protocol beside in-process
+        from ciphercare.services.bench.gateway import main as gateway_bench
+
+        return gateway_bench((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
     rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None,
                      witness=getattr(args, "witness", False))
     return 0 if rows else 1
@@ -211,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     # ledger verify / ledger check: the ledger-integrity room (services/cli_integrity.py, issue 11)
     importlib.import_module("ciphercare.services.cli.integrity").register_ledger(ledger_sub)
+    # fabricgw: `ledger serve` (the Fabric Gateway node) lives in its own module.
+    from ciphercare.services.cli.ledger_node import register_ledger_serve
+
+    register_ledger_serve(ledger_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
     bench.add_argument("which", choices=["ledger"])
@@ -218,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.add_argument("--witness", action="store_true",
                        help="ledger: the cost of witnessing (appends/s with and without a witness, checkpoint latency)")
+    bench.add_argument("--gateway", action="store_true",
+                       help="ledger: durable tx/s and Check rate through the Fabric Gateway protocol beside in-process")
     bench.set_defaults(func=cmd_bench)
 
     db = sub.add_parser("db", help="off-chain store")

@@ -23,7 +23,7 @@ from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
-from ciphercare.ledger.gateway import GatewayOptions
+from ciphercare.ledger.gateway import GatewayOptions, Transport
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
@@ -69,11 +69,12 @@ GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="cipherc
 
 def open_ledger(settings: Settings) -> EmbeddedLedger:
     """The configured ledger backend."""
-    if settings.ledger_backend != "embedded":
-        raise NotImplementedError(
-            "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
-        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.ledger_backend == "fabric":  # fabricgw: a Fabric peer or `ciphercare ledger serve`
+        from ciphercare.ledger.fabric.ledger import open_fabric_ledger
+
+        # Duck-typed like EmbeddedLedger for what the wiring uses (size, stats, close, the old Ledger protocol).
+        return open_fabric_ledger(settings, GATEWAY_PRINCIPAL)  # type: ignore[return-value]
     key_path = settings.resolved_ledger_key_path
     if key_path.resolve().is_relative_to(settings.data_dir.resolve()):
         log.warning("the checkpoint signing key is kept with the data it signs; set CIPHERCARE_CHECKPOINT_KEY_PATH "
@@ -152,7 +153,14 @@ class Application:
         """Contract handles for the services (the only way they reach the ledger)."""
         if self._handles is None:
             options = GatewayOptions(commit_status_timeout_s=self.settings.ledger_submit_timeout_s)
-            self._handles = ContractHandles(EmbeddedTransport(self.ledger), options)  # type: ignore[arg-type]
+            transport: Transport = EmbeddedTransport(self.ledger)  # type: ignore[arg-type]
+            if self.settings.ledger_backend == "fabric":  # fabricgw: the Fabric Gateway client
+                from ciphercare.ledger.fabric.ledger import FabricLedger
+                from ciphercare.ledger.fabric.transport import FabricTransport
+
+                assert isinstance(self.ledger, FabricLedger)
+                transport = FabricTransport(self.ledger)
+            self._handles = ContractHandles(transport, options)
         return self._handles
 
     @property
@@ -208,7 +216,10 @@ class Application:
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
             AccessLogServicer(handles, self.store, self.projections), server
         )
-        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(handles, self.settings), server)
+        # The scoring servicer is kept: its usage counters (scoring volume per organisation) are read by
+        # the metrics and the unusual-access detector (issue 12).
+        self.scoring = ScoringServicer(handles, self.settings, self.metrics)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(self.scoring, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
