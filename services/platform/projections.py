@@ -66,6 +66,18 @@ def committed_events(log: TransparencyLog, start: int, end: int, names: frozense
         seq = stop
 
 
+def _next_batch(stream: EventStream) -> list[CommittedEvent] | None:
+    """The stream's next batch, or ``None`` once it ended.
+
+    StopIteration must not cross ``asyncio.to_thread``: raised into a future it is lost, and the awaiting
+    task would wait for ever.
+    """
+    try:
+        return stream.next_batch()
+    except StopIteration:
+        return None
+
+
 class ProjectionRunner:
     """Keeps every projection level with the ledger."""
 
@@ -75,6 +87,7 @@ class ProjectionRunner:
         self._names = frozenset().union(*(p.event_names for p in self.projections))
         self._lock = threading.Lock()
         self._stream: EventStream | None = None
+        self._stopping = False
 
     def catch_up(self) -> dict[str, int]:
         """Apply every committed event past each projection's cursor; returns events applied per projection."""
@@ -110,38 +123,36 @@ class ProjectionRunner:
     async def follow(self) -> None:
         """Apply new events as they commit, until cancelled or stopped.
 
-        A failed apply (the off-chain store down or slow) does not end the follower: it retries a catch-up
-        from the cursors, with a growing pause, until the store is back (issue 14, dependency faults).
+        A dependency fault does not end the follower (issue 14): when an apply fails (the off-chain store
+        down or slow) or the event stream breaks or ends (a remote ledger node stopped), it pauses -- longer
+        each time, up to :data:`RETRY_MAX_S` -- catches up from the cursors and reopens the stream. The
+        cursors make every retry exact: nothing is applied twice or skipped.
         """
-        await self._catch_up_retrying()
-        start = min((p.cursor() for p in self.projections), default=0)
-        stream = self._stream = self.source.events(start, self._names)
-        try:
-            while True:
-                try:
-                    batch = await asyncio.to_thread(stream.next_batch)
-                except StopIteration:
-                    return
-                try:
-                    await asyncio.to_thread(self._apply_batch, batch)
-                except Exception as exc:  # noqa: BLE001 - logged; the cursors make the retry exact
-                    log.warning("projection apply failed; retrying from the cursors",
-                                extra={"error": type(exc).__name__})
-                    await self._catch_up_retrying()
-        finally:
-            self.stop()
-
-    async def _catch_up_retrying(self) -> None:
+        self._stopping = False
         pause = RETRY_FIRST_S
-        while True:
-            try:
-                await asyncio.to_thread(self.catch_up)
-                return
-            except Exception as exc:  # noqa: BLE001 - a dependency outage; retried until it ends
-                log.warning("projection catch-up failed; retrying", extra={"error": type(exc).__name__,
-                                                                           "retry_in_s": pause})
-            await asyncio.sleep(pause)
-            pause = min(RETRY_MAX_S, pause * 2)
+        try:
+            while not self._stopping:
+                try:
+                    await asyncio.to_thread(self.catch_up)
+                    start = min((p.cursor() for p in self.projections), default=0)
+                    stream = self._stream = self.source.events(start, self._names)
+                    while True:
+                        batch = await asyncio.to_thread(_next_batch, stream)
+                        if batch is None:
+                            break
+                        await asyncio.to_thread(self._apply_batch, batch)
+                        pause = RETRY_FIRST_S
+                    if self._stopping:
+                        return
+                    log.warning("ledger event stream ended; reopening", extra={"retry_in_s": pause})
+                except Exception as exc:  # noqa: BLE001 - a dependency outage; retried until it ends
+                    log.warning("projection follower failed; retrying from the cursors",
+                                extra={"error": type(exc).__name__, "retry_in_s": pause})
+                self._close_stream()
+                await asyncio.sleep(pause)
+                pause = min(RETRY_MAX_S, pause * 2)
+        finally:
+            self._close_stream()
 
     def _apply_batch(self, batch: Sequence[CommittedEvent]) -> None:
         if not batch:
@@ -156,6 +167,10 @@ class ProjectionRunner:
                                  next_seq)
 
     def stop(self) -> None:
+        self._stopping = True
+        self._close_stream()
+
+    def _close_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
