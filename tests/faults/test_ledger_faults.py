@@ -240,3 +240,40 @@ def test_no_leak_over_100_node_outages(env: Env, node: Node) -> None:
     assert end.threads <= start.threads + 2, (start, end)
     assert end.fds <= start.fds + 8, (start, end)
     assert end.rss_kib <= start.rss_kib + 48 * 1024, (start, end)
+
+
+def test_scoring_during_a_node_outage_returns_no_result(env: Env, node: Node) -> None:
+    from testkit.scoring import default_training, deploy_default, key_owner
+
+    from ciphercare.sdk.scoring import ScoringClient, ScoringError
+
+    deploy_default(env.settings)
+    pid = new_pid()
+    env.patient(pid).grant(grant_request(pid))
+    client = ScoringClient.connect(env.server.target, env.token("hospital", org="hospital-a", subject="svc-faults"),
+                                   deadline_s=60)
+    try:
+        info = client.model_info()
+        client.ensure_registered(key_owner())
+        rows = default_training().test.x[:1]
+        node.stop()
+        before = node.entries()
+        with pytest.raises(ScoringError) as info_error:
+            client.score(key_owner(), [pid], rows, info=info)
+        assert "UNAVAILABLE" in str(info_error.value) and "ledger" in str(info_error.value), str(info_error.value)
+        assert node.entries() == before  # no consent check, so no access event and no result
+        node.start()
+
+        def scored() -> bool:
+            try:
+                run = client.score(key_owner(), [pid], rows, info=info)
+            except ScoringError as exc:
+                assert "UNAVAILABLE" in str(exc), str(exc)
+                return False
+            assert [r.status for r in run.results] == ["scored"]
+            return True
+
+        assert wait_until(scored, timeout_s=30, interval_s=0.1)
+        assert node.entries() == before + 1  # the access event of the scored patient
+    finally:
+        client.close()
