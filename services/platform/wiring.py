@@ -39,6 +39,7 @@ from ciphercare.services.platform.metrics import Metrics, MetricsInterceptor
 from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
+from ciphercare.services.platform.tracing import Tracing
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
 from ciphercare.services.store import OffchainStore
@@ -123,6 +124,7 @@ class Application:
     owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy/operations.py)
     _handles: ContractHandles | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing | None = None  # OpenTelemetry, off by default (services/platform/tracing.py)
     metrics_port: int = 0
     _metrics_server: Any = None
     _projections: ProjectionRunner | None = None
@@ -145,8 +147,11 @@ class Application:
         except JwksError as exc:  # the IdP may be down at start; requests fetch the keys later
             log.warning("JWKS not fetched at start-up; will retry on first use", extra={"error": type(exc).__name__})
         verifier = CachingVerifier(token_verifier)
+        tracing = Tracing.from_settings(settings)
+        if tracing is not None:
+            tracing.instrument_engine(store.engine)
         return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server,
-                   owner_lock=owner_lock)
+                   owner_lock=owner_lock, tracing=tracing)
 
     @property
     def handles(self) -> ContractHandles:
@@ -160,7 +165,7 @@ class Application:
 
                 assert isinstance(self.ledger, FabricLedger)
                 transport = FabricTransport(self.ledger)
-            self._handles = ContractHandles(transport, options)
+            self._handles = ContractHandles(transport, options, tracing=self.tracing)
         return self._handles
 
     @property
@@ -203,7 +208,9 @@ class Application:
         ]
         server = grpc.aio.server(
             interceptors=[
-                MetricsInterceptor(self.metrics),  # outermost: every call counted with its final status
+                # outermost: a span per call (tracing on), every call counted with its final status
+                *([self.tracing.server_interceptor()] if self.tracing is not None else []),
+                MetricsInterceptor(self.metrics),
                 ClientCertificateInterceptor(frozenset(self.settings.tls_client_allowed_names)),
                 PseudonymGuardInterceptor(),  # a name- or MRN-shaped pid reaches nothing else
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
@@ -299,3 +306,5 @@ class Application:
             self.owner_lock.release()
         if self.dev_issuer_server is not None:
             self.dev_issuer_server.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the exporter
