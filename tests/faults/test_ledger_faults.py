@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sqlite3
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,6 +137,11 @@ def unavailable(call: object) -> grpc.RpcError:
     return error
 
 
+def scrape(env: Env) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{env.app.metrics_port}/metrics", timeout=20) as page:
+        return bytes(page.read())
+
+
 def recovered(call: object, timeout_s: float = 30.0) -> bool:
     """The call succeeds again within ``timeout_s``; every failure meanwhile is UNAVAILABLE."""
 
@@ -160,11 +166,13 @@ def test_node_stopped_fails_closed_and_recovers(env: Env, node: Node) -> None:
     unavailable(lambda: hospital.record(record_request(pid)))
     unavailable(lambda: hospital.check(pid, "hospital-a", "TREAT", "Observation"))
     assert node.entries() == before, "a write reached the node's log during the outage"
+    assert b"ciphercare_ledger_up 0.0" in scrape(env), "/metrics must answer during the outage, and say so"
 
     node.start()  # same data, new port, same address behind the proxy; the services are not restarted
     assert recovered(lambda: hospital.check(pid, "hospital-a", "TREAT", "Observation"))
     recorded = hospital.record(record_request(pid))
     assert node.entries() == before + 1
+    assert b"ciphercare_ledger_up 1.0" in scrape(env)
     seen = {e.id for e in hospital.search_all(access_log_pb2.SearchRequest(pid=pid))}
     assert recorded.event.id in seen
 

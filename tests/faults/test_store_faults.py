@@ -117,6 +117,12 @@ def test_store_down_fails_closed_and_recovers(env: Env, proxy: FaultProxy) -> No
     assert_store_unavailable(refused(lambda: hospital.record(record_request(patient_pid, '{"note": "x"}'))))
     assert ledger_size(env) == before, "a refused write reached the ledger"
 
+    # Reads that need the store say so; the ones that read the ledger only keep answering.
+    granted = patient.list_for_patient(patient_pid)
+    assert granted and all(c.status == consent_pb2.CONSENT_STATUS_ACTIVE for c in granted)
+    assert_store_unavailable(refused(lambda: patient.call(
+        patient.consent.Get, consent_pb2.GetConsentRequest(consent_id=granted[0].id))))
+    assert_store_unavailable(refused(lambda: list(hospital.search_all(access_log_pb2.SearchRequest(pid=patient_pid)))))
     # The consent decision is on the ledger: Check answers during a store outage.
     decision = hospital.check(patient_pid, "hospital-a", "TREAT", "Observation")
     assert decision.decision == PERMIT
