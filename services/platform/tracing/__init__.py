@@ -14,7 +14,7 @@ several servers in one process keep their spans apart) and gives
 Attributes are method names, status codes, contract and function names, transaction ids and SQL verbs
 only: never a pid, a token, a document or a feature value (tests/privacy scans exported spans for the
 canary PHI). Exporters: OTLP over gRPC to ``tracing_otlp_endpoint``, or JSON lines to a file
-(:mod:`ciphercare.services.platform.trace_export`). OpenTelemetry is imported only when tracing is on.
+(:mod:`ciphercare.services.platform.tracing.export`). OpenTelemetry is imported only when tracing is on.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Tracing:
         provider = TracerProvider(resource=resource, sampler=sampler)
         if settings.tracing_exporter == "jsonl":
             path = settings.tracing_jsonl_path or settings.data_dir / "traces.jsonl"
-            from ciphercare.services.platform.trace_export import JsonLinesSpanExporter
+            from ciphercare.services.platform.tracing.export import JsonLinesSpanExporter
 
             provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
         else:

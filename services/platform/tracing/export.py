@@ -34,7 +34,7 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
+class JsonLinesSpanExporter(SpanExporter):
     """Finished spans appended to a file, one JSON object per line (the file is created 0600)."""
 
     def __init__(self, path: Path) -> None:
