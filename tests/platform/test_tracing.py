@@ -3,6 +3,7 @@ the caller's trace continued from gRPC metadata, exported as JSON lines or over 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -153,3 +154,40 @@ def test_spans_are_exported_over_otlp(tmp_path: Path, receiver: _Receiver) -> No
     assert receiver.arrived.wait(10)
     names = receiver.span_names()
     assert "rpc /ciphercare.v1.ConsentService/Grant" in names and "ledger submit consent.Grant" in names
+
+
+def test_web_requests_get_a_span_without_identifiers_from_the_path(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ciphercare.services.platform.tracing import TracingMiddleware
+
+    path = tmp_path / "web.jsonl"
+    settings = make_settings(tmp_path, tracing_enabled=True, tracing_exporter="jsonl", tracing_jsonl_path=path)
+    tracing = Tracing.from_settings(settings, service_suffix="-web")
+    assert tracing is not None
+
+    async def page(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = TracingMiddleware(Starlette(routes=[Route("/portal/consents/{consent_id}", page)]), tracing)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/portal/consents/cns-pt-secret-0001", "raw_path": b"/portal/consents/cns-pt-secret-0001",
+             "query_string": b"", "headers": [(b"host", b"127.0.0.1")], "server": ("127.0.0.1", 3000),
+             "client": ("127.0.0.1", 50000), "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    tracing.shutdown()
+    [span] = read_spans(path)
+    assert span["name"] == "HTTP GET /portal" and span["kind"] == "SERVER"
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert "secret" not in json.dumps(span)
