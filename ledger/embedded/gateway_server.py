@@ -1037,7 +1037,14 @@ async def start_node(
     gateway = GatewayServicer(ledger, msps, address=f"{host}:{bound}", on_request=on_request)
     gateway_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
     access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(TransparencyServicer(ledger, gateway.checks), server)
+    # grpc.health.v1 for probes (Kubernetes, ciphercare-healthcheck): the node and each service it serves
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
+    for name in ("", "gateway.Gateway", "ciphercare.v1.AccessLogService"):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, bound, gateway
 
 

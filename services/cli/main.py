@@ -168,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return gateway_bench((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
     rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None,
-                     witness=getattr(args, "witness", False))
+                     witness=getattr(args, "witness", False), million=getattr(args, "million", False))
     return 0 if rows else 1
 
 
@@ -224,13 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     register_ledger_serve(ledger_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
-    bench.add_argument("which", choices=["ledger"])
+    bench.add_argument("which", choices=["ledger", "anomaly"])
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.add_argument("--witness", action="store_true",
                        help="ledger: the cost of witnessing (appends/s with and without a witness, checkpoint latency)")
     bench.add_argument("--gateway", action="store_true",
                        help="ledger: durable tx/s and Check rate through the Fabric Gateway protocol beside in-process")
+    bench.add_argument("--million", action="store_true", help="anomaly: include 10^6 events (minutes, ~1.4 GB)")
     bench.set_defaults(func=cmd_bench)
 
     db = sub.add_parser("db", help="off-chain store")

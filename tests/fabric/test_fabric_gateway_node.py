@@ -126,6 +126,16 @@ def test_a_well_formed_signed_proposal_is_evaluated(node: InProcessNode, clin: E
     assert json.loads(response.result.payload)["decision"] == "deny"
 
 
+def test_the_node_answers_grpc_health_for_itself_and_its_services(node: InProcessNode) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(node.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "gateway.Gateway", "ciphercare.v1.AccessLogService"):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
 # --------------------------------------------------------------------------- signatures
 
 
