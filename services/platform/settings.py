@@ -117,11 +117,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     # OpenTelemetry tracing (off by default; docs/OPERATIONS.md). Exporter "otlp": OTLP over gRPC to
-    # tracing_otlp_endpoint; "jsonl": JSON lines appended to tracing_jsonl_path (empty: data_dir/traces.jsonl).
+    # tracing_endpoint; "jsonl": JSON lines appended to tracing_jsonl_path (empty: data_dir/traces.jsonl).
     # Spans carry method names, status codes, contract/function names, tx ids and SQL verbs: never PHI.
     tracing_enabled: bool = False
     tracing_exporter: Literal["otlp", "jsonl"] = "otlp"
-    tracing_otlp_endpoint: str = "http://127.0.0.1:4317"
+    tracing_endpoint: str = "http://127.0.0.1:4317"
     tracing_otlp_insecure: bool = True
     tracing_jsonl_path: Path | None = None
     tracing_service_name: str = "ciphercare"

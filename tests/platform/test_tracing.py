@@ -146,7 +146,7 @@ def receiver() -> Iterator[_Receiver]:
 
 
 def test_spans_are_exported_over_otlp(tmp_path: Path, receiver: _Receiver) -> None:
-    env = start(tmp_path, tracing_exporter="otlp", tracing_otlp_endpoint=f"http://127.0.0.1:{receiver.port}")
+    env = start(tmp_path, tracing_exporter="otlp", tracing_endpoint=f"http://127.0.0.1:{receiver.port}")
     try:
         grant(env, "pt-trace-0003")
     finally:

@@ -13,7 +13,7 @@ several servers in one process keep their spans apart) and gives
 
 Attributes are method names, status codes, contract and function names, transaction ids and SQL verbs
 only: never a pid, a token, a document or a feature value (tests/privacy scans exported spans for the
-canary PHI). Exporters: OTLP over gRPC to ``tracing_otlp_endpoint``, or JSON lines to a file
+canary PHI). Exporters: OTLP over gRPC to ``tracing_endpoint``, or JSON lines to a file
 (:mod:`ciphercare.services.platform.tracing.export`). OpenTelemetry is imported only when tracing is on.
 """
 
@@ -68,7 +68,7 @@ class Tracing:
         else:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter(endpoint=settings.tracing_otlp_endpoint,
+            exporter = OTLPSpanExporter(endpoint=settings.tracing_endpoint,
                                         insecure=settings.tracing_otlp_insecure)
             provider.add_span_processor(BatchSpanProcessor(exporter))
         return cls(provider, provider.get_tracer(SCOPE))
