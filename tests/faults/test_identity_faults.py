@@ -158,6 +158,7 @@ def test_no_leak_over_100_idp_outages(tmp_path: Path, proxy: FaultProxy, issuer_
             check(env)
             jwks.join_refresh(5)
         end = ResourceCounts.now()
+        print(f"100 cycles: {start} -> {end}")  # shown with -s
         assert jwks.fetch_count >= fetches + 100  # the refreshes did run (and failed half the time)
         assert end.threads <= start.threads + 2, (start, end)
         assert end.fds <= start.fds + 8, (start, end)

@@ -245,6 +245,7 @@ def test_no_leak_over_100_node_outages(env: Env, node: Node) -> None:
         proxy.pass_through()
         assert recovered(check)
     end = ResourceCounts.now()
+    print(f"100 cycles: {start} -> {end}")  # shown with -s
     assert end.threads <= start.threads + 2, (start, end)
     assert end.fds <= start.fds + 8, (start, end)
     assert end.rss_kib <= start.rss_kib + 48 * 1024, (start, end)

@@ -217,6 +217,7 @@ def test_no_leak_over_100_outages(env: Env, proxy: FaultProxy) -> None:
         proxy.pass_through()
         patient.grant(grant_request(pid))
     end = ResourceCounts.now(engine)
+    print(f"100 cycles: {start} -> {end}")  # shown with -s
     assert end.checked_out == 0, end
     assert end.threads <= start.threads + 2, (start, end)
     assert end.fds <= start.fds + 8, (start, end)
