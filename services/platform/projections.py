@@ -134,6 +134,7 @@ class ProjectionRunner:
             while not self._stopping:
                 try:
                     await asyncio.to_thread(self.catch_up)
+                    pause = RETRY_FIRST_S  # the dependency answered: the next outage starts with a short pause
                     start = min((p.cursor() for p in self.projections), default=0)
                     stream = self._stream = self.source.events(start, self._names)
                     while True:
@@ -141,7 +142,6 @@ class ProjectionRunner:
                         if batch is None:
                             break
                         await asyncio.to_thread(self._apply_batch, batch)
-                        pause = RETRY_FIRST_S
                     if self._stopping:
                         return
                     log.warning("ledger event stream ended; reopening", extra={"retry_in_s": pause})
