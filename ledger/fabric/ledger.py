@@ -82,6 +82,16 @@ class _Enrolment:
     renew_at: _dt.datetime
 
 
+#: Reconnect quickly once the node is back (issue 14, dependency faults): gRPC's default backoff grows to
+#: 120 s, so a node restarted after a long outage would be noticed only minutes later. While the node is
+#: down, calls fail at once with UNAVAILABLE either way.
+RECONNECT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def endorse_error_from(err: fabric_errors.GatewayError) -> LedgerError:
     """Map a gateway failure to the ledger interface: the contract's code when a peer reported one."""
     for detail in err.details:
@@ -217,8 +227,8 @@ class FabricLedger:
         async def open_channel() -> grpc.aio.Channel:
             if credentials is not None:
                 opts = [("grpc.ssl_target_name_override", server_name_override)] if server_name_override else []
-                return grpc.aio.secure_channel(target, credentials, options=opts)
-            return grpc.aio.insecure_channel(target)
+                return grpc.aio.secure_channel(target, credentials, options=[*opts, *RECONNECT_OPTIONS])
+            return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
 
         self._channel: grpc.aio.Channel = self._run(open_channel(), None)
         self._transparency = access_log_pb2_grpc.AccessLogServiceStub(self._channel)

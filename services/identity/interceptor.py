@@ -169,7 +169,9 @@ class AuthInterceptor(aio.ServerInterceptor):
             token = _bearer_token(context.invocation_metadata())
             principal = await self.verifier.averify(token)
         except AuthError as exc:
-            await self._reject(context, method, grpc.StatusCode.UNAUTHENTICATED, exc.message, None, request)
+            # UNAVAILABLE when the identity provider's keys cannot be fetched (issue 14); else UNAUTHENTICATED.
+            code = grpc.StatusCode.UNAVAILABLE if exc.code == "UNAVAILABLE" else grpc.StatusCode.UNAUTHENTICATED
+            await self._reject(context, method, code, exc.message, None, request)
         if rule is None:
             await self._reject(
                 context,

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from ciphercare.services.platform.settings import Settings
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
+# The identity provider's keys could not be fetched at all: not the caller's fault (issue 14, faults).
+UNAVAILABLE = "UNAVAILABLE"
 MAX_TOKEN_BYTES = 16 * 1024
 
 #: Asymmetric algorithms this verifier can accept, with the JWK (kty, crv) each needs.
@@ -170,7 +172,8 @@ class TokenVerifier:
     def from_settings(cls, settings: Settings, *, jwks: JwksCache | None = None) -> TokenVerifier:
         """Build a verifier (and its JWKS cache) from the typed settings."""
         if jwks is None:
-            jwks = JwksCache(settings.resolved_jwks_url, settings.oidc_jwks_cache_s)
+            jwks = JwksCache(settings.resolved_jwks_url, settings.oidc_jwks_cache_s, settings.oidc_jwks_timeout_s,
+                             min_refetch_interval_s=settings.oidc_jwks_min_refetch_s)
         return cls(
             issuer=settings.resolved_oidc_issuer,
             audience=settings.oidc_audience,
@@ -241,7 +244,8 @@ class TokenVerifier:
     def _verify_with(self, parts: tuple[str, str, str], alg: str, cached: CachedKey | None) -> Principal:
         if cached is None:
             if not self.jwks.kids():
-                raise _fail("cannot verify: the issuer's signing keys (JWKS) could not be fetched")
+                raise AuthError(UNAVAILABLE, "cannot verify tokens now: the identity provider's signing keys "
+                                             "(JWKS) could not be fetched; retry later")
             raise _fail("unknown signing key (kid not in the issuer's JWKS)")
         want_kty, want_crv = _ALG_KEY_TYPE[alg]
         if cached.kty != want_kty or (want_crv is not None and cached.crv != want_crv):

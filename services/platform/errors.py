@@ -1,8 +1,11 @@
 """One table from domain errors to gRPC status codes, applied by one interceptor.
 
 Servicers raise domain exceptions; :class:`ErrorMappingInterceptor` turns each
-into a status with a precise message. Anything unexpected becomes INTERNAL with
-an opaque message (details go to the structured log, never to the caller).
+into a status with a precise message. A dependency that is down, slow or flaky
+(the off-chain store's database, the ledger's storage or node) is UNAVAILABLE
+with a readable message, or DEADLINE_EXCEEDED when the ledger did not confirm a
+transaction in time (it may still commit). Anything unexpected becomes INTERNAL
+with an opaque message (details go to the structured log, never to the caller).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from sqlalchemy import exc as sa_exc
 
-from ciphercare.ledger.api import CommitError, EndorseError, LedgerTimeout
+from ciphercare.ledger.api import CommitError, EndorseError, LedgerError, LedgerTimeout
 from ciphercare.services.platform.convert import ConversionError
 from ciphercare.services.platform.handlers import Behaviour, rewrap
 
@@ -71,7 +75,37 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, CommitError):
         return grpc.StatusCode.UNAVAILABLE, f"ledger commit failed for {exc.tx_id}; nothing was written"
+    unavailable = dependency_unavailable(exc)
+    if unavailable is not None:
+        return grpc.StatusCode.UNAVAILABLE, unavailable
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
+#: SQLAlchemy errors that say the database could not be reached or did not answer in time (connection
+#: refused or reset, server shutting down, pool exhausted, statement or lock timeout). Integrity and
+#: programming errors are not among them: those are bugs (INTERNAL).
+STORE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
+
+
+def dependency_unavailable(exc: BaseException) -> str | None:
+    """The caller-facing message when ``exc`` means a dependency is down, slow or flaky; else ``None``.
+
+    The message names the dependency and says nothing of the request (no pid, no document).
+    """
+    if isinstance(exc, STORE_UNAVAILABLE_ERRORS) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return "the off-chain store is unavailable; nothing was written, retry later"
+    if isinstance(exc, LedgerError):
+        return "the ledger is unavailable; retry later"
+    if isinstance(exc, ConnectionError):
+        return "a service this call depends on is unavailable; retry later"
+    return None
 
 
 #: ``on_refusal(method, code, message, request, context)``: told of every refusal a servicer or contract

@@ -19,13 +19,22 @@ from ciphercare.consent import canonical
 from ciphercare.consent.contracts import ACCESSLOG_CONTRACT, CONSENT_CONTRACT
 from ciphercare.consent.model_registry import MODEL_CONTRACT
 from ciphercare.ledger.api import EventStream, Principal, Receipt
-from ciphercare.ledger.gateway import DEFAULT_CHANNEL, Contract, GatewayOptions, TransparencyLog, Transport, connect
+from ciphercare.ledger.gateway import (
+    DEFAULT_CHANNEL,
+    Contract,
+    GatewayOptions,
+    SubmittedTransaction,
+    TransparencyLog,
+    Transport,
+    connect,
+)
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import ServiceError
 from ciphercare.v1 import common_pb2
 
 if TYPE_CHECKING:
     from ciphercare.ledger.embedded.ledger import EmbeddedLedger
+    from ciphercare.services.platform.tracing import Tracing
 
 PATIENTS_ORG = "patients"
 
@@ -47,17 +56,53 @@ def ledger_principal(principal: Principal) -> Principal:
     )
 
 
+class TracedContract(Contract):
+    """A contract whose ``evaluate`` / ``submit`` / ``submit_async`` each make a span (tracing on).
+
+    Attributes: the contract, the function and the transaction id; never the arguments (they carry pids).
+    """
+
+    def __init__(self, contract: Contract, tracing: Tracing) -> None:
+        super().__init__(contract.network, contract.name)
+        self._tracing = tracing
+
+    def _attributes(self, function: str) -> dict[str, str]:
+        return {"ledger.channel": self.network.name, "ledger.contract": self.name, "ledger.function": function}
+
+    async def evaluate(self, function: str, *args: str, timeout: float | None = None) -> bytes:
+        with self._tracing.span(f"ledger evaluate {self.name}.{function}", self._attributes(function), "CLIENT"):
+            return await super().evaluate(function, *args, timeout=timeout)
+
+    async def submit_async(self, function: str, *args: str) -> SubmittedTransaction:
+        with self._tracing.span(f"ledger endorse {self.name}.{function}", self._attributes(function),
+                                "CLIENT") as span:
+            submitted = await super().submit_async(function, *args)
+            span.set_attribute("ledger.tx_id", submitted.tx_id)
+            return submitted
+
+    async def submit(self, function: str, *args: str, timeout: float | None = None) -> Receipt:
+        with self._tracing.span(f"ledger submit {self.name}.{function}", self._attributes(function),
+                                "CLIENT") as span:
+            receipt = await super().submit(function, *args, timeout=timeout)
+            span.set_attribute("ledger.tx_id", receipt.tx_id)
+            span.set_attribute("ledger.seq", receipt.seq)
+            return receipt
+
+
 class ContractHandles:
     """Makes contract handles for callers; the one door from the services to the ledger."""
 
-    def __init__(self, transport: Transport, options: GatewayOptions, channel: str = DEFAULT_CHANNEL) -> None:
+    def __init__(self, transport: Transport, options: GatewayOptions, channel: str = DEFAULT_CHANNEL,
+                 tracing: Tracing | None = None) -> None:
         self.transport = transport
         self.options = options
         self.channel = channel
+        self.tracing = tracing
 
     def contract(self, principal: Principal, name: str) -> Contract:
         gateway = connect(ledger_principal(principal), self.transport, options=self.options)
-        return gateway.network(self.channel).contract(name)
+        contract = gateway.network(self.channel).contract(name)
+        return contract if self.tracing is None else TracedContract(contract, self.tracing)
 
     def consent(self, principal: Principal) -> Contract:
         return self.contract(principal, CONSENT_CONTRACT)

@@ -64,12 +64,19 @@ class _LedgerCollector:
         return []
 
     def collect(self) -> list[Any]:
-        size = self._tree_size()
+        up = GaugeMetricFamily("ciphercare_ledger_up", "1 if the ledger answered this scrape, else 0")
+        try:  # a remote ledger node may be down: /metrics must still answer, and say so (issue 14)
+            size = self._tree_size()
+            ledger_stats = self._stats()
+        except Exception:  # noqa: BLE001 - reported as ciphercare_ledger_up 0
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
         tree = GaugeMetricFamily("ciphercare_ledger_tree_size", "entries in the ledger's Merkle tree")
         tree.add_metric([], size)
-        families = [tree]
+        families = [up, tree]
         stats = GaugeMetricFamily("ciphercare_ledger_stat", "the embedded ledger's counters", labels=["name"])
-        for name, value in sorted(self._stats().items()):
+        for name, value in sorted(ledger_stats.items()):
             stats.add_metric([name], value)
         families.append(stats)
         lag = GaugeMetricFamily("ciphercare_projection_lag_entries", "ledger entries not yet projected off-chain",

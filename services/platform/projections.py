@@ -11,6 +11,7 @@ Readers that must see what was committed before they asked call :meth:`Projectio
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -20,6 +21,11 @@ from ciphercare.ledger.gateway import TransparencyLog
 
 #: Entries read per chunk while catching up.
 CHUNK = 1024
+#: Pause before the first retry after a failed apply, and the longest pause (doubling in between).
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 5.0
+
+log = logging.getLogger("ciphercare.projections")
 
 
 class Projection(Protocol):
@@ -60,6 +66,18 @@ def committed_events(log: TransparencyLog, start: int, end: int, names: frozense
         seq = stop
 
 
+def _next_batch(stream: EventStream) -> list[CommittedEvent] | None:
+    """The stream's next batch, or ``None`` once it ended.
+
+    StopIteration must not cross ``asyncio.to_thread``: raised into a future it is lost, and the awaiting
+    task would wait for ever.
+    """
+    try:
+        return stream.next_batch()
+    except StopIteration:
+        return None
+
+
 class ProjectionRunner:
     """Keeps every projection level with the ledger."""
 
@@ -69,6 +87,7 @@ class ProjectionRunner:
         self._names = frozenset().union(*(p.event_names for p in self.projections))
         self._lock = threading.Lock()
         self._stream: EventStream | None = None
+        self._stopping = False
 
     def catch_up(self) -> dict[str, int]:
         """Apply every committed event past each projection's cursor; returns events applied per projection."""
@@ -102,19 +121,38 @@ class ProjectionRunner:
             self.catch_up()
 
     async def follow(self) -> None:
-        """Apply new events as they commit, until cancelled or stopped."""
-        await asyncio.to_thread(self.catch_up)
-        start = min((p.cursor() for p in self.projections), default=0)
-        stream = self._stream = self.source.events(start, self._names)
+        """Apply new events as they commit, until cancelled or stopped.
+
+        A dependency fault does not end the follower (issue 14): when an apply fails (the off-chain store
+        down or slow) or the event stream breaks or ends (a remote ledger node stopped), it pauses -- longer
+        each time, up to :data:`RETRY_MAX_S` -- catches up from the cursors and reopens the stream. The
+        cursors make every retry exact: nothing is applied twice or skipped.
+        """
+        self._stopping = False
+        pause = RETRY_FIRST_S
         try:
-            while True:
+            while not self._stopping:
                 try:
-                    batch = await asyncio.to_thread(stream.next_batch)
-                except StopIteration:
-                    return
-                await asyncio.to_thread(self._apply_batch, batch)
+                    await asyncio.to_thread(self.catch_up)
+                    pause = RETRY_FIRST_S  # the dependency answered: the next outage starts with a short pause
+                    start = min((p.cursor() for p in self.projections), default=0)
+                    stream = self._stream = self.source.events(start, self._names)
+                    while True:
+                        batch = await asyncio.to_thread(_next_batch, stream)
+                        if batch is None:
+                            break
+                        await asyncio.to_thread(self._apply_batch, batch)
+                    if self._stopping:
+                        return
+                    log.warning("ledger event stream ended; reopening", extra={"retry_in_s": pause})
+                except Exception as exc:  # noqa: BLE001 - a dependency outage; retried until it ends
+                    log.warning("projection follower failed; retrying from the cursors",
+                                extra={"error": type(exc).__name__, "retry_in_s": pause})
+                self._close_stream()
+                await asyncio.sleep(pause)
+                pause = min(RETRY_MAX_S, pause * 2)
         finally:
-            self.stop()
+            self._close_stream()
 
     def _apply_batch(self, batch: Sequence[CommittedEvent]) -> None:
         if not batch:
@@ -129,6 +167,10 @@ class ProjectionRunner:
                                  next_seq)
 
     def stop(self) -> None:
+        self._stopping = True
+        self._close_stream()
+
+    def _close_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None

@@ -120,12 +120,27 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
+    # OpenTelemetry tracing (off by default; docs/OPERATIONS.md). Exporter "otlp": OTLP over gRPC to
+    # tracing_endpoint; "jsonl": JSON lines appended to tracing_jsonl_path (empty: data_dir/traces.jsonl).
+    # Spans carry method names, status codes, contract/function names, tx ids and SQL verbs: never PHI.
+    tracing_enabled: bool = False
+    tracing_exporter: Literal["otlp", "jsonl"] = "otlp"
+    tracing_endpoint: str = "http://127.0.0.1:4317"
+    tracing_otlp_insecure: bool = True
+    tracing_jsonl_path: Path | None = None
+    tracing_service_name: str = "ciphercare"
+    tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
     # Identity (OIDC). The defaults point at the built-in development issuer.
     oidc_issuer: str = ""  # empty: the development issuer at dev_issuer_host:dev_issuer_port
     oidc_audience: str = "ciphercare-api"
     oidc_jwks_url: str = ""  # empty: <issuer>/protocol/openid-connect/certs (Keycloak's layout)
     oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
     oidc_jwks_cache_s: float = Field(default=300.0, gt=0)
+    # How long one JWKS fetch may take, and the least time between two fetches for an unknown key id
+    # (the identity provider down: requests fail fast with UNAVAILABLE in between; docs/OPERATIONS.md).
+    oidc_jwks_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    oidc_jwks_min_refetch_s: float = Field(default=10.0, ge=0, le=3600)
     oidc_leeway_s: float = Field(default=30.0, ge=0, le=300)
     oidc_org_claim: str = "org"
     oidc_pid_claim: str = "pid"

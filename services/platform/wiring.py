@@ -44,6 +44,7 @@ from ciphercare.services.platform.reflection_v1 import SERVICE_NAME_V1, enable_s
 from ciphercare.services.platform.replicas import reuseport_options, writer_socket_path, writer_socket_usable
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
+from ciphercare.services.platform.tracing import Tracing
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
 from ciphercare.services.store import OffchainStore
@@ -137,6 +138,7 @@ class Application:
     owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy/operations.py)
     _handles: ContractHandles | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing | None = None  # OpenTelemetry, off by default (services/platform/tracing.py)
     metrics_port: int = 0
     _metrics_server: Any = None
     _projections: ProjectionRunner | None = None
@@ -159,8 +161,11 @@ class Application:
         except JwksError as exc:  # the IdP may be down at start; requests fetch the keys later
             log.warning("JWKS not fetched at start-up; will retry on first use", extra={"error": type(exc).__name__})
         verifier = CachingVerifier(token_verifier)
+        tracing = Tracing.from_settings(settings)
+        if tracing is not None:
+            tracing.instrument_engine(store.engine)
         return cls(settings=settings, ledger=ledger, store=store, verifier=verifier, dev_issuer_server=dev_server,
-                   owner_lock=owner_lock)
+                   owner_lock=owner_lock, tracing=tracing)
 
     @property
     def handles(self) -> ContractHandles:
@@ -174,7 +179,7 @@ class Application:
 
                 assert isinstance(self.ledger, FabricLedger)
                 transport = FabricTransport(self.ledger)
-            self._handles = ContractHandles(transport, options)
+            self._handles = ContractHandles(transport, options, tracing=self.tracing)
         return self._handles
 
     @property
@@ -242,7 +247,9 @@ class Application:
                 # First: an undecodable request is INVALID_ARGUMENT, never UNKNOWN (it swaps the deserialiser,
                 # which only the outermost handler's counts).
                 DecodeGuardInterceptor(),
-                MetricsInterceptor(self.metrics),  # every call counted with its final status
+                # a span per call (tracing on), every call counted with its final status
+                *([self.tracing.server_interceptor()] if self.tracing is not None else []),
+                MetricsInterceptor(self.metrics),
                 ClientCertificateInterceptor(frozenset(self.settings.tls_client_allowed_names)),
                 PseudonymGuardInterceptor(),  # a name- or MRN-shaped pid reaches nothing else
                 AuthInterceptor(self.verifier, RULES, on_rejection=self.log_rejection),
@@ -351,3 +358,5 @@ class Application:
             self.owner_lock.release()
         if self.dev_issuer_server is not None:
             self.dev_issuer_server.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the exporter

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.settings import Settings
+from ciphercare.services.platform.tracing import Tracing, TracingMiddleware
 from ciphercare.services.web.backend import ServiceRefusal, Services, backend_security
 from ciphercare.services.web.oidc import LoginRequest, OidcClient, OidcError
 from ciphercare.services.web.sessions import PendingLogin, Session, SessionStore, WebUser
@@ -97,8 +98,11 @@ class WebApp:
         self.secure = self.base_url.startswith("https://")
         self.cookie_name = "__Host-ciphercare" if self.secure else "ciphercare_session"
         self.sessions = SessionStore(settings.web_session_idle_s, settings.web_session_max_s)
+        # Tracing (off by default): a span per HTTP request, its context carried into the gRPC metadata.
+        self.tracing = Tracing.from_settings(settings, service_suffix="-web")
         self.services = Services(config.grpc_target, settings.client_deadline_s, settings.grpc_max_message_bytes,
-                                 security=backend_security(settings))
+                                 security=backend_security(settings),
+                                 interceptors=self.tracing.client_interceptors() if self.tracing else ())
         self.oidc = oidc or OidcClient(settings.resolved_oidc_issuer, settings.web_oidc_client_id,
                                        f"{self.base_url}/auth/callback", TokenVerifier.from_settings(settings))
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -337,6 +341,8 @@ class WebApp:
         app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error,
                                                             Exception: self._crash})
         app.add_middleware(SecurityHeaders, form_targets=_origin(self.oidc.issuer))
+        if self.tracing is not None:
+            app.add_middleware(TracingMiddleware, tracing=self.tracing)
         app.state.web = self
         return app
 
@@ -358,6 +364,8 @@ class WebApp:
 
     def close(self) -> None:
         self.services.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 def _origin(url: str) -> str:

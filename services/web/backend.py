@@ -9,8 +9,8 @@ blocking; they run in worker threads so the event loop stays free.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -53,13 +53,15 @@ class Services:
     """A gRPC channel to ciphercare and per-user SDK clients on it."""
 
     def __init__(self, target: str, deadline_s: float = 10.0, max_message_bytes: int = 4 * 1024 * 1024,
-                 security: ChannelSecurity | None = None) -> None:
+                 security: ChannelSecurity | None = None, interceptors: Sequence[Any] = ()) -> None:
         self.target = target
         self.deadline_s = deadline_s
-        self.channel = open_channel(target, security, options=[
+        self._raw_channel = open_channel(target, security, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
+        # interceptors: e.g. tracing's, which puts the trace context of the web request in the call metadata
+        self.channel = grpc.intercept_channel(self._raw_channel, *interceptors) if interceptors else self._raw_channel
 
     def client(self, access_token: str) -> CiphercareClient:
         return CiphercareClient(self.channel, lambda: access_token, deadline_s=self.deadline_s)
@@ -79,7 +81,7 @@ class Services:
         return await asyncio.to_thread(run)
 
     def close(self) -> None:
-        self.channel.close()
+        self._raw_channel.close()
 
 
 __all__ = ["ProofError", "ServiceRefusal", "Services"]

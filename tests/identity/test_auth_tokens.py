@@ -391,7 +391,11 @@ def test_idp_unreachable_message(dev_issuer: DevIssuer, clock: FakeClock) -> Non
     verifier = TokenVerifier(
         dev_issuer.issuer, AUDIENCE, JwksCache("http://127.0.0.1:9/certs", 300, 0.5, clock=clock), ["RS256"]
     )
-    rejects(verifier, dev_issuer.issue("a", ["patient"], "x"), "could not be fetched")
+    # The identity provider being down is not the caller's fault: UNAVAILABLE, not UNAUTHENTICATED (issue 14).
+    with pytest.raises(AuthError) as info:
+        verifier.verify(dev_issuer.issue("a", ["patient"], "x"))
+    assert info.value.code == "UNAVAILABLE"
+    assert "could not be fetched" in info.value.message
 
 
 def test_concurrent_unknown_kid_lookups_fetch_once(dev_server: DevIssuerServer, clock: FakeClock) -> None:

@@ -1,5 +1,8 @@
 """PHI canaries: plant unique tokens in every PHI-bearing field, run the scenario, find them nowhere they must not be.
 
+Scanned: the data directory (ledger, checkpoints, keys), every database row and PostgreSQL's files, the JSON
+logs, every error message, the ``/metrics`` page and every exported trace span (tracing on, JSON lines).
+
 Accepted PHI (names, MRNs, free text in the FHIR Consent and in access details) may
 live only sealed in the off-chain documents table; refused PHI (a pid shaped like a
 name or an MRN, free text in code fields, PHI in malformed documents) must not be
@@ -12,6 +15,7 @@ import json
 import os
 import secrets
 import struct
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -32,7 +36,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: str, server_kit) -> None:
     c = Canaries()
-    settings = server_kit.make_settings(tmp_path / "data", database_url=store_url, orphan_grace_s=0)
+    traces = tmp_path / "traces.jsonl"  # outside the data dir: scanned on its own below
+    settings = server_kit.make_settings(tmp_path / "data", database_url=store_url, orphan_grace_s=0,
+                                        tracing_enabled=True, tracing_exporter="jsonl", tracing_jsonl_path=traces)
     errors = Errors()
     pid = "pt-cnry-" + c.mrn("pseudonym-suffix")[:6]  # a pseudonym: allowed everywhere
     del c.tokens["pseudonym-suffix"]
@@ -126,8 +132,11 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
             scorer.close()
             # Nothing refused was written, except the one denied event for the refused role.
             assert env.app.ledger.size() == size_accepted + 1
+            # /metrics after the whole flow, accepted and refused calls alike (issue 14 item 2).
+            with urllib.request.urlopen(f"http://127.0.0.1:{env.app.metrics_port}/metrics", timeout=10) as page:
+                metrics = page.read()
         finally:
-            server.stop()
+            server.stop()  # closes the app: the span exporter is flushed
         lines = log_lines(logs)
 
     accepted = {label: token for label, token in c.tokens.items() if not label.startswith("refused.")}
@@ -141,11 +150,20 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
     where_pg = scanner.scan_postgres_files(store_url) if store_url.startswith("postgresql") else "n/a"
     scanner.scan_lines("log line", lines)
     scanner.scan_lines("error message", errors.messages)
+    scanner.scan_bytes("/metrics", metrics)
+    scanner.scan_file(traces)  # every exported span: names and attributes
     assert not scanner.findings, f"PHI canaries leaked ({where_pg}):\n{scanner.report()}"
     if store_url.startswith("postgresql") and os.geteuid() == 0:
         assert where_pg.startswith("PostgreSQL files under"), where_pg
 
     assert any(json.loads(line)["msg"] == "store check" for line in lines)
+    # Non-vacuity: the metrics and the spans cover the flow that carried the canaries.
+    assert b'ciphercare_rpc_total{code="OK",method="/ciphercare.v1.ConsentService/Grant"}' in metrics
+    assert b'method="/ciphercare.v1.ScoringService/Score"' in metrics
+    span_names = {json.loads(line)["name"] for line in traces.read_text().splitlines()}
+    assert {"rpc /ciphercare.v1.ConsentService/Grant", "rpc /ciphercare.v1.AccessLogService/Record",
+            "rpc /ciphercare.v1.ScoringService/Score", "ledger submit consent.Grant"} <= span_names
+    assert any(name.startswith("store ") for name in span_names)
     assert len(errors.messages) == 13 and scanner.scanned["files"] >= 3 and scanner.scanned["rows"] >= 4
     assert all("pseudonym, not an identifier" in m for m in errors.messages[:5])
 
