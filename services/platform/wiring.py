@@ -24,6 +24,7 @@ from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
 from ciphercare.ledger.gateway import GatewayOptions
+from ciphercare.services.audit.compliance import ComplianceServicer  # compliance (issue 15)
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
@@ -46,6 +47,8 @@ from ciphercare.services.store.consistency import PrivacyProjection, check_store
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
+    compliance_pb2,
+    compliance_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
     scoring_pb2,
@@ -60,6 +63,7 @@ SERVICE_NAMES = (
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
     scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
+    compliance_pb2.DESCRIPTOR.services_by_name["ComplianceService"].full_name,  # compliance (issue 15)
 )
 
 # The identity under which the server itself logs refusals of callers it could not authenticate.
@@ -188,6 +192,12 @@ class Application:
             AccessLogServicer(handles, self.store, self.projections), server
         )
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(handles, self.settings), server)
+        # --- compliance (issue 15): flags, newest-first search both ways, aggregates, streamed exports ---
+        compliance_pb2_grpc.add_ComplianceServiceServicer_to_server(
+            ComplianceServicer(handles, self.store, self.projections, self.settings.compliance_flag_history_days),
+            server,
+        )
+        # --- end compliance ---
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)

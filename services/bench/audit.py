@@ -1,0 +1,199 @@
+"""``ciphercare bench audit``: the compliance reads at scale (issue 15, item 5).
+
+Fills the ``access_events`` projection with synthetic rows inserted directly through the store (SQLite by
+default, PostgreSQL by URL), then measures what an officer does through ``AccessEventQueries``:
+
+- search, newest first: the first page unfiltered, the first page filtered (organisation; outcome denied;
+  a patient), and a deep page (reached by its cursor, as the console and CLI do);
+- aggregates over the whole filtered set (counts by outcome, day, organisation);
+- a full export streamed (CSV through the same converter the service uses): rows/s and peak memory.
+
+Target (issue 15): search p95 <= 200 ms at 10^6 events. ``--quick`` uses 10^4 rows for a CI smoke run.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from ciphercare.consent import canonical
+from ciphercare.services.store import AccessEventIndex, AccessQuery, OffchainStore
+from ciphercare.services.store.audit_queries import AccessEventQueries
+from ciphercare.services.store.models import AccessEventRow
+
+FULL_ROWS = 10**6
+QUICK_ROWS = 10**4
+TARGET_P95_MS = 200.0
+ORGS = ("hospital-a", "hospital-b", "hospital-c", "research-d")
+PURPOSES = ("TREAT", "TREAT", "TREAT", "ETREAT", "CAREMGT", "HRESCH", "HPAYMT")
+SUBTYPES = ("read", "read", "search-type", "score")
+_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def synthetic_event(seq: int, recorded_ms: int, rng: random.Random, *, pid: str | None = None,
+                    org: str | None = None, subject: str | None = None, outcome: str | None = None,
+                    purpose: str | None = None) -> AccessEventIndex:
+    """One ledger-shaped access event (codes and pseudonyms only) as a projection row."""
+    org = org or rng.choice(ORGS)
+    subject = subject or f"{org}-clin-{rng.randrange(200):03d}"
+    pid = pid or f"pt-{rng.randrange(200_000):06d}"
+    outcome = outcome or ("denied" if rng.random() < 0.07 else "success")
+    purpose = purpose or rng.choice(PURPOSES)
+    event_id = f"ev-{seq:012d}"
+    recorded = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(recorded_ms // 1000)) + f".{recorded_ms % 1000:03d}Z"
+    event = {
+        "id": event_id, "type": "110110", "subtype": rng.choice(SUBTYPES), "action": "R", "recorded": recorded,
+        "outcome": outcome, "purpose_of_use": purpose,
+        "agent": {"subject": subject, "org": org, "roles": ["clinician"], "client": f"{org}-ehr"},
+        "source": {"observer": f"{org}/ehr"}, "entity": {"pid": pid, "data_classes": ["Observation"]},
+    }
+    if outcome == "denied":
+        event["outcome_desc"] = "no-consent"
+    return AccessEventIndex(seq=seq, event_id=event_id, tx_id=f"{seq:064x}", recorded_ms=recorded_ms, pid=pid,
+                            agent_subject=subject, agent_org=org, purpose=purpose, outcome=outcome,
+                            event_json=canonical.dumps(event))
+
+
+def synthetic_events(n: int, *, first_seq: int = 0, start_ms: int = _START_MS, span_days: float = 60.0,
+                     seed: int = 0) -> Iterator[AccessEventIndex]:
+    """``n`` events spread evenly over ``span_days`` from ``start_ms``, seqs ascending with time."""
+    rng = random.Random(seed)
+    step = span_days * 86_400_000 / max(n, 1)
+    for i in range(n):
+        yield synthetic_event(first_seq + i, start_ms + int(i * step), rng)
+
+
+def insert_events(store: OffchainStore, rows: list[AccessEventIndex]) -> None:
+    """Insert projection rows through the store's session in one transaction (executemany: fast for bulk)."""
+    if not rows:
+        return
+    with store.session() as session, session.begin():
+        session.execute(insert(AccessEventRow), [row.__dict__ for row in rows])
+
+
+def fill(store: OffchainStore, n: int, *, batch: int = 20_000, seed: int = 0) -> float:
+    """Insert ``n`` synthetic events through the store; returns the seconds it took."""
+    began = time.perf_counter()
+    rows: list[AccessEventIndex] = []
+    for row in synthetic_events(n, seed=seed):
+        rows.append(row)
+        if len(rows) >= batch:
+            insert_events(store, rows)
+            rows = []
+    insert_events(store, rows)
+    return time.perf_counter() - began
+
+
+def _timed(fn: Any, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - began) * 1000)
+    return out
+
+
+def _p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def bench_audit(n_rows: int = FULL_ROWS, *, database_url: str = "", repeats: int = 40,
+                page_size: int = 100) -> dict[str, Any]:
+    """Fill a fresh store with ``n_rows`` events, then time searches, aggregates and a full export."""
+    from ciphercare.services.audit.exports import to_csv
+    from ciphercare.services.audit.servicer import event_proto
+
+    tmp = tempfile.TemporaryDirectory(prefix="cc-bench-audit-")
+    url = database_url or f"sqlite:///{Path(tmp.name) / 'offchain.db'}"
+    store = OffchainStore.from_url(url)
+    try:
+        store.migrate()
+        fill_s = fill(store, n_rows)
+        queries = AccessEventQueries(store)
+        rng = random.Random(1)
+        probe_pid = f"pt-{rng.randrange(200_000):06d}"
+        deep_seq = n_rows // 2  # a page in the middle of the log, reached by its cursor
+        searches: dict[str, tuple[AccessQuery, tuple[Any, int] | None]] = {
+            "first page, no filter": (AccessQuery(), None),
+            "first page, organisation": (AccessQuery(agent_org="hospital-b"), None),
+            "first page, denied": (AccessQuery(outcome="denied"), None),
+            "first page, denied at one organisation": (AccessQuery(agent_org="hospital-c", outcome="denied"), None),
+            "first page, one patient": (AccessQuery(pid=probe_pid), None),
+            "first page, last 7 days": (AccessQuery(recorded_from_ms=_START_MS + 53 * 86_400_000), None),
+            "deep page (cursor), organisation": (AccessQuery(agent_org="hospital-b"), ("next", deep_seq)),
+            "deep page back (cursor), denied": (AccessQuery(outcome="denied"), ("previous", deep_seq)),
+        }
+        results: list[dict[str, Any]] = []
+        for name, (query, cursor) in searches.items():
+            queries.page(query, limit=page_size, cursor=cursor)  # warm the cache once
+            samples = _timed(lambda q=query, c=cursor: queries.page(q, limit=page_size, cursor=c), repeats)
+            results.append({"what": f"search: {name}", "p50_ms": round(statistics.median(samples), 2),
+                            "p95_ms": round(_p95(samples), 2), "target_p95_ms": TARGET_P95_MS,
+                            "met": _p95(samples) <= TARGET_P95_MS})
+        for name, query in (("aggregate: everything", AccessQuery()),
+                            ("aggregate: one organisation", AccessQuery(agent_org="hospital-b"))):
+            samples = _timed(lambda q=query: queries.aggregate(q), 3)
+            results.append({"what": name, "p50_ms": round(statistics.median(samples), 2),
+                            "p95_ms": round(_p95(samples), 2), "target_p95_ms": None, "met": None})
+        gc.collect()
+        tracemalloc.start()
+        began = time.perf_counter()
+        exported = written = 0
+        for rows in queries.iter_rows(AccessQuery(), max_seq=queries.max_seq(), batch=500):
+            written += len(to_csv([event_proto(r) for r in rows]))
+            exported += len(rows)
+        export_s = time.perf_counter() - began
+        _, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return {
+            "benchmark": "audit", "rows": n_rows, "database": store.dialect, "fill_s": round(fill_s, 1),
+            "page_size": page_size, "repeats": repeats, "results": results,
+            "export": {"rows": exported, "complete": exported == n_rows, "seconds": round(export_s, 2),
+                       "rows_per_s": round(exported / export_s) if export_s else None,
+                       "csv_mb": round(written / 1e6, 1), "traced_peak_mb": round(traced_peak / 1e6, 1),
+                       "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        }
+    finally:
+        store.close()
+        tmp.cleanup()
+
+
+def table(report: dict[str, Any]) -> str:
+    """The figures as a plain-text table."""
+    lines = [f"audit reads at {report['rows']:,} events ({report['database']}; page {report['page_size']}, "
+             f"{report['repeats']} runs each; fill {report['fill_s']} s)",
+             f"{'what':58} {'p50 ms':>9} {'p95 ms':>9} {'target':>8}"]
+    for row in report["results"]:
+        target = "" if row["target_p95_ms"] is None else ("ok" if row["met"] else "MISSED")
+        lines.append(f"{row['what']:58} {row['p50_ms']:9.2f} {row['p95_ms']:9.2f} {target:>8}")
+    e = report["export"]
+    lines.append(f"full export (CSV, streamed in batches of 500): {e['rows']:,} rows in {e['seconds']} s = "
+                 f"{e['rows_per_s']:,} rows/s, {e['csv_mb']} MB, complete: {e['complete']}; peak traced memory "
+                 f"{e['traced_peak_mb']} MB, process peak RSS {e['process_peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, out: Path | None = None, database_url: str = "") -> dict[str, Any]:
+    """What ``ciphercare bench audit`` runs: print the table, write JSON when asked."""
+    report = bench_audit(QUICK_ROWS if quick else FULL_ROWS, database_url=database_url,
+                         repeats=10 if quick else 40)
+    print(table(report), flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
