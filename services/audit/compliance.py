@@ -362,9 +362,9 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
             by_outcome=[compliance_pb2.OutcomeCount(outcome=convert.OUTCOME_TO_PROTO[o], count=n)
                         for o, n in sorted(agg.by_outcome.items()) if o in convert.OUTCOME_TO_PROTO],
             by_day=[compliance_pb2.DayCount(day=datetime.fromtimestamp(d * 86400, tz=UTC).date().isoformat(),
-                                            count=n, denied=k) for d, n, k in agg.by_day],
-            by_organization=[compliance_pb2.OrganizationCount(organization=o, count=n, denied=k)
-                             for o, n, k in agg.by_organization])
+                                            count=n, denied=k, errors=e) for d, n, k, e in agg.by_day],
+            by_organization=[compliance_pb2.OrganizationCount(organization=o, count=n, denied=k, errors=e)
+                             for o, n, k, e in agg.by_organization])
 
     async def Export(self, request: compliance_pb2.ExportRequest,
                      context: grpc.aio.ServicerContext) -> AsyncIterator[compliance_pb2.ExportChunk]:

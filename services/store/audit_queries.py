@@ -48,10 +48,10 @@ class AccessAggregate:
 
     total: int
     by_outcome: dict[str, int]
-    #: (UTC day number since the epoch, events, denied), oldest day first.
-    by_day: list[tuple[int, int, int]]
-    #: (organisation, events, denied), most events first.
-    by_organization: list[tuple[str, int, int]]
+    #: (UTC day number since the epoch, events, denied, errors), oldest day first.
+    by_day: list[tuple[int, int, int, int]]
+    #: (organisation, events, denied, errors), most events first.
+    by_organization: list[tuple[str, int, int, int]]
 
 
 def conditions(query: AccessQuery) -> list[ColumnElement[bool]]:
@@ -131,15 +131,17 @@ class AccessEventQueries:
         orgs: dict[str, list[int]] = {}
         with self.store.session() as session:
             for d, org, outcome, n in session.execute(stmt):
-                count, denied = int(n), int(n) if outcome == "denied" else 0
+                count = int(n)
                 by_outcome[str(outcome)] = by_outcome.get(str(outcome), 0) + count
-                for bucket in (days.setdefault(int(d), [0, 0]), orgs.setdefault(str(org), [0, 0])):
+                for bucket in (days.setdefault(int(d), [0, 0, 0]), orgs.setdefault(str(org), [0, 0, 0])):
                     bucket[0] += count
-                    bucket[1] += denied
+                    bucket[1] += count if outcome == "denied" else 0
+                    bucket[2] += count if outcome == "error" else 0
         return AccessAggregate(
             total=sum(by_outcome.values()), by_outcome=by_outcome,
-            by_day=[(d, n, k) for d, (n, k) in sorted(days.items())],
-            by_organization=[(o, n, k) for o, (n, k) in sorted(orgs.items(), key=lambda item: (-item[1][0], item[0]))])
+            by_day=[(d, n, k, e) for d, (n, k, e) in sorted(days.items())],
+            by_organization=[(o, n, k, e) for o, (n, k, e) in
+                             sorted(orgs.items(), key=lambda item: (-item[1][0], item[0]))])
 
     def count(self, query: AccessQuery, *, max_seq: int | None = None) -> int:
         where = conditions(query)

@@ -139,10 +139,12 @@ def test_aggregates_equal_counting_the_rows(env) -> None:
     by_day = Counter(datetime.fromtimestamp(r.recorded_ms / 1000, tz=UTC).date().isoformat() for r in rows)
     denied_by_day = Counter(datetime.fromtimestamp(r.recorded_ms / 1000, tz=UTC).date().isoformat()
                             for r in rows if r.outcome == "denied")
-    assert [(d.day, d.count, d.denied) for d in agg.by_day] == \
-        [(day, by_day[day], denied_by_day[day]) for day in sorted(by_day)]
-    assert [(o.organization, o.count, o.denied) for o in agg.by_organization] == \
-        [(org, 3000, sum(r.outcome == "denied" for r in rows))]
+    errors_by_day = Counter(datetime.fromtimestamp(r.recorded_ms / 1000, tz=UTC).date().isoformat()
+                            for r in rows if r.outcome == "error")
+    assert [(d.day, d.count, d.denied, d.errors) for d in agg.by_day] == \
+        [(day, by_day[day], denied_by_day[day], errors_by_day[day]) for day in sorted(by_day)]
+    assert [(o.organization, o.count, o.denied, o.errors) for o in agg.by_organization] == \
+        [(org, 3000, sum(r.outcome == "denied" for r in rows), sum(r.outcome == "error" for r in rows))]
 
     # The same numbers as counting what Search returns, filter by filter.
     denied = compliance_pb2.AccessFilter(organization=org, outcome=DENIED)

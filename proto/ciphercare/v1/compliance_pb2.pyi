@@ -143,24 +143,28 @@ class OutcomeCount(_message.Message):
     def __init__(self, outcome: _Optional[_Union[_access_log_pb2.AccessOutcome, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class DayCount(_message.Message):
-    __slots__ = ("day", "count", "denied")
+    __slots__ = ("day", "count", "denied", "errors")
     DAY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DENIED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     day: str
     count: int
     denied: int
-    def __init__(self, day: _Optional[str] = ..., count: _Optional[int] = ..., denied: _Optional[int] = ...) -> None: ...
+    errors: int
+    def __init__(self, day: _Optional[str] = ..., count: _Optional[int] = ..., denied: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class OrganizationCount(_message.Message):
-    __slots__ = ("organization", "count", "denied")
+    __slots__ = ("organization", "count", "denied", "errors")
     ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DENIED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     organization: str
     count: int
     denied: int
-    def __init__(self, organization: _Optional[str] = ..., count: _Optional[int] = ..., denied: _Optional[int] = ...) -> None: ...
+    errors: int
+    def __init__(self, organization: _Optional[str] = ..., count: _Optional[int] = ..., denied: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class AggregateResponse(_message.Message):
     __slots__ = ("total", "by_outcome", "by_day", "by_organization")
