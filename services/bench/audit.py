@@ -76,6 +76,32 @@ def synthetic_events(n: int, *, first_seq: int = 0, start_ms: int = _START_MS, s
         yield synthetic_event(first_seq + i, start_ms + int(i * step), rng)
 
 
+def simulated_history(end_ms: int, *, seed: int = 5, days: int = 14) -> list[AccessEventIndex]:
+    """A simulated consortium's access history (``analytics/anomaly/simulate.py``) ending at ``end_ms``, as
+    projection rows with ledger sequences far above a real ledger's (10^12 on). For tests and demos of the
+    flags: a ledger cannot be back-dated, and the detector needs days of history to learn from."""
+    from ciphercare.analytics.anomaly.events import records_from_events
+    from ciphercare.analytics.anomaly.simulate import SimConfig, simulate
+
+    sim = simulate(SimConfig(seed=seed, orgs=2, teams_per_org=3, clinicians_per_team=4, patients=600,
+                             history_days=days, days=1, cases_per_kind=0))
+    history = sim.history()
+    history = history.assign(time=history["time"] + (end_ms - int(history["time"].max()) - 1))
+    kinds = {(r.requester, r.org): r.kind for r in sim.context.roster.itertuples()}
+    times = history["time"].tolist()
+    rows = []
+    for i, record in enumerate(records_from_events(history)):
+        agent = record["agent"]
+        agent["roles"] = ["clinician"] if kinds.get((agent["subject"], agent["org"])) == "clinician" else ["hospital"]
+        record["id"] = f"hist-{i:07d}"
+        seq = 10**12 + i
+        rows.append(AccessEventIndex(seq=seq, event_id=record["id"], tx_id=f"{seq:064x}", recorded_ms=int(times[i]),
+                                     pid=record["entity"]["pid"], agent_subject=agent["subject"],
+                                     agent_org=agent["org"], purpose=record["purpose_of_use"],
+                                     outcome=record["outcome"], event_json=canonical.dumps(record)))
+    return rows
+
+
 def insert_events(store: OffchainStore, rows: list[AccessEventIndex]) -> None:
     """Insert projection rows through the store's session in one transaction (executemany: fast for bulk)."""
     if not rows:

@@ -17,13 +17,10 @@ import grpc
 import pytest
 from testkit.server import Env, ServerThread, make_settings
 
-from ciphercare.analytics.anomaly.events import records_from_events
-from ciphercare.analytics.anomaly.simulate import CANARY_NAME, SimConfig, simulate
-from ciphercare.consent import canonical
+from ciphercare.analytics.anomaly.simulate import CANARY_NAME
 from ciphercare.sdk.audit import AuditClient
-from ciphercare.services.bench.audit import insert_events
+from ciphercare.services.bench.audit import insert_events, simulated_history
 from ciphercare.services.identity.devissuer import DevIssuer
-from ciphercare.services.store import AccessEventIndex
 from ciphercare.v1 import access_log_pb2, compliance_pb2
 
 PULLED = 60
@@ -32,23 +29,7 @@ HOUR_MS = 3_600_000
 
 def seed_history(env: Env, end_ms: int) -> int:
     """Two weeks of simulated consortium access, ending at ``end_ms``, into the server's projection."""
-    sim = simulate(SimConfig(seed=5, orgs=2, teams_per_org=3, clinicians_per_team=4, patients=600, history_days=14,
-                             days=1, cases_per_kind=0))
-    history = sim.history()
-    shift = end_ms - int(history["time"].max()) - 1
-    history = history.assign(time=history["time"] + shift)
-    kinds = {(r.requester, r.org): r.kind for r in sim.context.roster.itertuples()}
-    rows = []
-    for i, record in enumerate(records_from_events(history)):
-        agent = record["agent"]
-        agent["roles"] = ["clinician"] if kinds.get((agent["subject"], agent["org"])) == "clinician" else ["hospital"]
-        record["id"] = f"hist-{i:07d}"
-        seq = 10**12 + i  # far above the ledger's own sequences
-        rows.append(AccessEventIndex(seq=seq, event_id=record["id"], tx_id=f"{seq:064x}",
-                                     recorded_ms=int(history["time"].iloc[i]), pid=record["entity"]["pid"],
-                                     agent_subject=agent["subject"], agent_org=agent["org"],
-                                     purpose=record["purpose_of_use"], outcome=record["outcome"],
-                                     event_json=canonical.dumps(record)))
+    rows = simulated_history(end_ms)
     insert_events(env.app.store, rows)
     return len(rows)
 
