@@ -22,7 +22,7 @@ from ciphercare.ledger.transparency.merkle import check_consistency
 from ciphercare.sdk.client import CiphercareClient, ProofError, TokenSource
 from ciphercare.v1 import access_log_pb2, compliance_pb2, compliance_pb2_grpc
 
-EXPORT_FORMATS: dict[str, int] = {
+EXPORT_FORMATS: dict[str, compliance_pb2.ExportFormat] = {
     "csv": compliance_pb2.EXPORT_FORMAT_CSV,
     "fhir": compliance_pb2.EXPORT_FORMAT_FHIR_BUNDLE,
     "jsonl": compliance_pb2.EXPORT_FORMAT_JSON_LINES,
@@ -128,7 +128,8 @@ class AuditClient:
             page.page_token = response.next_page_token
 
     def search(self, request: compliance_pb2.ComplianceSearchRequest) -> compliance_pb2.ComplianceSearchResponse:
-        return self.client.call(self.compliance.Search, request)
+        response: compliance_pb2.ComplianceSearchResponse = self.client.call(self.compliance.Search, request)
+        return response
 
     def search_all(self, request: compliance_pb2.ComplianceSearchRequest,
                    limit: int | None = None) -> Iterator[access_log_pb2.AccessEvent]:
@@ -148,7 +149,9 @@ class AuditClient:
             page.page_token = response.next_page_token
 
     def aggregate(self, flt: compliance_pb2.AccessFilter) -> compliance_pb2.AggregateResponse:
-        return self.client.call(self.compliance.Aggregate, compliance_pb2.AggregateRequest(filter=flt))
+        response: compliance_pb2.AggregateResponse = self.client.call(
+            self.compliance.Aggregate, compliance_pb2.AggregateRequest(filter=flt))
+        return response
 
     def export(self, flt: compliance_pb2.AccessFilter, fmt: str,
                timeout_s: float | None = None) -> Iterator[compliance_pb2.ExportChunk]:

@@ -75,7 +75,8 @@ def test_counts_paging_chart_and_exports_hold_at_scale(web_env: Any, page: Any) 
 
     # The chart counts every day of the search (30 days here), and its x-axis labels never overlap.
     page.goto(f"{base}/console?organization={SCALE_ORG}&size=10")
-    chart_total = sum(int(n) for n in re.findall(r"(\d+) accesses over", page.locator("svg.chart desc").text_content() or ""))
+    description = page.locator("svg.chart desc").text_content() or ""
+    chart_total = sum(int(n) for n in re.findall(r"(\d+) accesses over", description))
     assert chart_total == SCALE_ROWS
     boxes = page.locator("svg.chart text.tick-x").evaluate_all(
         "els => els.map(e => { const b = e.getBBox(); return [b.x, b.x + b.width]; })")
