@@ -37,6 +37,8 @@ from ciphercare.services.store.models import AccessEventRow
 
 FULL_ROWS = 10**6
 QUICK_ROWS = 10**4
+#: ListFlags is measured on a simulated consortium of this size (the detector's own benchmark covers 10^6).
+FLAG_ROWS = 10**5
 TARGET_P95_MS = 200.0
 ORGS = ("hospital-a", "hospital-b", "hospital-c", "research-d")
 PURPOSES = ("TREAT", "TREAT", "TREAT", "ETREAT", "CAREMGT", "HRESCH", "HPAYMT")
@@ -77,30 +79,65 @@ def synthetic_events(n: int, *, first_seq: int = 0, start_ms: int = _START_MS, s
         yield synthetic_event(first_seq + i, start_ms + int(i * step), rng)
 
 
+def simulated_rows(events: Any, roster: Any, first_seq: int = 10**12) -> list[AccessEventIndex]:
+    """Projection rows of a simulated events table (``analytics/anomaly``), roles from the simulated roster."""
+    from ciphercare.analytics.anomaly.events import records_from_events
+
+    kinds = {(r.requester, r.org): r.kind for r in roster.itertuples()}
+    times = events["time"].tolist()
+    rows = []
+    for i, record in enumerate(records_from_events(events)):
+        agent = record["agent"]
+        agent["roles"] = ["clinician"] if kinds.get((agent["subject"], agent["org"])) == "clinician" else ["hospital"]
+        record["id"] = f"sim-{first_seq + i}"
+        seq = first_seq + i
+        rows.append(AccessEventIndex(seq=seq, event_id=record["id"], tx_id=f"{seq:064x}", recorded_ms=int(times[i]),
+                                     pid=record["entity"]["pid"], agent_subject=agent["subject"],
+                                     agent_org=agent["org"], purpose=record["purpose_of_use"],
+                                     outcome=record["outcome"], event_json=canonical.dumps(record)))
+    return rows
+
+
 def simulated_history(end_ms: int, *, seed: int = 5, days: int = 14) -> list[AccessEventIndex]:
     """A simulated consortium's access history (``analytics/anomaly/simulate.py``) ending at ``end_ms``, as
     projection rows with ledger sequences far above a real ledger's (10^12 on). For tests and demos of the
     flags: a ledger cannot be back-dated, and the detector needs days of history to learn from."""
-    from ciphercare.analytics.anomaly.events import records_from_events
     from ciphercare.analytics.anomaly.simulate import SimConfig, simulate
 
     sim = simulate(SimConfig(seed=seed, orgs=2, teams_per_org=3, clinicians_per_team=4, patients=600,
                              history_days=days, days=1, cases_per_kind=0))
     history = sim.history()
     history = history.assign(time=history["time"] + (end_ms - int(history["time"].max()) - 1))
-    kinds = {(r.requester, r.org): r.kind for r in sim.context.roster.itertuples()}
-    times = history["time"].tolist()
-    rows = []
-    for i, record in enumerate(records_from_events(history)):
-        agent = record["agent"]
-        agent["roles"] = ["clinician"] if kinds.get((agent["subject"], agent["org"])) == "clinician" else ["hospital"]
-        record["id"] = f"hist-{i:07d}"
-        seq = 10**12 + i
-        rows.append(AccessEventIndex(seq=seq, event_id=record["id"], tx_id=f"{seq:064x}", recorded_ms=int(times[i]),
-                                     pid=record["entity"]["pid"], agent_subject=agent["subject"],
-                                     agent_org=agent["org"], purpose=record["purpose_of_use"],
-                                     outcome=record["outcome"], event_json=canonical.dumps(record)))
-    return rows
+    return simulated_rows(history, sim.context.roster)
+
+
+def bench_flags(n_events: int, *, database_url: str = "") -> dict[str, Any]:
+    """ListFlags' work from the store at about ``n_events`` simulated events (history + month): read the
+    detector's rows, fit on the history before a one-day window, detect in the window. Consents are left out
+    (the ledger is not part of this benchmark)."""
+    from ciphercare.analytics.anomaly.simulate import SimConfig, simulate
+    from ciphercare.services.audit.compliance import FlagEngine
+
+    sim = simulate(SimConfig.for_events(n_events))
+    tmp = tempfile.TemporaryDirectory(prefix="cc-bench-flags-")
+    store = OffchainStore.from_url(database_url or f"sqlite:///{Path(tmp.name) / 'offchain.db'}")
+    try:
+        store.migrate()
+        rows = simulated_rows(sim.events, sim.context.roster, first_seq=0)
+        for i in range(0, len(rows), 20_000):
+            insert_events(store, rows[i:i + 20_000])
+        history_days = max(8, (sim.eval_start_ms - sim.start_ms) // 86_400_000)
+        engine = FlagEngine(None, AccessEventQueries(store), int(history_days))
+        start = sim.eval_start_ms + 7 * 86_400_000
+        began = time.perf_counter()
+        run = engine.run(start, start + 86_400_000, {})
+        seconds = time.perf_counter() - began
+        return {"events": len(rows), "history_events": run.history_events,
+                "window_events": sum(run.events_by_org.values()), "flags": len(run.flags),
+                "seconds": round(seconds, 2), "notice": run.notice}
+    finally:
+        store.close()
+        tmp.cleanup()
 
 
 def insert_events(store: OffchainStore, rows: list[AccessEventIndex]) -> None:
@@ -229,6 +266,11 @@ def table(report: dict[str, Any]) -> str:
     lines.append(f"full export (CSV, streamed in batches of 500): {e['rows']:,} rows in {e['seconds']} s = "
                  f"{e['rows_per_s']:,} rows/s, {e['csv_mb']} MB, complete: {e['complete']}; peak traced memory "
                  f"{e['traced_peak_mb']} MB, process peak RSS {e['process_peak_rss_mb']} MB")
+    if "flags" in report:
+        f = report["flags"]
+        lines.append(f"ListFlags from the store, one-day window: {f['seconds']} s (trained on {f['history_events']:,} "
+                     f"history events, {f['window_events']:,} in the window, {f['flags']} flags; simulated "
+                     f"consortium of {f['events']:,} events, consents left out)")
     return "\n".join(lines)
 
 
@@ -236,6 +278,7 @@ def run_audit_bench(quick: bool = False, out: Path | None = None, database_url: 
     """What ``ciphercare bench audit`` runs: print the table, write the JSON report when asked; returns the rows."""
     report = bench_audit(QUICK_ROWS if quick else FULL_ROWS, database_url=database_url,
                          repeats=10 if quick else 40)
+    report["flags"] = bench_flags(QUICK_ROWS if quick else FLAG_ROWS, database_url=database_url)
     print(table(report), flush=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,5 +23,5 @@ def test_run_writes_the_json_report(tmp_path: Path, capsys) -> None:  # type: ig
     out = tmp_path / "audit.json"
     rows = run_audit_bench(quick=True, out=out)
     written = json.loads(out.read_text())
-    assert written["rows"] == 10**4 and written["results"] == rows
+    assert written["rows"] == 10**4 and written["results"] == rows and written["flags"]["history_events"] > 0
     assert "audit reads at 10,000 events" in capsys.readouterr().out
