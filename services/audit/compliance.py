@@ -208,7 +208,8 @@ class FlagEngine:
         return found
 
     async def flags(self, start_ms: int, end_ms: int) -> FlagRun:
-        key = (start_ms, end_ms, self.queries.max_seq(), self.queries.count(AccessQuery()))
+        size = await asyncio.to_thread(lambda: (self.queries.max_seq(), self.queries.count(AccessQuery())))
+        key = (start_ms, end_ms, *size)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
