@@ -6,6 +6,7 @@ page of rows. Tick labels are thinned to what fits the axis, so they never overl
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,13 +93,12 @@ def tick_label(bucket: Bucket, unit: str, first: bool) -> str:
                                  else "%d %b")
 
 
-def label_step(labels: list[str], plot_w: float) -> int:
-    """Show every n-th tick label so that none overlaps its neighbour."""
+def label_step(labels: list[str], slot: float) -> int:
+    """Show every n-th tick label (``slot`` apart) so that even the widest two never overlap."""
     if not labels:
         return 1
-    slot = plot_w / len(labels)
     need = max(len(text) for text in labels) * TICK_CHAR_W + TICK_GAP
-    return max(1, -(-int(need) // max(int(slot), 1)))
+    return max(1, math.ceil(need / max(slot, 1.0)))
 
 
 def svg(data: list[Bucket], unit: str, width: int = 640, height: int = 220) -> str:
@@ -110,7 +110,8 @@ def svg(data: list[Bucket], unit: str, width: int = 640, height: int = 220) -> s
     plot_w, plot_h = width - left - right, height - bottom - head
     bar_w = min(plot_w / len(data), 56.0)
     totals = {name: sum(b.counts.get(name, 0) for b in data) for _, name, _ in OUTCOMES}
-    desc = (f"{sum(totals.values())} accesses over {len(data)} bars of one {unit}: " +
+    span = f"{len(data)} {unit}s" if unit in ("hour", "day") else f"{len(data)} periods of {unit}"
+    desc = (f"{sum(totals.values())} accesses over {span}: " +
             ", ".join(f"{n} {name}" for name, n in totals.items()))
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title chart-desc" '
@@ -122,7 +123,7 @@ def svg(data: list[Bucket], unit: str, width: int = 640, height: int = 220) -> s
         f'<text class="tick" x="{left - 4}" y="{head + plot_h}" text-anchor="end">0</text>',
     ]
     labels = [tick_label(bucket, unit, i == 0) for i, bucket in enumerate(data)]
-    label_every = label_step(labels, plot_w)
+    label_every = label_step(labels, bar_w)
     mid = (top + 1) // 2
     if 0 < mid < top:
         parts.append(f'<text class="tick" x="{left - 4}" y="{head + plot_h - plot_h * mid / top + 4:.1f}" '
