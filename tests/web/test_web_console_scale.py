@@ -137,6 +137,7 @@ def test_a_flag_as_the_officer_sees_it(web_env: Any, page: Any) -> None:
     # The window of the pull: from half an hour ago (the simulated history ends an hour ago).
     stamp = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now / 1000 - 1800))
     page.get_by_label("From (UTC)").fill(stamp)
+    page.get_by_label("Organisation").fill("hospital-b")  # other tests of this module record for hospital-a
     page.get_by_role("button", name="Show flags").click()
     flag = page.locator('#flags li[data-requester="clin-bulk-web"]')
     expect(flag).to_have_count(1)
