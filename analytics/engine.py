@@ -1,9 +1,12 @@
 """One scoring path, two modes: ``plain`` (numpy on the comparison bits) and ``encrypted`` (CKKS).
 
 Both walk the same :class:`~ciphercare.analytics.model.forms.Form` of the model, so the plaintext result is
-always there to compare with. In ``encrypted`` mode this function plays both roles in one process
-(key owner and evaluator, the evaluator seeing only the public context and ciphertext bytes); the
-service splits them across the wire.
+always there to compare with. In ``encrypted`` mode this function plays both roles in one process with
+the very calls the two sides make across the wire: the hospital's
+:meth:`~ciphercare.analytics.client.keys.KeyOwner.encrypt_bits` and ``decrypt`` (what the SDK calls),
+the server's :meth:`~ciphercare.analytics.server.evaluator.Evaluator.load_ciphertext` and ``evaluate``
+with slot ownership and validity (what the service's worker pool calls); the evaluator sees only the
+public context and ciphertext bytes.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ from enum import StrEnum
 
 import numpy as np
 
-from ciphercare.analytics.he.ckks import Evaluator, HEError, KeyOwner
+from ciphercare.analytics.client.keys import KeyOwner
+from ciphercare.analytics.he.budget import MAX_DEPTH, ModelNotServable, check_model, servable_problem
 from ciphercare.analytics.model.forms import PlainBackend, evaluate, model_form
 from ciphercare.analytics.model.package import ModelPackage
+from ciphercare.analytics.server.evaluator import Evaluator
 
-#: Deepest tree the 128-bit parameter set can evaluate (scale 2^40 per bit level, 2^147 at the end).
-MAX_DEPTH = 3
-
+__all__ = ["MAX_DEPTH", "ModelNotServable", "ScoringMode", "check_model", "score_batch", "servable_problem"]
 
 class ScoringMode(StrEnum):
     PLAIN = "plain"
@@ -30,16 +33,6 @@ class ScoringMode(StrEnum):
             return cls(value)
         except ValueError:
             raise ValueError(f"mode must be 'plain' or 'encrypted', got {value!r}") from None
-
-
-def check_model(model: ModelPackage, evaluator: Evaluator) -> None:
-    """Refuse a model the parameters cannot evaluate exactly (too deep, or margins too large)."""
-    if model.max_depth > MAX_DEPTH:
-        raise HEError(f"model has trees of depth {model.max_depth}; "
-                      f"the 128-bit parameters evaluate depth <= {MAX_DEPTH}")
-    if model.margin_bound >= evaluator.max_margin():
-        raise HEError(f"model margins can reach {model.margin_bound:.1f}; the result modulus holds "
-                      f"|margin| < {evaluator.max_margin():.0f}")
 
 
 def score_batch(model: ModelPackage, x: np.ndarray, *, mode: str | ScoringMode = ScoringMode.PLAIN,
@@ -59,5 +52,5 @@ def score_batch(model: ModelPackage, x: np.ndarray, *, mode: str | ScoringMode =
     for b, batch in enumerate(keys.encrypt_bits(bits)):
         cts = [evaluator.load_ciphertext(env, f"ciphertext (batch {b}, edge {j})") for j, env in enumerate(batch)]
         count = min(slots, bits.shape[0] - b * slots)
-        margins.append(keys.decrypt(evaluator.evaluate(form, cts), count))
+        margins.append(keys.decrypt(evaluator.evaluate(form, cts, groups=model.grid.groups(), owned=count), count))
     return np.concatenate(margins)

@@ -1,26 +1,26 @@
 """The compliance officer's client: flags, newest-first search, aggregates, streamed exports, verification.
 
 :class:`AuditClient` wraps ``ComplianceService`` and the proof calls of ``AccessLogService``. Verification
-trusts a pinned verifier key only (never the key the server sends along), and remembers the last checkpoint
-it verified in a small JSON file (:class:`CheckpointMemory`), so that the next run demands a consistency
-proof from it: a log rewritten between two runs is caught.
+trusts a pinned verifier key only (never the key the server sends along), optionally a witness policy, and
+remembers the last checkpoint it verified on disk (:mod:`ciphercare.sdk.checkpoints`, the same memory as
+``ciphercare ledger check``), so that the next run demands a consistency proof from it: a log rolled back or
+forked between two runs is caught, with both signed notes as evidence.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointVerifier
-from ciphercare.ledger.transparency.merkle import ProofError as MerkleProofError
-from ciphercare.ledger.transparency.merkle import check_consistency
+from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointKeyring, CheckpointVerifier
+from ciphercare.sdk.checkpoints import CheckpointCheckError, CheckpointMemory, CheckpointStore, RollbackError
 from ciphercare.sdk.client import CiphercareClient, ProofError, TokenSource
 from ciphercare.v1 import access_log_pb2, compliance_pb2, compliance_pb2_grpc
+
+if TYPE_CHECKING:
+    from ciphercare.ledger.witness.policy import Policy
 
 EXPORT_FORMATS: dict[str, compliance_pb2.ExportFormat] = {
     "csv": compliance_pb2.EXPORT_FORMAT_CSV,
@@ -29,67 +29,9 @@ EXPORT_FORMATS: dict[str, compliance_pb2.ExportFormat] = {
 }
 
 
-class CheckpointMemoryError(ValueError):
-    """The remembered checkpoint file is unreadable or was written for another log or key."""
-
-
-@dataclass(frozen=True)
-class RememberedCheckpoint:
-    origin: str
-    vkey: str
-    size: int
-    root_hash_hex: str
-    note: str
-
-
-class CheckpointMemory:
-    """The last checkpoint this client verified for a log, in a JSON file (written atomically, mode 0600)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    @staticmethod
-    def default_path() -> Path:
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        return base / "ciphercare" / "checkpoints.json"
-
-    def _all(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointMemoryError(f"cannot read the remembered checkpoints {self.path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CheckpointMemoryError(f"{self.path} is not a checkpoint memory file")
-        return data
-
-    def load(self, origin: str) -> RememberedCheckpoint | None:
-        entry = self._all().get(origin)
-        if entry is None:
-            return None
-        try:
-            return RememberedCheckpoint(origin, str(entry["vkey"]), int(entry["size"]), str(entry["root_hash"]),
-                                        str(entry["note"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointMemoryError(f"the remembered checkpoint of {origin} in {self.path} is damaged") from exc
-
-    def save(self, checkpoint: RememberedCheckpoint) -> None:
-        data = self._all()
-        data[checkpoint.origin] = {"vkey": checkpoint.vkey, "size": checkpoint.size,
-                                   "root_hash": checkpoint.root_hash_hex, "note": checkpoint.note}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".checkpoints-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+def default_state_dir() -> Path:
+    """Where clients remember verified checkpoints (shared with ``ciphercare ledger check``)."""
+    return Path.home() / ".ciphercare" / "checkpoints"
 
 
 @dataclass
@@ -98,6 +40,8 @@ class VerifyReport:
 
     checkpoint_size: int = 0
     checks: list[str] = field(default_factory=list)
+    #: Both signed notes when the log was rolled back or forked (what to hand to the operator and witnesses).
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 class AuditClient:
@@ -164,62 +108,41 @@ class AuditClient:
 
     # Verification ------------------------------------------------------------------------------
 
-    def _consistent(self, verifier: CheckpointVerifier, remembered: RememberedCheckpoint, size: int) -> str:
-        """Check that the log at ``size`` extends the remembered checkpoint (one proof, every root checked)."""
-        try:
-            old = verifier.verify(remembered.note.encode("utf-8"))
-        except CheckpointError as exc:
-            raise ProofError(f"the remembered checkpoint no longer verifies: {exc}") from exc
-        if old.root_hash.hex() != remembered.root_hash_hex or old.size != remembered.size:
-            raise ProofError("the remembered checkpoint file was altered")
-        proof = self.client.call(self.client.access_log.GetConsistencyProof, access_log_pb2.GetConsistencyProofRequest(
-            first_tree_size=remembered.size, second_tree_size=size))
-        try:
-            first = verifier.verify(proof.first_checkpoint.signed_note.encode("utf-8"))
-            second = verifier.verify(proof.second_checkpoint.signed_note.encode("utf-8"))
-        except CheckpointError as exc:
-            raise ProofError(f"a checkpoint of the consistency proof is not signed by the pinned key: {exc}") from exc
-        if (first.size, second.size) != (remembered.size, size):
-            raise ProofError("the consistency proof is not between the sizes asked for")
-        if first.root_hash != old.root_hash:
-            raise ProofError(f"the log was rewritten: its root at size {remembered.size} differs from the "
-                             "remembered checkpoint")
-        try:
-            check_consistency(first.size, second.size, list(proof.hashes), first.root_hash, second.root_hash)
-        except MerkleProofError as exc:
-            raise ProofError(f"the log at {second.size} does not extend the remembered one at {first.size}: "
-                             f"{exc}") from exc
-        return f"consistent with the remembered checkpoint: size {first.size} -> {second.size}"
-
-    def verify(self, vkey: str, memory: CheckpointMemory | None = None, event_ids: Iterable[str] = (),
-               progress: Callable[[str], None] | None = None) -> VerifyReport:
-        """Verify the latest checkpoint against the pinned ``vkey``, its consistency with the remembered one,
-        and the inclusion of ``event_ids``; remember the checkpoint afterwards. Raises :class:`ProofError`."""
+    def verify(self, vkey: str, state_dir: Path | None = None, event_ids: Iterable[str] = (),
+               policy: Policy | None = None) -> VerifyReport:
+        """Verify the served checkpoint against the pinned ``vkey`` (and the witness quorum of ``policy``), its
+        consistency with the checkpoint remembered in ``state_dir`` (None: remember nothing), and the inclusion
+        of ``event_ids``. Raises :class:`ProofError` (with :attr:`VerifyReport.evidence` on ``.report``)."""
         try:
             verifier = CheckpointVerifier.from_vkey(vkey)
         except (CheckpointError, ValueError) as exc:
             raise ProofError(f"the pinned verifier key is not a valid signed-note key: {exc}") from exc
+        if policy is not None and verifier.vkey not in policy.log_keys.vkeys:
+            raise ProofError("the witness policy does not name the pinned verifier key as the log's key")
+        memory = CheckpointMemory(CheckpointKeyring([verifier]), policy=policy,
+                                  store=CheckpointStore(state_dir) if state_dir is not None else None)
         report = VerifyReport()
-        response = self.client.call(self.client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
         try:
-            latest = verifier.verify(response.checkpoint.signed_note.encode("utf-8"))
-        except CheckpointError as exc:
-            raise ProofError(f"the latest checkpoint is not signed by the pinned key: {exc}") from exc
-        report.checkpoint_size = latest.size
-        report.checks.append(f"checkpoint of {latest.origin} at size {latest.size} signed by the pinned key "
+            result = memory.check(self.client)
+        except RollbackError as exc:
+            error = ProofError(f"the log was rolled back or forked: {exc}")
+            report.evidence = exc.evidence()
+            error.report = report  # type: ignore[attr-defined]
+            raise error from exc
+        except CheckpointCheckError as exc:
+            raise ProofError(f"the served checkpoint is not signed by the pinned key: {exc}") from exc
+        checkpoint = result.checkpoint
+        report.checkpoint_size = checkpoint.size
+        report.checks.append(f"checkpoint of {checkpoint.origin} at size {checkpoint.size} signed by the pinned key "
                              f"({verifier.vkey.split('+')[0]})")
-        remembered = memory.load(latest.origin) if memory is not None else None
-        if remembered is not None:
-            if remembered.vkey != verifier.vkey:
-                raise ProofError(f"the remembered checkpoint of {latest.origin} was verified with another key")
-            if remembered.size > latest.size:
-                raise ProofError(f"the log shrank: {latest.size} entries now, {remembered.size} remembered")
-            if remembered.size == latest.size:
-                if remembered.root_hash_hex != latest.root_hash.hex():
-                    raise ProofError(f"the log forked: a different root at the remembered size {latest.size}")
-                report.checks.append(f"same tree as the remembered checkpoint (size {latest.size})")
+        if result.witnesses:
+            report.checks.append(f"cosigned by the policy's quorum: {', '.join(result.witnesses)}")
+        if result.previous is not None:
+            if result.status == "unchanged":
+                report.checks.append(f"same tree as the remembered checkpoint (size {checkpoint.size})")
             else:
-                report.checks.append(self._consistent(verifier, remembered, latest.size))
+                report.checks.append(f"consistent with the remembered checkpoint: size {result.previous.size} -> "
+                                     f"{checkpoint.size}")
         for event_id in event_ids:
             try:
                 included = self.client.verify_event_inclusion(event_id, verifier)
@@ -227,9 +150,4 @@ class AuditClient:
                 raise ProofError(f"the checkpoint of the proof for {event_id} is not signed by the pinned key: "
                                  f"{exc}") from exc
             report.checks.append(f"event {event_id} included at leaf {included.leaf_index} of {included.tree_size}")
-            if progress is not None:
-                progress(event_id)
-        if memory is not None:
-            memory.save(RememberedCheckpoint(latest.origin, verifier.vkey, latest.size, latest.root_hash.hex(),
-                                             response.checkpoint.signed_note))
         return report

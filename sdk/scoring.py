@@ -19,6 +19,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,7 +63,11 @@ class ModelInfo:
     def schema(self) -> Any:
         from ciphercare.analytics.model.datasets import DatasetSchema, FeatureSpec
 
-        return DatasetSchema(tuple(FeatureSpec(f.name, f.type, f.description) for f in self.features))
+        return DatasetSchema(tuple(
+            FeatureSpec(f.name, f.type, f.description, tuple(f.categories),
+                        f.imputation if f.HasField("imputation") else None,
+                        (f.min, f.max) if f.HasField("min") and f.HasField("max") else None)
+            for f in self.features))
 
     def grid(self) -> Any:
         from ciphercare.analytics.model.grid import QuantisationGrid
@@ -95,21 +100,77 @@ class ScoreRun:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def check_features(info: ModelInfo, pids: Sequence[str], features: np.ndarray) -> None:
+    """Refuse values the model cannot take: not finite, not 0/1 for a binary feature, outside the plausible
+    range, or not a category code (before anything is encrypted; the server cannot see the values)."""
+    for f, spec in enumerate(info.features):
+        column = features[:, f]
+        bad: np.ndarray = ~np.isfinite(column)
+        reason = "is missing or not a finite number"
+        if not bad.any() and spec.type == "binary":
+            bad, reason = ~np.isin(column, (0.0, 1.0)), "is not 0 or 1"
+        if not bad.any() and spec.type == "categorical":
+            bad = ~np.isin(column, np.arange(len(spec.categories)))
+            reason = f"is not a category code 0..{len(spec.categories) - 1}"
+        if not bad.any() and spec.HasField("min") and spec.HasField("max"):
+            bad = (column < spec.min) | (column > spec.max)
+            reason = f"is outside the plausible range {spec.min:g}..{spec.max:g}"
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ScoringError(f"patient {pids[i]}: feature {spec.name!r} = {column[i]:g} {reason}")
+
+
 class ScoringClient:
     """A ScoringService client with explicit channel, token and deadline."""
 
-    def __init__(self, channel: grpc.Channel, token: str, *, deadline_s: float = 600.0) -> None:
+    def __init__(self, channel: grpc.Channel, token: str, *, deadline_s: float = 600.0, target: str = "") -> None:
         self.channel = channel
         self.stub = scoring_pb2_grpc.ScoringServiceStub(channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.deadline_s = deadline_s
+        self.target = target
         self._registered: set[str] = set()
+        self.registrations = 0  # RegisterContext uploads made by this client (the context churn test counts them)
 
     @classmethod
     def connect(cls, target: str, token: str, *, deadline_s: float = 600.0,
                 security: ChannelSecurity | None = None) -> ScoringClient:
-        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-        return cls(open_channel(target, security, options=options), token, deadline_s=deadline_s)
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        return cls(open_channel(target, security, options=options), token, deadline_s=deadline_s, target=target)
+
+    # Registration memory: a key file's public context is stable (KeyOwner keeps it beside the key), and the
+    # server keeps it per organisation, so the SDK uploads it once per (key, server) and remembers that in
+    # "<key file>.registered" (one "<target> <context id>" per line). If the server has since removed an
+    # unused context, Score answers NOT_FOUND and the SDK registers again, once.
+
+    @staticmethod
+    def _memory_path(keys: Any) -> Path | None:
+        path = getattr(keys, "path", None)
+        return None if path is None else Path(path).with_name(Path(path).name + ".registered")
+
+    def _remembered(self, keys: Any) -> bool:
+        if keys.context_id in self._registered:
+            return True
+        memory = self._memory_path(keys)
+        if memory is None or not memory.exists() or not self.target:
+            return False
+        return f"{self.target} {keys.context_id}" in memory.read_text(encoding="utf-8").splitlines()
+
+    def _remember(self, keys: Any, registered: bool) -> None:
+        memory = self._memory_path(keys)
+        if memory is None or not self.target:
+            return
+        line = f"{self.target} {keys.context_id}"
+        lines = memory.read_text(encoding="utf-8").splitlines() if memory.exists() else []
+        lines = [entry for entry in lines if entry != line] + ([line] if registered else [])
+        memory.write_text("".join(f"{entry}\n" for entry in lines), encoding="utf-8")
+
+    def ensure_registered(self, keys: Any) -> None:
+        """Register ``keys``' public context unless this client or its key file remembers doing so."""
+        if not self._remembered(keys):
+            self.register(keys.public_context)
+            self._remember(keys, True)
+        self._registered.add(keys.context_id)
 
     def close(self) -> None:
         self.channel.close()
@@ -127,6 +188,7 @@ class ScoringClient:
                 yield scoring_pb2.RegisterContextRequest(chunk=public_context[start:start + CHUNK_BYTES])
 
         response = self.stub.RegisterContext(chunks(), metadata=self.metadata, timeout=self.deadline_s)
+        self.registrations += 1
         self._registered.add(response.context_id)
         return response
 
@@ -134,6 +196,23 @@ class ScoringClient:
               data_class: str = "Observation", info: ModelInfo | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> ScoreRun:
         """Score ``features`` (rows in ``pids`` order, columns in the model's feature order)."""
+        self.ensure_registered(keys)
+        try:
+            return self._score(keys, pids, features, purpose=purpose, data_class=data_class, info=info,
+                               progress=progress)
+        except ScoringError as exc:
+            if not str(exc).startswith("NOT_FOUND") or "is not registered" not in str(exc):
+                raise
+        # The server removed the context (unused for too long): register again and retry once.
+        self._registered.discard(keys.context_id)
+        self._remember(keys, False)
+        self.ensure_registered(keys)
+        return self._score(keys, pids, features, purpose=purpose, data_class=data_class, info=info,
+                           progress=progress)
+
+    def _score(self, keys: Any, pids: Sequence[str], features: np.ndarray, *, purpose: str,
+               data_class: str, info: ModelInfo | None,
+               progress: Callable[[str, int, int], None] | None) -> ScoreRun:
         import time
 
         from ciphercare.analytics.model.training import sigmoid
@@ -144,8 +223,7 @@ class ScoringClient:
         if features.shape != (len(pids), len(info.features)):
             raise ScoringError(f"features must be {len(pids)} x {len(info.features)} (patients x model features), "
                                f"got {features.shape}")
-        if keys.context_id not in self._registered:
-            self.register(keys.public_context)
+        check_features(info, pids, features)
         bits = info.grid().bits(features)
         index = {pid: i for i, pid in enumerate(pids)}
         results = [PatientScore(pid=pid, status="unknown") for pid in pids]

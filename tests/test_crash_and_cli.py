@@ -14,15 +14,18 @@ import grpc
 import pytest
 from testkit.process import CLI, free_port, start_cli_server
 
+from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
 from ciphercare.sdk.client import CiphercareClient
 from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.services.platform.settings import load_settings
 from ciphercare.v1 import access_log_pb2
 
 
-def start_server(data_dir: Path, issuer_port: int) -> tuple[subprocess.Popen[str], int]:
+def start_server(data_dir: Path, issuer_port: int, *,
+                 demo_witness: bool = False) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, CIPHERCARE_DATA_DIR=str(data_dir), CIPHERCARE_GRPC_PORT="0",
-               CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false")
+               CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false",
+               CIPHERCARE_DEMO_WITNESS=str(demo_witness).lower())
     return start_cli_server(env, timeout_s=60)
 
 
@@ -111,9 +114,10 @@ def test_ledger_verify_names_the_first_tampered_entry(tmp_path: Path) -> None:
         tampered = leaf.replace(b"pt-tamper-3", b"pt-tamper-X")
         assert tampered != leaf
         db.execute("UPDATE entries SET leaf = ? WHERE seq = 3", (tampered,))
-    bad = run_cli("ledger", "verify", data_dir=tmp_path)
-    assert bad.returncode == 1
-    assert "seq=3" in bad.stderr and tx_id in bad.stderr
+    vkey = CheckpointSigner.load(tmp_path / "ledger-ed25519.pem", settings.ledger_origin).vkey
+    bad = run_cli("ledger", "verify", "--vkey", vkey, data_dir=tmp_path)
+    assert bad.returncode == 3  # tampered (docs/TRANSPARENCY.md, exit codes)
+    assert "seq 3" in bad.stderr and tx_id in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -139,7 +143,7 @@ def test_dev_token_prints_a_keycloak_shaped_token(tmp_path: Path) -> None:
 
 def test_demo_runs_the_whole_scenario_against_a_running_server(tmp_path: Path) -> None:
     issuer_port = free_port()
-    proc, port = start_server(tmp_path, issuer_port)
+    proc, port = start_server(tmp_path, issuer_port, demo_witness=True)  # a witness process (issue 11)
     try:
         result = run_cli("demo", "--target", f"127.0.0.1:{port}", data_dir=tmp_path, issuer_port=issuer_port)
     finally:
@@ -151,3 +155,5 @@ def test_demo_runs_the_whole_scenario_against_a_running_server(tmp_path: Path) -
     assert "0 visible" in out and "(unexpected)" not in out
     assert out.count("verified in tree of") == 3 and "consistency proof" in out
     assert "every proof verified" in out
+    assert "a witness in its own process cosigned the checkpoint" in out and "demo-witness" in out
+    assert "rejects a rolled-back log" in out and "refused: rollback" in out

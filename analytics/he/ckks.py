@@ -1,10 +1,12 @@
-"""CKKS engine for model-private tree scoring, split by role (TenSEAL 0.3 / Microsoft SEAL 4).
+"""CKKS parameters, security check and wire formats shared by both roles (TenSEAL 0.3 / Microsoft SEAL 4).
 
-* :class:`KeyOwner` (hospital side): generates and keeps the key pair, produces the *public* context
-  (parameters, public key, relinearisation keys; never the secret key, never Galois keys), encrypts
-  the comparison bits and decrypts scores.
-* :class:`Evaluator` (server side): accepts only a public context, validates its parameters and every
-  ciphertext, and evaluates the model's :class:`~ciphercare.analytics.model.forms.Form` on them.
+The roles live apart and never import each other: the hospital's :class:`KeyOwner` in
+:mod:`ciphercare.analytics.client.keys` (generates and keeps the key pair, publishes the *public*
+context, encrypts the comparison bits, decrypts scores) and the server's :class:`Evaluator` in
+:mod:`ciphercare.analytics.server.evaluator` (accepts only a public context, validates it and every
+ciphertext, evaluates the model with slot ownership and input validity). This module holds what both
+must agree on: the parameter set, the security check, SEAL byte I/O, the vetting of a public context
+and the ciphertext envelope.
 
 Parameters (:data:`CKKS_PARAMETERS`): ring dimension N = 8192 with a 218-bit coefficient modulus
 (data primes 53 + 52 + 53 bits, special prime 60 bits). The Homomorphic Encryption Security Standard
@@ -14,12 +16,7 @@ and :func:`check_security` checks both.
 
 Evaluation never rotates (no Galois keys) and never rescales: bits are encrypted at scale 2^40, every
 product multiplies scales exactly, plaintext constants are encoded at whatever scale makes each sum
-exact, and the result lands at scale 2^147 in the 158-bit data modulus (room for |margin| < 2^8).
-Relinearisation happens once per group of trees sharing a root edge plus once at the end. Before a
-result leaves, the evaluator floods it with Gaussian noise (standard deviation 2^-16 per slot, real
-and imaginary) and re-randomises it with a fresh public-key encryption of zero, so the ciphertext a
-client decrypts does not expose the evaluation's structure (see docs/SCORING.md for what this does
-and does not guarantee).
+exact, and the result lands at scale 2^147 in the 158-bit data modulus (room for |z| < 2^10 per slot).
 
 Ciphertexts travel in an envelope ``b"CCT1" + context id (32 bytes) + SEAL bytes``; the bits are
 encrypted with the secret key (seeded symmetric encryption), which halves their size.
@@ -28,9 +25,7 @@ encrypted with the secret key (seeded symmetric encryption), which halves their 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import secrets
 import struct
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,10 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-from ciphercare.analytics.model.forms import Form, evaluate
 
 # HE Security Standard (homomorphicencryption.org), Table 1: max log2(q) for 128-bit classical security.
 HE_STANDARD_128_MAX_LOGQ: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -103,6 +94,15 @@ class CkksParameters:
 
 
 CKKS_PARAMETERS = CkksParameters()
+
+
+def max_margin(params: CkksParameters = CKKS_PARAMETERS) -> float:
+    """Largest |margin| a model may reach: 2^(data bits - 1 - result scale) / 8 = 128.
+
+    A slot value z at the result scale keeps every plaintext coefficient below scale * |z|, so
+    |z| < 2^10 decrypts correctly; a factor 8 leaves room for the flooding, validity and unowned-slot
+    noise (the last is at most 2^6 * sqrt(2) in slots that carry no margin)."""
+    return 2.0 ** (params.data_bits - 1 - params.result_scale_log2 - 1) / 4
 
 
 def check_security(poly_modulus_degree: int, coeff_bits: Sequence[int]) -> None:
@@ -176,7 +176,8 @@ def check_seal_header(data: bytes, what: str, max_bytes: int) -> None:
 # TenSEALContextProto: 1 encryption parameters, 2 public part (1 public key, 2 flags, 3 scale,
 # 4 relinearisation keys, 5 Galois keys), 3 secret key.
 _CTX_PARAMS, _CTX_PUBLIC, _CTX_SECRET = 1, 2, 3
-_PUB_KEY, _PUB_RELIN, _PUB_GALOIS = 1, 4, 5
+_PUB_KEY, _PUB_FLAGS, _PUB_SCALE, _PUB_RELIN, _PUB_GALOIS = 1, 2, 3, 4, 5
+_PUB_ALLOWED = frozenset({_PUB_KEY, _PUB_FLAGS, _PUB_SCALE, _PUB_RELIN})
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -264,6 +265,13 @@ def vet_public_context(data: bytes, params: CkksParameters = CKKS_PARAMETERS) ->
     public = proto_fields(_single_bytes(top, _CTX_PUBLIC, "public key section"))
     if _PUB_GALOIS in public:
         raise HEError("context carries Galois keys; scoring needs no rotations, leave them out")
+    extra = set(public) - _PUB_ALLOWED
+    if extra:
+        raise HEError(f"context's public key section has unexpected fields {sorted(extra)}; "
+                      "send exactly the public key, flags, scale and relinearisation keys")
+    for number in _PUB_ALLOWED:
+        if len(public.get(number, [])) > 1:
+            raise HEError(f"context's public key section repeats field {number}")
     for number, what in ((_PUB_KEY, "public key"), (_PUB_RELIN, "set of relinearisation keys")):
         check_seal_header(_single_bytes(public, number, what), what, MAX_CONTEXT_BYTES)
 
@@ -271,103 +279,6 @@ def vet_public_context(data: bytes, params: CkksParameters = CKKS_PARAMETERS) ->
 def context_id(public_context: bytes) -> str:
     """The id of a public context: SHA-256 of its bytes (hex)."""
     return hashlib.sha256(public_context).hexdigest()
-
-
-# --- hospital side ---------------------------------------------------------------------------------
-
-
-class KeyOwner:
-    """The hospital's CKKS keys: generate or load, publish the public context, encrypt, decrypt."""
-
-    def __init__(self, ts_context: Any, params: CkksParameters = CKKS_PARAMETERS) -> None:
-        from tenseal import sealapi
-
-        if not ts_context.is_private():
-            raise HEError("a key owner needs a context with its secret key")
-        self.params = params
-        self._ctx = ts_context
-        self._seal = ts_context.seal_context().data
-        self._encoder = sealapi.CKKSEncoder(self._seal)
-        secret = ts_context.secret_key().data
-        self._encryptor = sealapi.Encryptor(self._seal, secret)
-        self._decryptor = sealapi.Decryptor(self._seal, secret)
-        self._parms_id = self._seal.first_parms_id()
-        self.public_context = ts_context.serialize(save_public_key=True, save_secret_key=False,
-                                                   save_galois_keys=False, save_relin_keys=True)
-        self.context_id = context_id(self.public_context)
-        self._tag = bytes.fromhex(self.context_id)
-
-    @classmethod
-    def generate(cls, params: CkksParameters = CKKS_PARAMETERS) -> KeyOwner:
-        import tenseal as ts
-
-        check_security(params.poly_modulus_degree, params.coeff_mod_bit_sizes)
-        ctx = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree,
-                         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
-        return cls(ctx, params)
-
-    @classmethod
-    def load(cls, path: Path, params: CkksParameters = CKKS_PARAMETERS) -> KeyOwner:
-        import tenseal as ts
-
-        try:
-            ctx = ts.context_from(Path(path).read_bytes())
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise HEError(f"{path} is not a TenSEAL context: {exc}") from None
-        return cls(ctx, params)
-
-    @classmethod
-    def load_or_generate(cls, path: Path, params: CkksParameters = CKKS_PARAMETERS) -> KeyOwner:
-        """Keys from ``path`` (mode 0600) or a new key pair saved there."""
-        path = Path(path)
-        if path.exists():
-            return cls.load(path, params)
-        owner = cls.generate(params)
-        owner.save(path)
-        return owner
-
-    def save(self, path: Path) -> None:
-        """Write the private context (with the secret key) readable by the owner only."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = self._ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
-                                   save_relin_keys=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-
-    def encrypt_column(self, values: np.ndarray) -> bytes:
-        """One vector (at most ``slots`` values) encrypted at the bit scale, in an envelope."""
-        from tenseal import sealapi
-
-        values = np.asarray(values, dtype=np.float64)
-        if values.ndim != 1 or values.size > self.params.slots:
-            raise HEError(f"a ciphertext holds at most {self.params.slots} values")
-        plain = sealapi.Plaintext()
-        self._encoder.encode(values.tolist(), self._parms_id, self.params.bit_scale, plain)
-        return ENVELOPE_MAGIC + self._tag + seal_save(self._encryptor.encrypt_symmetric(plain))
-
-    def encrypt_bits(self, bits: np.ndarray) -> list[list[bytes]]:
-        """Bits (patients x edges) packed one patient per slot: ``[batch][edge] -> envelope``."""
-        bits = np.asarray(bits, dtype=np.float64)
-        if bits.ndim != 2:
-            raise HEError("bits must be a (patients x edges) matrix")
-        slots = self.params.slots
-        return [[self.encrypt_column(bits[start:start + slots, j]) for j in range(bits.shape[1])]
-                for start in range(0, bits.shape[0], slots)]
-
-    def decrypt(self, envelope: bytes, count: int) -> np.ndarray:
-        """The first ``count`` slot values (real parts) of a result ciphertext."""
-        from tenseal import sealapi
-
-        data = open_envelope(envelope, self.context_id, "result ciphertext")
-        ct = seal_load(sealapi.Ciphertext(), self._seal, data)
-        plain = sealapi.Plaintext()
-        self._decryptor.decrypt(ct, plain)
-        values = np.asarray(self._encoder.decode_double(plain), dtype=np.float64)
-        if not 0 <= count <= values.size:
-            raise HEError(f"a result holds at most {values.size} values")
-        return values[:count]
 
 
 def open_envelope(envelope: bytes, expected_context: str, what: str) -> bytes:
@@ -380,179 +291,3 @@ def open_envelope(envelope: bytes, expected_context: str, what: str) -> bytes:
     if tag != expected_context:
         raise HEError(f"{what} was encrypted under context {tag[:16]}…, not {expected_context[:16]}…")
     return envelope[len(ENVELOPE_MAGIC) + CONTEXT_ID_BYTES:]
-
-
-# --- server side ---------------------------------------------------------------------------------
-
-
-class CkksBackend:
-    """Form arithmetic on SEAL ciphertexts with exact scale bookkeeping (no rescaling)."""
-
-    def __init__(self, evaluator: Evaluator, bits: Sequence[Any]) -> None:
-        self.ev = evaluator
-        self.bit_scale = evaluator.params.bit_scale
-        self._bits = bits
-        self.stats = {"products": 0, "scalar_products": 0, "relinearisations": 0}
-
-    def _constant(self, value: float, scale: float) -> Any:
-        from tenseal import sealapi
-
-        plain = sealapi.Plaintext()
-        self.ev.encoder.encode(float(value), self.ev.parms_id, scale, plain)
-        return plain
-
-    def bit(self, edge: int) -> Any:
-        return self._bits[edge]
-
-    def scaled_bit(self, edge: int, coefficient: float, scale: float) -> Any:
-        from tenseal import sealapi
-
-        out = sealapi.Ciphertext()
-        self.ev.evaluator.multiply_plain(self._bits[edge], self._constant(coefficient, scale), out)
-        self.stats["scalar_products"] += 1
-        return out
-
-    def add(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if a.size() >= b.size():
-            self.ev.evaluator.add_inplace(a, b)
-            return a
-        self.ev.evaluator.add_inplace(b, a)
-        return b
-
-    def add_constant(self, a: Any, value: float, scale: float) -> Any:
-        if a is None:
-            raise HEError("a constant model has nothing to evaluate")
-        if value:
-            self.ev.evaluator.add_plain_inplace(a, self._constant(value, scale))
-        return a
-
-    def multiply(self, a: Any, b: Any) -> Any:
-        from tenseal import sealapi
-
-        out = sealapi.Ciphertext()
-        self.ev.evaluator.multiply(a, b, out)
-        self.stats["products"] += 1
-        return out
-
-    def relinearise(self, a: Any) -> Any:
-        if a.size() > 2:
-            self.ev.evaluator.relinearize_inplace(a, self.ev.relin_keys)
-            self.stats["relinearisations"] += 1
-        return a
-
-
-class Evaluator:
-    """Server-side CKKS evaluation under a client's *public* context (refuses a secret key)."""
-
-    def __init__(self, public_context: bytes, params: CkksParameters = CKKS_PARAMETERS) -> None:
-        import tenseal as ts
-        from tenseal import sealapi
-
-        vet_public_context(public_context, params)
-        try:
-            ctx = ts.context_from(public_context)
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise HEError(f"context does not load: {exc}") from None
-        if ctx.is_private() or not ctx.is_public():
-            raise HEError("context carries a secret key; send the public context only")
-        if not ctx.has_relin_keys():
-            raise HEError("context has no relinearisation keys")
-        self.params = params
-        self.context_id = context_id(public_context)
-        self._tag = bytes.fromhex(self.context_id)
-        self._ctx = ctx
-        self.seal = ctx.seal_context().data
-        self.parms_id = self.seal.first_parms_id()
-        self.evaluator = sealapi.Evaluator(self.seal)
-        self.encoder = sealapi.CKKSEncoder(self.seal)
-        self.relin_keys = ctx.relin_keys().data
-        self._encryptor = sealapi.Encryptor(self.seal, ctx.public_key().data)
-        data = self.seal.first_context_data()
-        self.data_modulus_log2 = sum(math.log2(m.value()) for m in data.parms().coeff_modulus())
-        self._rng = np.random.default_rng(secrets.randbits(128))
-
-    def max_margin(self) -> float:
-        """Largest |margin| the result modulus holds with the flooding noise and a safety factor of 4."""
-        room = self.data_modulus_log2 - 1 - self.params.result_scale_log2
-        return 2.0**room / 4
-
-    def load_ciphertext(self, envelope: bytes, what: str = "ciphertext") -> Any:
-        """One validated bit ciphertext: right context, parameters, size, NTT form and scale; not transparent."""
-        from tenseal import sealapi
-
-        data = open_envelope(envelope, self.context_id, what)
-        check_seal_header(data, what, MAX_CIPHERTEXT_BYTES)
-        ct = sealapi.Ciphertext()
-        try:
-            seal_load(ct, self.seal, data)
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise HEError(f"{what} is not a valid ciphertext for this context: {exc}") from None
-        if list(ct.parms_id()) != list(self.parms_id):
-            raise HEError(f"{what} is not at the context's top level (wrong parameters or modulus-switched)")
-        if ct.size() != 2:
-            raise HEError(f"{what} has {ct.size()} polynomials; a fresh ciphertext has 2")
-        if not ct.is_ntt_form():
-            raise HEError(f"{what} is not in NTT form")
-        if ct.scale != self.params.bit_scale:
-            raise HEError(f"{what} has scale 2^{math.log2(ct.scale):.2f}; bits must be encrypted at "
-                          f"2^{self.params.bit_scale_log2}")
-        if ct.is_transparent():
-            raise HEError(f"{what} is transparent (not encrypted)")
-        return ct
-
-    def evaluate(self, form: Form, bits: Sequence[Any], *, stats: dict[str, int] | None = None) -> bytes:
-        """The model's margin for every slot, flooded and re-randomised, as an envelope."""
-        return self.finish([self._evaluate(form, bits, stats)])
-
-    def evaluate_partial(self, form: Form, bits: Sequence[Any]) -> bytes:
-        """One part of a split Form, relinearised but NOT flooded: for :meth:`finish_partials` only.
-
-        Never send this to a client: an unflooded, un-re-randomised result exposes the evaluation.
-        """
-        return seal_save(self._evaluate(form, bits, None))
-
-    def finish_partials(self, partials: Sequence[bytes]) -> bytes:
-        """Sum partial results (from :meth:`evaluate_partial`), then flood and re-randomise."""
-        from tenseal import sealapi
-
-        loaded = []
-        for data in partials:
-            ct = seal_load(sealapi.Ciphertext(), self.seal, data)
-            if ct.scale != self.params.result_scale or ct.size() != 2:
-                raise HEError("partial result has the wrong scale or size")
-            loaded.append(ct)
-        return self.finish(loaded)
-
-    def _evaluate(self, form: Form, bits: Sequence[Any], stats: dict[str, int] | None) -> Any:
-        backend = CkksBackend(self, bits)
-        result = evaluate(form, backend, self.params.result_scale)
-        backend.relinearise(result)
-        if stats is not None:
-            stats.update(backend.stats)
-        return result
-
-    def finish(self, results: Sequence[Any]) -> bytes:
-        """Sum, flood with Gaussian noise, add a fresh encryption of zero; the envelope a client may see."""
-        from tenseal import sealapi
-
-        result = results[0]
-        for other in results[1:]:
-            self.evaluator.add_inplace(result, other)
-        self._flood(result)
-        zero = sealapi.Ciphertext()
-        self._encryptor.encrypt_zero(self.parms_id, zero)
-        zero.scale = result.scale
-        self.evaluator.add_inplace(result, zero)
-        return ENVELOPE_MAGIC + self._tag + seal_save(result)
-
-    def _flood(self, result: Any) -> None:
-        from tenseal import sealapi
-
-        sigma = 2.0**self.params.flood_log2
-        slots = self.params.slots
-        noise = self._rng.normal(0.0, sigma, slots) + 1j * self._rng.normal(0.0, sigma, slots)
-        plain = sealapi.Plaintext()
-        self.encoder.encode(noise.tolist(), self.parms_id, result.scale, plain)
-        self.evaluator.add_plain_inplace(result, plain)

@@ -7,8 +7,13 @@ not imported. The label is one-year mortality after the myocardial infarction: 1
 within 365 days (``fstat == 1`` and ``lenfol <= 365``), 0 if followed for more than 365 days; patients
 censored alive before day 365 have no label and are left out.
 
-A user's CSV comes with a schema (JSON): feature names, their type (``continuous``, ``binary`` or
-``integer``) and the label column. Every problem is one :class:`SchemaError` naming the column.
+A user's CSV comes with a schema (JSON) or has one inferred (:func:`infer_schema`): feature names, their
+type (``continuous``, ``binary``, ``integer`` or ``categorical``), an optional plausible range, and the
+label column. Categorical text values are coded 0..C-1 in the order of ``categories`` (learnt from the
+training data and saved in the model package). Missing cells (empty, ``?``, ``NA``) are kept as NaN at
+training; training stores an imputation per feature (the training split's median, or its most frequent
+category) and scoring fills missing cells with it. Every problem is one :class:`SchemaError` naming the
+column.
 """
 
 from __future__ import annotations
@@ -24,23 +29,24 @@ from typing import Any
 
 import numpy as np
 
-FEATURE_TYPES = ("continuous", "binary", "integer")
+FEATURE_TYPES = ("continuous", "binary", "integer", "categorical")
+MISSING = ("", "?", "na", "nan", "null", "none")
 
-WHAS500_FEATURES: tuple[tuple[str, str, str], ...] = (
-    ("age", "continuous", "age at hospital admission (years)"),
-    ("gender", "binary", "gender (0 male, 1 female)"),
-    ("hr", "continuous", "initial heart rate (beats per minute)"),
-    ("sysbp", "continuous", "initial systolic blood pressure (mmHg)"),
-    ("diasbp", "continuous", "initial diastolic blood pressure (mmHg)"),
-    ("bmi", "continuous", "body mass index (kg/m^2)"),
-    ("cvd", "binary", "history of cardiovascular disease"),
-    ("afb", "binary", "atrial fibrillation"),
-    ("sho", "binary", "cardiogenic shock"),
-    ("chf", "binary", "congestive heart complications"),
-    ("av3", "binary", "complete heart block"),
-    ("miord", "binary", "MI order (0 first, 1 recurrent)"),
-    ("mitype", "binary", "MI type (0 non Q-wave, 1 Q-wave)"),
-    ("los", "continuous", "length of hospital stay (days)"),
+WHAS500_FEATURES: tuple[tuple[str, str, str, tuple[float, float] | None], ...] = (
+    ("age", "continuous", "age at hospital admission (years)", (18.0, 115.0)),
+    ("gender", "binary", "gender (0 male, 1 female)", None),
+    ("hr", "continuous", "initial heart rate (beats per minute)", (20.0, 250.0)),
+    ("sysbp", "continuous", "initial systolic blood pressure (mmHg)", (40.0, 300.0)),
+    ("diasbp", "continuous", "initial diastolic blood pressure (mmHg)", (0.0, 200.0)),
+    ("bmi", "continuous", "body mass index (kg/m^2)", (10.0, 80.0)),
+    ("cvd", "binary", "history of cardiovascular disease", None),
+    ("afb", "binary", "atrial fibrillation", None),
+    ("sho", "binary", "cardiogenic shock", None),
+    ("chf", "binary", "congestive heart complications", None),
+    ("av3", "binary", "complete heart block", None),
+    ("miord", "binary", "MI order (0 first, 1 recurrent)", None),
+    ("mitype", "binary", "MI type (0 non Q-wave, 1 Q-wave)", None),
+    ("los", "continuous", "length of hospital stay (days)", (0.0, 365.0)),
 )
 
 
@@ -54,20 +60,77 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One model input: its name (the CSV column), its type and a human description."""
+    """One model input: its name (the CSV column), type, description, and what scoring may accept.
+
+    ``categories`` (categorical only): text values in code order. ``impute``: the value of a missing cell
+    (None: missing is refused). ``range``: plausible ``(min, max)``; values outside are refused.
+    """
 
     name: str
     type: str
     description: str = ""
+    categories: tuple[str, ...] = ()
+    impute: float | None = None
+    range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.type not in FEATURE_TYPES:
             raise SchemaError(self.name, f"type must be one of {', '.join(FEATURE_TYPES)}, not {self.type!r}")
         if not self.name or not self.name.strip():
             raise SchemaError(self.name, "a feature needs a non-empty name")
+        if self.categories and self.type != "categorical":
+            raise SchemaError(self.name, "only a categorical feature has categories")
+        if len(set(self.categories)) != len(self.categories):
+            raise SchemaError(self.name, "categories must be distinct")
+        if self.range is not None:
+            lo, hi = self.range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise SchemaError(self.name, f"range must be two finite numbers min < max, not {list(self.range)}")
+        if self.impute is not None and not math.isfinite(self.impute):
+            raise SchemaError(self.name, "imputation must be a finite number")
 
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "type": self.type, "description": self.description}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "description": self.description}
+        if self.categories:
+            out["categories"] = list(self.categories)
+        if self.impute is not None:
+            out["impute"] = self.impute
+        if self.range is not None:
+            out["range"] = list(self.range)
+        return out
+
+    @classmethod
+    def from_dict(cls, item: Any, i: int = 0) -> FeatureSpec:
+        if isinstance(item, str):
+            item = {"name": item, "type": "continuous"}
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise SchemaError(f"<feature {i}>", "must be an object with a 'name'")
+        name = item["name"]
+        categories = item.get("categories", [])
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise SchemaError(name, "'categories' must be a list of strings")
+        impute = item.get("impute")
+        if impute is not None and (isinstance(impute, bool) or not isinstance(impute, (int, float))):
+            raise SchemaError(name, "'impute' must be a number")
+        raw_range = item.get("range")
+        bounds: tuple[float, float] | None = None
+        if raw_range is not None:
+            if not isinstance(raw_range, list) or len(raw_range) != 2 \
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw_range):
+                raise SchemaError(name, "'range' must be [min, max]")
+            bounds = (float(raw_range[0]), float(raw_range[1]))
+        unknown = set(item) - {"name", "type", "description", "categories", "impute", "range"}
+        if unknown:
+            raise SchemaError(name, f"unknown schema keys {sorted(unknown)}")
+        return cls(name, str(item.get("type", "continuous")), str(item.get("description", "")),
+                   tuple(categories), None if impute is None else float(impute), bounds)
+
+    def code(self, text: str) -> float | None:
+        """A categorical value's code (None if the category is unknown)."""
+        try:
+            return float(self.categories.index(text))
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -106,14 +169,7 @@ class DatasetSchema:
         raw = data.get("features")
         if not isinstance(raw, list) or not raw:
             raise SchemaError("<schema>", "'features' must be a non-empty list")
-        features = []
-        for i, item in enumerate(raw):
-            if isinstance(item, str):
-                item = {"name": item, "type": "continuous"}
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise SchemaError(f"<feature {i}>", "must be an object with a 'name'")
-            features.append(FeatureSpec(item["name"], str(item.get("type", "continuous")),
-                                        str(item.get("description", ""))))
+        features = [FeatureSpec.from_dict(item, i) for i, item in enumerate(raw)]
         label = data.get("label", "")
         if not isinstance(label, str):
             raise SchemaError("<schema>", "'label' must be a column name")
@@ -148,25 +204,59 @@ class Dataset:
                        self.source, self.citation)
 
 
-def _parse_number(column: str, value: str, row: int, spec: FeatureSpec | None) -> float:
+def is_missing(text: str) -> bool:
+    return text.strip().lower() in MISSING
+
+
+def _parse_number(column: str, value: str, row: int, spec: FeatureSpec | None, *,
+                  allow_missing: bool = False) -> float:
+    """One cell: a number (or a categorical code); missing -> the imputation, NaN if ``allow_missing``."""
     text = value.strip()
-    if text == "" or text == "?" or text.lower() in ("na", "nan", "null"):
-        raise SchemaError(column, f"row {row}: missing value (encrypted scoring needs every feature)")
+    if is_missing(text):
+        if spec is not None and spec.impute is not None:
+            return spec.impute
+        if allow_missing:
+            return math.nan
+        raise SchemaError(column, f"row {row}: missing value, and the model stores no imputation for it")
+    if spec is not None and spec.type == "categorical":
+        code = spec.code(text)
+        if code is None:
+            known = ", ".join(repr(c) for c in spec.categories[:12])
+            raise SchemaError(column, f"row {row}: {text!r} is not one of the model's categories ({known})")
+        return code
     try:
         number = float(text)
     except ValueError:
-        raise SchemaError(column, f"row {row}: {text!r} is not a number") from None
+        hint = " (declare it categorical)" if spec is not None else ""
+        raise SchemaError(column, f"row {row}: {text!r} is not a number{hint}") from None
     if not math.isfinite(number):
         raise SchemaError(column, f"row {row}: {text!r} is not a finite number")
     if spec is not None and spec.type == "binary" and number not in (0.0, 1.0):
         raise SchemaError(column, f"row {row}: {text!r} is not 0 or 1 (declared binary)")
     if spec is not None and spec.type == "integer" and number != round(number):
         raise SchemaError(column, f"row {row}: {text!r} is not an integer (declared integer)")
+    if spec is not None and spec.range is not None and not spec.range[0] <= number <= spec.range[1]:
+        raise SchemaError(column, f"row {row}: {text} is outside the plausible range "
+                                  f"{spec.range[0]:g}..{spec.range[1]:g}")
     return number
 
 
+def learn_categories(schema: DatasetSchema, header: Sequence[str], rows: Sequence[Sequence[str]]) -> DatasetSchema:
+    """Fill in the categories of categorical features that declare none (sorted distinct training values)."""
+    index = {h.strip(): i for i, h in enumerate(header)}
+    features = []
+    for spec in schema.features:
+        if spec.type == "categorical" and not spec.categories and spec.name in index:
+            values = sorted({row[index[spec.name]].strip() for row in rows
+                             if len(row) > index[spec.name] and not is_missing(row[index[spec.name]])})
+            spec = FeatureSpec(spec.name, spec.type, spec.description, tuple(values), spec.impute, spec.range)
+        features.append(spec)
+    return DatasetSchema(tuple(features), schema.label, schema.label_description)
+
+
 def rows_to_matrix(schema: DatasetSchema, header: Sequence[str], rows: Iterable[Sequence[str]],
-                   *, require_label: bool, id_column: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                   *, require_label: bool, id_column: str | None = None,
+                   allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate CSV-like rows against ``schema`` and return ``(x, y, ids)``.
 
     Raises :class:`SchemaError` naming the first offending column (a missing column, a value that is
@@ -191,7 +281,8 @@ def rows_to_matrix(schema: DatasetSchema, header: Sequence[str], rows: Iterable[
         if len(row) != len(header):
             raise SchemaError(header[min(len(row), len(header) - 1)],
                               f"row {number}: has {len(row)} cells, the header has {len(header)}")
-        xs.append([_parse_number(s.name, row[index[s.name]], number, s) for s in schema.features])
+        xs.append([_parse_number(s.name, row[index[s.name]], number, s, allow_missing=allow_missing)
+                   for s in schema.features])
         if require_label:
             label = _parse_number(schema.label, row[index[schema.label]], number, None)
             if label not in (0.0, 1.0):
@@ -209,9 +300,7 @@ def rows_to_matrix(schema: DatasetSchema, header: Sequence[str], rows: Iterable[
     return x, y, ids
 
 
-def load_csv(path: Path, schema: DatasetSchema, *, require_label: bool = True,
-             id_column: str | None = None) -> Dataset:
-    """A user's CSV (header row; comma separated) validated against ``schema``."""
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
@@ -219,8 +308,54 @@ def load_csv(path: Path, schema: DatasetSchema, *, require_label: bool = True,
             header = next(reader)
         except StopIteration:
             raise SchemaError("<header>", f"{path} is empty") from None
-        x, y, ids = rows_to_matrix(schema, header, reader, require_label=require_label, id_column=id_column)
-    return Dataset(path.stem, schema, x, y, ids, source=str(path))
+        return header, list(reader)
+
+
+def load_csv(path: Path, schema: DatasetSchema, *, require_label: bool = True,
+             id_column: str | None = None) -> Dataset:
+    """A user's CSV (header row; comma separated) validated against ``schema``.
+
+    With ``require_label`` (training) categorical features without categories learn them from the data
+    and missing cells become NaN (training imputes them); without it (scoring) missing cells take the
+    schema's imputation or are refused.
+    """
+    header, rows = _read_csv(path)
+    if require_label:
+        schema = learn_categories(schema, header, rows)
+    x, y, ids = rows_to_matrix(schema, header, rows, require_label=require_label, id_column=id_column,
+                               allow_missing=require_label)
+    return Dataset(Path(path).stem, schema, x, y, ids, source=str(path))
+
+
+def infer_schema(path: Path, label: str, *, id_column: str | None = None,
+                 max_integer_levels: int = 10) -> DatasetSchema:
+    """A schema guessed from a CSV: 0/1 columns binary, text columns categorical, small integer ranges integer,
+    the rest continuous; every column but ``label`` (and ``id_column``) is a feature. Review it before use."""
+    header, rows = _read_csv(path)
+    names = [h.strip() for h in header]
+    if label not in names:
+        raise SchemaError(label, f"the label column is missing from the CSV header (columns: {', '.join(names)})")
+    features = []
+    for i, name in enumerate(names):
+        if name in (label, id_column) or not name:
+            continue
+        values = [row[i].strip() for row in rows if len(row) > i and not is_missing(row[i])]
+        if not values:
+            raise SchemaError(name, "has no values")
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            features.append(FeatureSpec(name, "categorical"))
+            continue
+        distinct = set(numbers)
+        if distinct <= {0.0, 1.0}:
+            kind = "binary"
+        elif all(v == round(v) for v in distinct) and len(distinct) <= max_integer_levels:
+            kind = "integer"
+        else:
+            kind = "continuous"
+        features.append(FeatureSpec(name, kind))
+    return DatasetSchema(tuple(features), label)
 
 
 def _read_arff(text: str) -> tuple[list[str], list[list[str]]]:
@@ -243,7 +378,7 @@ def _read_arff(text: str) -> tuple[list[str], list[list[str]]]:
 
 
 WHAS500_SCHEMA = DatasetSchema(
-    features=tuple(FeatureSpec(n, t, d) for n, t, d in WHAS500_FEATURES),
+    features=tuple(FeatureSpec(n, t, d, range=r) for n, t, d, r in WHAS500_FEATURES),
     label="death_1y",
     label_description="death within 365 days of the index myocardial infarction",
 )
@@ -281,12 +416,14 @@ def load_whas500() -> Dataset:
                             "Time to Event Data, 2nd ed. Wiley, 2008 (Worcester Heart Attack Study, WHAS500)")
 
 
-def load_dataset(name: str = "whas500", *, csv_path: Path | None = None,
-                 schema_path: Path | None = None) -> Dataset:
-    """``whas500`` (default) or a user's CSV with its schema file."""
+def load_dataset(name: str = "whas500", *, csv_path: Path | None = None, schema_path: Path | None = None,
+                 label: str = "", id_column: str | None = None) -> Dataset:
+    """``whas500`` (default) or a user's CSV with its schema file (or a schema inferred around ``label``)."""
     if csv_path is not None:
         if schema_path is None:
-            raise SchemaError("<schema>", "a CSV needs a schema file (--schema) declaring features and label")
+            if not label:
+                raise SchemaError("<schema>", "a CSV needs a schema file (--schema) or the label column (--label)")
+            return load_csv(csv_path, infer_schema(csv_path, label, id_column=id_column))
         return load_csv(csv_path, DatasetSchema.load(schema_path))
     if name != "whas500":
         raise ValueError(f"unknown dataset {name!r}; the shipped dataset is 'whas500', or pass a CSV")

@@ -5,9 +5,10 @@ The model is trained on bin indices ``q_f(x) = #{k : x_f > e_{f,k}}``, so each s
 ``b_{f,k} = [x_f > e_{f,k}]`` for *every* edge of the grid and sends them encrypted; the server picks
 the bits of its secret thresholds. The grid is all a client learns about the model's splits.
 
-Edges are training-data quantiles rounded to two significant digits (so they read as clinical cut
-points, not as a fingerprint of individual training rows), ``0.5`` for binary features and the
-mid-points between distinct values for integer features with few values.
+Edges are training-data quantiles rounded to the fewest significant digits (at least two) that keep
+them distinct (so they read as clinical cut points, not as a fingerprint of individual training rows),
+``0.5`` for binary features, and the mid-points between distinct values for integer features with few
+values and for categorical codes.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class QuantisationGrid:
             total += len(edges)
         return out
 
+    def groups(self) -> list[tuple[int, int]]:
+        """Each feature's edges as ``(first global edge, edge count)``: the units of the validity check."""
+        return [(start, len(edges)) for start, edges in zip(self.offsets(), self.edges, strict=True)]
+
     def edge_index(self, feature: int, k: int) -> int:
         """Global index of edge ``k`` of feature ``feature``."""
         return self.offsets()[feature] + k
@@ -98,23 +103,47 @@ class QuantisationGrid:
         return cls(tuple(names), tuple(edges))
 
 
-def build_grid(schema: DatasetSchema, x: np.ndarray, *, bins: int = DEFAULT_BINS) -> QuantisationGrid:
-    """A public grid from training data: rounded quantiles (continuous), 0.5 (binary), mid-points (integer)."""
+def _quantile_edges(column: np.ndarray, bins: int) -> list[float]:
+    """Training quantiles, rounded to the fewest significant digits (2..6) that keep them all distinct."""
+    lo, hi = float(column.min()), float(column.max())
+    raw = [float(q) for q in np.quantile(column, np.linspace(0, 1, bins + 1)[1:-1])]
+    wanted = len({q for q in raw if lo <= q < hi})
+    edges: list[float] = []
+    for digits in range(2, 7):
+        edges = sorted({e for e in (_round_sig(q, digits) for q in raw) if lo <= e < hi})
+        if len(edges) >= wanted:
+            break
+    return edges
+
+
+def build_grid(schema: DatasetSchema, x: np.ndarray, *, bins: int = DEFAULT_BINS,
+               warnings: list[str] | None = None) -> QuantisationGrid:
+    """A public grid from training data: quantiles (continuous), 0.5 (binary), mid-points (integer, categorical).
+
+    Quantile edges keep as many significant digits as they need to stay distinct (at least 2, so they
+    read as cut points rather than training rows). When a continuous feature gets fewer distinct edges
+    than ``bins - 1`` (its values are concentrated), a warning naming it is appended to ``warnings``.
+    """
     if bins < 2:
         raise ValueError("bins must be at least 2")
     all_edges: list[tuple[float, ...]] = []
     for f, spec in enumerate(schema.features):
         column = np.asarray(x[:, f], dtype=np.float64)
+        column = column[np.isfinite(column)]
         distinct = np.unique(column)
         if distinct.size < 2:
             raise SchemaError(spec.name, "is constant in the training data")
         if spec.type == "binary":
             edges: Sequence[float] = (0.5,)
+        elif spec.type == "categorical":
+            edges = [k - 0.5 for k in range(1, max(len(spec.categories), int(distinct[-1]) + 1))]
         elif distinct.size <= bins:
             edges = [_round_sig((a + b) / 2, 3) for a, b in zip(distinct[:-1], distinct[1:], strict=True)]
         else:
-            qs = np.quantile(column, np.linspace(0, 1, bins + 1)[1:-1])
-            edges = [_round_sig(float(q)) for q in qs]
+            edges = _quantile_edges(column, bins)
+            if len(edges) < bins - 1 and warnings is not None:
+                warnings.append(f"feature {spec.name!r}: only {len(edges)} distinct grid edges of the {bins - 1} "
+                                f"asked for (its training values are concentrated on few values)")
         lo, hi = float(distinct[0]), float(distinct[-1])
         cleaned = sorted({e for e in edges if lo <= e < hi})
         if not cleaned:

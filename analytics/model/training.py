@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ciphercare.analytics.model.datasets import Dataset
+from ciphercare.analytics.model.datasets import Dataset, DatasetSchema, FeatureSpec
 from ciphercare.analytics.model.grid import DEFAULT_BINS, QuantisationGrid, build_grid
 from ciphercare.analytics.model.package import ModelError, ModelPackage, TreeNode
+
+#: Held-out AUC at or above which training warns of a target-leaking column.
+LEAKAGE_AUC = 0.99
 
 #: Deepest tree the encrypted evaluator takes at 128-bit parameters (see ``he.CKKS_PARAMETERS``).
 MAX_ENCRYPTED_DEPTH = 3
@@ -73,6 +76,7 @@ class TrainingResult:
     train: Dataset
     test: Dataset
     metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def xgboost_margin(self, x: np.ndarray) -> np.ndarray:
         """XGBoost's own margin for raw features ``x`` (quantised on the same grid)."""
@@ -132,7 +136,8 @@ def classification_metrics(y: np.ndarray, probability: np.ndarray, *, bins: int 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of a stratified train/test split (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train: list[int] = []
+    test: list[int] = []
     for label in np.unique(y):
         rows = np.flatnonzero(y == label)
         rng.shuffle(rows)
@@ -159,9 +164,54 @@ def _convert(node: dict[str, Any], names: dict[str, int], grid: QuantisationGrid
     return TreeNode(edge=grid.edge_index(feature, k - 1), left=left, right=right)
 
 
+def complete_schema(schema: DatasetSchema, train_x: np.ndarray, all_x: np.ndarray) -> DatasetSchema:
+    """The schema a model ships with: an imputation for every feature with missing values (the training
+    split's median, the most frequent value for binary and categorical features) and a plausible range for
+    every numeric feature that declares none (the training range widened by its width on each side,
+    never below 0 for a feature with no negative values)."""
+    features = []
+    for f, spec in enumerate(schema.features):
+        column = train_x[:, f][np.isfinite(train_x[:, f])]
+        if column.size == 0:
+            raise ModelError(f"feature {spec.name!r} has no value in the training split")
+        impute = spec.impute
+        if impute is None and not np.all(np.isfinite(all_x[:, f])):
+            if spec.type in ("binary", "categorical"):
+                values, counts = np.unique(column, return_counts=True)
+                impute = float(values[int(np.argmax(counts))])
+            else:
+                impute = float(np.median(column))
+                if spec.type == "integer":
+                    impute = float(round(impute))
+        bounds = spec.range
+        if bounds is None and spec.type in ("continuous", "integer"):
+            lo, hi = float(column.min()), float(column.max())
+            width = max(hi - lo, 1.0)
+            bounds = (lo - width if lo < 0 else max(0.0, lo - width), hi + width)
+        features.append(FeatureSpec(spec.name, spec.type, spec.description, spec.categories, impute, bounds))
+    return DatasetSchema(tuple(features), schema.label, schema.label_description)
+
+
+def _impute(x: np.ndarray, schema: DatasetSchema) -> np.ndarray:
+    out = np.array(x, dtype=np.float64, copy=True)
+    for f, spec in enumerate(schema.features):
+        missing = ~np.isfinite(out[:, f])
+        if missing.any():
+            if spec.impute is None:
+                raise ModelError(f"feature {spec.name!r} has missing values and no imputation")
+            out[missing, f] = spec.impute
+    return out
+
+
 def train_model(dataset: Dataset, config: TrainingConfig | None = None, *, name: str | None = None,
                 version: str = "1") -> TrainingResult:
-    """Train, evaluate on the held-out split and export; raises :class:`ModelError` if the export disagrees."""
+    """Train, evaluate on the held-out split and export.
+
+    Raises :class:`ModelError` if the export disagrees with XGBoost, or if the encrypted evaluator could
+    not serve the model (its margins exceed the 128-bit parameters' bound): refused before anything is
+    written. Warnings (collapsed grid resolution, a held-out AUC that suggests a target-leaking column)
+    are in ``result.warnings`` and the package metadata.
+    """
     import xgboost as xgb
 
     config = config or TrainingConfig()
@@ -169,8 +219,13 @@ def train_model(dataset: Dataset, config: TrainingConfig | None = None, *, name:
     if dataset.y.size != len(dataset):
         raise ValueError("training needs a labelled dataset")
     train_rows, test_rows = stratified_split(dataset.y, config.test_fraction, config.seed)
+    schema = complete_schema(dataset.schema, dataset.x[train_rows], dataset.x)
+    missing_rows = int(np.sum(~np.all(np.isfinite(dataset.x), axis=1)))
+    dataset = Dataset(dataset.name, schema, _impute(dataset.x, schema), dataset.y, dataset.ids, dataset.source,
+                      dataset.citation)
     train, test = dataset.subset(train_rows), dataset.subset(test_rows)
-    grid = build_grid(dataset.schema, train.x, bins=config.bins)
+    warnings: list[str] = []
+    grid = build_grid(dataset.schema, train.x, bins=config.bins, warnings=warnings)
     names = list(dataset.schema.names)
     dtrain = xgb.DMatrix(grid.quantise(train.x).astype(np.float32), label=train.y, feature_names=names)
     booster = xgb.train(config.xgb_params(), dtrain, num_boost_round=config.n_trees)
@@ -210,7 +265,22 @@ def train_model(dataset: Dataset, config: TrainingConfig | None = None, *, name:
         "metrics": metrics,
         "grid_edges": grid.n_edges,
     }
+    if test_metrics["auc"] >= LEAKAGE_AUC:
+        warnings.append(f"held-out AUC {test_metrics['auc']:.3f} >= {LEAKAGE_AUC}: a column may leak the label "
+                        "(for example one recorded after the outcome); check the features before deploying")
+    if missing_rows:
+        metadata["missing"] = {"rows_with_missing_values": missing_rows,
+                               "imputed": {s.name: s.impute for s in dataset.schema.features
+                                           if s.impute is not None}}
+    if warnings:
+        metadata["warnings"] = warnings
     package = ModelPackage(provisional.name, version, dataset.schema, grid, trees, base_margin, metadata)
+    from ciphercare.analytics.he.budget import servable_problem
+
+    problem = servable_problem(package)
+    if problem is not None:
+        raise ModelError(f"the encrypted evaluator cannot serve this model: {problem}; nothing was written")
     result.package = package
     result.metrics = metrics
+    result.warnings = warnings
     return result

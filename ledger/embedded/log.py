@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,13 @@ from ciphercare.ledger.api import (
     LedgerEntry,
     LedgerError,
 )
-from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
+from ciphercare.ledger.embedded.checkpoint_log import (
+    CheckpointFile,
+    LogRefusedError,
+    check_log_against_published,
+    default_path,
+)
+from ciphercare.ledger.transparency.checkpoint import CheckpointKeyring, CheckpointSigner
 from ciphercare.ledger.transparency.merkle import HASH_SIZE, MerkleTree, leaf_hash
 
 log = logging.getLogger(__name__)
@@ -196,6 +202,36 @@ def encode_leaf(tx: PendingTx) -> bytes:
     )
 
 
+# perf: the pipelined writer encodes leaves while the previous batch is being fsynced.
+_ENCODED_TOKEN = object()
+
+
+class EncodedTx:
+    """A :class:`PendingTx` with its leaf and leaf hash; made only by :func:`encode_tx`, so they always match."""
+
+    __slots__ = ("tx", "leaf", "leaf_hash")
+
+    def __init__(self, tx: PendingTx, leaf: bytes, hash_: bytes, token: object) -> None:
+        if token is not _ENCODED_TOKEN:
+            raise TypeError("EncodedTx is made by encode_tx()")
+        object.__setattr__(self, "tx", tx)
+        object.__setattr__(self, "leaf", leaf)
+        object.__setattr__(self, "leaf_hash", hash_)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("EncodedTx is immutable")
+
+    tx: PendingTx
+    leaf: bytes
+    leaf_hash: bytes
+
+
+def encode_tx(tx: PendingTx) -> EncodedTx:
+    """Encode ``tx``'s leaf (and hash it) ahead of :meth:`TransactionLog.append_batch`."""
+    leaf = encode_leaf(tx)
+    return EncodedTx(tx, leaf, leaf_hash(leaf), _ENCODED_TOKEN)
+
+
 def _field(obj: dict[str, object], name: str, typ: type, where: str) -> object:
     if name not in obj:
         raise ValueError(f"{where}: missing field {name!r}")
@@ -241,7 +277,7 @@ def decode_leaf(leaf: bytes) -> DecodedLeaf:
     creator = _field(obj, "creator", dict, "leaf")
     writes_raw = _field(obj, "writes", list, "leaf")
     writes: list[tuple[str, bytes | None]] = []
-    for i, w in enumerate(writes_raw):  # type: ignore[arg-type]
+    for i, w in enumerate(writes_raw):  # type: ignore[arg-type,var-annotated]
         where = f"leaf.writes[{i}]"
         if not isinstance(w, dict) or set(w) != {"key", "value_b64"}:
             raise ValueError(f"{where}: must be an object with key and value_b64")
@@ -258,7 +294,7 @@ def decode_leaf(leaf: bytes) -> DecodedLeaf:
             raise ValueError(f"leaf.writes: keys not strictly sorted at {b[0]!r}")
     events_raw = _field(obj, "events", list, "leaf")
     events: list[tuple[str, bytes]] = []
-    for i, e in enumerate(events_raw):  # type: ignore[arg-type]
+    for i, e in enumerate(events_raw):  # type: ignore[arg-type,var-annotated]
         where = f"leaf.events[{i}]"
         if not isinstance(e, dict) or set(e) != {"name", "payload_b64"}:
             raise ValueError(f"{where}: must be an object with name and payload_b64")
@@ -318,9 +354,19 @@ class StateView:
             rows = self._conn.execute("SELECT key, value FROM state WHERE key >= ? ORDER BY key", (start,))
         return [(k, bytes(v)) for k, v in rows]
 
+    # perf (pipelined writer): tells the executor whether the batch being committed is in this snapshot.
+    def has_entry(self, tx_id: str) -> bool:
+        """Whether an entry with this transaction id is visible in this view."""
+        return self._conn.execute("SELECT 1 FROM entries WHERE tx_id = ?", (tx_id,)).fetchone() is not None
+
     def prefix(self, prefix: str) -> list[tuple[str, bytes]]:
         """Partial composite key scan: ``[prefix, prefix + U+10FFFF)`` as the shim does."""
         return self.range(prefix, prefix + MAX_UNICODE_RUNE)
+
+    def version(self, key: str) -> int | None:
+        """Seq of the transaction that last wrote ``key`` (None if absent): the MVCC version (fabricgw)."""
+        row = self._conn.execute("SELECT version_seq FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
 
     def history(self, key: str) -> list[HistoryRecord]:
         """Committed modifications of ``key``, newest first (Fabric 2.x order)."""
@@ -332,6 +378,24 @@ class StateView:
         return [
             HistoryRecord(seq, tx_id, ts, None if v is None else bytes(v), bool(d)) for seq, tx_id, ts, v, d in rows
         ]
+
+
+# ---------------------------------------------------------------------- perf: multi-row inserts
+
+#: Rows per INSERT statement in append_batch. ``executemany`` steps once per row, and each step
+#: releases and re-takes the GIL (waiting up to the switch interval when other threads run Python);
+#: one multi-row statement per 64 rows does the same inserts with 1/64 of the steps.
+_ROWS_PER_STATEMENT = 64
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[tuple[object, ...]], tail: str = ""
+) -> None:
+    """``INSERT ... VALUES (..), (..), ...`` for ``rows``, in order, ``_ROWS_PER_STATEMENT`` rows per statement."""
+    one = "(" + ",".join("?" * ncols) + ")"
+    for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[i : i + _ROWS_PER_STATEMENT]
+        conn.execute(head + ",".join([one] * len(chunk)) + tail, [v for row in chunk for v in row])
 
 
 # ---------------------------------------------------------------------- the log
@@ -355,11 +419,20 @@ class TransactionLog:
         *,
         channel: str = "ciphercare",
         chaincode: str = "ciphercare",
+        retired_vkeys: Sequence[str] = (),
+        published_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.signer = signer
-        self.verifier = signer.verifier()
+        # Integrity (issue 11): the keys this log was ever signed with, oldest first (rotation), and the
+        # append-only file of every checkpoint published, outside SQLite (ledger/checkpoint_log.py).
+        self.retired_vkeys = tuple(v for v in retired_vkeys if v != signer.vkey)
+        self.keyring = CheckpointKeyring.from_vkeys([*self.retired_vkeys, signer.vkey])
+        self.verifier = self.keyring  # verify(note, origin) accepts any key of the ring
+        self.published_path = Path(published_path) if published_path is not None else default_path(self.path)
+        self._published: CheckpointFile | None = None
+        self._after_publish: list[Callable[[Checkpoint], None]] = []
         self.channel = channel
         self.chaincode = chaincode
         self._append_lock = threading.Lock()
@@ -376,10 +449,19 @@ class TransactionLog:
             raise LedgerError(f"could not put {self.path} in WAL mode (got {mode})")
         self._wconn.execute("PRAGMA synchronous = FULL")
         self._wconn.executescript(SCHEMA)
-        self._check_meta()
-        self._tree = self._load_tree()
-        self._size = self._tree.size
-        self._latest = self._load_latest_checkpoint()
+        try:
+            self._check_meta()
+            self._tree = self._load_tree()
+            self._size = self._tree.size
+            self._check_published()  # integrity: refuse a log shorter than / different from what was published
+            self._published = CheckpointFile(self.published_path)
+            self._latest = self._load_latest_checkpoint()
+            self._publish(self._latest, initial=True)
+        except BaseException:
+            if self._published is not None:
+                self._published.close()
+            self._wconn.close()
+            raise
 
     # ------------------------------------------------------------------ open
 
@@ -399,8 +481,18 @@ class TransactionLog:
             self._wconn.execute("COMMIT")
             return
         for key, value in want.items():
+            if key == "vkey" and have.get(key) != value and have.get(key) in self.retired_vkeys:
+                # Key rotation: the previous key is named as retired; new checkpoints are signed by the new one.
+                log.warning("checkpoint key rotated from %s to %s", have.get(key), value)
+                self._wconn.execute("BEGIN IMMEDIATE")
+                self._wconn.execute("UPDATE meta SET value = ? WHERE key = 'vkey'", (value,))
+                self._wconn.execute("COMMIT")
+                continue
             if have.get(key) != value:
-                raise LedgerError(f"{self.path}: ledger {key} is {have.get(key)!r} but this process uses {value!r}")
+                hint = " (rotating the signing key? name the old key as retired)" if key == "vkey" else ""
+                raise LedgerError(
+                    f"{self.path}: ledger {key} is {have.get(key)!r} but this process uses {value!r}{hint}"
+                )
 
     def _load_tree(self) -> MerkleTree:
         count, max_seq = self._wconn.execute("SELECT COUNT(*), MAX(seq) FROM entries").fetchone()
@@ -413,14 +505,57 @@ class TransactionLog:
             buf += h
         return MerkleTree.from_leaf_hashes(buf)
 
+    def _check_published(self) -> None:
+        """Start-up proof that this log extends the newest checkpoint in the published-checkpoint file."""
+        started = self._wconn.execute("SELECT value FROM meta WHERE key = 'published_file'").fetchone()
+        if not self.published_path.exists() or self.published_path.stat().st_size == 0:
+            if started is not None:
+                raise LogRefusedError(
+                    f"{self.published_path} (every checkpoint this node published) is missing or empty, but "
+                    f"{self.path} says it was started. Refusing to start: without it the node cannot prove it "
+                    "is not rolled back. Restore the file from a backup or replica."
+                )
+            if self._tree.size:
+                log.warning("no published-checkpoint file yet for a ledger of %d entries; starting one at %s",
+                            self._tree.size, self.published_path)
+        else:
+            check_log_against_published(self._tree, self.published_path, self.keyring, self.signer.origin,
+                                        self.path)
+        if started is None:
+            self._wconn.execute("BEGIN IMMEDIATE")
+            self._wconn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('published_file', ?)",
+                                (str(self.published_path.name),))
+            self._wconn.execute("COMMIT")
+
+    def _publish(self, cp: Checkpoint, *, initial: bool = False) -> None:
+        """Record ``cp`` in the published-checkpoint file (fsynced) before anyone is told about it."""
+        assert self._published is not None
+        if initial:
+            latest = self._published.latest()
+            if latest is not None and latest.note == cp.note:
+                return
+        self._published.append_checkpoint(cp)
+        for hook in self._after_publish:
+            try:
+                hook(cp)
+            except Exception:  # a witness hook must never break the append path
+                log.exception("after-publish hook failed")
+
+    def add_publish_hook(self, hook: Callable[[Checkpoint], None]) -> None:
+        """Call ``hook(checkpoint)`` after each checkpoint is recorded (the witness submitter uses this)."""
+        self._after_publish.append(hook)
+
     def _load_latest_checkpoint(self) -> Checkpoint:
         row = self._wconn.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         if row is not None and row[0] > self._size:
             raise LedgerError(f"{self.path}: checkpoint for size {row[0]} but only {self._size} entries")
-        if row is None or row[0] != self._size:
+        resign = row is None or row[0] != self._size
+        if not resign and self.keyring.signer_index(bytes(row[1])) != len(self.keyring.verifiers) - 1:
+            resign = True  # signed by a retired key: the new key takes over at this size
+        if resign:
             cp = self.signer.sign(self._size, self._tree.root())
             self._wconn.execute("BEGIN IMMEDIATE")
-            self._wconn.execute("INSERT INTO checkpoints(size, note) VALUES (?, ?)", (cp.size, cp.note))
+            self._wconn.execute("INSERT OR REPLACE INTO checkpoints(size, note) VALUES (?, ?)", (cp.size, cp.note))
             self._wconn.execute("COMMIT")
             return cp
         cp = self.verifier.verify(bytes(row[1]), origin=self.signer.origin)
@@ -467,7 +602,7 @@ class TransactionLog:
 
     # ------------------------------------------------------------------ append
 
-    def append_batch(self, txs: Sequence[PendingTx]) -> Checkpoint:
+    def append_batch(self, txs: Sequence[PendingTx | EncodedTx]) -> Checkpoint:
         """Durably append ``txs`` (one SQLite transaction, one fsync) and return the new checkpoint."""
         if not txs:
             raise ValueError("append_batch needs at least one transaction")
@@ -483,13 +618,17 @@ class TransactionLog:
             history_rows = []
             final: dict[str, tuple[bytes | None, int]] = {}
             hashes = []
-            for i, tx in enumerate(txs):
+            for i, item in enumerate(txs):
+                if isinstance(item, EncodedTx):  # perf: leaf encoded ahead by the pipelined executor
+                    tx, leaf, h = item.tx, item.leaf, item.leaf_hash
+                else:
+                    tx = item
+                    leaf = encode_leaf(tx)
+                    h = leaf_hash(leaf)
                 if tx.tx_id in seen:
                     raise ValueError(f"transaction id {tx.tx_id} appears twice in the batch")
                 seen.add(tx.tx_id)
                 seq = base + i
-                leaf = encode_leaf(tx)
-                h = leaf_hash(leaf)
                 hashes.append(h)
                 entry_rows.append((seq, tx.tx_id, tx.ts_ms, tx.contract, tx.function, tx.creator_msp, leaf, h))
                 for idx, (name, payload) in enumerate(tx.events):
@@ -509,22 +648,23 @@ class TransactionLog:
                 cp = self.signer.sign(new_size, root, ts)
                 conn = self._wconn
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    "INSERT INTO entries(seq, tx_id, ts_ms, contract, function, creator_msp, leaf, leaf_hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _insert_rows(
+                    conn,
+                    "INSERT INTO entries(seq, tx_id, ts_ms, contract, function, creator_msp, leaf, leaf_hash) VALUES ",
+                    8,
                     entry_rows,
                 )
                 if event_rows:
-                    conn.executemany("INSERT INTO events(seq, idx, name, payload) VALUES (?, ?, ?, ?)", event_rows)
+                    _insert_rows(conn, "INSERT INTO events(seq, idx, name, payload) VALUES ", 4, event_rows)
                 if history_rows:
-                    conn.executemany(
-                        "INSERT INTO history(key, seq, value, is_delete) VALUES (?, ?, ?, ?)", history_rows
-                    )
+                    _insert_rows(conn, "INSERT INTO history(key, seq, value, is_delete) VALUES ", 4, history_rows)
                 if upserts:
-                    conn.executemany(
-                        "INSERT INTO state(key, value, version_seq) VALUES (?, ?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version_seq = excluded.version_seq",
+                    _insert_rows(
+                        conn,
+                        "INSERT INTO state(key, value, version_seq) VALUES ",
+                        3,
                         upserts,
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value, version_seq = excluded.version_seq",
                     )
                 if deletes:
                     conn.executemany("DELETE FROM state WHERE key = ?", deletes)
@@ -533,6 +673,15 @@ class TransactionLog:
             except BaseException as exc:
                 self._undo(base, exc)
                 raise
+            try:
+                self._publish(cp)  # integrity: fsynced outside SQLite before any receipt is returned
+            except BaseException as exc:
+                # Committed but not recorded as published: no receipt may go out, and the node stops appending.
+                self._broken = f"could not record checkpoint {new_size} in {self.published_path}: {exc!r}"
+                log.error("%s", self._broken)
+                self._latest = cp
+                self._size = new_size
+                raise LedgerError(self._broken) from exc
             self._latest = cp
             self._size = new_size
             return cp
@@ -705,3 +854,5 @@ class TransactionLog:
             for conn in readers:
                 conn.close()
             self._wconn.close()
+            if self._published is not None:
+                self._published.close()

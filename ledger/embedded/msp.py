@@ -163,9 +163,19 @@ class _OrgCA:
 class EmbeddedMSP:
     """Issues (and caches) X.509 creator certificates for verified principals."""
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None = None, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        cache_size: int = 4096,
+        *,
+        create_missing: bool = True,
+    ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
+        if not create_missing and data_dir is None:
+            raise ValueError("create_missing=False needs a data_dir holding the org CAs")
+        # fabricgw: an org node enrolling its users on Fabric only has its own org's CA; it never invents one.
+        self._create_missing = create_missing
         self._dir = Path(data_dir) if data_dir is not None else None
         self._cache_size = cache_size
         self._cas: dict[str, _OrgCA] = {}
@@ -182,6 +192,11 @@ class EmbeddedMSP:
         if ca is None:
             if self._dir is None:
                 ca = _OrgCA.create(org)
+            elif not self._create_missing:
+                directory = self._dir / msp_id_for_org(org)
+                if not (directory / "ca-key.pem").exists() or not (directory / "ca-cert.pem").exists():
+                    raise LookupError(f"no CA for organisation {org!r} ({msp_id_for_org(org)}) in {self._dir}")
+                ca = _OrgCA.load_or_create(org, directory)
             else:
                 ca = _OrgCA.load_or_create(org, self._dir / msp_id_for_org(org))
             self._cas[org] = ca
@@ -208,8 +223,31 @@ class EmbeddedMSP:
                 self._cache.popitem(last=False)
         return ident
 
+    def enrol(
+        self, principal: Principal, validity: _dt.timedelta = _dt.timedelta(hours=1)
+    ) -> tuple[Identity, ec.EllipticCurvePrivateKey]:
+        """A fresh short-lived certificate for ``principal`` AND its private key (fabricgw).
+
+        The org's ciphercare node signs Fabric proposals as the user with this key, so the peer
+        validates the creator natively against the org's MSP and the contract reads the actor
+        from the certificate's attributes (docs/FABRIC.md, identity). Not cached here.
+        """
+        _validate_principal(principal)
+        if validity <= _dt.timedelta(0):
+            raise ValueError("validity must be positive")
+        mspid = msp_id_for_org(principal.org)
+        with self._lock:
+            ca = self._ca(principal.org)
+        return self._issue_with_key(principal, mspid, ca, validity)
+
     @staticmethod
     def _issue(principal: Principal, mspid: str, ca: _OrgCA) -> Identity:
+        return EmbeddedMSP._issue_with_key(principal, mspid, ca, _CERT_VALIDITY)[0]
+
+    @staticmethod
+    def _issue_with_key(
+        principal: Principal, mspid: str, ca: _OrgCA, validity: _dt.timedelta
+    ) -> tuple[Identity, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
             [
@@ -227,7 +265,7 @@ class EmbeddedMSP:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + _CERT_VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(ATTR_OID), attrs_json), critical=False)
             .sign(ca.key, hashes.SHA256())
@@ -236,9 +274,12 @@ class EmbeddedMSP:
         der = cert.public_bytes(serialization.Encoding.DER)
         serialized = identities_pb2.SerializedIdentity(  # type: ignore[attr-defined]
             mspid=mspid, id_bytes=pem).SerializeToString()
-        return Identity(
-            mspid=mspid,
-            cert_pem=pem,
-            cert_sha256=hashlib.sha256(der).hexdigest(),
-            serialized=serialized,
+        return (
+            Identity(
+                mspid=mspid,
+                cert_pem=pem,
+                cert_sha256=hashlib.sha256(der).hexdigest(),
+                serialized=serialized,
+            ),
+            key,
         )

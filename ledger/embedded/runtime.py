@@ -27,18 +27,37 @@ and commit them all.
 The stub never suspends, so :func:`run_without_loop` drives the dispatcher's
 coroutine with ``send(None)`` and no event loop; ``evaluate`` is therefore
 safe to call from inside a running asyncio loop's thread.
+
+Direct dispatch (:class:`DirectDispatch`): fabric-chaincode-python's
+dispatcher validates every argument and the return value against a JSON
+schema (``jsonschema``) on every call, 60 % of a trivial transaction's cost.
+For transactions whose registered metadata is only ``{"type": "string"}``
+parameters and a ``{"type": "string"}`` (or no) return, that validation is a
+type check the runtime can decide once: the arguments are checked to be
+``str`` before the call, and a non-``str`` return goes through the
+dispatcher's own serializer, so the error text is the dispatcher's.
+Everything else the dispatcher does (contract lookup by ``ns:fn``, the
+context, the client identity, the "incorrect number of params" and error
+responses) is replicated and checked against the dispatcher by tests; any
+transaction outside that shape (other parameter types, before/after hooks,
+unknown functions, a custom serializer) still goes through the dispatcher.
+The contracts are unchanged and run the same on a Fabric peer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
-from collections.abc import Coroutine, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import ContractChaincode
+from fabric_chaincode_python.fabric_contract_api.contractapi.transaction_context import ClientIdentity
+from fabric_chaincode_python.fabric_contract_api.serializer import JSONSerializer
 from fabric_chaincode_python.fabric_shim.interfaces import ChaincodeStubInterface
 from fabric_chaincode_python.fabric_shim.stub import ChaincodeStub
 from fabric_chaincode_python.fabric_shim.utils import COMPOSITEKEY_NS
@@ -97,9 +116,33 @@ def run_without_loop(coro: Coroutine[Any, Any, T]) -> T:
     )
 
 
+_NONCE_SIZE = 24
+_NONCE_POOL_SIZE = _NONCE_SIZE * 512
+
+
+class _NoncePool(threading.local):
+    """Per-thread nonces cut from one ``os.urandom`` read: a system call (which releases and then
+    waits to re-take the GIL) per 512 transactions instead of one per transaction."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+
+    def take(self) -> bytes:
+        pos = self.pos
+        if pos + _NONCE_SIZE > len(self.buf):
+            self.buf = os.urandom(_NONCE_POOL_SIZE)
+            pos = 0
+        self.pos = pos + _NONCE_SIZE
+        return self.buf[pos : pos + _NONCE_SIZE]
+
+
+_NONCES = _NoncePool()
+
+
 def new_tx_id(identity: Identity) -> str:
     """Fabric-style transaction id: hex(SHA-256(24-byte random nonce || serialized creator))."""
-    return hashlib.sha256(os.urandom(24) + identity.serialized).hexdigest()
+    return hashlib.sha256(_NONCES.take() + identity.serialized).hexdigest()
 
 
 def endorse_error(tx_id: str, message: str) -> EndorseError:
@@ -136,17 +179,63 @@ def _timestamp(ts_ms: int) -> Timestamp:
 
 
 class BatchOverlay:
-    """The writes of transactions earlier in the pending batch, layered over committed state."""
+    """The writes of transactions earlier in the pending batch, layered over committed state.
 
-    def __init__(self) -> None:
+    With the pipelined writer, ``parent`` is the overlay of the batch still being committed
+    (set while that batch is not yet visible in the snapshot this batch reads), so a
+    transaction sees committed state + every earlier write of the pipeline, in order.
+    """
+
+    __slots__ = ("values", "history", "parent")
+
+    def __init__(self, parent: BatchOverlay | None = None) -> None:
         self.values: dict[str, bytes | None] = {}
         self.history: dict[str, list[tuple[str, int, bytes | None]]] = {}
+        self.parent = parent
 
     def apply(self, tx_id: str, ts_ms: int, writes: Sequence[tuple[str, bytes | None]]) -> None:
         """Layer a successful transaction's write set on top."""
+        values = self.values
+        history = self.history
         for key, value in writes:
-            self.values[key] = value
-            self.history.setdefault(key, []).append((tx_id, ts_ms, value))
+            values[key] = value
+            hist = history.get(key)
+            if hist is None:
+                history[key] = [(tx_id, ts_ms, value)]
+            else:
+                hist.append((tx_id, ts_ms, value))
+
+    def lookup(self, key: str) -> tuple[bool, bytes | None]:
+        """``(True, value)`` when this overlay or its parent wrote ``key`` (None = deleted), else ``(False, None)``."""
+        layer: BatchOverlay | None = self
+        while layer is not None:
+            if key in layer.values:
+                return True, layer.values[key]
+            layer = layer.parent
+        return False, None
+
+    def pending(self, start: str, end: str) -> dict[str, bytes | None]:
+        """Overlaid keys in ``[start, end)`` (``end == ""`` unbounded), newest layer winning."""
+        layers: list[BatchOverlay] = []
+        layer: BatchOverlay | None = self
+        while layer is not None:
+            layers.append(layer)
+            layer = layer.parent
+        out: dict[str, bytes | None] = {}
+        for lay in reversed(layers):
+            for k, v in lay.values.items():
+                if k >= start and (not end or k < end):
+                    out[k] = v
+        return out
+
+    def key_history(self, key: str) -> list[tuple[str, int, bytes | None]]:
+        """Overlaid modifications of ``key``, newest first."""
+        out: list[tuple[str, int, bytes | None]] = []
+        layer: BatchOverlay | None = self
+        while layer is not None:
+            out.extend(reversed(layer.history.get(key, ())))
+            layer = layer.parent
+        return out
 
 
 class StateIterator:
@@ -250,8 +339,10 @@ class WorldStateStub(ChaincodeStubInterface):
     # ------------------------------------------------------------------ state
 
     def _read(self, key: str) -> bytes | None:
-        if self._overlay is not None and key in self._overlay.values:
-            return self._overlay.values[key]
+        if self._overlay is not None:
+            found, value = self._overlay.lookup(key)
+            if found:
+                return value
         return self._view.get(key)
 
     async def get_state(self, key: str) -> bytes:
@@ -276,9 +367,9 @@ class WorldStateStub(ChaincodeStubInterface):
 
     def _range(self, start: str, end: str) -> list[tuple[str, bytes]]:
         committed = self._view.range(start, end)
-        if self._overlay is None or not self._overlay.values:
+        if self._overlay is None:
             return committed
-        pending = {k: v for k, v in self._overlay.values.items() if k >= start and (not end or k < end)}
+        pending = self._overlay.pending(start, end)
         if not pending:
             return committed
         merged = {k: v for k, v in committed}
@@ -345,7 +436,7 @@ class WorldStateStub(ChaincodeStubInterface):
         _validate_key(key)
         mods: list[kv_pb.KeyModification] = []
         if self._overlay is not None:
-            for tx_id, ts_ms, value in reversed(self._overlay.history.get(key, [])):
+            for tx_id, ts_ms, value in self._overlay.key_history(key):
                 mods.append(
                     kv_pb.KeyModification(
                         tx_id=tx_id, value=value or b"", timestamp=_timestamp(ts_ms), is_delete=value is None
@@ -428,6 +519,131 @@ class WorldStateStub(ChaincodeStubInterface):
         return tuple(sorted(self._writes.items()))
 
 
+_STRING_SCHEMA = {"type": "string"}
+
+
+@dataclass(frozen=True)
+class _DirectCall:
+    """One transaction function the runtime may call without the per-call schema validation."""
+
+    function: Callable[..., Any]
+    is_coroutine: bool
+    n_params: int
+    uses_context: bool
+    returns_value: bool
+    context_type: type
+    returns_metadata: Any
+    components: Any
+    serializer: Any
+    success_type: Any
+
+
+class DirectDispatch:
+    """The compiled dispatch table of one ``ContractChaincode`` (see the module docstring).
+
+    Built once from the chaincode's own registration (``_contracts``) and compiled metadata
+    (``_metadata``); :meth:`lookup` returns None for anything the dispatcher must handle itself.
+    """
+
+    def __init__(self, chaincode: ContractChaincode) -> None:
+        self.default_contract: str = getattr(chaincode, "DefaultContract", "")
+        self._table: dict[tuple[str, str], _DirectCall] = {}
+        contracts = getattr(chaincode, "_contracts", None)
+        metadata = getattr(chaincode, "_metadata", None)
+        serializer = getattr(chaincode, "TransactionSerializer", None)
+        if not isinstance(contracts, dict) or metadata is None or type(serializer) is not JSONSerializer:
+            return
+        for ns, record in contracts.items():
+            if record.before_transaction is not None or record.after_transaction is not None:
+                continue
+            contract_meta = metadata.contracts.get(ns)
+            if contract_meta is None:
+                continue
+            for name, fn in record.functions.items():
+                call = self._compile(name, fn, contract_meta, metadata, serializer, record.transaction_context_handler)
+                if call is not None:
+                    self._table[(ns, name)] = call
+
+    @staticmethod
+    def _compile(
+        name: str, fn: Any, contract_meta: Any, metadata: Any, serializer: Any, context_type: type
+    ) -> _DirectCall | None:
+        # The dispatcher matches the metadata by ``tx.name == fn or tx.name == Fn``; take the first such.
+        tx_meta = next(
+            (tx for tx in contract_meta.transactions if tx.name == name or tx.name == name[:1].upper() + name[1:]),
+            None,
+        )
+        if tx_meta is None:
+            return None
+        fields = list(fn.params.fields)
+        if any(f is not str for f in fields) or len(tx_meta.parameters) != len(fields):
+            return None
+        if any(p.schema != _STRING_SCHEMA for p in tx_meta.parameters):
+            return None
+        if fn.returns.error or fn.returns.success not in (None, str):
+            return None
+        returns_schema = tx_meta.returns.schema if tx_meta.returns is not None else None
+        if returns_schema not in (None, _STRING_SCHEMA):
+            return None
+        return _DirectCall(
+            function=fn.function,
+            is_coroutine=inspect.iscoroutinefunction(fn.function),
+            n_params=len(fields),
+            uses_context=fn.params.context is not None,
+            returns_value=fn.returns.success is not None,
+            context_type=context_type,
+            returns_metadata=tx_meta.returns,
+            components=metadata.components,
+            serializer=serializer,
+            success_type=fn.returns.success,
+        )
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def lookup(self, transaction_name: str) -> _DirectCall | None:
+        """The direct call for ``ns:fn`` split as the dispatcher splits it (last ``:``), or None."""
+        idx = transaction_name.rfind(":")
+        if idx == -1:
+            key = (self.default_contract, transaction_name)
+        else:
+            key = (transaction_name[:idx], transaction_name[idx + 1 :])
+        return self._table.get(key)
+
+    @staticmethod
+    def invoke(call: _DirectCall, stub: WorldStateStub, params: Sequence[str]) -> tuple[int, bytes, str]:
+        """Run ``call`` as the dispatcher would: ``(status, payload, message)``.
+
+        Raises :class:`ChaincodeSuspended` when the contract awaits something that suspends.
+        """
+        if len(params) < call.n_params:
+            return 500, b"", f"incorrect number of params. Expected {call.n_params}, received {len(params)}"
+        ctx = call.context_type()
+        ctx.set_stub(stub)
+        ctx.set_client_identity(ClientIdentity(stub))
+        args = params[: call.n_params]
+        try:
+            if call.uses_context:
+                result = call.function(ctx, *args)
+            else:
+                result = call.function(*args)
+            if call.is_coroutine:
+                result = run_without_loop(result)
+        except ChaincodeSuspended:
+            raise
+        except Exception as exc:
+            return 500, b"", str(exc)
+        if not call.returns_value or result is None:
+            return 200, b"", ""
+        if type(result) is str:
+            return 200, result.encode("utf-8"), ""
+        # Not a str: the dispatcher's own serializer decides (and words the error).
+        text, err = call.serializer.to_string(result, call.success_type, call.returns_metadata, call.components)
+        if err is not None:
+            return 500, b"", f"error handling success response. {err}"
+        return 200, str(text).encode("utf-8"), ""
+
+
 @dataclass(frozen=True)
 class ExecutionResult:
     """The outcome of running one transaction proposal."""
@@ -447,12 +663,14 @@ class ExecutionResult:
 class ChaincodeRuntime:
     """Executes transactions of one ``ContractChaincode`` against a state view."""
 
-    def __init__(self, chaincode: ContractChaincode, *, channel: str, chaincode_name: str) -> None:
+    def __init__(self, chaincode: ContractChaincode, *, channel: str, chaincode_name: str, direct: bool = True) -> None:
         if not hasattr(chaincode, "invoke"):
             raise TypeError(f"{type(chaincode).__name__} is not a chaincode (no invoke method)")
         self.chaincode = chaincode
         self.channel = channel
         self.chaincode_name = chaincode_name
+        #: The compiled dispatch table; None runs every call through the dispatcher.
+        self.direct = DirectDispatch(chaincode) if direct else None
 
     @staticmethod
     def transaction_name(contract: str, function: str) -> str:
@@ -480,27 +698,32 @@ class ChaincodeRuntime:
                 return ExecutionResult(
                     tx_id, 500, b"", f"INVALID_ARGUMENT: argument {i} is {type(a).__name__}, not str", (), ()
                 )
+        name = self.transaction_name(contract, function)
         stub = WorldStateStub(
             view,
             overlay,
             tx_id=tx_id,
             channel_id=self.channel,
             chaincode_name=self.chaincode_name,
-            function=self.transaction_name(contract, function),
+            function=name,
             params=args,
             identity=identity,
             ts_ms=ts_ms,
             read_only=read_only,
         )
+        call = self.direct.lookup(name) if self.direct is not None else None
         try:
-            response = run_without_loop(self.chaincode.invoke(stub))
+            if call is not None:
+                status, payload, message = DirectDispatch.invoke(call, stub, args)
+            else:
+                response = run_without_loop(self.chaincode.invoke(stub))
+                status, payload, message = int(response.status), bytes(response.payload), response.message
         except ChaincodeSuspended as exc:
             return ExecutionResult(tx_id, 500, b"", str(exc), (), ())
         except Exception as exc:  # the dispatcher itself failed outside its own error handling
             log.exception("chaincode dispatcher raised for tx %s", tx_id)
             return ExecutionResult(tx_id, 500, b"", f"chaincode raised {type(exc).__name__}: {exc}", (), ())
-        status = int(response.status)
         if status >= _ERROR_THRESHOLD:
-            return ExecutionResult(tx_id, status, b"", response.message, (), ())
-        events = tuple(ChaincodeEvent(e.event_name, e.payload) for e in stub.get_events())
-        return ExecutionResult(tx_id, status, bytes(response.payload), response.message, stub.write_set(), events)
+            return ExecutionResult(tx_id, status, b"", message, (), ())
+        events = tuple(ChaincodeEvent(e.event_name, e.payload) for e in stub._events)
+        return ExecutionResult(tx_id, status, payload, message, stub.write_set(), events)

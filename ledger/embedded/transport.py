@@ -54,6 +54,11 @@ class EmbeddedTransparencyLog:
     def verifier_key(self) -> str:
         return self._ledger.public_key_vkey()
 
+    def cosigned_checkpoint(self) -> tuple[Checkpoint, bytes] | None:
+        """Ledger integrity (issue 11): the newest witness-quorum-cosigned checkpoint and its note with the
+        cosignature lines, or None (no witnesses, or none cosigned yet)."""
+        return self._ledger.cosigned_checkpoint()
+
 
 class EmbeddedTransport:
     """Carries gateway calls to an :class:`EmbeddedLedger` in the same process."""

@@ -146,7 +146,14 @@ def _write_new_key(path: Path) -> None:
 class CheckpointSigner:
     """Signs checkpoints with an Ed25519 key kept as a PEM file (generated 0600 on first use)."""
 
-    def __init__(self, key_path: str | os.PathLike[str], origin: str, key_name: str | None = None) -> None:
+    def __init__(
+        self,
+        key_path: str | os.PathLike[str],
+        origin: str,
+        key_name: str | None = None,
+        *,
+        strict_mode: bool = False,
+    ) -> None:
         _check_origin(origin)
         self.origin = origin
         self.key_name = key_name if key_name is not None else origin
@@ -155,9 +162,11 @@ class CheckpointSigner:
         if not self.key_path.exists():
             _write_new_key(self.key_path)
             log.info("generated checkpoint signing key %s", self.key_path)
-        mode = stat.S_IMODE(self.key_path.stat().st_mode)
-        if mode & 0o077:
-            log.warning("checkpoint signing key %s is accessible to group/other (mode %o)", self.key_path, mode)
+        problem = check_key_file_mode(self.key_path)
+        if problem is not None:
+            if strict_mode:
+                raise PermissionError(problem)
+            log.warning("%s", problem)
         key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{self.key_path} does not hold an Ed25519 private key")
@@ -321,3 +330,71 @@ class CheckpointVerifier:
             key_name=self.key_name,
             key_id=self.key_id,
         )
+
+
+class CheckpointKeyring:
+    """The log keys a verifier trusts, oldest first (key rotation).
+
+    A checkpoint is accepted when a key of the ring signed it. Rotation is
+    one-way: once a newer key has signed some tree size, a checkpoint for a
+    larger size signed by an older (retired) key is refused, so a stolen old
+    key cannot extend the log.  :meth:`verify_sequence` enforces that over a
+    run of checkpoints in size order; :meth:`verify` checks one note alone.
+    """
+
+    def __init__(self, verifiers: list[CheckpointVerifier]) -> None:
+        if not verifiers:
+            raise ValueError("a keyring needs at least one verifier key")
+        self.verifiers = list(verifiers)
+
+    @classmethod
+    def from_vkeys(cls, vkeys: list[str] | tuple[str, ...] | str) -> CheckpointKeyring:
+        """Keys from vkey strings (a list, or one string with comma-separated vkeys), oldest first."""
+        if isinstance(vkeys, str):
+            vkeys = [v for v in (p.strip() for p in vkeys.split(",")) if v]
+        return cls([CheckpointVerifier.from_vkey(v) for v in vkeys])
+
+    @property
+    def vkeys(self) -> list[str]:
+        return [v.vkey for v in self.verifiers]
+
+    @property
+    def current(self) -> CheckpointVerifier:
+        return self.verifiers[-1]
+
+    def signer_index(self, note: bytes | str) -> int:
+        """Index of the newest ring key whose signature on ``note`` verifies; raises CheckpointError if none."""
+        errors: list[str] = []
+        for i in range(len(self.verifiers) - 1, -1, -1):
+            try:
+                self.verifiers[i].open_note(note)
+                return i
+            except CheckpointError as exc:
+                errors.append(str(exc))
+        if len(self.verifiers) == 1:
+            raise CheckpointError(errors[0])
+        raise CheckpointError("not signed by any trusted log key: " + "; ".join(errors))
+
+    def verify(self, note: bytes | str, origin: str | None = None) -> Checkpoint:
+        """Verify ``note`` by whichever ring key signed it and parse it."""
+        index = self.signer_index(note)
+        return self.verifiers[index].verify(note, origin=origin)
+
+    def verify_indexed(self, note: bytes | str, origin: str | None = None) -> tuple[Checkpoint, int]:
+        """Like :meth:`verify`, also returning the index of the signing key in the ring."""
+        index = self.signer_index(note)
+        return self.verifiers[index].verify(note, origin=origin), index
+
+
+def check_key_file_mode(path: Path) -> str | None:
+    """A warning when the signing key file is readable by group/other or not owned by this user, else None."""
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    problems = []
+    if mode & 0o077:
+        problems.append(f"mode {mode:o} lets group/other read it (chmod 600)")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        problems.append(f"it is owned by uid {st.st_uid}, not this process's uid {os.getuid()}")
+    if not problems:
+        return None
+    return f"checkpoint signing key {path}: " + "; ".join(problems)

@@ -244,9 +244,21 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
     async def GetCheckpoint(
         self, request: access_log_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> access_log_pb2.GetCheckpointResponse:
-        checkpoint = self._checkpoint_at(request.tree_size)
+        # Ledger integrity (issue 11): the witness-cosigned checkpoint and its cosignature lines.
+        cosigned = getattr(self.log, "cosigned_checkpoint", lambda: None)()
+        if request.cosigned:
+            if request.tree_size:
+                raise invalid("pass tree_size 0 with cosigned: the newest cosigned checkpoint is returned")
+            if cosigned is None:
+                raise precondition("no checkpoint has been cosigned by the witness quorum yet")
+            checkpoint = cosigned[0]
+        else:
+            checkpoint = self._checkpoint_at(request.tree_size)
+        lines: list[str] = []
+        if cosigned is not None and cosigned[0].size == checkpoint.size and cosigned[0].note == checkpoint.note:
+            lines = [ln for ln in cosigned[1][len(checkpoint.note):].decode("utf-8").split("\n") if ln]
         return access_log_pb2.GetCheckpointResponse(
-            checkpoint=convert.checkpoint_to_proto(checkpoint), verifier_key=self.vkey
+            checkpoint=convert.checkpoint_to_proto(checkpoint), verifier_key=self.vkey, cosignatures=lines
         )
 
     async def GetInclusionProof(

@@ -100,16 +100,18 @@ def _server_side(package: Any, keys: Any, bits: np.ndarray, work: Path) -> dict[
     for _ in range(3):  # one batch as the service runs it for a small call: split over the workers
         t0 = time.perf_counter()
         parts = [pool.submit(evaluate_part, str(context_file), keys.context_id, str(model_file), sha, batches[0], 0,
-                             k, pool.workers) for k in range(pool.workers)]
-        pool.submit(finish_parts, str(context_file), keys.context_id, [f.result()[0] for f in parts]).result()
+                             k, pool.workers, 1) for k in range(pool.workers)]
+        pool.submit(finish_parts, str(context_file), keys.context_id, [f.result()[0] for f in parts], 1).result()
         single.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        pool.submit(evaluate_batch, str(context_file), keys.context_id, str(model_file), sha, batches[0], 0).result()
+        pool.submit(evaluate_batch, str(context_file), keys.context_id, str(model_file), sha, batches[0], 0,
+                    keys.params.slots).result()
         whole.append(time.perf_counter() - t0)
     out["one_batch_s"] = statistics.median(single)
     out["one_batch_one_worker_s"] = statistics.median(whole)
     t0 = time.perf_counter()
-    futures = [pool.submit(evaluate_batch, str(context_file), keys.context_id, str(model_file), sha, b, i)
+    owned = [min(keys.params.slots, bits.shape[0] - i * keys.params.slots) for i in range(len(batches))]
+    futures = [pool.submit(evaluate_batch, str(context_file), keys.context_id, str(model_file), sha, b, i, owned[i])
                for i, b in enumerate(batches)]
     results = [f.result() for f in futures]
     out["full_s"] = time.perf_counter() - t0
@@ -123,11 +125,112 @@ def _server_side(package: Any, keys: Any, bits: np.ndarray, work: Path) -> dict[
     return out
 
 
+def evaluate_batch_without_checks(context_path: str, context_id: str, model_path: str, model_sha256: str,
+                                  envelopes: list[bytes]) -> tuple[bytes, float]:
+    """The evaluation as it was before issue 12 (every slot, no validity term): the bench's anchor only.
+
+    Runs in a pool worker; never used by the service.
+    """
+    from ciphercare.services.scoring import pool as scoring_pool
+
+    started = time.perf_counter()
+    evaluator = scoring_pool._evaluator(context_path, context_id)
+    _package, form = scoring_pool._model(model_path, model_sha256, evaluator)
+    bits = [evaluator.load_ciphertext(env) for env in envelopes]
+    return evaluator.finish_partials([evaluator.evaluate_partial(form, bits, groups=None)]), \
+        time.perf_counter() - started
+
+
+def run_server_bench(*, out: Path | None = None, batches: int = 3) -> list[dict[str, Any]]:
+    """Server throughput at full batches, with slot ownership and validity checks and without them (quick)."""
+    from ciphercare.analytics.client.keys import KeyOwner
+    from ciphercare.analytics.model.datasets import load_whas500
+    from ciphercare.analytics.model.forms import model_form
+    from ciphercare.analytics.model.training import train_model
+    from ciphercare.services.scoring.pool import EvaluationPool, evaluate_batch, evaluate_part, finish_parts, warm
+
+    load_before = os.getloadavg()
+    dataset = load_whas500()
+    training = train_model(dataset)
+    package = training.package
+    keys = KeyOwner.generate()
+    slots = keys.params.slots
+    n = batches * slots
+    rng = np.random.default_rng(1)
+    x = np.concatenate([training.test.x, dataset.x[rng.integers(0, len(dataset), n - len(training.test))]])
+    reference = training.xgboost_margin(x)
+    bits = package.grid.bits(x)
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {"n": n, "model_sha256": package.sha256, "form_counts": model_form(package).counts(),
+                           "validity_products": package.grid.n_edges}
+    with tempfile.TemporaryDirectory(prefix="ciphercare-bench-scoring-") as tmp:
+        work = Path(tmp)
+        model_file, context_file = work / "model.json", work / "context.ctx"
+        sha = package.save(model_file)
+        context_file.write_bytes(keys.public_context)
+        ctx, cid, model = str(context_file), keys.context_id, str(model_file)
+        pool = EvaluationPool.shared()
+        for future in [pool.submit(warm, ctx, cid, model, sha) for _ in range(pool.workers * 2)]:
+            future.result()
+        encrypted = keys.encrypt_bits(bits)
+        print(f"server bench: {n} patients in {batches} full batches, {pool.workers} worker processes; "
+              f"load average {load_before[0]:.2f}", flush=True)
+        for label, checked in (("without slot ownership and validity (before issue 12)", False),
+                               ("with slot ownership and validity (now)", True)):
+            t0 = time.perf_counter()
+            if checked:
+                futures = [pool.submit(evaluate_batch, ctx, cid, model, sha, b, i, slots)
+                           for i, b in enumerate(encrypted)]
+            else:
+                futures = [pool.submit(evaluate_batch_without_checks, ctx, cid, model, sha, b) for b in encrypted]
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - t0
+            margins = np.concatenate([keys.decrypt(r[0], slots) for r in results])
+            acc = _accuracy(margins, reference)
+            rows.append({"system": f"ciphercare server, full batches, {label}", "batch": n,
+                         "server_ms_per_patient": seconds / n * 1e3, "patients_per_s": n / seconds,
+                         "worker_s_per_batch": statistics.median([r[1] for r in results]), **acc})
+        # A small call (one patient owned): one batch split over the workers, masked.
+        for label, owned in (("one patient owned (masked), split over the workers", 1),):
+            times = []
+            for _ in range(4):  # the first runs fill each worker's cache of masked coefficients
+                t0 = time.perf_counter()
+                parts = [pool.submit(evaluate_part, ctx, cid, model, sha, encrypted[0], 0, k, pool.workers, owned)
+                         for k in range(pool.workers)]
+                pool.submit(finish_parts, ctx, cid, [f.result()[0] for f in parts], owned).result()
+                times.append(time.perf_counter() - t0)
+            rows.append({"system": f"ciphercare server, {label}", "batch": 1,
+                         "server_ms_per_patient": min(times) * 1e3, "patients_per_s": 1 / min(times),
+                         "worker_s_per_batch": min(times), "agreement": None, "max_abs_margin_error": None})
+    load_after = os.getloadavg()
+    print(f"{'system':<95} {'patients/s':>11} {'ms/patient':>11} {'agreement':>10} {'max |dm|':>10}")
+    for row in rows:
+        agreement = "" if row["agreement"] is None else f"{row['agreement'] * 100:.1f} %"
+        error = "" if row["max_abs_margin_error"] is None else f"{row['max_abs_margin_error']:.1e}"
+        print(f"{row['system']:<95} {row['patients_per_s']:>11,.0f} {row['server_ms_per_patient']:>11.4f} "
+              f"{agreement:>10} {error:>10}")
+    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (machine shared)")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "scoring-server", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                          time.gmtime()),
+                                   "machine": {"cpus": os.cpu_count(), "load_average_before": load_before,
+                                               "load_average_after": load_after},
+                                   "rows": rows, "raw": raw}, indent=2, default=_json_default))
+        print(f"wrote {out}")
+    return rows
+
+
 def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete: bool = True) -> list[dict[str, Any]]:
-    """Run every measurement, print one table, write JSON; returns the table rows."""
+    """Run every measurement, print one table, write JSON; returns the table rows.
+
+    ``quick``: the server's throughput only, with and without slot ownership and validity (about a minute).
+    """
+    if quick:
+        return run_server_bench(out=out)
     import xgboost as xgb
 
-    from ciphercare.analytics.he.ckks import KeyOwner
+    from ciphercare.analytics.client.keys import KeyOwner
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.forms import model_form
     from ciphercare.analytics.model.training import roc_auc, sigmoid, train_model
@@ -219,19 +322,19 @@ def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    for label, run in runs.items():
-        size = run["size"]
-        margins = run["margins"]
+    for label, entry in runs.items():
+        size = entry["size"]
+        margins = entry["margins"]
         acc = _accuracy(margins, reference[:size])
         server_s = server["one_batch_s"] if size <= keys.params.slots else server["full_s"]
         auc = roc_auc(training.test.y, sigmoid(margins[:n_test])) if size >= n_test else None
         rows.append({"system": f"ciphercare encrypted, model-private (batch {label})", "batch": size,
                      "server_ms_per_patient": server_s / size * 1e3 if size == n or size <= keys.params.slots
                      else None,
-                     "e2e_ms_per_patient": run["seconds"] / size * 1e3, "single_patient_s": runs["1"]["seconds"],
-                     "upload_bytes_per_patient": run["upload_bytes"] / size,
+                     "e2e_ms_per_patient": entry["seconds"] / size * 1e3, "single_patient_s": runs["1"]["seconds"],
+                     "upload_bytes_per_patient": entry["upload_bytes"] / size,
                      "key_bytes_per_patient": evaluation_key_bytes / size, "auc": auc, **acc})
-        raw[f"e2e_batch_{label}"] = {k: v for k, v in run.items() if k != "margins"} | {"accuracy": acc}
+        raw[f"e2e_batch_{label}"] = {k: v for k, v in entry.items() if k != "margins"} | {"accuracy": acc}
 
     # 4. Concrete ML (TFHE), same split, trees, depth and learning rate.
     concrete_note = ""

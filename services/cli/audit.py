@@ -7,8 +7,9 @@ variable; ``--ca``, ``--cert``/``--key`` (mutual TLS) and ``--server-name`` set 
 - ``search``: events matching filters, newest first (``--oldest-first``), with the number that match;
 - ``export``: every matching event as CSV, a FHIR AuditEvent bundle or JSON lines, streamed to a file or
   stdout, with a progress bar on stderr when it is a terminal;
-- ``verify``: the latest checkpoint against a pinned verifier key, consistency with the checkpoint this
-  client verified last (remembered in a file), and the inclusion of events by id;
+- ``verify``: the latest checkpoint against a pinned verifier key (and a witness policy's quorum), consistency
+  with the checkpoint this client verified last (remembered on disk by ``ciphercare.sdk.checkpoints``), and
+  the inclusion of events by id;
 - ``flags``: unusual-access flags for a window, with their reasons.
 
 Break-glass review is not here yet: the break-glass RPCs do not exist (issue 15, item 2).
@@ -206,22 +207,34 @@ def _event_ids(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ciphercare.sdk.audit import CheckpointMemory, CheckpointMemoryError
+    from ciphercare.sdk.audit import default_state_dir
     from ciphercare.sdk.client import ProofError
 
+    policy = None
+    if args.policy:
+        from ciphercare.ledger.witness.policy import Policy, PolicyError
+
+        try:
+            policy = Policy.load(args.policy)
+        except PolicyError as exc:
+            raise AuditCliError(str(exc), EXIT_USAGE) from exc
     audit = connect(args)
-    memory = None if args.no_remember else CheckpointMemory(Path(args.state) if args.state
-                                                              else CheckpointMemory.default_path())
+    state = None if args.no_remember else (Path(args.state) if args.state else default_state_dir())
     ids = _event_ids(args)
     try:
-        report = audit.verify(args.vkey, memory, ids)
-    except (ProofError, CheckpointMemoryError) as exc:
+        report = audit.verify(args.vkey, state, ids, policy)
+    except ProofError as exc:
+        evidence = getattr(getattr(exc, "report", None), "evidence", None)
+        if evidence and args.evidence:
+            Path(args.evidence).write_text(json.dumps(evidence, indent=1) + "\n", encoding="utf-8")
         raise AuditCliError(f"NOT verified: {exc}", EXIT_UNVERIFIED) from exc
+    except (OSError, ValueError) as exc:  # an unreadable or damaged checkpoint memory
+        raise AuditCliError(f"the remembered checkpoints in {state} cannot be used: {exc}") from exc
     for line in report.checks:
         print(f"  ok  {line}")
     print(f"verified: checkpoint at size {report.checkpoint_size}" +
           (f", {len(ids)} event(s) included" if ids else "") +
-          ("" if memory is None else f"; remembered in {memory.path}"))
+          ("" if state is None else f"; remembered in {state}"))
     return 0
 
 
@@ -349,9 +362,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verify.add_argument("--vkey", required=True, help="the log's verifier key you trust (pinned)")
     verify.add_argument("--event", action="append", help="an event id whose inclusion to verify (repeatable)")
     verify.add_argument("--events-file", help="event ids, one a line, or a JSON-lines export")
-    verify.add_argument("--state", help="file remembering the last verified checkpoint "
-                                        "(default: $XDG_STATE_HOME/ciphercare/checkpoints.json)")
+    verify.add_argument("--state", help="directory remembering the last verified checkpoint per log "
+                                        "(default: ~/.ciphercare/checkpoints, shared with `ledger check`)")
     verify.add_argument("--no-remember", action="store_true", help="neither read nor write the remembered checkpoint")
+    verify.add_argument("--policy", help="witness policy file: also demand its quorum of cosignatures")
+    verify.add_argument("--evidence", help="on a rollback or fork, write both signed notes to this file")
     _connection_options(verify)
     verify.set_defaults(func=_run(cmd_verify))
 

@@ -134,6 +134,11 @@ def run_demo(settings: Settings, target: str) -> int:
         step("consistency proof: the log only grew since the grant's receipt", f"{first} -> {second} verified")
         if not _encrypted_scoring_round(target, issuer, step, settings):
             return 1
+        # --- ledger integrity (issue 11): witness cosignature and a client rejecting a rolled-back log ---
+        from ciphercare.services.cli.integrity import demo_transparency
+
+        if not demo_transparency(settings, compliance, step):
+            return 1
         print(f"\nAll {len(steps)} steps done; every proof verified against Ed25519-signed checkpoints.")
         return 0
     except ProofError as exc:

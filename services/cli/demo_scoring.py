@@ -12,7 +12,7 @@ from ciphercare.v1 import common_pb2, consent_pb2
 
 def scoring_round(target: str, issuer: DevIssuer, step: Callable[[str, str], None], *, deadline_s: float) -> None:
     """Patient A consents, patient B does not; hospital-a scores both under encryption."""
-    from ciphercare.analytics.he.ckks import KeyOwner
+    from ciphercare.analytics.client.keys import KeyOwner
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.sdk.scoring import ScoringClient
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ciphercare.services.cli.scoring",
     "ciphercare.services.cli.privacy",
     "ciphercare.services.cli.receipt",
+    "ciphercare.services.cli.integrity",  # witness serve / vkey (issue 11)
     "ciphercare.services.cli.chaincode",  # fabric-network (issue 13 item 4): `chaincode serve`
     "ciphercare.services.cli.audit",  # compliance (issue 15): `audit search|export|verify|flags`
 )
@@ -71,9 +72,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     # JSON logging first: importing the server pulls in libraries that log (Alembic's plugins) or install a
     # plain DEBUG handler of their own (the Fabric shim) at import time.
     configure_logging(settings)
+    # ledger integrity (issue 11): CIPHERCARE_DEMO_WITNESS=true starts a local witness process for the demo
+    from ciphercare.services.cli.integrity import start_demo_witness
     from ciphercare.services.platform.wiring import Application
+    from ciphercare.services.scoring.servicer import ensure_default_model
 
-    app = Application.from_settings(settings)
+    # Scoring: the service never trains; `up` puts the default model in place if none is deployed (logged).
+    ensure_default_model(settings)
+    settings, demo_witness = start_demo_witness(settings)
+    try:
+        app = Application.from_settings(settings)
+    except BaseException:
+        if demo_witness is not None:
+            demo_witness.terminate()
+        raise
 
     async def run() -> None:
         ready = asyncio.Event()
@@ -101,6 +113,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if app.dev_issuer_server is not None:
             print(f"  development identity provider (OIDC, JWKS):                {settings.resolved_oidc_issuer}")
         print(f"  ledger (embedded, RFC 9162, Ed25519 checkpoints):           {settings.resolved_ledger_path}")
+        if settings.witness_policy is not None:
+            print(f"  witness policy (C2SP tlog-witness cosignatures):            {settings.witness_policy}")
         print(f"  off-chain store:                                            {_display_url(settings)}")
         if app.metrics_port:
             print(f"  metrics (Prometheus):                                       "
@@ -121,6 +135,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         asyncio.run(run())
     finally:
         app.close()
+        if demo_witness is not None:
+            demo_witness.terminate()
+            demo_witness.wait(10)
     return 0
 
 
@@ -141,41 +158,18 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
-# ledger verify --------------------------------------------------------------------
-
-
-def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from ciphercare.ledger.embedded.verify import verify_ledger
-    from ciphercare.ledger.transparency.checkpoint import CheckpointSigner
-
-    settings = _settings(args)
-    path = Path(args.path) if args.path else settings.resolved_ledger_path
-    if not path.exists():
-        raise CliError(f"no ledger at {path}")
-    if args.vkey:
-        vkey = args.vkey
-    else:
-        key_path = settings.resolved_ledger_key_path
-        if not key_path.exists():
-            raise CliError(f"no signing key at {key_path}; pass --vkey with the log's verifier key")
-        vkey = CheckpointSigner.load(key_path, settings.ledger_origin).vkey
-    report = verify_ledger(path, vkey)
-    if report.ok:
-        print(f"ledger OK: {report.entries_checked} entries and {report.checkpoints_checked} signed checkpoints "
-              f"verified ({path})")
-        return 0
-    error = report.first_error
-    print(f"ledger BAD: first bad entry seq={error.seq} tx={error.tx_id}: {error.message}", file=sys.stderr)
-    return 1
-
-
 # bench ------------------------------------------------------------------------------
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ciphercare.services.bench.runner import run_bench
 
-    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None)
+    if getattr(args, "gateway", False):  # fabricgw: the Fabric Gateway protocol beside in-process
+        from ciphercare.services.bench.gateway import main as gateway_bench
+
+        return gateway_bench((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
+    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None,
+                     witness=getattr(args, "witness", False), million=getattr(args, "million", False))
     return 0 if rows else 1
 
 
@@ -223,15 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
-    verify = ledger_sub.add_parser("verify", help="recompute every hash and signature offline")
-    verify.add_argument("--path", help="ledger file (default from settings)")
-    verify.add_argument("--vkey", help="verifier key of the log (default: derived from the local signing key)")
-    verify.set_defaults(func=cmd_ledger_verify)
+    # ledger verify / ledger check: the ledger-integrity room (services/cli_integrity.py, issue 11)
+    importlib.import_module("ciphercare.services.cli.integrity").register_ledger(ledger_sub)
+    # fabricgw: `ledger serve` (the Fabric Gateway node) lives in its own module.
+    from ciphercare.services.cli.ledger_node import register_ledger_serve
+
+    register_ledger_serve(ledger_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
-    bench.add_argument("which", choices=["ledger"])
+    bench.add_argument("which", choices=["ledger", "anomaly"])
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.add_argument("--witness", action="store_true",
+                       help="ledger: the cost of witnessing (appends/s with and without a witness, checkpoint latency)")
+    bench.add_argument("--gateway", action="store_true",
+                       help="ledger: durable tx/s and Check rate through the Fabric Gateway protocol beside in-process")
+    bench.add_argument("--million", action="store_true", help="anomaly: include 10^6 events (minutes, ~1.4 GB)")
     bench.set_defaults(func=cmd_bench)
 
     db = sub.add_parser("db", help="off-chain store")

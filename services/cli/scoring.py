@@ -4,6 +4,7 @@
   AUC / accuracy / Brier score / calibration, export the package (default: the local server's
   ``<data_dir>/scoring/model.json``, deployed on the ledger at the server's first scoring call).
 * ``ciphercare model info``: the public facts and SHA-256 of a package.
+* ``ciphercare model template``: the CSV header (and an example row) ``ciphercare score`` expects.
 * ``ciphercare score --input patients.csv --output risks.csv``: the hospital side end to end (keys
   generated or loaded locally, encrypt, call, decrypt, write probabilities).
 * ``ciphercare bench scoring``: added to ``ciphercare bench``'s choices (see services/bench/scoring.py).
@@ -36,12 +37,15 @@ def cmd_model_train(args: argparse.Namespace) -> int:
 
     try:
         dataset = load_dataset(args.dataset, csv_path=Path(args.csv) if args.csv else None,
-                               schema_path=Path(args.schema) if args.schema else None)
+                               schema_path=Path(args.schema) if args.schema else None, label=args.label or "",
+                               id_column=args.id_column)
         config = TrainingConfig(n_trees=args.trees, max_depth=args.depth, learning_rate=args.learning_rate,
                                 bins=args.bins, seed=args.seed)
         result = train_model(dataset, config)
-    except (SchemaError, ValueError) as exc:
+    except (SchemaError, ValueError) as exc:  # ModelError is a ValueError: e.g. margins beyond the HE bound
         raise _cli_error(str(exc)) from exc
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     out = Path(args.output) if args.output else model_path(_settings(args))
     sha = result.package.save(out)
     test = result.metrics["test"]
@@ -69,6 +73,34 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     except (ModelError, FileNotFoundError) as exc:
         raise _cli_error(f"{path}: {exc}") from exc
     print(json.dumps(package.public_info(), indent=2))
+    return 0
+
+
+def cmd_model_template(args: argparse.Namespace) -> int:
+    """The CSV header ``ciphercare score`` expects for a model (and one example row), from its package."""
+    from ciphercare.analytics.model.package import ModelError, ModelPackage
+    from ciphercare.services.cli.main import _settings
+    from ciphercare.services.scoring.servicer import model_path
+
+    path = Path(args.path) if args.path else model_path(_settings(args))
+    try:
+        package = ModelPackage.load(path)
+    except (ModelError, FileNotFoundError) as exc:
+        raise _cli_error(f"{path}: {exc}") from exc
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    names = [args.id_column, *package.schema.names] + ([package.schema.label] if args.training else [])
+    writer.writerow(names)
+    if not args.header_only:
+        row: list[str] = ["pt-0001"]
+        for spec, edges in zip(package.schema.features, package.grid.edges, strict=True):
+            if spec.type == "categorical":
+                row.append(spec.categories[0] if spec.categories else "")
+            elif spec.type == "binary":
+                row.append("0")
+            else:
+                value = edges[len(edges) // 2]
+                row.append(f"{round(value):d}" if spec.type == "integer" else f"{value:g}")
+        writer.writerow(row + (["0"] if args.training else []))
     return 0
 
 
@@ -112,7 +144,8 @@ class _Progress:
 def cmd_score(args: argparse.Namespace) -> int:
     import grpc
 
-    from ciphercare.analytics.he.ckks import HEError, KeyOwner
+    from ciphercare.analytics.client.keys import KeyOwner
+    from ciphercare.analytics.he.ckks import HEError
     from ciphercare.analytics.model.datasets import SchemaError, load_csv
     from ciphercare.sdk.scoring import ScoringClient, ScoringError
     from ciphercare.services.cli.main import _settings
@@ -170,7 +203,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train = model_sub.add_parser("train", help="train XGBoost on the public grid; report held-out metrics; export")
     train.add_argument("--dataset", default="whas500", help="shipped dataset (default whas500)")
     train.add_argument("--csv", help="train on this CSV instead (needs --schema)")
-    train.add_argument("--schema", help="JSON schema of the CSV: features (name, type) and label")
+    train.add_argument("--schema", help="JSON schema of the CSV: features (name, type, range, categories) and label")
+    train.add_argument("--label", help="label column of the CSV (the schema is then inferred; review the warnings)")
+    train.add_argument("--id-column", default=None, help="patient id column of the CSV, not a feature")
     train.add_argument("--output", help="package path (default <data_dir>/scoring/model.json)")
     train.add_argument("--trees", type=int, default=100)
     train.add_argument("--depth", type=int, default=3, help="tree depth, 1..3 (the encrypted evaluator's limit)")
@@ -182,6 +217,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     info = model_sub.add_parser("info", help="public facts and SHA-256 of a model package")
     info.add_argument("--path", help="package (default <data_dir>/scoring/model.json)")
     info.set_defaults(func=cmd_model_info)
+    template = model_sub.add_parser("template", help="the CSV header `ciphercare score` expects, with an example row")
+    template.add_argument("--path", help="package (default <data_dir>/scoring/model.json)")
+    template.add_argument("--id-column", default="pid", help="patient id column name (default pid)")
+    template.add_argument("--training", action="store_true", help="add the label column (a training CSV)")
+    template.add_argument("--header-only", action="store_true", help="print the header line only")
+    template.set_defaults(func=cmd_model_template)
 
     score = sub.add_parser("score", help="encrypted risk scoring of a CSV of patients (hospital side)")
     score.add_argument("--input", required=True, help="CSV with a patient id column and the model's feature columns")

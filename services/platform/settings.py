@@ -46,6 +46,50 @@ class Settings(BaseSettings):
     ledger_group_commit_max_batch: int = Field(default=512, ge=1, le=100_000)
     ledger_group_commit_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     ledger_submit_timeout_s: float = Field(default=10.0, gt=0)
+    # --- ledger integrity (issue 11; docs/TRANSPARENCY.md) ---------------------------------------
+    # The checkpoint signing key, apart from the data (mode 0600, owned by the server's user; refused otherwise).
+    # Empty: ledger_signing_key_path, else data_dir/ledger-ed25519.pem (a warning says to move it).
+    checkpoint_key_path: Path | None = None
+    # Pinned checkpoint verifier key(s) (note vkeys, comma-separated, oldest first) that `ledger verify` and the
+    # CLI trust instead of a key file in the data directory.
+    ledger_vkey: str = ""
+    # Keys this log was signed with before a rotation (comma-separated vkeys, oldest first).
+    ledger_retired_vkeys: str = ""
+    # Append-only file of every published checkpoint, outside SQLite. Empty: <ledger path>.checkpoints.
+    ledger_published_path: Path | None = None
+    # Witness policy file (log keys, witness keys + URLs, quorum). Empty: no witnesses.
+    witness_policy: Path | None = None
+    witness_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # How long a commit waits for the witness quorum before its receipt returns (0: fully asynchronous).
+    witness_wait_ms: float = Field(default=0.0, ge=0, le=60_000)
+    # `ciphercare up` starts a local witness process and uses it when no witness policy is configured.
+    demo_witness: bool = False
+    # Where the CLI remembers the last verified checkpoint per log. Empty: ~/.ciphercare/checkpoints.
+    client_state_dir: Path | None = None
+    # --- end ledger integrity ---------------------------------------------------------------------
+    # fabricgw: the Fabric Gateway backend (ledger_backend="fabric") and the node (`ciphercare ledger serve`).
+    # Client side: the gateway endpoint (a Fabric peer or a ciphercare ledger node), TLS, and the org CA
+    # material under ledger_msp_dir/<MSPID>/{ca-cert,ca-key}.pem with which this node enrols its users
+    # (short-lived per-user certificates; docs/FABRIC.md). ledger_org: this node's organisation (e.g. hospital-a):
+    # it enrols only that org's users, under <Org>MSP, and reads the log as that org; empty: every org (development).
+    ledger_endpoint: str = ""
+    ledger_channel: str = "ciphercare"
+    ledger_chaincode: str = "ciphercare"
+    ledger_tls_ca_path: Path | None = None
+    ledger_tls_client_cert_path: Path | None = None
+    ledger_tls_client_key_path: Path | None = None
+    ledger_tls_server_name: str = ""
+    ledger_msp_dir: Path | None = None
+    ledger_org: str = ""
+    ledger_user_cert_validity_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    ledger_evaluate_timeout_s: float = Field(default=5.0, gt=0)
+    ledger_node_vkey: str = ""  # pin the node's checkpoint verifier key; empty: learnt on first use
+    # Node side: where `ciphercare ledger serve` listens, its TLS (client CA set: mutual TLS required).
+    ledger_node_host: str = "127.0.0.1"
+    ledger_node_port: int = Field(default=7051, ge=0, le=65535)
+    ledger_node_tls_cert_path: Path | None = None
+    ledger_node_tls_key_path: Path | None = None
+    ledger_node_tls_client_ca_path: Path | None = None
 
     # gRPC
     grpc_host: str = "127.0.0.1"
@@ -100,6 +144,17 @@ class Settings(BaseSettings):
     web_oidc_client_id: str = "ciphercare-portal"
     web_session_idle_s: int = Field(default=1800, ge=60)
     web_session_max_s: int = Field(default=8 * 3600, ge=300)
+
+    # Encrypted scoring (issue 12). Quota: patients scored (success events) per organisation and purpose
+    # of use per rolling window; 0 disables it. Contexts: registered public contexts kept per organisation;
+    # a registration beyond the limit first removes contexts unused for scoring_context_idle_s.
+    # Output noise: optional Gaussian noise (margin units) on every released score, a coarsening that
+    # raises the cost of black-box extraction and costs accuracy (see docs/SCORING.md); 0 = off.
+    scoring_quota_patients: int = Field(default=10_000, ge=0)
+    scoring_quota_window_s: float = Field(default=86_400.0, gt=0)
+    scoring_max_contexts_per_org: int = Field(default=8, ge=1, le=10_000)
+    scoring_context_idle_s: float = Field(default=30 * 86_400.0, ge=0)
+    scoring_output_noise: float = Field(default=0.0, ge=0.0, le=4.0)
     web_ledger_vkey: str = ""  # pin the checkpoint verifier key; empty: the one the service serves (pinned per session)
 
     @field_validator("oidc_algorithms")
@@ -127,7 +182,20 @@ class Settings(BaseSettings):
 
     @property
     def resolved_ledger_key_path(self) -> Path:
-        return self.ledger_signing_key_path or self.data_dir / "ledger-ed25519.pem"
+        return self.checkpoint_key_path or self.ledger_signing_key_path or self.data_dir / "ledger-ed25519.pem"
+
+    @property
+    def resolved_ledger_published_path(self) -> Path:
+        ledger = self.resolved_ledger_path
+        return self.ledger_published_path or ledger.with_name(ledger.name + ".checkpoints")
+
+    @property
+    def resolved_client_state_dir(self) -> Path:
+        return self.client_state_dir or Path.home() / ".ciphercare" / "checkpoints"
+
+    @property
+    def resolved_ledger_msp_dir(self) -> Path:
+        return self.ledger_msp_dir or self.resolved_ledger_path.parent / "msp"
 
     @property
     def resolved_dev_issuer_key_path(self) -> Path:

@@ -23,7 +23,7 @@ from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import EndorseError, LedgerError, Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
-from ciphercare.ledger.gateway import GatewayOptions
+from ciphercare.ledger.gateway import GatewayOptions, Transport
 from ciphercare.services.audit.compliance import ComplianceServicer  # compliance (issue 15)
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
@@ -73,11 +73,17 @@ GATEWAY_PRINCIPAL = Principal(subject="service:ciphercare-gateway", org="cipherc
 
 def open_ledger(settings: Settings) -> EmbeddedLedger:
     """The configured ledger backend."""
-    if settings.ledger_backend != "embedded":
-        raise NotImplementedError(
-            "CIPHERCARE_LEDGER_BACKEND=fabric needs the Fabric Gateway client, which is not built yet"
-        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.ledger_backend == "fabric":  # fabricgw: a Fabric peer or `ciphercare ledger serve`
+        from ciphercare.ledger.fabric.ledger import open_fabric_ledger
+
+        # Duck-typed like EmbeddedLedger for what the wiring uses (size, stats, close, the old Ledger protocol).
+        return open_fabric_ledger(settings, GATEWAY_PRINCIPAL)  # type: ignore[return-value]
+    key_path = settings.resolved_ledger_key_path
+    if key_path.resolve().is_relative_to(settings.data_dir.resolve()):
+        log.warning("the checkpoint signing key is kept with the data it signs; set CIPHERCARE_CHECKPOINT_KEY_PATH "
+                    "to a place the data's administrators cannot read (docs/TRANSPARENCY.md)",
+                    extra={"key_path": str(key_path)})
     return EmbeddedLedger(
         path=settings.resolved_ledger_path,
         signing_key_path=settings.resolved_ledger_key_path,
@@ -85,7 +91,23 @@ def open_ledger(settings: Settings) -> EmbeddedLedger:
         chaincode=new_chaincode(),
         max_batch=settings.ledger_group_commit_max_batch,
         max_wait_ms=settings.ledger_group_commit_max_wait_ms,
+        # ledger integrity (issue 11): rotation, the published-checkpoint file, key file mode enforced
+        retired_vkeys=[k.strip() for k in settings.ledger_retired_vkeys.split(",") if k.strip()],
+        published_path=settings.resolved_ledger_published_path,
+        strict_key_mode=True,
+        witness_policy=_witness_policy(settings),
+        witness_timeout_s=settings.witness_timeout_s,
+        witness_wait_ms=settings.witness_wait_ms,
     )
+
+
+def _witness_policy(settings: Settings) -> Any:
+    """The witness policy file named by CIPHERCARE_WITNESS_POLICY (ledger integrity, issue 11), or None."""
+    if settings.witness_policy is None:
+        return None
+    from ciphercare.ledger.witness.policy import Policy
+
+    return Policy.load(settings.witness_policy)
 
 
 def open_store(settings: Settings) -> OffchainStore:
@@ -135,7 +157,14 @@ class Application:
         """Contract handles for the services (the only way they reach the ledger)."""
         if self._handles is None:
             options = GatewayOptions(commit_status_timeout_s=self.settings.ledger_submit_timeout_s)
-            self._handles = ContractHandles(EmbeddedTransport(self.ledger), options)  # type: ignore[arg-type]
+            transport: Transport = EmbeddedTransport(self.ledger)  # type: ignore[arg-type]
+            if self.settings.ledger_backend == "fabric":  # fabricgw: the Fabric Gateway client
+                from ciphercare.ledger.fabric.ledger import FabricLedger
+                from ciphercare.ledger.fabric.transport import FabricTransport
+
+                assert isinstance(self.ledger, FabricLedger)
+                transport = FabricTransport(self.ledger)
+            self._handles = ContractHandles(transport, options)
         return self._handles
 
     @property
@@ -191,13 +220,16 @@ class Application:
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
             AccessLogServicer(handles, self.store, self.projections), server
         )
-        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(handles, self.settings), server)
         # --- compliance (issue 15): flags, newest-first search both ways, aggregates, streamed exports ---
         compliance_pb2_grpc.add_ComplianceServiceServicer_to_server(
             ComplianceServicer(handles, self.store, self.projections, self.settings.compliance_flag_history_days),
             server,
         )
         # --- end compliance ---
+        # The scoring servicer is kept: its usage counters (scoring volume per organisation) are read by
+        # the metrics and the unusual-access detector (issue 12).
+        self.scoring = ScoringServicer(handles, self.settings, self.metrics)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(self.scoring, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)

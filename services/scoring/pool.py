@@ -25,7 +25,8 @@ _MAX_EVALUATORS = 8
 
 
 def _evaluator(context_path: str, context_id: str) -> Any:
-    from ciphercare.analytics.he.ckks import Evaluator, HEError
+    from ciphercare.analytics.he.ckks import HEError
+    from ciphercare.analytics.server.evaluator import Evaluator
 
     cached = _EVALUATORS.get(context_id)
     if cached is not None:
@@ -41,8 +42,9 @@ def _evaluator(context_path: str, context_id: str) -> Any:
     return evaluator
 
 
-def _form(model_path: str, model_sha256: str, evaluator: Any) -> Any:
-    from ciphercare.analytics.engine import check_model
+def _model(model_path: str, model_sha256: str, evaluator: Any) -> tuple[Any, Any]:
+    """The deployed package and its Form (cached per hash; checked against the evaluator's budget)."""
+    from ciphercare.analytics.he.budget import check_model
     from ciphercare.analytics.model.forms import model_form
     from ciphercare.analytics.model.package import ModelPackage
 
@@ -52,42 +54,55 @@ def _form(model_path: str, model_sha256: str, evaluator: Any) -> Any:
         _FORMS.clear()
         entry = _FORMS[model_sha256] = (package, model_form(package))
     check_model(entry[0], evaluator)
-    return entry[1]
+    return entry
 
 
 def evaluate_batch(context_path: str, context_id: str, model_path: str, model_sha256: str,
-                   envelopes: list[bytes], batch_index: int) -> tuple[bytes, float]:
-    """Validate one batch's bit ciphertexts and evaluate the model on them (runs in a worker)."""
+                   envelopes: list[bytes], batch_index: int, owned: int,
+                   output_sigma: float = 0.0) -> tuple[bytes, float]:
+    """Validate one batch's bit ciphertexts and evaluate the model on them (runs in a worker).
+
+    Only the first ``owned`` slots (the batch's declared, consented, logged patients) carry a result.
+    """
     started = time.perf_counter()
     evaluator = _evaluator(context_path, context_id)
-    form = _form(model_path, model_sha256, evaluator)
+    package, form = _model(model_path, model_sha256, evaluator)
     bits = [evaluator.load_ciphertext(env, f"ciphertext (batch {batch_index}, edge {j})")
             for j, env in enumerate(envelopes)]
-    return evaluator.evaluate(form, bits), time.perf_counter() - started
+    return (evaluator.evaluate(form, bits, groups=package.grid.groups(), owned=owned, output_sigma=output_sigma),
+            time.perf_counter() - started)
 
 
 def evaluate_part(context_path: str, context_id: str, model_path: str, model_sha256: str,
-                  envelopes: list[bytes], batch_index: int, part: int, parts: int) -> tuple[bytes, float]:
-    """Part ``part`` of ``parts`` of one batch (validates every ciphertext); the partial stays on the server."""
+                  envelopes: list[bytes], batch_index: int, part: int, parts: int,
+                  owned: int) -> tuple[bytes, float]:
+    """Part ``part`` of ``parts`` of one batch (validates every ciphertext); the partial stays on the server.
+
+    Part 0 also carries the input-validity term.
+    """
     from ciphercare.analytics.model.forms import split_form
 
     started = time.perf_counter()
     evaluator = _evaluator(context_path, context_id)
-    form = split_form(_form(model_path, model_sha256, evaluator), parts)[part]
+    package, whole = _model(model_path, model_sha256, evaluator)
+    form = split_form(whole, parts)[part]
     bits = [evaluator.load_ciphertext(env, f"ciphertext (batch {batch_index}, edge {j})")
             for j, env in enumerate(envelopes)]
-    return evaluator.evaluate_partial(form, bits), time.perf_counter() - started
+    groups = package.grid.groups() if part == 0 else None
+    return evaluator.evaluate_partial(form, bits, groups=groups, owned=owned), time.perf_counter() - started
 
 
-def finish_parts(context_path: str, context_id: str, partials: list[bytes]) -> tuple[bytes, float]:
-    """Sum the parts of a batch, flood and re-randomise: the ciphertext the client receives."""
+def finish_parts(context_path: str, context_id: str, partials: list[bytes], owned: int,
+                 output_sigma: float = 0.0) -> tuple[bytes, float]:
+    """Sum the parts of a batch, mask, flood and re-randomise: the ciphertext the client receives."""
     started = time.perf_counter()
-    return _evaluator(context_path, context_id).finish_partials(partials), time.perf_counter() - started
+    return (_evaluator(context_path, context_id).finish_partials(partials, owned=owned, output_sigma=output_sigma),
+            time.perf_counter() - started)
 
 
 def warm(context_path: str, context_id: str, model_path: str, model_sha256: str) -> int:
     """Load a context and the model into this worker's caches (returns the worker's pid)."""
-    _form(model_path, model_sha256, _evaluator(context_path, context_id))
+    _model(model_path, model_sha256, _evaluator(context_path, context_id))
     return os.getpid()
 
 

@@ -6,8 +6,9 @@ one access event per patient on the ledger, and hands ciphertexts to the evaluat
 after every one of its patients' access events is committed; if any of them fails, the whole batch
 (one ciphertext holds all its patients) is withheld and its patients get ``ERROR``.
 
-State lives under ``<data_dir>/scoring``: ``model.json`` (the deployed model package; the default
-WHAS500 model is trained there on first use) and ``contexts/<org>/<id>.ctx`` (registered public
+State lives under ``<data_dir>/scoring``: ``model.json`` (the deployed model package, written by
+``ciphercare model train``; ``ciphercare up`` trains the default WHAS500 model there if none is
+deployed; the service itself never trains) and ``contexts/<org>/<id>.ctx`` (registered public
 contexts).
 """
 
@@ -33,6 +34,7 @@ from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import ServiceError, forbidden, invalid, not_found, status_for
 from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.settings import Settings
+from ciphercare.services.scoring.usage import QuotaExceeded, ScoringUsage
 from ciphercare.v1 import common_pb2, scoring_pb2, scoring_pb2_grpc
 
 log = logging.getLogger("ciphercare.scoring")
@@ -71,35 +73,72 @@ def model_path(settings: Settings) -> Path:
     return scoring_dir(settings) / "model.json"
 
 
-def _load_or_train(path: Path) -> tuple[str, dict[str, Any]]:
+#: What a caller learns when the deployed model cannot be served (no model statistics: the reason is logged).
+NOT_SERVABLE = ("the deployed model cannot be served by the encrypted evaluator under its 128-bit parameters; "
+                "the model owner must retrain it (ciphercare model train checks this before writing a package)")
+
+
+NOT_DEPLOYED = ("no scoring model is deployed on this server; the operator trains one with `ciphercare model train` "
+                "(`ciphercare up` trains the default WHAS500 model when none is there)")
+
+
+def ensure_default_model(settings: Settings) -> bool:
+    """Train the default WHAS500 model into ``model_path(settings)`` if no model is there (``ciphercare up``).
+
+    Returns whether it trained. The service itself never trains: a request never waits for training.
+    """
     from ciphercare.analytics.model.datasets import load_whas500
-    from ciphercare.analytics.model.package import ModelPackage
     from ciphercare.analytics.model.training import train_model
 
+    path = model_path(settings)
+    if path.exists():
+        return False
+    log.info("no model at %s; training the default WHAS500 model", path)
+    train_model(load_whas500()).package.save(path)
+    return True
+
+
+def _load_deployed(path: Path) -> tuple[str, dict[str, Any]]:
+    """The deployed package's hash and public facts, or FAILED_PRECONDITION (no model statistic in the message)."""
+    from ciphercare.analytics.he.budget import servable_problem
+    from ciphercare.analytics.model.package import ModelError, ModelPackage
+
     if not path.exists():
-        log.info("no model at %s; training the default WHAS500 model", path)
-        train_model(load_whas500()).package.save(path)
-    package = ModelPackage.load(path)
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, NOT_DEPLOYED)
+    try:
+        package = ModelPackage.load(path)
+    except ModelError as exc:
+        log.error("deployed model package %s does not load: %s", path, exc)
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "the deployed model package does not load; the operator must redeploy it") from None
+    problem = servable_problem(package)
+    if problem is not None:
+        log.error("deployed model %s cannot be served: %s", package.sha256, problem)
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, NOT_SERVABLE)
     return package.sha256, package.public_info()
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(self, ledger: ContractHandles, settings: Settings) -> None:
+    def __init__(self, ledger: ContractHandles, settings: Settings, metrics: Any | None = None) -> None:
         self.ledger = ledger
+        self.metrics = metrics  # services/platform/metrics.py: scoring patients, batches, quota refusals
         self.settings = settings
         self._deployment: Deployment | None = None
         self._lock = asyncio.Lock()
+        self._contexts_lock = asyncio.Lock()
+        #: Scoring volume per organisation and purpose (quota + counters for the anomaly detector and metrics).
+        self.usage = ScoringUsage(settings.scoring_quota_patients, settings.scoring_quota_window_s)
 
     # ------------------------------------------------------------ deployment
 
     async def deployment(self) -> Deployment:
-        """Load (or train) the model once and make sure its hash is on the ledger."""
+        """Load the deployed model once and make sure its hash is on the ledger (never trains)."""
         async with self._lock:
             if self._deployment is None:
                 from ciphercare.analytics.he.ckks import CKKS_PARAMETERS
 
                 path = model_path(self.settings)
-                sha, info = await asyncio.to_thread(_load_or_train, path)
+                sha, info = await asyncio.to_thread(_load_deployed, path)
                 receipt = await self._record_deployment(sha, info)
                 self._deployment = Deployment(path, sha, info, CKKS_PARAMETERS.to_dict(), receipt)
             return self._deployment
@@ -138,26 +177,55 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             data = b"".join(chunks)
             if not data:
                 raise invalid("context is empty: send the serialised public context in chunks")
-            from ciphercare.analytics.he.ckks import Evaluator, HEError, context_id
+            from ciphercare.analytics.he.ckks import HEError, context_id
+            from ciphercare.analytics.server.evaluator import Evaluator
 
             cid = context_id(data)
             path = self._context_path(org, cid)
             if path.exists():
+                path.touch()  # last use: the clean-up keeps recently used contexts
                 return scoring_pb2.RegisterContextResponse(context_id=cid, size_bytes=len(data),
                                                            already_registered=True)
             try:
                 await asyncio.to_thread(Evaluator, data)
             except HEError as exc:
                 raise invalid(str(exc)) from None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            async with self._contexts_lock:
+                self._make_room(org)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)
             log.info("context registered", extra={"org": org, "context_id": cid, "bytes": len(data)})
             return scoring_pb2.RegisterContextResponse(context_id=cid, size_bytes=len(data))
         except Exception as exc:  # noqa: BLE001 - mapped to a status (streaming handlers bypass the error interceptor)
             await _abort(context, "RegisterContext", exc)
             raise
+
+    def _make_room(self, org: str) -> None:
+        """Keep at most ``scoring_max_contexts_per_org`` contexts: drop idle ones first, else refuse."""
+        import time
+
+        folder = scoring_dir(self.settings) / "contexts" / org
+        if not folder.is_dir():
+            return
+        limit = self.settings.scoring_max_contexts_per_org
+        stored = sorted(folder.glob("*.ctx"), key=lambda f: f.stat().st_mtime)
+        idle_before = time.time() - self.settings.scoring_context_idle_s
+        while len(stored) >= limit and stored and stored[0].stat().st_mtime <= idle_before:
+            victim = stored.pop(0)
+            victim.unlink(missing_ok=True)
+            log.info("idle context removed", extra={"org": org, "context_id": victim.stem})
+        if len(stored) >= limit:
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"organisation {org!r} already has {len(stored)} registered contexts (the limit is "
+                               f"{limit}); reuse a registered key pair (the SDK remembers its registration per "
+                               f"key file) or wait until an unused context expires")
+
+    def context_count(self, org: str) -> int:
+        """Registered public contexts of ``org`` (bounded by ``scoring_max_contexts_per_org``)."""
+        folder = scoring_dir(self.settings) / "contexts" / org
+        return len(list(folder.glob("*.ctx"))) if folder.is_dir() else 0
 
     # ---------------------------------------------------------------- model info
 
@@ -169,8 +237,14 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         types = {f["name"]: f for f in info["schema"]["features"]}
         for item in info["grid"]["features"]:
             spec = types[item["name"]]
-            features.append(scoring_pb2.FeatureGrid(name=item["name"], type=spec["type"],
-                                                    description=spec.get("description", ""), edges=item["edges"]))
+            feature = scoring_pb2.FeatureGrid(name=item["name"], type=spec["type"],
+                                              description=spec.get("description", ""), edges=item["edges"],
+                                              categories=spec.get("categories", []))
+            if spec.get("impute") is not None:
+                feature.imputation = float(spec["impute"])
+            if spec.get("range") is not None:
+                feature.min, feature.max = (float(v) for v in spec["range"])
+            features.append(feature)
         return scoring_pb2.GetModelInfoResponse(
             model_sha256=deployment.sha256, model_name=info["name"], model_version=info["version"],
             features=features, edge_count=sum(len(f.edges) for f in features),
@@ -212,6 +286,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         if not context_path.exists():
             raise not_found(f"context {header.context_id} is not registered for organisation {org}; "
                             "call RegisterContext first")
+        context_path.touch()  # last use
         pids = list(header.pids)
 
         # 1. Consent for every patient (recipient = the caller's organisation): one CheckMany per chunk.
@@ -229,11 +304,22 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 denied.append((i, pid, decision))
             outcomes.append(outcome)
 
+        # 1b. The organisation's scoring quota for this purpose (refused before anything is recorded).
+        try:
+            self.usage.reserve(org, header.purpose_of_use, len(permitted))
+        except QuotaExceeded as exc:
+            log.warning("scoring quota exhausted", extra={"org": org, "purpose_of_use": header.purpose_of_use})
+            if self.metrics is not None:
+                self.metrics.scoring_quota_refusals.labels(org).inc()
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
         # 2. A `denied` access event for every refused patient (committed before answering).
         events = [self._event(pid, "denied", decision.get("reason_code") or "consent-deny",
                               decision.get("consent_id"), header, deployment.sha256)
                   for _, pid, decision in denied]
         receipts = await self._record(principal, events)
+        if self.metrics is not None and denied:
+            self.metrics.scoring_patients.labels(org, "denied").inc(len(denied))
         for (i, _, _), result in zip(denied, receipts, strict=True):
             if isinstance(result, Receipt):
                 outcomes[i].access_event_id = json.loads(result.result)["id"]
@@ -285,8 +371,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             if all(item is not None for item in row):
                 envelopes = [item for item in row if item is not None]
                 del pending[bits.batch_index]
+                owned = len(permitted[bits.batch_index * slots:(bits.batch_index + 1) * slots])
                 futures[bits.batch_index] = asyncio.ensure_future(_evaluate_batch(
-                    pool, parts, str(context_path), header.context_id, deployment, envelopes, bits.batch_index))
+                    pool, parts, str(context_path), header.context_id, deployment, envelopes, bits.batch_index,
+                    owned, self.settings.scoring_output_noise))
         if received != expected:
             for future in futures.values():
                 future.cancel()
@@ -294,12 +382,15 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                           f"({batch_count} batch(es) x {edge_count} edges)")
 
         # 4. No log, no result: per batch, commit every patient's access event, then release.
+        from ciphercare.analytics.he.budget import ModelNotServable
         from ciphercare.analytics.he.ckks import HEError
 
         try:
             for b in range(batch_count):
                 try:
                     envelope, _seconds = await futures[b]
+                except ModelNotServable:
+                    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, NOT_SERVABLE) from None
                 except HEError as exc:
                     raise invalid(str(exc)) from None
                 members = permitted[b * slots:(b + 1) * slots]
@@ -321,6 +412,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                         outcome.reason_code = ("batch-withheld" if isinstance(result, Receipt)
                                                else "access-event-not-recorded")
                     batch_outcomes.append(outcome)
+                if self.metrics is not None:
+                    self.metrics.scoring_batches.inc()
+                    self.metrics.scoring_patients.labels(org, "scored" if logged else "error").inc(len(members))
                 if not logged:
                     log.error("batch %d withheld: access events not recorded", b)
                 yield scoring_pb2.ScoreResponse(score=scoring_pb2.EncryptedScore(
@@ -374,17 +468,23 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
 
 async def _evaluate_batch(pool: Any, parts: int, context_path: str, context_id: str, deployment: Deployment,
-                          envelopes: list[bytes], batch_index: int) -> tuple[bytes, float]:
-    """One batch in the worker pool: whole, or split into ``parts`` summed and finished by a worker."""
+                          envelopes: list[bytes], batch_index: int, owned: int,
+                          output_sigma: float) -> tuple[bytes, float]:
+    """One batch in the worker pool: whole, or split into ``parts`` summed and finished by a worker.
+
+    Only the first ``owned`` slots (this batch's permitted patients) carry a result; the rest is noise.
+    """
     from ciphercare.services.scoring.pool import evaluate_batch, evaluate_part, finish_parts
 
     model, sha = str(deployment.path), deployment.sha256
     if parts <= 1:
         return await asyncio.wrap_future(pool.submit(evaluate_batch, context_path, context_id, model, sha, envelopes,
-                                                     batch_index))
+                                                     batch_index, owned, output_sigma))
     partials = await asyncio.gather(*(asyncio.wrap_future(pool.submit(
-        evaluate_part, context_path, context_id, model, sha, envelopes, batch_index, k, parts)) for k in range(parts)))
-    return await asyncio.wrap_future(pool.submit(finish_parts, context_path, context_id, [p[0] for p in partials]))
+        evaluate_part, context_path, context_id, model, sha, envelopes, batch_index, k, parts, owned))
+        for k in range(parts)))
+    return await asyncio.wrap_future(pool.submit(finish_parts, context_path, context_id, [p[0] for p in partials],
+                                                 owned, output_sigma))
 
 
 def _org(principal: Principal) -> str:
@@ -431,4 +531,4 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(code, message)
 
 
-__all__ = ["SCORING_PRINCIPAL", "ScoringServicer", "model_path"]
+__all__ = ["SCORING_PRINCIPAL", "ScoringServicer", "ensure_default_model", "model_path"]

@@ -26,8 +26,9 @@ from starlette.routing import Route
 
 from ciphercare.consent import codes
 from ciphercare.consent.model import EVENT_ID_RE, ORG_RE, PID_RE, SUBJECT_RE
-from ciphercare.ledger.transparency.checkpoint import CheckpointError
+from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointKeyring
 from ciphercare.sdk.audit import AuditClient
+from ciphercare.sdk.checkpoints import CheckpointCheckError, CheckpointMemory, Remembered, RollbackError, served_note
 from ciphercare.sdk.client import CiphercareClient, ProofError
 from ciphercare.sdk.receipts import access_event_receipt, verify_receipt
 from ciphercare.services.web import chart, present
@@ -214,6 +215,16 @@ def _verified(checkpoint: Any, note: str) -> VerifiedCheckpoint:
                               signed_note=note, verified_at=time.time())
 
 
+def _witness_policy(web: WebApp) -> Any:
+    """The deployment's witness policy (CIPHERCARE_WITNESS_POLICY), or None: the console requires its quorum."""
+    path = getattr(web.settings, "witness_policy", None)
+    if not path:
+        return None
+    from ciphercare.ledger.witness.policy import Policy
+
+    return Policy.load(path)
+
+
 def check_integrity(web: WebApp, session: Session, client: CiphercareClient,
                     event_ids: list[str]) -> dict[str, Any]:
     """Verify the latest checkpoint, its consistency with the session's last one, and events' inclusion (SDK)."""
@@ -230,23 +241,37 @@ def check_integrity(web: WebApp, session: Session, client: CiphercareClient,
     current = _verified(checkpoint, latest.checkpoint.signed_note)
     report["checkpoint"] = current
     previous = session.last_checkpoint
-    if previous is None:
-        report["consistency"] = "first"
-    else:
-        try:
-            old = client.call(client.access_log.GetCheckpoint,
-                              access_log_pb2.GetCheckpointRequest(tree_size=previous.tree_size))
-            again = verifier.verify(old.checkpoint.signed_note.encode("utf-8"))
-            if again.root_hash.hex() != previous.root_hash_hex:
-                raise ProofError(f"the ledger now signs a different root for size {previous.tree_size} "
-                                 "than the one verified before (a fork)")
-            client.verify_consistency(previous.tree_size, verifier, current.tree_size)
-            report["consistency"] = "consistent"
+    # Ledger integrity (issue 11): the session remembers the last verified checkpoint; every newer one must come
+    # with a consistency proof from it; a rollback or fork is reported with both signed notes as evidence.
+    policy = _witness_policy(web)
+    memory = CheckpointMemory(CheckpointKeyring([verifier]), policy=policy)
+    served = latest
+    if policy is not None and policy.quorum:
+        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest(cosigned=True))
+    if previous is not None:
+        memory.seed(Remembered(previous.origin, previous.tree_size, bytes.fromhex(previous.root_hash_hex),
+                               previous.signed_note.encode("utf-8"), previous.verified_at))
+
+    def prove(first: int, second: int) -> list[bytes]:
+        proof = client.call(client.access_log.GetConsistencyProof, access_log_pb2.GetConsistencyProofRequest(
+            first_tree_size=first, second_tree_size=second))
+        return list(proof.hashes)
+
+    try:
+        result = memory.check_note(served_note(served), prove)
+        report["consistency"] = "first" if previous is None else "consistent"
+        if previous is not None:
             report["previous"] = previous
-        except (ProofError, CheckpointError) as exc:
-            report["consistency"] = "inconsistent"
-            report["previous"] = previous
-            report["problems"].append(f"The log is not consistent with the checkpoint verified before: {exc}")
+        if result.witnesses:
+            report["witnesses"] = list(result.witnesses)
+    except RollbackError as exc:
+        report["consistency"] = "inconsistent"
+        report["previous"] = previous
+        report["evidence"] = exc.evidence()
+        report["problems"].append(f"The log is not consistent with the checkpoint verified before: {exc}")
+    except CheckpointCheckError as exc:
+        report["problems"].append(f"The latest checkpoint does not verify: {exc}")
+        return report
     included = 0
     for event_id in event_ids:
         try:

@@ -28,6 +28,7 @@ from ciphercare.sdk.receipts import access_event_receipt, consent_change_receipt
 from ciphercare.services.web import present
 from ciphercare.services.web.app import WebApp
 from ciphercare.services.web.backend import ServiceRefusal
+from ciphercare.services.web.integrity import remember_latest
 from ciphercare.services.web.sessions import Session
 from ciphercare.v1 import access_log_pb2, common_pb2, consent_pb2
 
@@ -57,7 +58,9 @@ def _not_found(web: WebApp, request: Request) -> Response:
 
 def pinned_vkey(web: WebApp, session: Session, served: str) -> str:
     """The verifier key this session trusts: configured, else the first one the service served (then pinned)."""
-    trusted = web.settings.web_ledger_vkey or session.vkey or served
+    # Ledger integrity (issue 11): the pinned log key CIPHERCARE_LEDGER_VKEY (newest last) applies here too.
+    pinned = [k.strip() for k in getattr(web.settings, "ledger_vkey", "").split(",") if k.strip()]
+    trusted = web.settings.web_ledger_vkey or (pinned[-1] if pinned else "") or session.vkey or served
     session.vkey = session.vkey or trusted
     if served != trusted:
         raise ServiceRefusal(grpc.StatusCode.DATA_LOSS,
@@ -275,8 +278,10 @@ def _change_receipt(web: WebApp, session: Session, client: CiphercareClient, cha
     The change is already committed: a failure here yields a receipt that says what is missing, never an error.
     """
     try:
-        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
-        vkey = pinned_vkey(web, session, served)
+        latest = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+        vkey = pinned_vkey(web, session, latest.verifier_key)
+        # Ledger integrity (issue 11): the latest checkpoint must extend the one this session verified before.
+        memory_problem, _evidence = remember_latest(web.settings, session, client, vkey, latest)
     except (grpc.RpcError, ServiceRefusal) as exc:
         problem = exc.message if isinstance(exc, ServiceRefusal) else f"{exc.code().name}: {exc.details()}"
         receipt = consent_change_receipt(change, consent, ledger, "", None, f"no trusted verifier key: {problem}")
@@ -295,6 +300,9 @@ def _change_receipt(web: WebApp, session: Session, client: CiphercareClient, cha
         receipt["verified_by_portal"] = {"ok": check.ok, "checks": check.checks, "problems": check.problems}
     else:
         receipt["verified_by_portal"] = {"ok": False, "checks": [], "problems": [refusal]}
+    if memory_problem is not None:
+        receipt["verified_by_portal"]["ok"] = False
+        receipt["verified_by_portal"]["problems"].append(memory_problem)
     return receipt
 
 
@@ -310,17 +318,22 @@ async def access_receipt(web: WebApp, request: Request, session: Session) -> Res
     if pid is None or not EVENT_ID_RE.match(event_id):
         return _not_found(web, request)
 
-    def load(client: CiphercareClient) -> tuple[Any, Any, str]:
+    def load(client: CiphercareClient) -> tuple[Any, Any, str, str | None]:
         event = client.call(client.access_log.Get, access_log_pb2.GetAccessEventRequest(event_id=event_id)).event
         proof = client.call(client.access_log.GetInclusionProof,
                             access_log_pb2.GetInclusionProofRequest(event_id=event_id))
-        served = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
-        return event, proof, served
+        latest = client.call(client.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest())
+        vkey = pinned_vkey(web, session, latest.verifier_key)
+        # Ledger integrity (issue 11): the latest checkpoint must extend the one this session verified before.
+        problem, _evidence = remember_latest(web.settings, session, client, vkey, latest)
+        return event, proof, vkey, problem
 
-    event, proof, served = await web.call(session, load)
+    event, proof, vkey, memory_problem = await web.call(session, load)
     if event.pid != pid:
         return _not_found(web, request)
-    vkey = pinned_vkey(web, session, served)
+    if memory_problem is not None:
+        return web.error(request, 502, "The ledger was rolled back or forked",
+                         "No receipt was issued: " + memory_problem)
     receipt = access_event_receipt(event, proof, vkey)
     check = verify_receipt(receipt, vkey)
     if not check.ok:

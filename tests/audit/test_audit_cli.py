@@ -5,6 +5,7 @@ data dir). Errors are one line on stderr with the documented exit code.
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime
 import io
@@ -181,11 +182,11 @@ def test_the_progress_bar_draws_on_a_terminal_only() -> None:
 def test_verify_remembers_the_checkpoint_and_proves_inclusion(officer: Officer) -> None:
     pid = f"pcli-{uuid.uuid4().hex[:8]}"
     events = record_events(officer, pid, 2)
-    state = officer.workdir / "checkpoints.json"
+    state = officer.workdir / "checkpoints"
     first = officer.run("verify", "--vkey", officer.vkey, "--state", str(state), "--event", events[0].id)
     assert first.returncode == 0, first.stderr
     assert "signed by the pinned key" in first.stdout and f"event {events[0].id} included" in first.stdout
-    assert state.exists() and "consistent" not in first.stdout
+    assert list(state.glob("*.json")) and "consistent" not in first.stdout
 
     later = record_events(officer, pid, 1)
     ids = officer.workdir / "ids.txt"
@@ -195,12 +196,16 @@ def test_verify_remembers_the_checkpoint_and_proves_inclusion(officer: Officer) 
     assert "consistent with the remembered checkpoint: size" in second.stdout
     assert "2 event(s) included" in second.stdout
 
-    # A checkpoint memory someone rewrote (another root at the remembered size) is caught, not trusted.
-    memory = json.loads(state.read_text())
-    origin = next(iter(memory))
-    memory[origin]["root_hash"] = "00" * 32
-    state.write_text(json.dumps(memory))
-    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--state", str(state)), 4, "NOT verified")
+    # A remembered checkpoint of the same size with another root: the served log is a fork of what this
+    # client verified. Caught, with both signed notes written as evidence.
+    remembered = next(state.glob("*.json"))
+    memory = json.loads(remembered.read_text())
+    memory["root_hash"] = base64.b64encode(b"\x00" * 32).decode()
+    remembered.write_text(json.dumps(memory))
+    evidence = officer.workdir / "evidence.json"
+    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--state", str(state), "--evidence", str(evidence)),
+                   4, "NOT verified", "fork")
+    assert set(json.loads(evidence.read_text())) == {"problem", "remembered_checkpoint", "served_checkpoint"}
 
     other_key = CheckpointSigner(officer.workdir / "other.key", "ciphercare.local/ledger").vkey
     one_line_error(officer.run("verify", "--vkey", other_key, "--no-remember"), 4, "NOT verified",

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from testkit.privacy import Canaries, Errors, Scanner, access_detail, consent_document, json_logs, log_lines
-from testkit.scoring import default_training, key_owner
+from testkit.scoring import default_training, deploy_default, key_owner
 
 from ciphercare.sdk.client import CiphercareClient
 from ciphercare.sdk.scoring import ScoringClient, ScoringError
@@ -38,6 +38,7 @@ def test_phi_canaries_appear_nowhere_they_must_not(tmp_path: Path, store_url: st
     del c.tokens["pseudonym-suffix"]
     feature_value = 61.0 + secrets.randbelow(10**9) / 10**10  # an age no one has: 61.0xxxxxxxxx
 
+    deploy_default(settings)  # what `ciphercare up` does: the scoring service itself never trains
     with json_logs(settings) as logs:
         server = server_kit.ServerThread(settings).start()
         try:

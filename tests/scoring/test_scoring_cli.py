@@ -6,10 +6,17 @@ import csv
 from pathlib import Path
 
 import pytest
-from testkit.scoring import default_training, grant
+from testkit.scoring import default_training, deploy_default, grant
 
 from ciphercare.analytics.model.package import ModelPackage
 from ciphercare.services.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def deployed(env):  # type: ignore[no-untyped-def]  # type: ignore[no-untyped-def]
+    """The server, with the default model where it reads it (what `ciphercare up` does; the service never trains)."""
+    deploy_default(env.settings)
+    return env
 
 
 def test_model_train_reports_held_out_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,7 +46,8 @@ def _write_patients(path: Path, pids: list[str], drop: str | None = None) -> Non
             writer.writerow([pid, *[f"{v:g}" for n, v in zip(package.schema.names, row, strict=True) if n != drop]])
 
 
-def test_score_command_writes_probabilities(env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_score_command_writes_probabilities(deployed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    env = deployed
     pids = ["pt-cli-1", "pt-cli-2", "pt-cli-3"]
     grant(env, pids[0])
     grant(env, pids[2])
@@ -63,7 +71,9 @@ def test_score_command_writes_probabilities(env, tmp_path: Path, capsys: pytest.
     assert "2 scored" not in capsys.readouterr().err
 
 
-def test_score_schema_mismatch_is_one_readable_error(env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_score_schema_mismatch_is_one_readable_error(deployed, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    env = deployed
     patients = tmp_path / "patients.csv"
     _write_patients(patients, ["pt-cli-9"], drop="hr")
     token = env.token("hospital", org="hospital-a", subject="svc-hospital-a")

@@ -9,10 +9,11 @@ import pytest
 from testkit.scoring import default_training, key_owner
 
 from ciphercare.analytics.engine import ScoringMode, score_batch
-from ciphercare.analytics.he.ckks import CKKS_PARAMETERS, Evaluator, HEError, check_security
+from ciphercare.analytics.he.ckks import CKKS_PARAMETERS, HEError, check_security
 from ciphercare.analytics.model.forms import PlainBackend, evaluate, model_form
 from ciphercare.analytics.model.package import ModelError, ModelPackage, TreeNode
 from ciphercare.analytics.model.training import roc_auc, sigmoid
+from ciphercare.analytics.server.evaluator import Evaluator
 
 
 def test_encrypted_scores_match_xgboost_on_the_held_out_split() -> None:
@@ -27,7 +28,12 @@ def test_encrypted_scores_match_xgboost_on_the_held_out_split() -> None:
     assert np.max(np.abs(plain - reference)) <= 1e-5
     assert np.max(np.abs(encrypted - reference)) <= 1e-3
     assert np.array_equal(encrypted > 0, reference > 0)
-    assert round(roc_auc(test.y, sigmoid(encrypted)), 3) == round(roc_auc(test.y, sigmoid(reference)), 3)
+    # The AUC counts ordered (death, survivor) pairs; the encrypted scores' noise (<= 1e-3) can swap only
+    # pairs whose margins are within 2e-3 of each other, so the AUCs agree up to those pairs' share.
+    pos, neg = reference[test.y == 1], reference[test.y == 0]
+    close = int(np.sum(np.abs(pos[:, None] - neg[None, :]) <= 2e-3))
+    slack = close / (pos.size * neg.size)
+    assert abs(roc_auc(test.y, sigmoid(encrypted)) - roc_auc(test.y, sigmoid(reference))) <= slack + 1e-9
 
 
 def test_mode_is_validated() -> None:
@@ -115,6 +121,8 @@ def test_split_evaluation_equals_the_whole_model() -> None:
     keys = key_owner()
     evaluator = Evaluator(keys.public_context)
     cts = [evaluator.load_ciphertext(e) for e in keys.encrypt_bits(bits)[0]]
-    partials = [evaluator.evaluate_partial(p, cts) for p in parts]
-    margins = keys.decrypt(evaluator.finish_partials(partials), len(x))
+    groups = package.grid.groups()
+    partials = [evaluator.evaluate_partial(p, cts, groups=groups if k == 0 else None, owned=len(x))
+                for k, p in enumerate(parts)]
+    margins = keys.decrypt(evaluator.finish_partials(partials, owned=len(x)), len(x))
     assert np.max(np.abs(margins - result.xgboost_margin(x))) <= 1e-3

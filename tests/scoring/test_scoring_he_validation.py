@@ -11,15 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from testkit.scoring import key_owner
 
+from ciphercare.analytics.client.keys import KeyOwner
 from ciphercare.analytics.he.ckks import (
     ENVELOPE_MAGIC,
-    Evaluator,
     HEError,
-    KeyOwner,
     proto_fields,
     seal_save,
     vet_public_context,
 )
+from ciphercare.analytics.server.evaluator import Evaluator
 
 
 @functools.cache

@@ -9,11 +9,17 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from testkit.scoring import default_training, grant, key_owner
+from testkit.scoring import default_training, deploy_default, grant, key_owner
 
 from ciphercare.analytics.model.training import sigmoid
 from ciphercare.sdk.scoring import ScoringClient, ScoringError
 from ciphercare.v1 import scoring_pb2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deployed(env) -> None:  # type: ignore[no-untyped-def]
+    """The default model where the server reads it (what `ciphercare up` does; the service never trains)."""
+    deploy_default(env.settings)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +283,27 @@ def test_scoring_service_is_listed_by_reflection(env) -> None:  # type: ignore[n
     with grpc.insecure_channel(env.server.target) as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "ciphercare.v1.ScoringService" in services
+
+
+def test_model_info_without_a_deployed_model_is_failed_precondition(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The service never trains: with no model deployed, GetModelInfo says what the operator must do."""
+    from testkit.server import ServerThread, make_settings
+
+    from ciphercare.services.identity.devissuer import DevIssuer
+
+    settings = make_settings(tmp_path / "empty")
+    server = ServerThread(settings).start()
+    try:
+        token = DevIssuer.from_settings(settings).issue(subject="svc-hospital-a", roles=["hospital"],
+                                                        org="hospital-a")
+        client = ScoringClient.connect(server.target, token, deadline_s=30)
+        try:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.model_info()
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no scoring model is deployed" in (caught.value.details() or "")
+    assert not (settings.data_dir / "scoring" / "model.json").exists()

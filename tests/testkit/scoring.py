@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ciphercare.analytics.he.ckks import KeyOwner
+from ciphercare.analytics.client.keys import KeyOwner
 from ciphercare.analytics.model.datasets import load_whas500
 from ciphercare.analytics.model.training import TrainingResult, train_model
 
@@ -35,3 +35,10 @@ def grant(env: Any, pid: str, org: str = "hospital-a", purposes: tuple[str, ...]
         return response.consent.id
     finally:
         client.close()
+
+
+def deploy_default(settings: Any) -> str:
+    """Put the default model where the server reads it (what ``ciphercare up`` does); returns its SHA-256."""
+    from ciphercare.services.scoring.servicer import model_path
+
+    return default_training().package.save(model_path(settings))

@@ -134,18 +134,22 @@ class SearchResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[AccessEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetCheckpointRequest(_message.Message):
-    __slots__ = ("tree_size",)
+    __slots__ = ("tree_size", "cosigned")
     TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    COSIGNED_FIELD_NUMBER: _ClassVar[int]
     tree_size: int
-    def __init__(self, tree_size: _Optional[int] = ...) -> None: ...
+    cosigned: bool
+    def __init__(self, tree_size: _Optional[int] = ..., cosigned: bool = ...) -> None: ...
 
 class GetCheckpointResponse(_message.Message):
-    __slots__ = ("checkpoint", "verifier_key")
+    __slots__ = ("checkpoint", "verifier_key", "cosignatures")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_KEY_FIELD_NUMBER: _ClassVar[int]
+    COSIGNATURES_FIELD_NUMBER: _ClassVar[int]
     checkpoint: _common_pb2.Checkpoint
     verifier_key: str
-    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., verifier_key: _Optional[str] = ...) -> None: ...
+    cosignatures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., verifier_key: _Optional[str] = ..., cosignatures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetInclusionProofRequest(_message.Message):
     __slots__ = ("event_id", "sequence", "tree_size")

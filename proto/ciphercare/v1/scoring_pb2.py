@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ciphercare.v1 import common_pb2 as ciphercare_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63iphercare/v1/scoring.proto\x12\rciphercare.v1\x1a\x1a\x63iphercare/v1/common.proto\"\'\n\x16RegisterContextRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"]\n\x17RegisterContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12\x61lready_registered\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"M\n\x0b\x46\x65\x61tureGrid\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05\x65\x64ges\x18\x04 \x03(\x01\"\xc0\x01\n\x0e\x43kksParameters\x12\x1b\n\x13poly_modulus_degree\x18\x01 \x01(\r\x12\x1b\n\x13\x63oeff_mod_bit_sizes\x18\x02 \x03(\r\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x16\n\x0e\x62it_scale_log2\x18\x04 \x01(\r\x12\x19\n\x11result_scale_log2\x18\x05 \x01(\r\x12\x16\n\x0esecurity_level\x18\x06 \x01(\r\x12\x1a\n\x12security_reference\x18\x07 \x01(\t\"\x94\x03\n\x14GetModelInfoResponse\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1a.ciphercare.v1.FeatureGrid\x12\x12\n\nedge_count\x18\x05 \x01(\r\x12\x31\n\nparameters\x18\x06 \x01(\x0b\x32\x1d.ciphercare.v1.CkksParameters\x12\x19\n\x11label_description\x18\x07 \x01(\t\x12\x41\n\x07metrics\x18\x08 \x03(\x0b\x32\x30.ciphercare.v1.GetModelInfoResponse.MetricsEntry\x12\x38\n\x12\x64\x65ployment_receipt\x18\t \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"q\n\x0bScoreHeader\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\x12\x12\n\ndata_class\x18\x04 \x01(\t\x12\x0c\n\x04pids\x18\x05 \x03(\t\"L\n\rBitCiphertext\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\r\x12\x12\n\nedge_index\x18\x02 \x01(\r\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"u\n\x0cScoreRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.ciphercare.v1.ScoreHeaderH\x00\x12,\n\x04\x62its\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.BitCiphertextH\x00\x42\t\n\x07payload\"\xdf\x01\n\x0ePatientOutcome\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.ciphercare.v1.PatientStatus\x12\x13\n\x0breason_code\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x05 \x01(\r\x12\x0c\n\x04slot\x18\x06 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ss_event_id\x18\x07 \x01(\t\x12-\n\x07receipt\x18\x08 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"\x92\x01\n\x0eScoreDecisions\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.ciphercare.v1.PatientOutcome\x12\x17\n\x0fpermitted_count\x18\x02 \x01(\r\x12\x13\n\x0b\x62\x61tch_count\x18\x03 \x01(\r\x12\x12\n\nedge_count\x18\x04 \x01(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\"\x81\x01\n\x0e\x45ncryptedScore\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x15\n\rpatient_count\x18\x03 \x01(\r\x12/\n\x08outcomes\x18\x04 \x03(\x0b\x32\x1d.ciphercare.v1.PatientOutcome\"~\n\rScoreResponse\x12\x32\n\tdecisions\x18\x01 \x01(\x0b\x32\x1d.ciphercare.v1.ScoreDecisionsH\x00\x12.\n\x05score\x18\x02 \x01(\x0b\x32\x1d.ciphercare.v1.EncryptedScoreH\x00\x42\t\n\x07payload*\x9d\x01\n\rPatientStatus\x12\x1e\n\x1aPATIENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PATIENT_STATUS_PERMITTED\x10\x01\x12\x19\n\x15PATIENT_STATUS_DENIED\x10\x02\x12\x19\n\x15PATIENT_STATUS_SCORED\x10\x03\x12\x18\n\x14PATIENT_STATUS_ERROR\x10\x04\x32\x95\x02\n\x0eScoringService\x12\x62\n\x0fRegisterContext\x12%.ciphercare.v1.RegisterContextRequest\x1a&.ciphercare.v1.RegisterContextResponse(\x01\x12W\n\x0cGetModelInfo\x12\".ciphercare.v1.GetModelInfoRequest\x1a#.ciphercare.v1.GetModelInfoResponse\x12\x46\n\x05Score\x12\x1b.ciphercare.v1.ScoreRequest\x1a\x1c.ciphercare.v1.ScoreResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63iphercare/v1/scoring.proto\x12\rciphercare.v1\x1a\x1a\x63iphercare/v1/common.proto\"\'\n\x16RegisterContextRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"]\n\x17RegisterContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12\x61lready_registered\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xbd\x01\n\x0b\x46\x65\x61tureGrid\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05\x65\x64ges\x18\x04 \x03(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x17\n\nimputation\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03min\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03max\x18\x08 \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0b_imputationB\x06\n\x04_minB\x06\n\x04_max\"\xc0\x01\n\x0e\x43kksParameters\x12\x1b\n\x13poly_modulus_degree\x18\x01 \x01(\r\x12\x1b\n\x13\x63oeff_mod_bit_sizes\x18\x02 \x03(\r\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x16\n\x0e\x62it_scale_log2\x18\x04 \x01(\r\x12\x19\n\x11result_scale_log2\x18\x05 \x01(\r\x12\x16\n\x0esecurity_level\x18\x06 \x01(\r\x12\x1a\n\x12security_reference\x18\x07 \x01(\t\"\x94\x03\n\x14GetModelInfoResponse\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1a.ciphercare.v1.FeatureGrid\x12\x12\n\nedge_count\x18\x05 \x01(\r\x12\x31\n\nparameters\x18\x06 \x01(\x0b\x32\x1d.ciphercare.v1.CkksParameters\x12\x19\n\x11label_description\x18\x07 \x01(\t\x12\x41\n\x07metrics\x18\x08 \x03(\x0b\x32\x30.ciphercare.v1.GetModelInfoResponse.MetricsEntry\x12\x38\n\x12\x64\x65ployment_receipt\x18\t \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"q\n\x0bScoreHeader\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x16\n\x0epurpose_of_use\x18\x03 \x01(\t\x12\x12\n\ndata_class\x18\x04 \x01(\t\x12\x0c\n\x04pids\x18\x05 \x03(\t\"L\n\rBitCiphertext\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\r\x12\x12\n\nedge_index\x18\x02 \x01(\r\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"u\n\x0cScoreRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.ciphercare.v1.ScoreHeaderH\x00\x12,\n\x04\x62its\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.BitCiphertextH\x00\x42\t\n\x07payload\"\xdf\x01\n\x0ePatientOutcome\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.ciphercare.v1.PatientStatus\x12\x13\n\x0breason_code\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x05 \x01(\r\x12\x0c\n\x04slot\x18\x06 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ss_event_id\x18\x07 \x01(\t\x12-\n\x07receipt\x18\x08 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"\x92\x01\n\x0eScoreDecisions\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.ciphercare.v1.PatientOutcome\x12\x17\n\x0fpermitted_count\x18\x02 \x01(\r\x12\x13\n\x0b\x62\x61tch_count\x18\x03 \x01(\r\x12\x12\n\nedge_count\x18\x04 \x01(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\"\x81\x01\n\x0e\x45ncryptedScore\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x15\n\rpatient_count\x18\x03 \x01(\r\x12/\n\x08outcomes\x18\x04 \x03(\x0b\x32\x1d.ciphercare.v1.PatientOutcome\"~\n\rScoreResponse\x12\x32\n\tdecisions\x18\x01 \x01(\x0b\x32\x1d.ciphercare.v1.ScoreDecisionsH\x00\x12.\n\x05score\x18\x02 \x01(\x0b\x32\x1d.ciphercare.v1.EncryptedScoreH\x00\x42\t\n\x07payload*\x9d\x01\n\rPatientStatus\x12\x1e\n\x1aPATIENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PATIENT_STATUS_PERMITTED\x10\x01\x12\x19\n\x15PATIENT_STATUS_DENIED\x10\x02\x12\x19\n\x15PATIENT_STATUS_SCORED\x10\x03\x12\x18\n\x14PATIENT_STATUS_ERROR\x10\x04\x32\x95\x02\n\x0eScoringService\x12\x62\n\x0fRegisterContext\x12%.ciphercare.v1.RegisterContextRequest\x1a&.ciphercare.v1.RegisterContextResponse(\x01\x12W\n\x0cGetModelInfo\x12\".ciphercare.v1.GetModelInfoRequest\x1a#.ciphercare.v1.GetModelInfoResponse\x12\x46\n\x05Score\x12\x1b.ciphercare.v1.ScoreRequest\x1a\x1c.ciphercare.v1.ScoreResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +34,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETMODELINFORESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_PATIENTSTATUS']._serialized_start=1862
-  _globals['_PATIENTSTATUS']._serialized_end=2019
+  _globals['_PATIENTSTATUS']._serialized_start=1975
+  _globals['_PATIENTSTATUS']._serialized_end=2132
   _globals['_REGISTERCONTEXTREQUEST']._serialized_start=74
   _globals['_REGISTERCONTEXTREQUEST']._serialized_end=113
   _globals['_REGISTERCONTEXTRESPONSE']._serialized_start=115
   _globals['_REGISTERCONTEXTRESPONSE']._serialized_end=208
   _globals['_GETMODELINFOREQUEST']._serialized_start=210
   _globals['_GETMODELINFOREQUEST']._serialized_end=231
-  _globals['_FEATUREGRID']._serialized_start=233
-  _globals['_FEATUREGRID']._serialized_end=310
-  _globals['_CKKSPARAMETERS']._serialized_start=313
-  _globals['_CKKSPARAMETERS']._serialized_end=505
-  _globals['_GETMODELINFORESPONSE']._serialized_start=508
-  _globals['_GETMODELINFORESPONSE']._serialized_end=912
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=866
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=912
-  _globals['_SCOREHEADER']._serialized_start=914
-  _globals['_SCOREHEADER']._serialized_end=1027
-  _globals['_BITCIPHERTEXT']._serialized_start=1029
-  _globals['_BITCIPHERTEXT']._serialized_end=1105
-  _globals['_SCOREREQUEST']._serialized_start=1107
-  _globals['_SCOREREQUEST']._serialized_end=1224
-  _globals['_PATIENTOUTCOME']._serialized_start=1227
-  _globals['_PATIENTOUTCOME']._serialized_end=1450
-  _globals['_SCOREDECISIONS']._serialized_start=1453
-  _globals['_SCOREDECISIONS']._serialized_end=1599
-  _globals['_ENCRYPTEDSCORE']._serialized_start=1602
-  _globals['_ENCRYPTEDSCORE']._serialized_end=1731
-  _globals['_SCORERESPONSE']._serialized_start=1733
-  _globals['_SCORERESPONSE']._serialized_end=1859
-  _globals['_SCORINGSERVICE']._serialized_start=2022
-  _globals['_SCORINGSERVICE']._serialized_end=2299
+  _globals['_FEATUREGRID']._serialized_start=234
+  _globals['_FEATUREGRID']._serialized_end=423
+  _globals['_CKKSPARAMETERS']._serialized_start=426
+  _globals['_CKKSPARAMETERS']._serialized_end=618
+  _globals['_GETMODELINFORESPONSE']._serialized_start=621
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1025
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=979
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=1025
+  _globals['_SCOREHEADER']._serialized_start=1027
+  _globals['_SCOREHEADER']._serialized_end=1140
+  _globals['_BITCIPHERTEXT']._serialized_start=1142
+  _globals['_BITCIPHERTEXT']._serialized_end=1218
+  _globals['_SCOREREQUEST']._serialized_start=1220
+  _globals['_SCOREREQUEST']._serialized_end=1337
+  _globals['_PATIENTOUTCOME']._serialized_start=1340
+  _globals['_PATIENTOUTCOME']._serialized_end=1563
+  _globals['_SCOREDECISIONS']._serialized_start=1566
+  _globals['_SCOREDECISIONS']._serialized_end=1712
+  _globals['_ENCRYPTEDSCORE']._serialized_start=1715
+  _globals['_ENCRYPTEDSCORE']._serialized_end=1844
+  _globals['_SCORERESPONSE']._serialized_start=1846
+  _globals['_SCORERESPONSE']._serialized_end=1972
+  _globals['_SCORINGSERVICE']._serialized_start=2135
+  _globals['_SCORINGSERVICE']._serialized_end=2412
 # @@protoc_insertion_point(module_scope)

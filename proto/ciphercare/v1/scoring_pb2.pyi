@@ -41,16 +41,24 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FeatureGrid(_message.Message):
-    __slots__ = ("name", "type", "description", "edges")
+    __slots__ = ("name", "type", "description", "edges", "categories", "imputation", "min", "max")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    IMPUTATION_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     description: str
     edges: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., edges: _Optional[_Iterable[float]] = ...) -> None: ...
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    imputation: float
+    min: float
+    max: float
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., edges: _Optional[_Iterable[float]] = ..., categories: _Optional[_Iterable[str]] = ..., imputation: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class CkksParameters(_message.Message):
     __slots__ = ("poly_modulus_degree", "coeff_mod_bit_sizes", "slots", "bit_scale_log2", "result_scale_log2", "security_level", "security_reference")

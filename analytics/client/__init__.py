@@ -1,0 +1,1 @@
+"""The hospital side of encrypted scoring: keys, encryption, decryption (never imports the server)."""
