@@ -60,12 +60,15 @@ class AuditClient:
 
     # Reads -----------------------------------------------------------------------------------
 
-    def flags(self, request: compliance_pb2.ListFlagsRequest) -> Iterator[compliance_pb2.ListFlagsResponse]:
-        """Every page of flags for a window (the first page's response carries the totals)."""
+    def flags(self, request: compliance_pb2.ListFlagsRequest,
+              timeout_s: float = 120.0) -> Iterator[compliance_pb2.ListFlagsResponse]:
+        """Every page of flags for a window (the first page's response carries the totals). The first call for
+        a window fits the detector on the history: it gets a longer deadline than other calls."""
         page = compliance_pb2.ListFlagsRequest()
         page.CopyFrom(request)
         while True:
-            response = self.client.call(self.compliance.ListFlags, page)
+            response: compliance_pb2.ListFlagsResponse = self.compliance.ListFlags(
+                page, metadata=self.client._meta(), timeout=max(timeout_s, self.client.deadline_s))
             yield response
             if not response.next_page_token:
                 return

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +56,8 @@ EXPORT_BATCH = 500
 #: Consents explain accesses by service accounts and for purposes other than treatment (docs/ANOMALY.md).
 TREATMENT_PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT"})
 #: The server's own identity for reading consents when it explains accesses (an evaluate: never a write).
+#: Patients whose consents one ListFlags reads from the ledger (one evaluate each); the rest explain nothing.
+MAX_CONSENT_LOOKUPS = 2000
 DETECTOR_PRINCIPAL = Principal(subject="service:ciphercare-compliance", org="ciphercare",
                                roles=frozenset({"compliance-officer"}), client_id="ciphercare-server")
 log = logging.getLogger("ciphercare.compliance")
@@ -185,14 +188,20 @@ class FlagEngine:
             out.append(data)
         return FlagRun(tuple(out), events_by_org, len(history), history_start, start_ms, "")
 
-    def pids_needing_consents(self, start_ms: int, end_ms: int) -> list[str]:
-        """Patients whose consents can explain something: accessed by a service account or not for treatment."""
-        pids: set[str] = set()
+    def pids_needing_consents(self, start_ms: int, end_ms: int) -> tuple[list[str], int]:
+        """Patients whose consents can explain something (accessed by a service account or not for treatment),
+        those in the window first, then the most accessed, at most :data:`MAX_CONSENT_LOOKUPS`; and how many
+        there were in all."""
+        window: Counter[str] = Counter()
+        history: Counter[str] = Counter()
         for record in self.queries.detector_records(AccessQuery(recorded_from_ms=start_ms - self.history_ms,
                                                                 recorded_to_ms=end_ms)):
             if record["purpose_of_use"] not in TREATMENT_PURPOSES or "clinician" not in record["agent"]["roles"]:
-                pids.add(record["entity"]["pid"])
-        return sorted(pids)
+                in_window = convert.ms_from_timestamp(convert.timestamp_from_iso(record["recorded"])) >= start_ms
+                (window if in_window else history)[record["entity"]["pid"]] += 1
+        ranked = [pid for pid, _ in window.most_common()] + [pid for pid, _ in history.most_common()
+                                                             if pid not in window]
+        return ranked[:MAX_CONSENT_LOOKUPS], len(ranked)
 
     async def consents(self, pids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The consent contract's records of ``pids`` (read as the server; an unreadable pid explains nothing)."""
@@ -205,6 +214,7 @@ class FlagEngine:
                 found[pid] = list(await evaluate_json(contract, "ListForPatient", pid))
             except LedgerError as exc:
                 log.warning("consents of a patient not read for flag explanation: %s", type(exc).__name__)
+            await asyncio.sleep(0)  # an in-process ledger evaluates synchronously: let other calls through
         return found
 
     async def flags(self, start_ms: int, end_ms: int) -> FlagRun:
@@ -213,9 +223,13 @@ class FlagEngine:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        pids = await asyncio.to_thread(self.pids_needing_consents, start_ms, end_ms)
+        pids, wanted = await asyncio.to_thread(self.pids_needing_consents, start_ms, end_ms)
         consents = await self.consents(pids)
         result = await asyncio.to_thread(self._locked_run, start_ms, end_ms, consents)
+        if wanted > len(pids):  # say so: fewer explanations can only mean more flags, never fewer
+            result = dataclasses.replace(result, notice=(result.notice + " " if result.notice else "") + (
+                f"consents were read for {len(pids)} of {wanted} patients accessed by service accounts or for "
+                "purposes other than treatment; the others' accesses count as unexplained"))
         self._cache[key] = result
         while len(self._cache) > 8:
             self._cache.popitem(last=False)
