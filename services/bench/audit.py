@@ -218,7 +218,7 @@ def bench_audit(n_rows: int = FULL_ROWS, *, database_url: str = "", repeats: int
         anchor_query = AccessQuery(agent_org="hospital-b")
         store.search_access_events(anchor_query, after_seq=-1, limit=page_size)
         samples = _timed(lambda: store.search_access_events(anchor_query, after_seq=-1, limit=page_size), repeats)
-        results.append({"what": "anchor: AccessLogService search, first page (oldest first), organisation",
+        results.append({"what": "anchor: AccessLogService.Search, first page, organisation",
                         "p50_ms": round(statistics.median(samples), 2), "p95_ms": round(_p95(samples), 2),
                         "target_p95_ms": None, "met": None})
         for name, query in (("aggregate: everything", AccessQuery()),
