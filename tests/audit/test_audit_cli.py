@@ -224,6 +224,8 @@ def test_flags_and_refusals(officer: Officer) -> None:
     one_line_error(officer.run("search", token="not-a-jwt"), 3, "UNAUTHENTICATED")
     one_line_error(officer.run("search", token=""), 2, "no token")
     one_line_error(officer.run("search", "--from", "yesterday"), 2, "--from must be an ISO 8601")
+    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--policy", str(officer.workdir / "no-policy")), 2,
+                   "cannot read policy file")
     one_line_error(officer.run("search", "--from", "2026-02-01", "--to", "2026-01-01"), 2, "INVALID_ARGUMENT")
 
 
