@@ -57,9 +57,13 @@ CONSENT_METHODS: tuple[str, ...] = (
 ACCESS_LOG_METHODS: tuple[str, ...] = (
     "Record", "Get", "Search", "GetCheckpoint", "GetInclusionProof", "GetConsistencyProof", "Watch",
 )
+COMPLIANCE_SERVICE = "ciphercare.v1.ComplianceService"
+COMPLIANCE_METHODS: tuple[str, ...] = ("ListFlags", "Search", "Aggregate", "Export")
 #: Every RPC the matrix covers, as full gRPC method names.
-METHODS: tuple[str, ...] = tuple(f"/{CONSENT_SERVICE}/{m}" for m in CONSENT_METHODS) + tuple(
-    f"/{ACCESS_LOG_SERVICE}/{m}" for m in ACCESS_LOG_METHODS
+METHODS: tuple[str, ...] = (
+    tuple(f"/{CONSENT_SERVICE}/{m}" for m in CONSENT_METHODS)
+    + tuple(f"/{ACCESS_LOG_SERVICE}/{m}" for m in ACCESS_LOG_METHODS)
+    + tuple(f"/{COMPLIANCE_SERVICE}/{m}" for m in COMPLIANCE_METHODS)
 )
 
 A, F, N, D = Outcome.ALLOWED, Outcome.FILTERED, Outcome.NOT_FOUND, Outcome.DENIED
@@ -85,6 +89,13 @@ _ROWS: dict[str, tuple[tuple[Outcome, Outcome], ...]] = {
     "AccessLogService/GetInclusionProof": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),
     "AccessLogService/GetConsistencyProof": ((A, A), (A, A), (A, A), (A, A), (A, A), (D, D)),
     "AccessLogService/Watch": ((A, F), (D, D), (D, D), (A, A), (A, A), (D, D)),
+    # Compliance: officers and admins see every organisation, providers their own (the other organisation's
+    # events are left out, never refused); patients use AccessLogService. ListFlags: *own*/*other* is whether
+    # the organisation's events were examined for the caller (clinicians may not read flags about colleagues).
+    "ComplianceService/ListFlags": ((A, F), (D, D), (D, D), (A, A), (A, A), (D, D)),
+    "ComplianceService/Search": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
+    "ComplianceService/Aggregate": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
+    "ComplianceService/Export": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
 }
 
 

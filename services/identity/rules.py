@@ -61,6 +61,7 @@ _ALL = (PATIENT, CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN)
 _CONSENT = "/ciphercare.v1.ConsentService/"
 _ACCESS_LOG = "/ciphercare.v1.AccessLogService/"
 _SCORING = "/ciphercare.v1.ScoringService/"
+_COMPLIANCE = "/ciphercare.v1.ComplianceService/"
 
 _TABLE: dict[str, AccessRule] = {
     # Consent
@@ -83,6 +84,14 @@ _TABLE: dict[str, AccessRule] = {
     _SCORING + "RegisterContext": _roles(HOSPITAL),
     _SCORING + "GetModelInfo": _roles(HOSPITAL, CLINICIAN),
     _SCORING + "Score": _roles(HOSPITAL),
+    # Compliance (issue 15). Officers and admins read every organisation; providers their own organisation's
+    # events (scoped by the servicer). Flags name colleagues: hospitals' service accounts (the organisation's
+    # compliance function) may read their own organisation's flags, clinicians may not. Patients read their
+    # own access trail through AccessLogService.
+    _COMPLIANCE + "ListFlags": _roles(HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
+    _COMPLIANCE + "Search": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
+    _COMPLIANCE + "Aggregate": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
+    _COMPLIANCE + "Export": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
     # Infrastructure: public
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,

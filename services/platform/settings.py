@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     tls_server_name: str = ""  # the name clients check in the server certificate (default: the target host)
     web_tls: bool = False  # serve the web app over TLS with tls_cert_path/tls_key_path (else: terminate at ingress)
 
+    # Compliance (ComplianceService, issue 15): the unusual-access detector behind ListFlags learns what is usual
+    # from the consortium's access events in the days before the window it flags.
+    compliance_flag_history_days: int = Field(default=28, ge=8, le=366)
+
     # Prometheus metrics (/metrics over HTTP). Port 0: any free port (tests); the address is printed by `up`.
     metrics_enabled: bool = True
     metrics_host: str = "127.0.0.1"

@@ -25,6 +25,7 @@ from ciphercare.ledger.api import Principal
 from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
 from ciphercare.ledger.gateway import GatewayOptions, Transport
+from ciphercare.services.audit.compliance import ComplianceServicer  # compliance (issue 15)
 from ciphercare.services.audit.refusals import Refusal, RefusalRecorder, SecurityLog
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
 from ciphercare.services.consent.servicer import ConsentServicer
@@ -52,6 +53,8 @@ from ciphercare.services.store.consistency import PrivacyProjection, check_store
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
+    compliance_pb2,
+    compliance_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
     scoring_pb2,
@@ -65,6 +68,7 @@ HEALTH_NAMES = (
     consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
     access_log_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name,
     scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
+    compliance_pb2.DESCRIPTOR.services_by_name["ComplianceService"].full_name,  # compliance (issue 15)
 )
 SERVICE_NAMES = (
     *HEALTH_NAMES,
@@ -262,6 +266,12 @@ class Application:
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
             AccessLogServicer(handles, self.store, self.projections, observers=self.settings.record_observers), server
         )
+        # --- compliance (issue 15): flags, newest-first search both ways, aggregates, streamed exports ---
+        compliance_pb2_grpc.add_ComplianceServiceServicer_to_server(
+            ComplianceServicer(handles, self.store, self.projections, self.settings.compliance_flag_history_days),
+            server,
+        )
+        # --- end compliance ---
         # The scoring servicer is kept: its usage counters (scoring volume per organisation) are read by
         # the metrics and the unusual-access detector (issue 12).
         self.scoring = ScoringServicer(handles, self.settings, self.metrics)

@@ -1,43 +1,46 @@
-"""The compliance console: search access events, check the ledger's integrity, export, chart.
+"""The compliance console: search access events, check the ledger's integrity, export, chart, flags.
 
 Searches run as the signed-in user, so the services scope them (a compliance
-officer sees everything, a clinician their organisation). Integrity is checked
-here with the SDK: the latest checkpoint's signature, its consistency with the
-last checkpoint this session verified, and the inclusion proof of each event.
+officer sees everything, a clinician their organisation). Results come from
+``ComplianceService``: newest first by default, one page at a time with cursors
+both ways; counts and the chart come from the service's aggregates over the whole
+search, never from a page of rows; exports stream the service's complete export.
+Integrity is checked here with the SDK: the latest checkpoint's signature, its
+consistency with the last checkpoint this session verified, and the inclusion
+proof of each event on the page shown (the panel says which page it checked).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ciphercare.consent import codes
 from ciphercare.consent.model import EVENT_ID_RE, ORG_RE, PID_RE, SUBJECT_RE
 from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointKeyring
+from ciphercare.sdk.audit import AuditClient
 from ciphercare.sdk.checkpoints import CheckpointCheckError, CheckpointMemory, Remembered, RollbackError, served_note
 from ciphercare.sdk.client import CiphercareClient, ProofError
 from ciphercare.sdk.receipts import ReceiptError, access_event_receipt, verify_receipt
-from ciphercare.services.audit import exports
 from ciphercare.services.web import chart, present
 from ciphercare.services.web.app import WebApp
 from ciphercare.services.web.portal import pinned_vkey
 from ciphercare.services.web.sessions import Session, VerifiedCheckpoint
-from ciphercare.v1 import access_log_pb2
+from ciphercare.v1 import access_log_pb2, compliance_pb2
 
 PAGE_SIZES = (10, 25, 50, 100)
-CHART_CAP = 5000
-EXPORT_CAP = 10_000
-FILTER_FIELDS = ("pid", "requester", "organization", "purpose", "outcome", "recorded_from", "recorded_to", "size")
+ORDERS = ("newest", "oldest")
+FILTER_FIELDS = ("pid", "requester", "organization", "purpose", "outcome", "recorded_from", "recorded_to", "size",
+                 "order")
 
 
 def routes(web: WebApp) -> list[Route]:
@@ -49,17 +52,20 @@ def routes(web: WebApp) -> list[Route]:
         Route("/console/events/{event_id}/receipt.json", web.page(event_receipt)),
         Route("/console/export.csv", web.page(export_csv)),
         Route("/console/export.fhir.json", web.page(export_fhir)),
+        Route("/console/export.jsonl", web.page(export_jsonl)),
+        Route("/console/flags", web.page(flags_page)),
     ]
 
 
 @dataclass
 class Filters:
-    """The search form: raw values, per-field errors, and the SearchRequest they make."""
+    """The search form: raw values, per-field errors, and the filter they make."""
 
     values: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    request: access_log_pb2.SearchRequest = field(default_factory=access_log_pb2.SearchRequest)
+    request: compliance_pb2.AccessFilter = field(default_factory=compliance_pb2.AccessFilter)
     page_size: int = 25
+    newest_first: bool = True
 
     @classmethod
     def parse(cls, source: Any) -> Filters:
@@ -103,7 +109,18 @@ class Filters:
                 f.page_size = int(v["size"])
             else:
                 e["size"] = f"Choose {', '.join(map(str, PAGE_SIZES))} per page."
+        if v["order"]:
+            if v["order"] in ORDERS:
+                f.newest_first = v["order"] == "newest"
+            else:
+                e["order"] = "Choose newest or oldest first."
         return f
+
+    def search_request(self, page_token: str = "") -> compliance_pb2.ComplianceSearchRequest:
+        order = (compliance_pb2.SEARCH_ORDER_NEWEST_FIRST if self.newest_first
+                 else compliance_pb2.SEARCH_ORDER_OLDEST_FIRST)
+        return compliance_pb2.ComplianceSearchRequest(filter=self.request, order=order, page_size=self.page_size,
+                                                      page_token=page_token)
 
     def _time(self, name: str) -> datetime | None:
         text = self.values[name]
@@ -123,7 +140,7 @@ class Filters:
 
     @property
     def any(self) -> bool:
-        return any(v for k, v in self.values.items() if k != "size")
+        return any(v for k, v in self.values.items() if k not in ("size", "order"))
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -139,37 +156,37 @@ async def search(web: WebApp, request: Request, session: Session) -> Response:
     filters = Filters.parse(request.query_params)
     page_token = request.query_params.get("page", "")
     events: list[access_log_pb2.AccessEvent] = []
-    all_events: list[access_log_pb2.AccessEvent] = []
-    next_token = ""
+    page = compliance_pb2.ComplianceSearchResponse()
+    aggregate = compliance_pb2.AggregateResponse()
     if not filters.errors:
-        page_request = access_log_pb2.SearchRequest()
-        page_request.CopyFrom(filters.request)
-        page_request.page_size = filters.page_size
-        page_request.page_token = page_token
+        def load(client: CiphercareClient) -> tuple[Any, Any]:
+            audit = AuditClient(client)
+            return audit.search(filters.search_request(page_token)), audit.aggregate(filters.request)
 
-        def load(client: CiphercareClient) -> tuple[Any, list[access_log_pb2.AccessEvent]]:
-            page = client.call(client.access_log.Search, page_request)
-            overview = access_log_pb2.SearchRequest()
-            overview.CopyFrom(filters.request)
-            overview.page_size = 1000
-            return page, list(itertools.islice(client.search_all(overview), CHART_CAP))
-
-        page, all_events = await web.call(session, load)
-        events, next_token = list(page.events), page.next_page_token
-    data, unit = chart.buckets(all_events)
-    counts = {name: sum(1 for e in all_events if present.OUTCOME_WORDS.get(e.outcome) == name)
-              for name in ("allowed", "denied", "error")}
+        page, aggregate = await web.call(session, load)
+        events = list(page.events)
+    data, unit = chart.day_buckets((d.day, d.count, d.denied, d.errors) for d in aggregate.by_day)
+    by_outcome = {c.outcome: c.count for c in aggregate.by_outcome}
+    counts = {"allowed": by_outcome.get(access_log_pb2.ACCESS_OUTCOME_SUCCESS, 0),
+              "denied": by_outcome.get(access_log_pb2.ACCESS_OUTCOME_DENIED, 0),
+              "error": by_outcome.get(access_log_pb2.ACCESS_OUTCOME_ERROR, 0)}
     user = session.user
+    shown = [e.id for e in events]
+    integrity = session.integrity
     return web.render(request, "console.html", {
         "title": "Access log", "filters": filters, "events": [present.access_view(e) for e in events],
-        "next_query": filters.query(page=next_token) if next_token else "",
-        "first_query": filters.query() if page_token else "", "total": len(all_events),
-        "capped": len(all_events) >= CHART_CAP, "counts": counts,
+        "next_query": filters.query(page=page.next_page_token) if page.next_page_token else "",
+        "previous_query": filters.query(page=page.previous_page_token) if page.previous_page_token else "",
+        "first_query": filters.query() if page_token else "", "total": aggregate.total, "counts": counts,
+        "organizations": list(aggregate.by_organization)[:10],
         "chart_svg": chart.svg(data, unit), "chart_rows": data, "chart_unit": unit,
         "purposes": list(codes.PURPOSES_OF_USE.items()), "page_sizes": PAGE_SIZES,
-        "integrity": session.integrity, "inclusion": session.inclusion, "page_token": page_token,
+        "integrity": integrity, "inclusion": session.inclusion, "page_token": page_token,
+        # The inclusion line speaks of this page only when the last check covered exactly the events shown.
+        "integrity_matches_page": bool(integrity) and integrity.get("event_ids") == shown,
+        "shown": len(shown),
         "scope_note": _scope_note(user.roles if user else frozenset(), user.org if user else ""),
-        "export_query": filters.query(),
+        "export_query": filters.query(), "can_see_flags": bool(user and user.roles & FLAG_ROLES),
     }, 400 if filters.errors else 200)
 
 
@@ -280,13 +297,11 @@ async def verify(web: WebApp, request: Request, session: Session) -> Response:
     event_ids: list[str] = []
 
     def run(client: CiphercareClient) -> dict[str, Any]:
-        if not filters.errors:
-            page_request = access_log_pb2.SearchRequest()
-            page_request.CopyFrom(filters.request)
-            page_request.page_size = filters.page_size
-            page_request.page_token = page_token
-            event_ids.extend(e.id for e in client.call(client.access_log.Search, page_request).events)
-        return check_integrity(web, session, client, event_ids)
+        if not filters.errors:  # exactly the events of the page the officer is looking at
+            event_ids.extend(e.id for e in AuditClient(client).search(filters.search_request(page_token)).events)
+        report = check_integrity(web, session, client, event_ids)
+        report["event_ids"] = list(event_ids)
+        return report
 
     session.integrity = await web.call(session, run)
     return RedirectResponse(f"/console?{filters.query(page=page_token)}#integrity", status_code=303)
@@ -354,36 +369,116 @@ async def event_receipt(web: WebApp, request: Request, session: Session) -> Resp
 # ---------------------------------------------------------------------- exports
 
 
-async def _export_events(web: WebApp, session: Session, filters: Filters) -> list[access_log_pb2.AccessEvent]:
-    request = access_log_pb2.SearchRequest()
-    request.CopyFrom(filters.request)
-    request.page_size = 1000
-    return await web.call(session, lambda c: list(itertools.islice(c.search_all(request), EXPORT_CAP)))
-
-
 def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-async def export_csv(web: WebApp, request: Request, session: Session) -> Response:
+async def _export(web: WebApp, request: Request, session: Session, fmt: str, media_type: str,
+                  filename: str) -> Response:
+    """Stream the service's complete export (every matching event, newest first; no cap)."""
     filters = Filters.parse(request.query_params)
     if filters.errors:
         return web.error(request, 400, "Export not possible", "Fix the search filters first: "
                          + " ".join(filters.errors.values()))
-    events = await _export_events(web, session, filters)
-    return Response(exports.to_csv(events), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="access-events-{_stamp()}.csv"'})
+
+    def start(client: CiphercareClient) -> tuple[Any, Any]:
+        chunks = AuditClient(client).export(filters.request, fmt)
+        return next(chunks, None), chunks  # the first chunk: a refusal becomes an error page, not a broken file
+
+    first, rest = await web.call(session, start)
+
+    def body() -> Any:
+        if first is not None:
+            yield first.data
+        for chunk in rest:  # a failure after this point aborts the download: never a silently short file
+            yield chunk.data
+
+    headers = {"Content-Disposition": f'attachment; filename="{filename}-{_stamp()}.{fmt_extension(fmt)}"'}
+    if first is not None:
+        headers["X-Ciphercare-Export-Rows"] = str(first.total_rows)
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
+
+
+def fmt_extension(fmt: str) -> str:
+    return {"csv": "csv", "fhir": "json", "jsonl": "jsonl"}[fmt]
+
+
+async def export_csv(web: WebApp, request: Request, session: Session) -> Response:
+    return await _export(web, request, session, "csv", "text/csv; charset=utf-8", "access-events")
 
 
 async def export_fhir(web: WebApp, request: Request, session: Session) -> Response:
-    filters = Filters.parse(request.query_params)
-    if filters.errors:
-        return web.error(request, 400, "Export not possible", "Fix the search filters first: "
-                         + " ".join(filters.errors.values()))
-    bundle_type = request.query_params.get("bundle", "searchset")
-    if bundle_type not in ("searchset", "collection"):
-        return web.error(request, 400, "Export not possible", "bundle must be searchset or collection.")
-    events = await _export_events(web, session, filters)
-    bundle = exports.audit_bundle(events, f"{web.base_url}/console/export.fhir.json?{filters.query()}", bundle_type)
-    return Response(json.dumps(bundle, indent=2) + "\n", media_type="application/fhir+json", headers={
-        "Content-Disposition": f'attachment; filename="audit-events-{_stamp()}.json"'})
+    return await _export(web, request, session, "fhir", "application/fhir+json", "audit-events")
+
+
+async def export_jsonl(web: WebApp, request: Request, session: Session) -> Response:
+    return await _export(web, request, session, "jsonl", "application/jsonl", "access-events")
+
+
+# ------------------------------------------------------------------------ flags
+
+FLAG_ROLES = frozenset({"compliance-officer", "admin", "hospital"})
+KIND_WORDS = {
+    "snooping": "Looking up patients without a reason on record",
+    "bulk_export": "Bulk access or export",
+    "off_hours": "Unusual night-time access",
+    "shared_credentials": "One account used from several workstations at once",
+    "model_extraction": "Scoring volumes shaped like probing the model",
+    "break_glass": "Repeated break-glass outside any care relationship",
+}
+
+
+async def flags_page(web: WebApp, request: Request, session: Session) -> Response:
+    params = request.query_params
+    values = {k: str(params.get(k, "") or "").strip() for k in ("from", "to", "requester", "organization")}
+    errors: dict[str, str] = {}
+    times: dict[str, datetime] = {}
+    for name in ("from", "to"):
+        if values[name]:
+            try:
+                parsed = datetime.fromisoformat(values[name])
+                times[name] = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            except ValueError:
+                errors[name] = "Enter a date and time (UTC) like 2026-11-21T14:30."
+    end = times.get("to") or datetime.now(UTC)
+    start = times.get("from") or end - timedelta(days=1)
+    if not errors and end <= start:
+        errors["to"] = "The end of the window must be after its start."
+    if values["requester"] and not SUBJECT_RE.match(values["requester"]):
+        errors["requester"] = "Enter the requester's subject id exactly as shown."
+    if values["organization"] and not ORG_RE.match(values["organization"]):
+        errors["organization"] = "Use the organisation's id, for example hospital-a."
+    result: dict[str, Any] = {}
+    if not errors:
+        flags_request = compliance_pb2.ListFlagsRequest(requester_subject=values["requester"],
+                                                        organization=values["organization"], page_size=500)
+        flags_request.window_start.CopyFrom(_ts(start))
+        flags_request.window_end.CopyFrom(_ts(end))
+        pages = await web.call(session, lambda c: list(AuditClient(c).flags(flags_request)))
+        first = pages[0]
+        result = {
+            "flags": [_flag_view(f) for page in pages for f in page.flags], "examined": first.events_examined,
+            "history_events": first.history_events, "notice": first.notice,
+            "history_from": first.history_start.ToDatetime(tzinfo=UTC).strftime("%d %b %Y"),
+            "history_to": first.history_end.ToDatetime(tzinfo=UTC).strftime("%d %b %Y, %H:%M UTC"),
+        }
+    return web.render(request, "flags.html", {
+        "title": "Unusual access", "values": values, "errors": errors,
+        "window_from": start.strftime("%d %b %Y, %H:%M UTC"), "window_to": end.strftime("%d %b %Y, %H:%M UTC"),
+        **result,
+    }, 400 if errors else 200)
+
+
+def _flag_view(flag: compliance_pb2.UnusualAccessFlag) -> dict[str, Any]:
+    start = flag.window_start.ToDatetime(tzinfo=UTC)
+    end = flag.window_end.ToDatetime(tzinfo=UTC)
+    return {
+        "id": flag.id, "kind": flag.kind, "kind_words": KIND_WORDS.get(flag.kind, flag.kind),
+        "requester": flag.requester_subject, "organization": flag.organization,
+        "window": f"{start.strftime('%d %b %Y, %H:%M')} to {end.strftime('%d %b %Y, %H:%M')} UTC",
+        "score": flag.score, "reasons": list(flag.reasons), "patients": list(flag.patients),
+        "by_rule": any(d.startswith("rule:") for d in flag.detectors), "by_model": "model" in flag.detectors,
+        "search_query": urllib.parse.urlencode({
+            "requester": flag.requester_subject, "organization": flag.organization,
+            "recorded_from": start.strftime("%Y-%m-%dT%H:%M"), "recorded_to": end.strftime("%Y-%m-%dT%H:%M")}),
+    }

@@ -389,7 +389,10 @@ def test_rules_table_shape() -> None:
     assert RULES[f"/{ACCESS_LOG}/Watch"].roles == {"hospital", "compliance-officer", "admin"}
     assert RULES[f"/{CONSENT}/Check"].roles == {"patient", "clinician", "hospital", "compliance-officer"}
     assert RULES[f"/{SCORING}/GetModelInfo"].roles == {"hospital", "clinician"}
-    assert len(RULES) == 7 + 7 + 3 + 4
+    assert len(RULES) == 7 + 7 + 3 + 4 + 4
+    compliance = "ciphercare.v1.ComplianceService"
+    assert RULES[f"/{compliance}/ListFlags"].roles == {"hospital", "compliance-officer", "admin"}
+    assert RULES[f"/{compliance}/Export"].roles == {"clinician", "hospital", "compliance-officer", "admin"}
     with pytest.raises(ValueError):
         AccessRule(roles=frozenset({"root"}))
     with pytest.raises(ValueError):

@@ -21,7 +21,14 @@ import grpc
 from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.services.identity.matrix import NO_ROLE, Outcome
 from ciphercare.services.identity.rules import ADMIN, CLINICIAN, COMPLIANCE_OFFICER, HOSPITAL, PATIENT
-from ciphercare.v1 import access_log_pb2, access_log_pb2_grpc, consent_pb2, consent_pb2_grpc
+from ciphercare.v1 import (
+    access_log_pb2,
+    access_log_pb2_grpc,
+    compliance_pb2,
+    compliance_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+)
 
 PID_OWN, PID_OTHER = "pt-1001", "pt-1002"
 ORG_OWN, ORG_OTHER = "hospital-a", "hospital-b"
@@ -242,6 +249,33 @@ def run_case(world: World, method: str, persona: str, target: str) -> Outcome:
             stream.cancel()
         return Outcome.FILTERED
 
+    comp = compliance_pb2_grpc.ComplianceServiceStub(world.channel)
+    by_pid = compliance_pb2.AccessFilter(pid=pid)
+
+    def list_flags() -> Outcome:
+        # Flags need a history; what the matrix observes is whether the target organisation's events were
+        # examined for the caller (a provider's scope leaves the other organisation out).
+        response = comp.ListFlags(compliance_pb2.ListFlagsRequest(organization=org), metadata=meta, timeout=60)
+        return Outcome.ALLOWED if response.events_examined > 0 else Outcome.FILTERED
+
+    def compliance_search() -> Outcome:
+        response = comp.Search(compliance_pb2.ComplianceSearchRequest(filter=by_pid, page_size=1000),
+                               metadata=meta, timeout=15)
+        return Outcome.ALLOWED if event.id in {e.id for e in response.events} else Outcome.FILTERED
+
+    def aggregate() -> Outcome:
+        # The target organisation's events about the target patient (a provider may also have written about
+        # the other patient: its own events stay in its scope).
+        flt = compliance_pb2.AccessFilter(pid=pid, organization=org)
+        response = comp.Aggregate(compliance_pb2.AggregateRequest(filter=flt), metadata=meta, timeout=15)
+        return Outcome.ALLOWED if response.total > 0 else Outcome.FILTERED
+
+    def export() -> Outcome:
+        chunks = comp.Export(compliance_pb2.ExportRequest(
+            filter=by_pid, format=compliance_pb2.EXPORT_FORMAT_JSON_LINES), metadata=meta, timeout=15)
+        data = b"".join(chunk.data for chunk in chunks)
+        return Outcome.ALLOWED if event.id.encode() in data else Outcome.FILTERED
+
     calls: dict[str, Callable[[], Outcome]] = {
         "ConsentService/Grant": grant,
         "ConsentService/Revoke": revoke,
@@ -257,5 +291,9 @@ def run_case(world: World, method: str, persona: str, target: str) -> Outcome:
         "AccessLogService/GetInclusionProof": inclusion,
         "AccessLogService/GetConsistencyProof": consistency,
         "AccessLogService/Watch": watch,
+        "ComplianceService/ListFlags": list_flags,
+        "ComplianceService/Search": compliance_search,
+        "ComplianceService/Aggregate": aggregate,
+        "ComplianceService/Export": export,
     }
     return _observe(calls[f"{service.rsplit('.', 1)[-1]}/{name}"])

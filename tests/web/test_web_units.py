@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -81,3 +82,26 @@ def test_chart_counts_by_outcome_per_hour() -> None:
     svg = chart.svg(data, unit)
     assert svg.count('class="bar-allowed"') == 2 and 'role="img"' in svg
     assert "5 accesses over 3 hours: 3 allowed, 1 denied, 1 error" in svg
+
+
+def test_day_buckets_from_aggregates_fill_gaps_and_group_long_spans() -> None:
+    data, unit = chart.day_buckets([("2026-03-01", 10, 2, 1), ("2026-03-04", 5, 0, 0)])
+    assert unit == "day" and [b.label for b in data] == ["01 Mar 2026", "02 Mar 2026", "03 Mar 2026", "04 Mar 2026"]
+    assert [b.counts for b in data] == [{"allowed": 7, "denied": 2, "error": 1}, {}, {}, {"allowed": 5}]
+    days = [(f"2026-{m:02d}-{d:02d}", 1, 0, 0) for m in range(1, 7) for d in range(1, 29)]  # 168 days
+    grouped, unit = chart.day_buckets(days)
+    assert len(grouped) <= chart.MAX_BUCKETS and unit.endswith("days")
+    assert sum(b.total for b in grouped) == 6 * 28
+    assert "periods of" in chart.svg(grouped, unit)
+
+
+def test_tick_labels_are_thinned_so_they_cannot_overlap() -> None:
+    for days in (3, 12, 30, 48):
+        data, unit = chart.day_buckets([(f"2026-01-{d:02d}", 1, 0, 0) for d in range(1, min(days, 31) + 1)]
+                                       + [(f"2026-02-{d:02d}", 1, 0, 0) for d in range(1, days - 31 + 1)])
+        svg = chart.svg(data, unit)
+        xs = [float(x) for x in re.findall(r'class="tick tick-x" x="([\d.]+)"', svg)]
+        labels = re.findall(r'class="tick tick-x"[^>]*>([^<]+)<', svg)
+        pairs = zip(zip(xs, labels, strict=True), zip(xs[1:], labels[1:], strict=True), strict=False)
+        assert len(xs) >= 2 and all(
+            xb - xa >= (len(la) + len(lb)) / 2 * chart.TICK_CHAR_W for (xa, la), (xb, lb) in pairs), (days, xs)
