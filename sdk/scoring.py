@@ -88,6 +88,8 @@ class PatientScore:
     access_event_id: str = ""
     tx_id: str = ""
     sequence: int | None = None
+    #: The patient's place in its batch of access events (``sdk/batch_receipts.py``), if batched.
+    batch_membership: dict[str, Any] | None = None
 
 
 @dataclass
@@ -301,6 +303,10 @@ class ScoringClient:
             result.access_event_id = outcome.access_event_id
             result.tx_id = outcome.receipt.tx_id
             result.sequence = outcome.receipt.sequence
+            if outcome.HasField("batch_membership"):
+                from ciphercare.sdk.batch_receipts import membership_from_proto
+
+                result.batch_membership = membership_from_proto(outcome.batch_membership)
 
     @staticmethod
     def _encrypt_all(keys: Any, rows: np.ndarray, slots: int, outbox: queue.Queue[Any], run: ScoreRun,
