@@ -29,9 +29,12 @@ _COLUMNS = "seq, event_id, tx_id, recorded_ms, pid, agent_subject, agent_org, pu
 
 
 def _access_events(name: str, with_member: bool) -> None:
+    # Constraint names differ between the two shapes: PostgreSQL keeps them across the rename, and the new
+    # table is created before the old one is dropped.
+    suffix = "member" if with_member else "seq"
     columns = [
-        sa.Column("seq", sa.BigInteger, nullable=False),
-        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("seq", sa.BigInteger, nullable=False, autoincrement=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("tx_id", sa.String(64), nullable=False),
         sa.Column("recorded_ms", sa.BigInteger, nullable=False),
         sa.Column("pid", sa.String(64), nullable=False),
@@ -40,12 +43,13 @@ def _access_events(name: str, with_member: bool) -> None:
         sa.Column("purpose", sa.String(32), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("event_json", sa.LargeBinary, nullable=False),
+        sa.UniqueConstraint("event_id", name=f"uq_access_events_event_id_{suffix}"),
     ]
     if with_member:
-        columns.append(sa.Column("member", sa.Integer, nullable=False, server_default="-1"))
-        op.create_table(name, *columns, sa.PrimaryKeyConstraint("seq", "member", name=f"pk_{name}"))
+        columns.append(sa.Column("member", sa.Integer, nullable=False, server_default="-1", autoincrement=False))
+        op.create_table(name, *columns, sa.PrimaryKeyConstraint("seq", "member", name=f"pk_access_events_{suffix}"))
     else:
-        op.create_table(name, *columns, sa.PrimaryKeyConstraint("seq", name=f"pk_{name}"))
+        op.create_table(name, *columns, sa.PrimaryKeyConstraint("seq", name=f"pk_access_events_{suffix}"))
 
 
 def _swap(with_member: bool) -> None:
