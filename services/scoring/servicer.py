@@ -46,6 +46,8 @@ OBSERVER = "ciphercare/ScoringService"
 MAX_PATIENTS = 40_000
 MAX_CONTEXT_BYTES = 8 * 1024 * 1024
 DECISIONS_PER_MESSAGE = 2_000
+#: Outcomes per EncryptedScore message: each carries its receipt and batch membership (~1.5 KB).
+OUTCOMES_PER_MESSAGE = 1_000
 #: Patients per ``consent:CheckMany`` call (at most the contract's bound). A call runs on the event loop
 #: (~55 us a patient in-process), so 1024 keeps each pause near the ~60-100 ms the loop used to get between
 #: per-patient Checks; the per-call overhead it adds over 4096 is ~1 ms per 4096 patients.
@@ -419,9 +421,12 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                     self.metrics.scoring_patients.labels(org, "scored" if logged else "error").inc(len(members))
                 if not logged:
                     log.error("batch %d withheld: access events not recorded", b)
-                yield scoring_pb2.ScoreResponse(score=scoring_pb2.EncryptedScore(
-                    batch_index=b, ciphertext=envelope if logged else b"", patient_count=len(members),
-                    outcomes=batch_outcomes))
+                # The ciphertext goes with the first chunk of outcomes; the rest follow (receipts are large).
+                for start in range(0, len(batch_outcomes), OUTCOMES_PER_MESSAGE):
+                    yield scoring_pb2.ScoreResponse(score=scoring_pb2.EncryptedScore(
+                        batch_index=b, ciphertext=envelope if logged and start == 0 else b"",
+                        patient_count=len(members), outcomes=batch_outcomes[start:start + OUTCOMES_PER_MESSAGE],
+                        more=start + OUTCOMES_PER_MESSAGE < len(batch_outcomes)))
         finally:
             for future in futures.values():
                 future.cancel()

@@ -183,3 +183,23 @@ def test_rows_off_chain_that_do_not_match_the_root_project_nothing() -> None:
     assert batches.rows_from_batch(event, altered) == []  # an altered row: the root on the ledger says so
     salt = base64.b64decode(batches.membership(leaves, 1, record["id"])["salt_b64"])
     assert batches.member_id(salt) == rows[1].event_id
+
+
+def test_outcomes_spread_over_messages_keep_their_scores(env, scored: ScoreRun, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A batch's outcomes may span several messages (the ciphertext rides with the first): scores stay exact."""
+    from ciphercare.services.scoring import servicer
+
+    monkeypatch.setattr(servicer, "OUTCOMES_PER_MESSAGE", 2)
+    rows = default_training().test.x[:4]
+    expected = default_training().xgboost_margin(rows)
+    client = ScoringClient.connect(env.server.target, env.token("hospital", org="hospital-a",
+                                                                subject="svc-hospital-a"), deadline_s=120)
+    try:
+        run = client.score(key_owner(), PIDS, rows)
+        single = client.score(key_owner(), PIDS[:1], rows[:1])
+    finally:
+        client.close()
+    assert [r.status for r in run.results] == ["scored"] * 4
+    assert max(abs(r.margin - e) for r, e in zip(run.results, expected, strict=True)) <= 1e-3
+    assert all(r.batch_membership is not None for r in run.results)
+    assert single.results[0].status == "scored" and abs(single.results[0].margin - expected[0]) <= 1e-3

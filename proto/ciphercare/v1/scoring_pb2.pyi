@@ -194,16 +194,18 @@ class ScoreDecisions(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[PatientOutcome, _Mapping]]] = ..., permitted_count: _Optional[int] = ..., batch_count: _Optional[int] = ..., edge_count: _Optional[int] = ..., final: bool = ...) -> None: ...
 
 class EncryptedScore(_message.Message):
-    __slots__ = ("batch_index", "ciphertext", "patient_count", "outcomes")
+    __slots__ = ("batch_index", "ciphertext", "patient_count", "outcomes", "more")
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     PATIENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     batch_index: int
     ciphertext: bytes
     patient_count: int
     outcomes: _containers.RepeatedCompositeFieldContainer[PatientOutcome]
-    def __init__(self, batch_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., patient_count: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[PatientOutcome, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, batch_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., patient_count: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[PatientOutcome, _Mapping]]] = ..., more: bool = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("decisions", "score")
