@@ -169,6 +169,16 @@ def membership(leaves: Sequence[bytes], position: int, batch_id: str, tree: Merk
     }
 
 
+def membership_to_proto(m: dict[str, Any]) -> Any:
+    """A membership as the ``AccessBatchMembership`` message (Score outcomes, inclusion proofs)."""
+    from ciphercare.v1 import common_pb2
+
+    return common_pb2.AccessBatchMembership(
+        batch_id=m["batch_id"], root=m["root"], batch_size=m["batch_size"], position=m["position"],
+        salt=base64.b64decode(m["salt_b64"]), member_json=m["member_json"],
+        audit_path=[bytes.fromhex(h) for h in m["audit_path"]])
+
+
 def _outcome_counts(leaves: Sequence[bytes]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for leaf in leaves:
@@ -261,5 +271,7 @@ def membership_for_row(store: OffchainStore, log_: TransparencyLog, row: AccessE
     return membership(leaves, row.member, records[0]["id"])
 
 
-__all__ = ["BATCH_EVENT_NAME", "BatchError", "RecordedBatch", "make_leaf", "member_event", "member_id",
-           "membership", "membership_for_row", "parse_leaf", "project_batches", "record_batch", "rows_from_batch"]
+__all__ = [
+    "BATCH_EVENT_NAME", "BatchError", "RecordedBatch", "make_leaf", "member_event", "member_id", "membership",
+    "membership_for_row", "membership_to_proto", "parse_leaf", "project_batches", "record_batch", "rows_from_batch",
+]

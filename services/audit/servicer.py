@@ -19,7 +19,12 @@ import grpc
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import CommittedEvent, Principal
 from ciphercare.ledger.gateway import TransparencyLog
-from ciphercare.services.audit.batches import BATCH_EVENT_NAME, project_batches
+from ciphercare.services.audit.batches import (
+    BATCH_EVENT_NAME,
+    membership_for_row,
+    membership_to_proto,
+    project_batches,
+)
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
@@ -287,13 +292,18 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise precondition(f"entry {seq} is not covered by the checkpoint of size {checkpoint.size} yet")
         proof = self.log.inclusion_proof(seq, checkpoint.size)
         entry = self.log.entry(seq)
-        return access_log_pb2.GetInclusionProofResponse(
+        response = access_log_pb2.GetInclusionProofResponse(
             leaf_index=proof.leaf_index,
             tree_size=proof.tree_size,
             hashes=list(proof.hashes),
             leaf=entry.leaf,
             checkpoint=convert.checkpoint_to_proto(checkpoint),
         )
+        if target == "event_id":  # scoreperf (issue 16): a batched event's membership (salt, member, path)
+            membership = membership_for_row(self.store, self.log, self._visible(request.event_id, principal))
+            if membership is not None:
+                response.batch_membership.CopyFrom(membership_to_proto(membership))
+        return response
 
     async def GetConsistencyProof(
         self, request: access_log_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext

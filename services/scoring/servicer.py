@@ -485,7 +485,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         logged: list[LoggedEvent | None] = []
         for position in range(len(events)):
             m = batch.membership(position)
-            membership = scoring_pb2.AccessBatchMembership(
+            membership = common_pb2.AccessBatchMembership(
                 batch_id=m["batch_id"], root=m["root"], batch_size=m["batch_size"], position=position,
                 salt=batch.leaves[position][:32], member_json=m["member_json"],
                 audit_path=[bytes.fromhex(h) for h in m["audit_path"]])
@@ -511,7 +511,7 @@ class LoggedEvent:
 
     event_id: str
     receipt: common_pb2.LedgerReceipt
-    membership: scoring_pb2.AccessBatchMembership | None = None
+    membership: common_pb2.AccessBatchMembership | None = None
 
     def fill(self, outcome: scoring_pb2.PatientOutcome) -> None:
         outcome.access_event_id = self.event_id

@@ -15,9 +15,9 @@ from testkit.scoring import default_training, deploy_default, grant, key_owner
 
 from ciphercare.consent.errors import ValidationError
 from ciphercare.ledger.api import CommittedEvent, EndorseError, Principal
-from ciphercare.sdk.batch_receipts import batch_event_receipt, verify_batch_receipt
+from ciphercare.sdk.batch_receipts import batch_event_receipt, membership_from_proto, verify_batch_receipt
 from ciphercare.sdk.receipts import ReceiptError
-from ciphercare.sdk.scoring import ScoringClient, ScoreRun
+from ciphercare.sdk.scoring import ScoreRun, ScoringClient
 from ciphercare.services.audit import batches
 from ciphercare.services.cli.main import main as cli_main
 from ciphercare.v1 import access_log_pb2
@@ -55,7 +55,11 @@ def _receipt(env, result) -> dict:  # type: ignore[no-untyped-def]
         vkey = patient.call(patient.access_log.GetCheckpoint, access_log_pb2.GetCheckpointRequest()).verifier_key
     finally:
         patient.close()
-    return batch_event_receipt(event, result.batch_membership, proof, vkey, result.tx_id, result.sequence)
+    # The service gives the patient the same membership the hospital got with the score.
+    assert proof.HasField("batch_membership")
+    assert membership_from_proto(proof.batch_membership) == result.batch_membership
+    return batch_event_receipt(event, membership_from_proto(proof.batch_membership), proof, vkey, event.tx_id,
+                               event.sequence)
 
 
 def test_one_transaction_per_batch_and_one_search_row_per_patient(env, scored: ScoreRun) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63iphercare/v1/common.proto\x12\rciphercare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\x06Period\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x05\x41\x63tor\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\"\x98\x01\n\nCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsigned_note\x18\x05 \x01(\t\x12\x10\n\x08key_name\x18\x06 \x01(\t\"_\n\rLedgerReceipt\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x19.ciphercare.v1.Checkpointb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63iphercare/v1/common.proto\x12\rciphercare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\x06Period\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x05\x41\x63tor\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\"\x98\x01\n\nCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsigned_note\x18\x05 \x01(\t\x12\x10\n\x08key_name\x18\x06 \x01(\t\"_\n\rLedgerReceipt\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x19.ciphercare.v1.Checkpoint\"\x94\x01\n\x15\x41\x63\x63\x65ssBatchMembership\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08position\x18\x04 \x01(\r\x12\x0c\n\x04salt\x18\x05 \x01(\x0c\x12\x13\n\x0bmember_json\x18\x06 \x01(\t\x12\x12\n\naudit_path\x18\x07 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,4 +40,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINT']._serialized_end=407
   _globals['_LEDGERRECEIPT']._serialized_start=409
   _globals['_LEDGERRECEIPT']._serialized_end=504
+  _globals['_ACCESSBATCHMEMBERSHIP']._serialized_start=507
+  _globals['_ACCESSBATCHMEMBERSHIP']._serialized_end=655
 # @@protoc_insertion_point(module_scope)

@@ -158,26 +158,8 @@ class PatientOutcome(_message.Message):
     slot: int
     access_event_id: str
     receipt: _common_pb2.LedgerReceipt
-    batch_membership: AccessBatchMembership
-    def __init__(self, pid: _Optional[str] = ..., status: _Optional[_Union[PatientStatus, str]] = ..., reason_code: _Optional[str] = ..., consent_id: _Optional[str] = ..., batch_index: _Optional[int] = ..., slot: _Optional[int] = ..., access_event_id: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ..., batch_membership: _Optional[_Union[AccessBatchMembership, _Mapping]] = ...) -> None: ...
-
-class AccessBatchMembership(_message.Message):
-    __slots__ = ("batch_id", "root", "batch_size", "position", "salt", "member_json", "audit_path")
-    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
-    ROOT_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    POSITION_FIELD_NUMBER: _ClassVar[int]
-    SALT_FIELD_NUMBER: _ClassVar[int]
-    MEMBER_JSON_FIELD_NUMBER: _ClassVar[int]
-    AUDIT_PATH_FIELD_NUMBER: _ClassVar[int]
-    batch_id: str
-    root: str
-    batch_size: int
-    position: int
-    salt: bytes
-    member_json: str
-    audit_path: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, batch_id: _Optional[str] = ..., root: _Optional[str] = ..., batch_size: _Optional[int] = ..., position: _Optional[int] = ..., salt: _Optional[bytes] = ..., member_json: _Optional[str] = ..., audit_path: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    batch_membership: _common_pb2.AccessBatchMembership
+    def __init__(self, pid: _Optional[str] = ..., status: _Optional[_Union[PatientStatus, str]] = ..., reason_code: _Optional[str] = ..., consent_id: _Optional[str] = ..., batch_index: _Optional[int] = ..., slot: _Optional[int] = ..., access_event_id: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ..., batch_membership: _Optional[_Union[_common_pb2.AccessBatchMembership, _Mapping]] = ...) -> None: ...
 
 class ScoreDecisions(_message.Message):
     __slots__ = ("outcomes", "permitted_count", "batch_count", "edge_count", "final")
