@@ -193,6 +193,14 @@ def run_growth_bench(*, quick: bool = False, out: Path | None = None) -> list[di
             print(f"  {size:>9,} entries: built at {build_rate:,.0f}/s, append p50 {append_p50:.2f} ms, "
                   f"proof {proof_us:.0f} us, start-up {startup['open_s']:.2f} s, RSS {row['rss_after_open_mb']:.0f} MB,"
                   f" search by patient {search['by_patient_ms']:.2f} ms", flush=True)
+    scoring_rss: dict[str, Any] | None = None
+    if not quick:  # server RSS during a 40,000-patient scoring call (the service's largest)
+        from ciphercare.services.bench.scoring_e2e import measure_scoring_rss
+
+        scoring_rss = measure_scoring_rss(40_000)
+        print(f"  scoring call of {scoring_rss['patients']:,} patients ({scoring_rss['scored']:,} scored in "
+              f"{scoring_rss['score_s']:.1f} s): server + workers RSS {scoring_rss['rss_before_mb']:.0f} MB before, "
+              f"{scoring_rss['rss_peak_mb']:.0f} MB at peak", flush=True)
     load_after = os.getloadavg()
     headers = ["entries", "append_p50_ms", "append_p99_ms", "inclusion_proof_us", "startup_s", "rss_after_open_mb",
                "ledger_file_mb", "by_patient_ms", "org_first_page_ms", "time_range_last_page_ms"]
@@ -211,6 +219,6 @@ def run_growth_bench(*, quick: bool = False, out: Path | None = None) -> list[di
         out.write_text(json.dumps({"benchmark": "growth", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    "machine": {"cpus": os.cpu_count(), "load_average_before": load_before,
                                                "load_average_after": load_after},
-                                   "rows": rows}, indent=2))
+                                   "rows": rows, "scoring_rss": scoring_rss}, indent=2))
         print(f"wrote {out}")
     return rows

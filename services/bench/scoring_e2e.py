@@ -152,3 +152,83 @@ def run_e2e_bench(*, quick: bool = False, out: Path | None = None, repeats: int 
                                    "rows": rows, "raw": raw}, indent=2))
         print(f"wrote {out}")
     return rows
+
+
+def _rss_tree(pid: int) -> int:
+    """Resident bytes of a process and its children (the evaluation pool's workers), from /proc."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                stack.extend(int(c) for c in children)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def measure_scoring_rss(patients: int = 40_000) -> dict[str, Any]:
+    """Server RSS (server process + evaluation workers) before and at peak during one ``patients`` call."""
+    import threading
+
+    from ciphercare.analytics.client.keys import KeyOwner
+    from ciphercare.analytics.model.datasets import load_whas500
+    from ciphercare.analytics.model.training import train_model
+    from ciphercare.sdk.scoring import ScoringClient
+    from ciphercare.services.bench.scoring import _grant_all, _server_process
+    from ciphercare.services.identity.devissuer import DevIssuer
+
+    dataset = load_whas500()
+    package = train_model(dataset).package
+    keys = KeyOwner.generate()
+    x = dataset.x[np.random.default_rng(3).integers(0, len(dataset), patients)]
+    with tempfile.TemporaryDirectory(prefix="ciphercare-bench-rss-") as tmp:
+        data_dir = Path(tmp) / "server"
+        (data_dir / "scoring").mkdir(parents=True)
+        package.save(data_dir / "scoring" / "model.json")
+        os.environ["CIPHERCARE_SCORING_QUOTA_PATIENTS"] = "0"
+        proc, port, settings = _server_process(data_dir)
+        target = f"127.0.0.1:{port}"
+        try:
+            issuer = DevIssuer.from_settings(settings)
+            token = issuer.issue(subject="bench-hospital-a", roles=["hospital"], org="hospital-a", ttl_s=7200)
+            pids = [f"pt-rss-{i:06d}" for i in range(patients)]
+            t0 = time.perf_counter()
+            asyncio.run(_grant_all(target, issuer, pids))
+            grant_s = time.perf_counter() - t0
+            client = ScoringClient.connect(target, token, deadline_s=1800)
+            try:
+                client.score(keys, pids[:1], x[:1])  # start the worker pool
+                idle = _rss_tree(proc.pid)
+                peak = [idle]
+                done = threading.Event()
+
+                def sample() -> None:
+                    while not done.wait(0.05):
+                        peak[0] = max(peak[0], _rss_tree(proc.pid))
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                t0 = time.perf_counter()
+                run = client.score(keys, pids, x)
+                seconds = time.perf_counter() - t0
+                done.set()
+                sampler.join()
+            finally:
+                client.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    scored = sum(r.status == "scored" for r in run.results)
+    return {"patients": patients, "scored": scored, "grant_s": grant_s, "score_s": seconds,
+            "rss_before_mb": idle / 2**20, "rss_peak_mb": peak[0] / 2**20}
