@@ -82,6 +82,8 @@ def check_event_input(event: Any, path: str = "event") -> None:
                                           path)
         if data.outcome_desc == ERASURE_OUTCOME_DESC:
             raise ValidationError(f"{path}: an erasure event is never batched (it has its own transaction)")
+        if entity.get("detail_sha256") is not None:  # the privacy projection reads document refs from Record
+            raise ValidationError(f"{path}.entity.detail_sha256: an event with a detail document is never batched")
         if not set(entity) <= _ENTITY_KEYS:
             raise ValidationError(f"{path}.entity: unknown field(s) {sorted(set(entity) - _ENTITY_KEYS)}")
         _SHAPES.put(shape, True)
@@ -249,11 +251,15 @@ def rows_from_batch(event: CommittedEvent, leaves: Sequence[bytes], *, checked: 
     return rows
 
 
-def project_batches(store: OffchainStore, events: Sequence[CommittedEvent]) -> list[AccessEventIndex]:
-    """The rows of every ``AccessBatchRecorded`` event in ``events`` (their members read from the store)."""
+def project_batches(store: OffchainStore, events: Sequence[CommittedEvent], again: bool = False
+                    ) -> list[AccessEventIndex]:
+    """The rows of every ``AccessBatchRecorded`` event in ``events`` (their members read from the store).
+
+    Batches already projected are skipped unless ``again`` (Watch streams them whether projected or not).
+    """
     rows: list[AccessEventIndex] = []
     for event in events:
-        if event.name == BATCH_EVENT_NAME and not store.has_access_rows(event.seq):  # the inline projection did it
+        if event.name == BATCH_EVENT_NAME and (again or not store.has_access_rows(event.seq)):
             rows.extend(rows_from_batch(event, store.access_batch_leaves(json.loads(event.payload)["root"])))
     return rows
 

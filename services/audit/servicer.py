@@ -327,21 +327,24 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         self, request: access_log_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[access_log_pb2.AccessEvent]:
         scope = AccessScope(current_principal())
-        stream = self.ledger.events(request.start_sequence, frozenset({EVENT_NAME}))
+        stream = self.ledger.events(request.start_sequence, frozenset({EVENT_NAME, BATCH_EVENT_NAME}))
         iterator = iter(stream)
         try:
             while True:
                 event = await asyncio.to_thread(next, iterator, None)
                 if event is None:
                     return
-                row = index_from_event(event)
-                if not scope.allows(row):
-                    continue
-                if request.pid and row.pid != request.pid:
-                    continue
-                if request.organization and row.agent_org != request.organization:
-                    continue
-                yield event_proto(row)
+                # scoreperf (issue 16): a batch entry streams one event per member (members read off-chain)
+                rows = ([index_from_event(event)] if event.name == EVENT_NAME
+                        else await asyncio.to_thread(project_batches, self.store, [event], True))
+                for row in rows:
+                    if not scope.allows(row):
+                        continue
+                    if request.pid and row.pid != request.pid:
+                        continue
+                    if request.organization and row.agent_org != request.organization:
+                        continue
+                    yield event_proto(row)
         finally:
             stream.close()
 

@@ -207,3 +207,25 @@ def test_outcomes_spread_over_messages_keep_their_scores(env, scored: ScoreRun, 
     assert max(abs(r.margin - e) for r, e in zip(run.results, expected, strict=True)) <= 1e-3
     assert all(r.batch_membership is not None for r in run.results)
     assert single.results[0].status == "scored" and abs(single.results[0].margin - expected[0]) <= 1e-3
+
+
+def test_watch_streams_each_batched_event(env, scored: ScoreRun) -> None:  # type: ignore[no-untyped-def]
+    import itertools
+
+    by_pid = {r.pid: r for r in scored.results}
+    officer = env.officer()
+    try:
+        stream = officer.watch(start_sequence=by_pid[PIDS[1]].sequence, pid=PIDS[1])
+        first = next(itertools.islice(stream, 1))
+        stream.cancel()
+    finally:
+        officer.close()
+    assert first.id == by_pid[PIDS[1]].access_event_id and first.pid == PIDS[1]
+    assert first.sequence == by_pid[PIDS[1]].sequence
+
+
+def test_an_event_with_a_detail_document_is_never_batched() -> None:
+    event = _event("pt-batch-d9")
+    event["entity"]["detail_sha256"] = "a" * 64
+    with pytest.raises(ValidationError):
+        batches.make_leaf(event)
