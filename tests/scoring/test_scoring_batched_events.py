@@ -229,3 +229,25 @@ def test_an_event_with_a_detail_document_is_never_batched() -> None:
     event["entity"]["detail_sha256"] = "a" * 64
     with pytest.raises(ValidationError):
         batches.make_leaf(event)
+
+
+def test_the_contract_refuses_members_and_wrong_counts(env) -> None:  # type: ignore[no-untyped-def]
+    """A hospital that crafts its own RecordBatch: pseudonyms, bad counts and bad roots are refused, nothing written."""
+    from ciphercare.consent.accessbatch import ACCESSBATCH_CONTRACT
+
+    handles = env.app.handles
+    hospital = Principal(subject="svc-hospital-a", org="hospital-a", roles=frozenset({"hospital"}), client_id="c")
+    contract = handles.contract(hospital, ACCESSBATCH_CONTRACT)
+    good = {"root": "ab" * 32, "count": 2, "outcomes": {"success": 2}, "observer": "test/batches"}
+    before = handles.transparency.size()
+    for bad in ({**good, "members": ["pt-batch-m1"]}, {**good, "count": 3}, {**good, "count": 0, "outcomes": {}},
+                {**good, "root": "not-hex"}, {**good, "outcomes": {"maybe": 2}}, {"root": good["root"]}):
+        with pytest.raises(EndorseError) as caught:
+            asyncio.run(contract.submit("RecordBatch", handles.arg(bad)))
+        assert caught.value.code == "INVALID_ARGUMENT", bad
+    assert handles.transparency.size() == before
+    receipt = asyncio.run(contract.submit("RecordBatch", handles.arg(good)))
+    record = json.loads(receipt.result)
+    assert record["agent"]["org"] == "hospital-a" and record["id"].startswith("ab-")
+    got = json.loads(asyncio.run(contract.evaluate("Get", record["id"])))
+    assert got == record
