@@ -711,9 +711,11 @@ class AccessLogContract(Contract):
 
 def new_chaincode() -> ContractChaincode:
     """The ciphercare chaincode: consent, access log and the scoring-model registry in one ContractChaincode."""
+    from .accessbatch import AccessBatchContract  # scoreperf (issue 16 item 3): batched access events
     from .model_registry import ModelRegistryContract
 
-    return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract(), ModelRegistryContract())
+    return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract(), ModelRegistryContract(),
+                                           AccessBatchContract())
 
 
 __all__ = [

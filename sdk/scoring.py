@@ -88,6 +88,8 @@ class PatientScore:
     access_event_id: str = ""
     tx_id: str = ""
     sequence: int | None = None
+    #: The patient's place in its batch of access events (``sdk/batch_receipts.py``), if batched.
+    batch_membership: dict[str, Any] | None = None
 
 
 @dataclass
@@ -246,6 +248,7 @@ class ScoringClient:
         encryptor: threading.Thread | None = None
         failure: list[BaseException] = []
         done_batches = 0
+        batch_margins: dict[int, np.ndarray] = {}
         try:
             for response in responses:
                 kind = response.WhichOneof("payload")
@@ -271,13 +274,17 @@ class ScoringClient:
                     run.timings["last_result_s"] = time.perf_counter() - started
                     run.download_bytes += len(score.ciphertext)
                     members = permitted[score.batch_index * info.slots:][:score.patient_count]
-                    margins = keys.decrypt(score.ciphertext, len(members)) if score.ciphertext else None
+                    if score.ciphertext:  # the first message of a batch; more outcomes may follow (`more`)
+                        batch_margins[score.batch_index] = keys.decrypt(score.ciphertext, len(members))
+                    margins = batch_margins.get(score.batch_index)
                     for outcome in score.outcomes:
                         result = results[index[outcome.pid]]
                         self._apply(result, outcome)
                         if margins is not None and outcome.status == scoring_pb2.PATIENT_STATUS_SCORED:
                             result.margin = float(margins[outcome.slot])
                             result.probability = float(sigmoid(np.array([result.margin]))[0])
+                    if score.more:
+                        continue
                     done_batches += 1
                     if progress is not None:
                         progress("scored", done_batches, math.ceil(len(permitted) / info.slots))
@@ -301,6 +308,10 @@ class ScoringClient:
             result.access_event_id = outcome.access_event_id
             result.tx_id = outcome.receipt.tx_id
             result.sequence = outcome.receipt.sequence
+            if outcome.HasField("batch_membership"):
+                from ciphercare.sdk.batch_receipts import membership_from_proto
+
+                result.batch_membership = membership_from_proto(outcome.batch_membership)
 
     @staticmethod
     def _encrypt_all(keys: Any, rows: np.ndarray, slots: int, outbox: queue.Queue[Any], run: ScoreRun,

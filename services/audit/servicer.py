@@ -26,6 +26,12 @@ from ciphercare.consent.model import EVENT_ID_RE, AccessEventInput, ConsentRecor
 from ciphercare.ledger.api import CommittedEvent, EndorseError, Principal
 from ciphercare.ledger.gateway import TransparencyLog
 from ciphercare.services.audit import convert as audit_convert
+from ciphercare.services.audit.batches import (
+    BATCH_EVENT_NAME,
+    membership_for_row,
+    membership_to_proto,
+    project_batches,
+)
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import STORE_UNAVAILABLE_ERRORS, forbidden, invalid, not_found, precondition
@@ -104,7 +110,8 @@ class AccessProjection:
     """
 
     cursor_name = ACCESS_PROJECTION
-    event_names = frozenset({EVENT_NAME})
+    # scoreperf (issue 16 item 3): AccessBatchRecorded entries project one row per member (services/audit/batches.py)
+    event_names = frozenset({EVENT_NAME, BATCH_EVENT_NAME})
 
     def __init__(self, store: OffchainStore) -> None:
         self.store = store
@@ -113,7 +120,9 @@ class AccessProjection:
         return self.store.projection_cursor()
 
     def apply(self, events: Sequence[CommittedEvent], next_seq: int) -> None:
-        self.store.project_access_events([index_from_event(e) for e in events], next_seq=next_seq)
+        rows = [index_from_event(e) for e in events if e.name == EVENT_NAME]
+        rows += project_batches(self.store, events)  # scoreperf: batched access events
+        self.store.project_access_events(rows, next_seq=next_seq)
 
     def replay(self, log: TransparencyLog) -> int:
         """Apply every committed event past the cursor, on its own (the store check); returns how many."""
@@ -275,10 +284,11 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             scope_pid=scope.pid,
             scope_org=scope.org,
         )
-        after = decode_page_token(request.page_token, query.fingerprint()) if request.page_token else -1
+        after, member = (decode_page_token_at(request.page_token, query.fingerprint()) if request.page_token
+                         else (-1, None))
         self._read_committed()
-        rows, more = self.store.search_access_events(query, after_seq=after, limit=page_size)
-        token = encode_page_token(rows[-1].seq, query.fingerprint()) if more and rows else ""
+        rows, more = self.store.search_access_events(query, after_seq=after, limit=page_size, after_member=member)
+        token = encode_page_token(rows[-1].seq, query.fingerprint(), rows[-1].member) if more and rows else ""
         return access_log_pb2.SearchResponse(events=[event_proto(r) for r in rows], next_page_token=token)
 
     # Proofs -----------------------------------------------------------------
@@ -359,13 +369,18 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise precondition(f"entry {seq} is not covered by the checkpoint of size {checkpoint.size} yet")
         proof = self.log.inclusion_proof(seq, checkpoint.size)
         entry = self.log.entry(seq)
-        return access_log_pb2.GetInclusionProofResponse(
+        response = access_log_pb2.GetInclusionProofResponse(
             leaf_index=proof.leaf_index,
             tree_size=proof.tree_size,
             hashes=list(proof.hashes),
             leaf=entry.leaf,
             checkpoint=convert.checkpoint_to_proto(checkpoint),
         )
+        if target == "event_id":  # scoreperf (issue 16): a batched event's membership (salt, member, path)
+            membership = membership_for_row(self.store, self.log, self._visible(request.event_id, principal))
+            if membership is not None:
+                response.batch_membership.CopyFrom(membership_to_proto(membership))
+        return response
 
     async def GetConsistencyProof(
         self, request: access_log_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext
@@ -389,28 +404,42 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         self, request: access_log_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[access_log_pb2.AccessEvent]:
         scope = AccessScope(current_principal())
-        stream = self.ledger.events(request.start_sequence, frozenset({EVENT_NAME}))
+        stream = self.ledger.events(request.start_sequence, frozenset({EVENT_NAME, BATCH_EVENT_NAME}))
         iterator = iter(stream)
         try:
             while True:
                 event = await asyncio.to_thread(next, iterator, None)
                 if event is None:
                     return
-                row = index_from_event(event)
-                if not scope.allows(row):
-                    continue
-                if request.pid and row.pid != request.pid:
-                    continue
-                if request.organization and row.agent_org != request.organization:
-                    continue
-                yield event_proto(row)
+                # scoreperf (issue 16): a batch entry streams one event per member (members read off-chain)
+                rows = ([index_from_event(event)] if event.name == EVENT_NAME
+                        else await asyncio.to_thread(project_batches, self.store, [event], True))
+                for row in rows:
+                    if not scope.allows(row):
+                        continue
+                    if request.pid and row.pid != request.pid:
+                        continue
+                    if request.organization and row.agent_org != request.organization:
+                        continue
+                    yield event_proto(row)
         finally:
             stream.close()
 
 
-def encode_page_token(after_seq: int, fingerprint: str) -> str:
-    raw = canonical.dumps({"after": after_seq, "q": fingerprint})
+def encode_page_token(after_seq: int, fingerprint: str, member: int = -1) -> str:
+    # scoreperf: a page may end inside a batch entry (many rows share its seq): the member position goes along.
+    raw = canonical.dumps({"after": after_seq, "q": fingerprint} | ({"m": member} if member >= 0 else {}))
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_page_token_at(token: str, fingerprint: str) -> tuple[int, int | None]:
+    """(seq, member) after which the next page starts (member None: after every row of seq)."""
+    after = decode_page_token(token, fingerprint)
+    padded = token + "=" * (-len(token) % 4)
+    member = json.loads(base64.urlsafe_b64decode(padded.encode("ascii"))).get("m")
+    if member is not None and (not isinstance(member, int) or member < 0):
+        raise invalid("page_token is malformed")
+    return after, member
 
 
 def decode_page_token(token: str, fingerprint: str) -> int:

@@ -397,6 +397,14 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
                                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}},
                                       indent=2))
         return rows
+    if which == "scoring-e2e":  # scoreperf: end to end beside the HE pipeline alone (services/bench/scoring_e2e.py)
+        from ciphercare.services.bench.scoring_e2e import run_e2e_bench
+
+        return run_e2e_bench(quick=quick, out=out)
+    if which == "growth":  # scoreperf: append, proof, start-up, RSS and search from 10^4 to 10^6 entries
+        from ciphercare.services.bench.growth import run_growth_bench
+
+        return run_growth_bench(quick=quick, out=out)
     if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 

@@ -21,7 +21,12 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
         print("ciphercare: a receipt is a JSON object", file=sys.stderr)
         return 1
     try:
-        check = verify_receipt(receipt, args.vkey)
+        if receipt.get("kind") == "access-event-batched":  # scoreperf (issue 16): one member of an access batch
+            from ciphercare.sdk.batch_receipts import verify_batch_receipt
+
+            check = verify_batch_receipt(receipt, args.vkey)
+        else:
+            check = verify_receipt(receipt, args.vkey)
     except ReceiptError as exc:
         print(f"receipt BAD: {exc}", file=sys.stderr)
         return 1

@@ -243,4 +243,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     if bench is not None:
         for action in bench._actions:
             if action.dest == "which" and action.choices is not None and "scoring" not in action.choices:
-                action.choices = [*action.choices, "scoring"]
+                # scoreperf (issue 16): scoring end to end beside the HE pipeline; ledger and search growth
+                action.choices = [*action.choices, "scoring", "scoring-e2e", "growth"]

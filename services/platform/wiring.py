@@ -274,7 +274,8 @@ class Application:
         # --- end compliance ---
         # The scoring servicer is kept: its usage counters (scoring volume per organisation) are read by
         # the metrics and the unusual-access detector (issue 12).
-        self.scoring = ScoringServicer(handles, self.settings, self.metrics)
+        # scoreperf (issue 16 item 3): with the store, a batch's access events are one accessbatch transaction.
+        self.scoring = ScoringServicer(handles, self.settings, self.metrics, store=self.store)
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(self.scoring, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

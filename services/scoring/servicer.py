@@ -47,6 +47,8 @@ OBSERVER = "ciphercare/ScoringService"
 MAX_PATIENTS = 40_000
 MAX_CONTEXT_BYTES = 8 * 1024 * 1024
 DECISIONS_PER_MESSAGE = 2_000
+#: Outcomes per EncryptedScore message: each carries its receipt and batch membership (~1.5 KB).
+OUTCOMES_PER_MESSAGE = 1_000
 #: Patients per ``consent:CheckMany`` call (at most the contract's bound). A call runs on the event loop
 #: (~55 us a patient in-process), so 1024 keeps each pause near the ~60-100 ms the loop used to get between
 #: per-patient Checks; the per-call overhead it adds over 4096 is ~1 ms per 4096 patients.
@@ -120,8 +122,12 @@ def _load_deployed(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    def __init__(self, ledger: ContractHandles, settings: Settings, metrics: Any | None = None) -> None:
+    def __init__(self, ledger: ContractHandles, settings: Settings, metrics: Any | None = None,
+                 store: Any | None = None) -> None:
         self.ledger = ledger
+        #: The off-chain store: with it, each batch's access events are one ``accessbatch:RecordBatch``
+        #: transaction (members kept off-chain, one private receipt per patient); without it, one Record each.
+        self.store = store
         self.metrics = metrics  # services/platform/metrics.py: scoring patients, batches, quota refusals
         self.settings = settings
         self._deployment: Deployment | None = None
@@ -318,15 +324,14 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         events = [self._event(pid, "denied", decision.get("reason_code") or "consent-deny",
                               decision.get("consent_id"), header, deployment.sha256)
                   for _, pid, decision in denied]
-        receipts = await self._record(principal, events)
+        logged_denials = await self._log_events(principal, events)
         if self.metrics is not None and denied:
             self.metrics.scoring_patients.labels(org, "denied").inc(len(denied))
-        for (i, _, _), result in zip(denied, receipts, strict=True):
-            if isinstance(result, Receipt):
-                outcomes[i].access_event_id = json.loads(result.result)["id"]
-                outcomes[i].receipt.CopyFrom(convert.receipt_to_proto(result))
+        for (i, _, _), entry in zip(denied, logged_denials, strict=True):
+            if entry is not None:
+                entry.fill(outcomes[i])
             else:
-                log.error("denied access event not recorded: %s", result)
+                log.error("denied access event not recorded")
 
         slots = int(deployment.parameters["slots"])
         edge_count = sum(len(f["edges"]) for f in deployment.info["grid"]["features"])
@@ -397,20 +402,19 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 members = permitted[b * slots:(b + 1) * slots]
                 events = [self._event(pid, "success", "consent-permit", consent_id or None, header,
                                       deployment.sha256) for pid, consent_id in members]
-                results = await self._record(principal, events)
-                logged = all(isinstance(r, Receipt) for r in results)
+                results = await self._log_events(principal, events)
+                logged = all(r is not None for r in results)
                 batch_outcomes = []
-                for slot, ((pid, consent_id), result) in enumerate(zip(members, results, strict=True)):
+                for slot, ((pid, consent_id), entry) in enumerate(zip(members, results, strict=True)):
                     outcome = scoring_pb2.PatientOutcome(pid=pid, consent_id=consent_id, batch_index=b, slot=slot)
-                    if isinstance(result, Receipt):
-                        outcome.access_event_id = json.loads(result.result)["id"]
-                        outcome.receipt.CopyFrom(convert.receipt_to_proto(result))
+                    if entry is not None:
+                        entry.fill(outcome)
                     if logged:
                         outcome.status = scoring_pb2.PATIENT_STATUS_SCORED
                         outcome.reason_code = "consent-permit"
                     else:
                         outcome.status = scoring_pb2.PATIENT_STATUS_ERROR
-                        outcome.reason_code = ("batch-withheld" if isinstance(result, Receipt)
+                        outcome.reason_code = ("batch-withheld" if entry is not None
                                                else "access-event-not-recorded")
                     batch_outcomes.append(outcome)
                 if self.metrics is not None:
@@ -418,9 +422,12 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                     self.metrics.scoring_patients.labels(org, "scored" if logged else "error").inc(len(members))
                 if not logged:
                     log.error("batch %d withheld: access events not recorded", b)
-                yield scoring_pb2.ScoreResponse(score=scoring_pb2.EncryptedScore(
-                    batch_index=b, ciphertext=envelope if logged else b"", patient_count=len(members),
-                    outcomes=batch_outcomes))
+                # The ciphertext goes with the first chunk of outcomes; the rest follow (receipts are large).
+                for start in range(0, len(batch_outcomes), OUTCOMES_PER_MESSAGE):
+                    yield scoring_pb2.ScoreResponse(score=scoring_pb2.EncryptedScore(
+                        batch_index=b, ciphertext=envelope if logged and start == 0 else b"",
+                        patient_count=len(members), outcomes=batch_outcomes[start:start + OUTCOMES_PER_MESSAGE],
+                        more=start + OUTCOMES_PER_MESSAGE < len(batch_outcomes)))
         finally:
             for future in futures.values():
                 future.cancel()
@@ -449,6 +456,37 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             model_sha256=model_sha256, data_classes=[header.data_class],
         )
 
+    async def _log_events(self, principal: Principal, events: list[dict[str, Any]]) -> list[LoggedEvent | None]:
+        """Record ``events``; per event what its outcome carries, or None where it was not recorded.
+
+        With the store: one ``accessbatch:RecordBatch`` transaction for all of them (all or none recorded).
+        """
+        if not events:
+            return []
+        if self.store is None:
+            results = await self._record(principal, events)
+            return [LoggedEvent(json.loads(r.result)["id"], convert.receipt_to_proto(r)) if isinstance(r, Receipt)
+                    else None for r in results]
+        from ciphercare.services.audit.batches import record_batch
+
+        try:
+            batch = await record_batch(self.ledger, self.store, principal, events, OBSERVER)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every patient of the batch gets ERROR; nothing was written
+            log.error("access batch of %d events not recorded: %s", len(events), exc)
+            return [None] * len(events)
+        receipt = convert.receipt_to_proto(batch.receipt)
+        logged: list[LoggedEvent | None] = []
+        for position in range(len(events)):
+            m = batch.membership(position)
+            membership = common_pb2.AccessBatchMembership(
+                batch_id=m["batch_id"], root=m["root"], batch_size=m["batch_size"], position=position,
+                salt=batch.leaves[position][:32], member_json=m["member_json"],
+                audit_path=[bytes.fromhex(h) for h in m["audit_path"]])
+            logged.append(LoggedEvent(batch.event_id(position), receipt, membership))
+        return logged
+
     async def _record(self, principal: Principal, events: list[dict[str, Any]]) -> list[Receipt | BaseException]:
         """Submit every event concurrently (the ledger's group commit batches them); failures are returned."""
         if not events:
@@ -460,6 +498,21 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             if isinstance(result, asyncio.CancelledError):
                 raise result
         return list(results)
+
+
+@dataclass
+class LoggedEvent:
+    """A recorded access event as a patient's outcome carries it: id, ledger receipt, batch membership."""
+
+    event_id: str
+    receipt: common_pb2.LedgerReceipt
+    membership: common_pb2.AccessBatchMembership | None = None
+
+    def fill(self, outcome: scoring_pb2.PatientOutcome) -> None:
+        outcome.access_event_id = self.event_id
+        outcome.receipt.CopyFrom(self.receipt)
+        if self.membership is not None:
+            outcome.batch_membership.CopyFrom(self.membership)
 
 
 async def _evaluate_batch(pool: Any, parts: int, context_path: str, context_id: str, deployment: Deployment,

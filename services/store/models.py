@@ -80,6 +80,8 @@ class AccessEventRow(Base):
     __tablename__ = "access_events"
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # scoreperf (issue 16 item 3, migration 0003): position in an accessbatch batch; -1 for a Record event.
+    member: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, server_default="-1")
     event_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     tx_id: Mapped[str] = mapped_column(String(64), nullable=False)
     recorded_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -122,3 +124,19 @@ class Pseudonym(Base):
 
 
 __all__ = ["Base", "DataKey", "Document", "Erasure", "AccessEventRow", "ProjectionCursor", "Pseudonym", "Text"]
+
+
+class AccessBatch(Base):
+    """A batch of access events, off-chain: its members' salted leaves (salt || member JSON) under its root.
+
+    ``leaves`` is each leaf with a 4-byte big-endian length prefix, in position order. Written before the
+    batch root is submitted to ``accessbatch:RecordBatch``; the access projection reads the members of each
+    committed root (scoreperf, issue 16 item 3; migration 0003).
+    """
+
+    __tablename__ = "access_batches"
+
+    root: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, nullable=False)
+    leaves: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)

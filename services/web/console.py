@@ -358,8 +358,15 @@ async def event_receipt(web: WebApp, request: Request, session: Session) -> Resp
 
     event, proof, served = await web.call(session, load)
     vkey = pinned_vkey(web, session, served)
-    receipt = access_event_receipt(event, proof, vkey)
-    check = verify_receipt(receipt, vkey)
+    if proof.HasField("batch_membership"):  # scoreperf (issue 16): one member of an access batch
+        from ciphercare.sdk.batch_receipts import batch_event_receipt, membership_from_proto, verify_batch_receipt
+
+        receipt = batch_event_receipt(event, membership_from_proto(proof.batch_membership), proof, vkey,
+                                      event.tx_id, event.sequence)
+        check = verify_batch_receipt(receipt, vkey)
+    else:
+        receipt = access_event_receipt(event, proof, vkey)
+        check = verify_receipt(receipt, vkey)
     if not check.ok:
         return web.error(request, 502, "Proof did not verify", "; ".join(check.problems))
     return Response(json.dumps(receipt, indent=2) + "\n", media_type="application/json",

@@ -361,8 +361,15 @@ async def access_receipt(web: WebApp, request: Request, session: Session) -> Res
     if memory_problem is not None:
         return web.error(request, 502, "The ledger was rolled back or forked",
                          "No receipt was issued: " + memory_problem)
-    receipt = access_event_receipt(event, proof, vkey)
-    check = verify_receipt(receipt, vkey)
+    if proof.HasField("batch_membership"):  # scoreperf (issue 16): one member of an access batch
+        from ciphercare.sdk.batch_receipts import batch_event_receipt, membership_from_proto, verify_batch_receipt
+
+        receipt = batch_event_receipt(event, membership_from_proto(proof.batch_membership), proof, vkey,
+                                      event.tx_id, event.sequence)
+        check = verify_batch_receipt(receipt, vkey, expected_pid=pid)
+    else:
+        receipt = access_event_receipt(event, proof, vkey)
+        check = verify_receipt(receipt, vkey)
     if not check.ok:
         return web.error(request, 502, "Proof did not verify",
                          "The ledger's proof for this event did not verify, so no receipt was issued: "

@@ -55,7 +55,7 @@ def raw_rows(store: OffchainStore, model: type) -> list[dict[str, object]]:
 
 def test_backend_is_the_one_asked_for(store: OffchainStore, store_url: str) -> None:
     assert store.dialect == ("postgresql" if store_url.startswith("postgresql") else "sqlite")
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     tables = set(inspect(store.engine).get_table_names())
     assert {"documents", "data_keys", "erasures", "access_events", "projection_cursors", "pseudonyms"} <= tables
 

@@ -166,18 +166,20 @@ class GetInclusionProofRequest(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., sequence: _Optional[int] = ..., tree_size: _Optional[int] = ...) -> None: ...
 
 class GetInclusionProofResponse(_message.Message):
-    __slots__ = ("leaf_index", "tree_size", "hashes", "leaf", "checkpoint")
+    __slots__ = ("leaf_index", "tree_size", "hashes", "leaf", "checkpoint", "batch_membership")
     LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
     TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
     LEAF_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     leaf_index: int
     tree_size: int
     hashes: _containers.RepeatedScalarFieldContainer[bytes]
     leaf: bytes
     checkpoint: _common_pb2.Checkpoint
-    def __init__(self, leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., hashes: _Optional[_Iterable[bytes]] = ..., leaf: _Optional[bytes] = ..., checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
+    batch_membership: _common_pb2.AccessBatchMembership
+    def __init__(self, leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., hashes: _Optional[_Iterable[bytes]] = ..., leaf: _Optional[bytes] = ..., checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., batch_membership: _Optional[_Union[_common_pb2.AccessBatchMembership, _Mapping]] = ...) -> None: ...
 
 class GetConsistencyProofRequest(_message.Message):
     __slots__ = ("first_tree_size", "second_tree_size")

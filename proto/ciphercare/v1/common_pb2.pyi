@@ -55,3 +55,21 @@ class LedgerReceipt(_message.Message):
     leaf: bytes
     inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, tx_id: _Optional[str] = ..., sequence: _Optional[int] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., leaf: _Optional[bytes] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class AccessBatchMembership(_message.Message):
+    __slots__ = ("batch_id", "root", "batch_size", "position", "salt", "member_json", "audit_path")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_JSON_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PATH_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    root: str
+    batch_size: int
+    position: int
+    salt: bytes
+    member_json: str
+    audit_path: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, batch_id: _Optional[str] = ..., root: _Optional[str] = ..., batch_size: _Optional[int] = ..., position: _Optional[int] = ..., salt: _Optional[bytes] = ..., member_json: _Optional[str] = ..., audit_path: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -140,7 +140,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ScoreHeader, _Mapping]] = ..., bits: _Optional[_Union[BitCiphertext, _Mapping]] = ...) -> None: ...
 
 class PatientOutcome(_message.Message):
-    __slots__ = ("pid", "status", "reason_code", "consent_id", "batch_index", "slot", "access_event_id", "receipt")
+    __slots__ = ("pid", "status", "reason_code", "consent_id", "batch_index", "slot", "access_event_id", "receipt", "batch_membership")
     PID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class PatientOutcome(_message.Message):
     SLOT_FIELD_NUMBER: _ClassVar[int]
     ACCESS_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     pid: str
     status: PatientStatus
     reason_code: str
@@ -157,7 +158,8 @@ class PatientOutcome(_message.Message):
     slot: int
     access_event_id: str
     receipt: _common_pb2.LedgerReceipt
-    def __init__(self, pid: _Optional[str] = ..., status: _Optional[_Union[PatientStatus, str]] = ..., reason_code: _Optional[str] = ..., consent_id: _Optional[str] = ..., batch_index: _Optional[int] = ..., slot: _Optional[int] = ..., access_event_id: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ...) -> None: ...
+    batch_membership: _common_pb2.AccessBatchMembership
+    def __init__(self, pid: _Optional[str] = ..., status: _Optional[_Union[PatientStatus, str]] = ..., reason_code: _Optional[str] = ..., consent_id: _Optional[str] = ..., batch_index: _Optional[int] = ..., slot: _Optional[int] = ..., access_event_id: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ..., batch_membership: _Optional[_Union[_common_pb2.AccessBatchMembership, _Mapping]] = ...) -> None: ...
 
 class ScoreDecisions(_message.Message):
     __slots__ = ("outcomes", "permitted_count", "batch_count", "edge_count", "final")
@@ -174,16 +176,18 @@ class ScoreDecisions(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[PatientOutcome, _Mapping]]] = ..., permitted_count: _Optional[int] = ..., batch_count: _Optional[int] = ..., edge_count: _Optional[int] = ..., final: bool = ...) -> None: ...
 
 class EncryptedScore(_message.Message):
-    __slots__ = ("batch_index", "ciphertext", "patient_count", "outcomes")
+    __slots__ = ("batch_index", "ciphertext", "patient_count", "outcomes", "more")
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     PATIENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     batch_index: int
     ciphertext: bytes
     patient_count: int
     outcomes: _containers.RepeatedCompositeFieldContainer[PatientOutcome]
-    def __init__(self, batch_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., patient_count: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[PatientOutcome, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, batch_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., patient_count: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[PatientOutcome, _Mapping]]] = ..., more: bool = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("decisions", "score")
