@@ -35,7 +35,8 @@ from .errors import (
     not_found,
     permission_denied,
 )
-from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord
+from .breakglass import BreakGlassContract, active_declaration  # break-glass (issue 15)
+from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord, Decision
 
 CONSENT_CONTRACT = "consent"
 ACCESSLOG_CONTRACT = "accesslog"
@@ -387,7 +388,25 @@ class ConsentContract(Contract):
 
     async def _decide(self, ctx: TransactionContext, request: AccessRequest) -> dict[str, Any]:
         """The Decision (as a dict) for an already validated and authorized request."""
-        return decide(await self._for_patient(ctx, request.pid), request).to_dict()
+        decision = decide(await self._for_patient(ctx, request.pid), request)
+        # --- break-glass (issue 15; consent/breakglass.py) -----------------------------------------
+        # No consent permits: the caller's own active break-glass declaration for this patient does,
+        # for ETREAT/BTG only, and the decision names it (reason_code "break-glass").
+        if not decision.permitted and request.purpose in codes.BREAKGLASS_PURPOSES:
+            declaration = await active_declaration(
+                ctx.get_stub(), caller_from_ctx(ctx), request.pid, request.purpose, request.at
+            )
+            if declaration is not None:
+                decision = Decision(
+                    decision=codes.PERMIT,
+                    consent_id=None,
+                    reason=f"break-glass declaration {declaration.id} permits {request.describe()} "
+                    f"until {declaration.expires_at} ({decision.reason_code} otherwise)",
+                    reason_code="break-glass",
+                    breakglass_id=declaration.id,
+                )
+        # --- end break-glass --------------------------------------------------------------------------
+        return decision.to_dict()
 
 
 def _check_time(ctx: TransactionContext, at_iso: str) -> datetime:
@@ -536,10 +555,12 @@ class AccessLogContract(Contract):
 
 
 def new_chaincode() -> ContractChaincode:
-    """The ciphercare chaincode: consent, access log and the scoring-model registry in one ContractChaincode."""
+    """The ciphercare chaincode: consent, access log, scoring-model registry and break-glass in one chaincode."""
     from .model_registry import ModelRegistryContract
 
-    return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract(), ModelRegistryContract())
+    return ContractChaincode.new_chaincode(
+        ConsentContract(), AccessLogContract(), ModelRegistryContract(), BreakGlassContract()
+    )
 
 
 __all__ = [
