@@ -25,6 +25,8 @@ from ciphercare.ledger.embedded.ledger import EmbeddedLedger
 from ciphercare.ledger.embedded.transport import EmbeddedTransport
 from ciphercare.ledger.gateway import GatewayOptions, Transport
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
+from ciphercare.services.consent.breakglass import BreakGlassServicer
+from ciphercare.services.consent.fhir_service import FhirServicer
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.identity.devlogin import DevLogin
@@ -46,8 +48,12 @@ from ciphercare.services.store.consistency import PrivacyProjection, check_store
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
+    breakglass_pb2,
+    breakglass_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
+    fhir_pb2,
+    fhir_pb2_grpc,
     scoring_pb2,
     scoring_pb2_grpc,
 )
@@ -60,6 +66,8 @@ SERVICE_NAMES = (
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
     scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
+    breakglass_pb2.DESCRIPTOR.services_by_name["BreakGlassService"].full_name,
+    fhir_pb2.DESCRIPTOR.services_by_name["FhirService"].full_name,
 )
 
 # The identity under which the server itself logs refusals of callers it could not authenticate.
@@ -220,6 +228,10 @@ class Application:
         # the metrics and the unusual-access detector (issue 12).
         self.scoring = ScoringServicer(handles, self.settings, self.metrics)
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(self.scoring, server)
+        breakglass_pb2_grpc.add_BreakGlassServiceServicer_to_server(
+            BreakGlassServicer(handles, self.store, self.settings), server
+        )
+        fhir_pb2_grpc.add_FhirServiceServicer_to_server(FhirServicer(handles, self.store, self.settings), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)

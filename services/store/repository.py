@@ -50,7 +50,7 @@ log = logging.getLogger("ciphercare.store")
 
 ACCESS_PROJECTION = "access-events"
 PRIVACY_PROJECTION = "privacy"
-DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail"})
+DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail", "breakglass-justification", "breakglass-note"})
 
 
 
