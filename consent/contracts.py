@@ -25,6 +25,7 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import (
 )
 
 from . import canonical, codes, model
+from .breakglass import BreakGlassContract, active_declaration  # break-glass (issue 15)
 from .cache import LRU
 from .caller import Caller, caller_from_ctx
 from .decision import AccessRequest, decide
@@ -35,7 +36,6 @@ from .errors import (
     not_found,
     permission_denied,
 )
-from .breakglass import BreakGlassContract, active_declaration  # break-glass (issue 15)
 from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord, Decision
 
 CONSENT_CONTRACT = "consent"

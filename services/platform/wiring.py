@@ -231,7 +231,9 @@ class Application:
         breakglass_pb2_grpc.add_BreakGlassServiceServicer_to_server(
             BreakGlassServicer(handles, self.store, self.settings), server
         )
-        fhir_pb2_grpc.add_FhirServiceServicer_to_server(FhirServicer(handles, self.store, self.settings), server)
+        fhir_pb2_grpc.add_FhirServiceServicer_to_server(
+            FhirServicer(handles, self.store, self.settings, self.projections), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
