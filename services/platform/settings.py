@@ -160,11 +160,11 @@ class Settings(BaseSettings):
     # recipients and the FHIR import accepts only these as actors; anything else is refused server-side.
     organizations: dict[str, str] = Field(
         default_factory=lambda: {
-            "hospital-a": "Hospital A (St. Anne's General)",
-            "hospital-b": "Hospital B (Riverside University Hospital)",
-            "clinic-c": "Clinic C (Northside Family Practice)",
-            "lab-d": "Laboratory D (Central Pathology Lab)",
-            "research-e": "Research Institute E (Cardiology Research)",
+            "hospital-a": "Hospital A",
+            "hospital-b": "Hospital B",
+            "clinic-c": "Clinic C",
+            "lab-d": "Laboratory D",
+            "research-e": "Research Institute E",
             "public-health": "Regional Public Health Agency",
         }
     )

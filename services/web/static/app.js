@@ -11,6 +11,16 @@
       button.setAttribute("aria-busy", "true");
     }
   });
+  // Times: the server writes UTC into <time datetime> (the fallback text); show them in the reader's time zone.
+  document.querySelectorAll("time[datetime][data-local]").forEach(function (el) {
+    var when = new Date(el.getAttribute("datetime"));
+    if (isNaN(when.getTime())) { return; }
+    var dateOnly = el.hasAttribute("data-date-only");
+    var options = dateOnly ? { dateStyle: "long" } : { dateStyle: "medium", timeStyle: "short", timeZoneName: "short" };
+    el.title = el.textContent.trim();
+    el.textContent = new Intl.DateTimeFormat(undefined, options).format(when);
+    el.dataset.localized = "1";
+  });
   // A form came back with errors: move focus to the summary so screen readers announce it.
   var summary = document.querySelector("[data-autofocus]");
   if (summary) { summary.focus(); }
