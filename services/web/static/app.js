@@ -15,11 +15,14 @@
   document.querySelectorAll("time[datetime][data-local]").forEach(function (el) {
     var when = new Date(el.getAttribute("datetime"));
     if (isNaN(when.getTime())) { return; }
-    var dateOnly = el.hasAttribute("data-date-only");
-    var options = dateOnly ? { dateStyle: "long" } : { dateStyle: "medium", timeStyle: "short", timeZoneName: "short" };
-    el.title = el.textContent.trim();
-    el.textContent = new Intl.DateTimeFormat(undefined, options).format(when);
-    el.dataset.localized = "1";
+    var options = { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit",
+                    timeZoneName: "short" };
+    try {
+      var text = new Intl.DateTimeFormat(undefined, options).format(when);
+      el.title = el.textContent.trim();
+      el.textContent = text;
+      el.dataset.localized = "1";
+    } catch (e) { /* keep the UTC text */ }
   });
   // A form came back with errors: move focus to the summary so screen readers announce it.
   var summary = document.querySelector("[data-autofocus]");
