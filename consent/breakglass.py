@@ -108,13 +108,13 @@ class Declaration:
             raise ValidationError(f"{path}.reviews: expected a list of at most 8 reviews")
         return cls(
             id=declaration_id(data["id"], f"{path}.id"),
-            version=int(data["version"]),
+            version=_version(data["version"], f"{path}.version"),
             pid=model.pid(data["pid"], f"{path}.pid"),
             purpose=model.code(data["purpose"], f"{path}.purpose", codes.BREAKGLASS_PURPOSES, "a purpose"),
             reason_code=model.code(data["reason_code"], f"{path}.reason_code", codes.BREAKGLASS_REASONS, "a reason"),
             text_sha256=model.sha256_hex(data["text_sha256"], f"{path}.text_sha256"),
-            declared_at=data["declared_at"],
-            expires_at=data["expires_at"],
+            declared_at=model.format_time(model.parse_time(data["declared_at"], f"{path}.declared_at")),
+            expires_at=model.format_time(model.parse_time(data["expires_at"], f"{path}.expires_at")),
             declared_by=model.ActorRef.from_dict(data["declared_by"], f"{path}.declared_by"),
             review_status=model.code(data["review_status"], f"{path}.review_status",
                                      codes.BREAKGLASS_REVIEW_STATUSES, "a review status"),
@@ -141,6 +141,12 @@ class Declaration:
         start = model.parse_time(self.declared_at, "declared_at")
         end = model.parse_time(self.expires_at, "expires_at")
         return start <= at < end
+
+
+def _version(value: Any, path: str) -> int:
+    if type(value) is not int or value < 1:
+        raise ValidationError(f"{path}: expected a positive integer")
+    return value
 
 
 def _parse(raw: bytes) -> Declaration:
