@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit.worldstate import ClockedWorldState
+from testkit.ledger import ClockedWorldState
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import new_chaincode

@@ -11,7 +11,7 @@ import pytest
 from fhir.resources.consent import Consent as ConsentR5
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.consent import Consent as ConsentR4B
-from testkit.fhir_docs import r4b_consent
+from testkit.consent import r4b_consent
 
 from ciphercare.services.audit.exports import balp_problems
 from ciphercare.services.cli.main import main

@@ -9,7 +9,9 @@ import pytest
 from fhir.resources.consent import Consent as ConsentR5
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.consent import Consent as ConsentR4B
-from testkit.fhir_docs import ACT, ORG, r4b_consent
+from testkit.consent import FHIR_ACT as ACT
+from testkit.consent import FHIR_ORG as ORG
+from testkit.consent import r4b_consent
 
 from ciphercare.consent import canonical
 from ciphercare.services.audit.exports import audit_bundle, audit_event, balp_problems
