@@ -42,14 +42,19 @@ def _token(args: argparse.Namespace, settings: Any) -> str:
 def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
     import grpc
 
-    from ciphercare.sdk.channels import open_channel
+    from ciphercare.sdk.channels import ChannelConfigError, ChannelSecurity, open_channel
     from ciphercare.services.cli.main import _settings
     from ciphercare.v1 import fhir_pb2_grpc
 
     settings = _settings(args)
     target = args.target or settings.grpc_target
     token = _token(args, settings)
-    channel = open_channel(target)
+    # TLS unless loopback; the CA the server's certificate is checked against comes from the settings.
+    security = ChannelSecurity(ca_path=settings.tls_ca_path, server_name=settings.tls_server_name)
+    try:
+        channel = open_channel(target, security)
+    except ChannelConfigError as exc:
+        raise _error(str(exc)) from None
     try:
         stub = fhir_pb2_grpc.FhirServiceStub(channel)
         return getattr(stub, method)(request, metadata=(("authorization", f"Bearer {token}"),),

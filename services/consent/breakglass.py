@@ -179,6 +179,13 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
             if all(d.get("breakglass_id") for d in decisions):
                 break
         if not all(d.get("breakglass_id") for d in decisions):
+            # The attempt is on the record (a denied access event), like every refused access naming a patient.
+            denied = {
+                "type": "110110", "subtype": subtype, "action": ACCESS_SUBTYPES[subtype], "outcome": "denied",
+                "outcome_desc": "no-breakglass-declaration", "purpose_of_use": purpose,
+                "source": {"observer": OBSERVER}, "entity": {"pid": pid, "data_classes": classes},
+            }
+            await self.ledger.accesslog(principal).submit("Record", self.ledger.arg(denied))
             raise precondition(
                 f"no active break-glass declaration of yours covers {purpose} access to {pid}; declare one first"
             )

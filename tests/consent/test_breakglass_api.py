@@ -67,6 +67,11 @@ def test_declare_then_check_permits_with_break_glass_and_access_is_logged(env):
     assert other.client.check(pid, "hospital-a", "ETREAT", "Observation").decision == consent_pb2.CONSENT_DECISION_DENY
     assert status_of(lambda: other.RecordAccess(breakglass_pb2.RecordBreakGlassAccessRequest(
         pid=pid, data_classes=["Observation"]))) == grpc.StatusCode.FAILED_PRECONDITION
+    # the refused attempt is on the record as a denied access by that clinician
+    attempts = [e for e in env.officer().search_all(access_log_pb2.SearchRequest(pid=pid))
+                if e.agent.subject == "clin-a-2"]
+    assert [(e.outcome, e.outcome_description) for e in attempts] == [
+        (access_log_pb2.ACCESS_OUTCOME_DENIED, "no-breakglass-declaration")]
 
     access = clin.RecordAccess(breakglass_pb2.RecordBreakGlassAccessRequest(
         pid=pid, data_classes=["Observation", "AllergyIntolerance"]))
