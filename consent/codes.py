@@ -34,6 +34,7 @@ PURPOSES_OF_USE: Mapping[str, str] = MappingProxyType(
         "HDIRECT": "directory",
         "HLEGAL": "legal",
         "HTEST": "test health data",
+        "BTG": "break the glass",
     }
 )
 
@@ -128,8 +129,34 @@ DECISION_REASONS: Mapping[str, str] = MappingProxyType(
         "consent-not-yet-valid": "The consent covering the access is not yet in force",
         "consent-revoked": "The consent covering the access was revoked",
         "consent-unconfirmed": "The consent covering the access awaits the patient's confirmation",
+        "break-glass": "No consent permits it; the clinician's active break-glass declaration does",
     }
 )
+
+# --- Break-glass (consent/breakglass.py) ----------------------------------------
+
+#: Purposes a break-glass declaration (and the access it permits) may carry.
+BREAKGLASS_PURPOSES: frozenset[str] = frozenset({"ETREAT", "BTG"})
+
+#: Why a clinician broke the glass (ciphercare code system; the free text stays off-chain).
+BREAKGLASS_REASON_SYSTEM = "https://ciphercare.dev/fhir/CodeSystem/breakglass-reason"
+BREAKGLASS_REASONS: Mapping[str, str] = MappingProxyType(
+    {
+        "unconscious-patient": "The patient is unconscious or cannot communicate",
+        "life-threatening": "A life-threatening emergency",
+        "urgent-treatment": "Urgent treatment that cannot wait for consent",
+        "patient-incapacitated": "The patient lacks capacity and no representative is reachable",
+        "consent-service-unavailable": "Consent cannot be obtained or checked in time",
+        "other-emergency": "Another emergency, explained in the free text",
+    }
+)
+
+BREAKGLASS_PENDING = "pending"
+BREAKGLASS_ACKNOWLEDGED = "acknowledged"
+BREAKGLASS_ESCALATED = "escalated"
+#: A compliance officer's review outcomes, and the review states a declaration can be in.
+BREAKGLASS_REVIEW_OUTCOMES: frozenset[str] = frozenset({BREAKGLASS_ACKNOWLEDGED, BREAKGLASS_ESCALATED})
+BREAKGLASS_REVIEW_STATUSES: frozenset[str] = BREAKGLASS_REVIEW_OUTCOMES | {BREAKGLASS_PENDING}
 
 # --- AuditEvent (IHE BALP on FHIR R4) ------------------------------------------
 

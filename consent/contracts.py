@@ -25,6 +25,7 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import (
 )
 
 from . import canonical, codes, model
+from .breakglass import BreakGlassContract, active_declaration  # break-glass (issue 15)
 from .cache import LRU
 from .caller import Caller, caller_from_ctx
 from .decision import AccessRequest, decide, evaluate_consent
@@ -35,7 +36,7 @@ from .errors import (
     not_found,
     permission_denied,
 )
-from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord
+from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord, Decision
 
 CONSENT_CONTRACT = "consent"
 ACCESSLOG_CONTRACT = "accesslog"
@@ -490,7 +491,25 @@ class ConsentContract(Contract):
 
     async def _decide(self, ctx: TransactionContext, request: AccessRequest) -> dict[str, Any]:
         """The Decision (as a dict) for an already validated and authorized request."""
-        return decide(await self._for_patient(ctx, request.pid), request).to_dict()
+        decision = decide(await self._for_patient(ctx, request.pid), request)
+        # --- break-glass (issue 15; consent/breakglass.py) -----------------------------------------
+        # No consent permits: the caller's own active break-glass declaration for this patient does,
+        # for ETREAT/BTG only, and the decision names it (reason_code "break-glass").
+        if not decision.permitted and request.purpose in codes.BREAKGLASS_PURPOSES:
+            declaration = await active_declaration(
+                ctx.get_stub(), caller_from_ctx(ctx), request.pid, request.purpose, request.at
+            )
+            if declaration is not None:
+                decision = Decision(
+                    decision=codes.PERMIT,
+                    consent_id=None,
+                    reason=f"break-glass declaration {declaration.id} permits {request.describe()} "
+                    f"until {declaration.expires_at} ({decision.reason_code} otherwise)",
+                    reason_code="break-glass",
+                    breakglass_id=declaration.id,
+                )
+        # --- end break-glass --------------------------------------------------------------------------
+        return decision.to_dict()
 
 
 def _check_time(ctx: TransactionContext, at_iso: str) -> datetime:
@@ -710,12 +729,12 @@ class AccessLogContract(Contract):
 
 
 def new_chaincode() -> ContractChaincode:
-    """The ciphercare chaincode: consent, access log and the scoring-model registry in one ContractChaincode."""
+    """The ciphercare chaincode: consent, access log, scoring-model registry, batched access events, break-glass."""
     from .accessbatch import AccessBatchContract  # scoreperf (issue 16 item 3): batched access events
     from .model_registry import ModelRegistryContract
 
     return ContractChaincode.new_chaincode(ConsentContract(), AccessLogContract(), ModelRegistryContract(),
-                                           AccessBatchContract())
+                                           AccessBatchContract(), BreakGlassContract())
 
 
 __all__ = [

@@ -43,6 +43,7 @@ OUTCOME_DESC_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CONSENT_ID_RE = re.compile(r"^cns-[0-9a-f]{32}$")
 EVENT_ID_RE = re.compile(r"^ae-[0-9a-f]{32}$")
+BREAKGLASS_ID_RE = re.compile(r"^bg-[0-9a-f]{32}$")
 TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/~-]{1,40}$")
 
@@ -901,6 +902,8 @@ class Decision:
     consent_id: str | None
     reason: str
     reason_code: str
+    #: The break-glass declaration that permitted the access (reason_code "break-glass"), else None.
+    breakglass_id: str | None = None
 
     @property
     def permitted(self) -> bool:
@@ -908,7 +911,7 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "decision") -> Decision:
-        d = _fields(data, path, ("decision", "consent_id", "reason", "reason_code"))
+        d = _fields(data, path, ("decision", "consent_id", "reason", "reason_code"), ("breakglass_id",))
         if not isinstance(d["reason"], str) or len(d["reason"]) > 512:
             raise ValidationError(f"{path}.reason: expected a string of at most 512 characters")
         cid = d["consent_id"]
@@ -919,12 +922,17 @@ class Decision:
             reason_code=code(
                 d["reason_code"], f"{path}.reason_code", codes.DECISION_REASONS, "a decision reason"
             ),
+            breakglass_id=_optional(d.get("breakglass_id"), f"{path}.breakglass_id", BREAKGLASS_ID_RE,
+                                    "a break-glass declaration id"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "decision": self.decision,
             "consent_id": self.consent_id,
             "reason": self.reason,
             "reason_code": self.reason_code,
         }
+        if self.breakglass_id is not None:  # only break-glass decisions carry it (other decisions unchanged)
+            out["breakglass_id"] = self.breakglass_id
+        return out

@@ -23,9 +23,9 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 
 def test_every_rpc_has_an_access_rule() -> None:
     from ciphercare.services.identity.rules import RULES
-    from ciphercare.v1 import access_log_pb2, compliance_pb2, consent_pb2
+    from ciphercare.v1 import access_log_pb2, breakglass_pb2, compliance_pb2, consent_pb2, fhir_pb2
 
-    for module in (consent_pb2, access_log_pb2, compliance_pb2):
+    for module in (consent_pb2, access_log_pb2, compliance_pb2, breakglass_pb2, fhir_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 assert f"/{service.full_name}/{method.name}" in RULES

@@ -9,6 +9,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.bundle import Bundle
+
 from ciphercare.consent import codes
 from ciphercare.v1 import access_log_pb2
 
@@ -34,6 +37,7 @@ PSEUDONYM_SYSTEM = "urn:ciphercare:pid"
 SUBJECT_SYSTEM = "urn:ciphercare:subject"
 ORG_SYSTEM = "urn:ciphercare:org"
 LEDGER_SYSTEM = "urn:ciphercare:ledger"
+BREAKGLASS_SYSTEM = "urn:ciphercare:breakglass"
 _TYPE_DISPLAY = {"110110": "Patient Record", "110112": "Query", "110106": "Export", "110100": "Application Activity"}
 _SUBTYPE_RESTFUL = {"read", "vread", "update", "patch", "delete", "history", "create", "search", "search-type",
                     "search-system", "capabilities", "transaction", "batch", "operation"}
@@ -74,7 +78,15 @@ def _profile(event: access_log_pb2.AccessEvent) -> str:
 
 
 def audit_event(event: access_log_pb2.AccessEvent) -> dict[str, Any]:
-    """One access event as a FHIR R4 AuditEvent following IHE BALP's patient-access patterns."""
+    """One access event as a FHIR R4 AuditEvent following IHE BALP's patient-access patterns.
+
+    Built as the ``fhir.resources`` R4B AuditEvent model (R4B's AuditEvent is R4's, which BALP profiles),
+    so a structural mistake fails here, and dumped from it.
+    """
+    return AuditEvent.model_validate(_audit_event(event)).model_dump(mode="json", exclude_none=True)
+
+
+def _audit_event(event: access_log_pb2.AccessEvent) -> dict[str, Any]:
     outcome_code = _OUTCOME.get(event.outcome, ("unknown", "8"))[1]
     purpose = [{"coding": [{"system": codes.PURPOSE_OF_USE_SYSTEM, "code": event.purpose_of_use,
                             "display": codes.PURPOSES_OF_USE.get(event.purpose_of_use, event.purpose_of_use)}]}] \
@@ -124,6 +136,13 @@ def audit_event(event: access_log_pb2.AccessEvent) -> dict[str, Any]:
             "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
             "detail": [{"type": "dataClass", "valueString": c} for c in event.data_classes],
         })
+    if event.outcome_description.startswith("break-glass:"):
+        # Access under a break-glass declaration (issue 15): purpose ETREAT/BTG and the declaration.
+        resource["entity"].append({
+            "what": {"identifier": {"system": BREAKGLASS_SYSTEM, "value": event.outcome_description.split(":", 1)[1]}},
+            "type": {"system": ENTITY_TYPE, "code": "4", "display": "Other"},
+            "description": "break-glass declaration",
+        })
     if event.consent_id:
         resource["entity"].append({
             "what": {"reference": f"Consent/{event.consent_id}"},
@@ -159,4 +178,40 @@ def audit_bundle(events: Iterable[access_log_pb2.AccessEvent], self_url: str,
         bundle["total"] = len(entries)
         bundle["link"] = [{"relation": "self", "url": self_url}]
     bundle["entry"] = entries
-    return bundle
+    return Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)
+
+
+#: IHE BALP: the AuditEvent.type codes its patient-access profiles use (DICOM), the agent and entity codes.
+BALP_TYPES = frozenset({"110110", "110112", "110106", "110107", "110100"})
+BALP_PROFILES = frozenset(f"{BALP}IHE.BasicAudit.{n}" for n in (
+    "PatientRead", "PatientCreate", "PatientUpdate", "PatientDelete", "PatientQuery"))
+
+
+def balp_problems(resource: dict[str, Any]) -> list[str]:
+    """Our own checks of an exported AuditEvent's code bindings (empty when it follows BALP as we use it)."""
+    problems: list[str] = []
+    profiles = (resource.get("meta") or {}).get("profile") or []
+    if not set(profiles) & BALP_PROFILES:
+        problems.append(f"meta.profile names no BALP patient profile: {profiles}")
+    t = resource.get("type") or {}
+    if t.get("system") != DCM or t.get("code") not in BALP_TYPES:
+        problems.append(f"type {t.get('system')}|{t.get('code')} is not a DICOM audit event type BALP uses")
+    if resource.get("action") not in codes.AUDIT_ACTIONS:
+        problems.append(f"action {resource.get('action')!r} is not an audit-event-action code")
+    if resource.get("outcome") not in {"0", "4", "8", "12"}:
+        problems.append(f"outcome {resource.get('outcome')!r} is not an audit-event-outcome code")
+    for i, purpose in enumerate(resource.get("purposeOfEvent") or []):
+        for coding in purpose.get("coding") or []:
+            if coding.get("system") != codes.PURPOSE_OF_USE_SYSTEM or coding.get("code") not in codes.PURPOSES_OF_USE:
+                problems.append(f"purposeOfEvent[{i}] {coding.get('code')!r} is not a v3-ActReason code we know")
+    patients = [e for e in resource.get("entity") or []
+                if (e.get("role") or {}).get("system") == OBJECT_ROLE and (e.get("role") or {}).get("code") == "1"]
+    if len(patients) != 1:
+        problems.append(f"BALP requires exactly one patient entity (object-role 1), found {len(patients)}")
+    requestors = [a for a in resource.get("agent") or [] if a.get("requestor")]
+    if len(requestors) != 1:
+        problems.append(f"expected exactly one requesting agent, found {len(requestors)}")
+    source_types = [c.get("system") for c in (resource.get("source") or {}).get("type") or []]
+    if SECURITY_SOURCE not in source_types:
+        problems.append("source.type carries no security-source-type coding")
+    return problems

@@ -65,6 +65,10 @@ def run_demo(settings: Settings, target: str) -> int:
     try:
         print(f"ciphercare demo against {target} — patient pseudonym {pid}\n")
         compliance = clients["compliance"]
+        # issue 15: the demo patients' portal comes alive (consents, history, an emergency access)
+        from ciphercare.services.cli.demo_patients import seed_demo_patients
+
+        seed_demo_patients(target, issuer, settings.client_deadline_s, step)
         verifier, start = compliance.verifier()
         start_size = start.checkpoint.tree_size
         step("compliance officer reads the signed checkpoint", f"tree size {start_size}, signature OK")

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "ciphercare.services.cli.integrity",  # witness serve / vkey (issue 11)
     "ciphercare.services.cli.chaincode",  # fabric-network (issue 13 item 4): `chaincode serve`
     "ciphercare.services.cli.audit",  # compliance (issue 15): `audit search|export|verify|flags`
+    "ciphercare.services.cli.fhir",  # issue 15 item 3: `fhir import|export|audit`
 )
 
 

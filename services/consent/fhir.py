@@ -12,6 +12,8 @@ import hashlib
 import json
 from typing import Any
 
+from fhir.resources.R4B.consent import Consent as ConsentR4B
+
 from ciphercare.consent import canonical
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -51,7 +53,19 @@ def _provision(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def consent_document(grant: dict[str, Any], recorded_on: str) -> dict[str, Any]:
-    """An R4 Consent resource equivalent to a Grant input (used when the caller sends none)."""
+    """An R4 Consent resource equivalent to a Grant input (used when the caller sends none).
+
+    Validated with the ``fhir.resources`` R4B Consent model (R4B did not change Consent). The model's
+    dump would normalise instants (``.000Z`` -> ``Z``) and so change the canonical bytes whose hash the
+    ledger records for every new default document; the document is therefore kept as built and only
+    validated (old and new documents hash the same way).
+    """
+    document = _consent_document(grant, recorded_on)
+    ConsentR4B.model_validate(document)  # raises pydantic.ValidationError on a structural mistake
+    return document
+
+
+def _consent_document(grant: dict[str, Any], recorded_on: str) -> dict[str, Any]:
     root = {
         "type": grant["decision"],
         "period": grant.get("period") or {},

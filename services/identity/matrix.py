@@ -59,11 +59,19 @@ ACCESS_LOG_METHODS: tuple[str, ...] = (
 )
 COMPLIANCE_SERVICE = "ciphercare.v1.ComplianceService"
 COMPLIANCE_METHODS: tuple[str, ...] = ("ListFlags", "Search", "Aggregate", "Export")
+BREAKGLASS_SERVICE = "ciphercare.v1.BreakGlassService"
+FHIR_SERVICE = "ciphercare.v1.FhirService"
+BREAKGLASS_METHODS: tuple[str, ...] = (
+    "Declare", "RecordAccess", "Get", "ListForPatient", "ListActive", "ListForReview", "Review",
+)
+FHIR_METHODS: tuple[str, ...] = ("ImportConsent", "ExportConsent", "ExportAuditEvents")
 #: Every RPC the matrix covers, as full gRPC method names.
 METHODS: tuple[str, ...] = (
     tuple(f"/{CONSENT_SERVICE}/{m}" for m in CONSENT_METHODS)
     + tuple(f"/{ACCESS_LOG_SERVICE}/{m}" for m in ACCESS_LOG_METHODS)
     + tuple(f"/{COMPLIANCE_SERVICE}/{m}" for m in COMPLIANCE_METHODS)
+    + tuple(f"/{BREAKGLASS_SERVICE}/{m}" for m in BREAKGLASS_METHODS)
+    + tuple(f"/{FHIR_SERVICE}/{m}" for m in FHIR_METHODS)
 )
 
 A, F, N, D = Outcome.ALLOWED, Outcome.FILTERED, Outcome.NOT_FOUND, Outcome.DENIED
@@ -96,6 +104,20 @@ _ROWS: dict[str, tuple[tuple[Outcome, Outcome], ...]] = {
     "ComplianceService/Search": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
     "ComplianceService/Aggregate": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
     "ComplianceService/Export": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
+    # Break-glass (issue 15). Own: hospital-a's clinician's declaration for pt-1001; other: hospital-b's for
+    # pt-1002. Only clinicians declare (for any patient: it is an emergency) and record access under their own
+    # declaration; only compliance officers review; the contract scopes reads like consents.
+    "BreakGlassService/Declare": ((D, D), (A, A), (D, D), (D, D), (D, D), (D, D)),
+    "BreakGlassService/RecordAccess": ((D, D), (A, A), (D, D), (D, D), (D, D), (D, D)),
+    "BreakGlassService/Get": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),
+    "BreakGlassService/ListForPatient": ((A, F), (A, F), (A, D), (A, A), (A, A), (D, D)),
+    "BreakGlassService/ListActive": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
+    "BreakGlassService/ListForReview": ((D, D), (D, D), (D, D), (A, A), (A, A), (D, D)),
+    "BreakGlassService/Review": ((D, D), (D, D), (D, D), (A, A), (D, D), (D, D)),
+    # FHIR interchange (issue 15): an import is a Grant, exports read like Get and Search.
+    "FhirService/ImportConsent": ((A, A), (A, A), (A, D), (D, D), (D, D), (D, D)),
+    "FhirService/ExportConsent": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),
+    "FhirService/ExportAuditEvents": ((A, F), (A, F), (A, F), (A, A), (A, A), (D, D)),
 }
 
 

@@ -62,6 +62,8 @@ _CONSENT = "/ciphercare.v1.ConsentService/"
 _ACCESS_LOG = "/ciphercare.v1.AccessLogService/"
 _SCORING = "/ciphercare.v1.ScoringService/"
 _COMPLIANCE = "/ciphercare.v1.ComplianceService/"
+_BREAKGLASS = "/ciphercare.v1.BreakGlassService/"
+_FHIR = "/ciphercare.v1.FhirService/"
 
 _TABLE: dict[str, AccessRule] = {
     # Consent
@@ -92,6 +94,18 @@ _TABLE: dict[str, AccessRule] = {
     _COMPLIANCE + "Search": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
     _COMPLIANCE + "Aggregate": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
     _COMPLIANCE + "Export": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
+    # Break-glass (issue 15): clinicians declare and record, compliance officers review; the contract scopes reads.
+    _BREAKGLASS + "Declare": _roles(CLINICIAN),
+    _BREAKGLASS + "RecordAccess": _roles(CLINICIAN),
+    _BREAKGLASS + "Get": _roles(*_ALL),
+    _BREAKGLASS + "ListForPatient": _roles(*_ALL),
+    _BREAKGLASS + "ListActive": _roles(CLINICIAN, HOSPITAL, COMPLIANCE_OFFICER, ADMIN),
+    _BREAKGLASS + "ListForReview": _roles(COMPLIANCE_OFFICER, ADMIN),
+    _BREAKGLASS + "Review": _roles(COMPLIANCE_OFFICER),
+    # FHIR interchange (issue 15): imports are consent grants; exports are reads, scoped by the contracts.
+    _FHIR + "ImportConsent": _roles(PATIENT, CLINICIAN, HOSPITAL),
+    _FHIR + "ExportConsent": _roles(*_ALL),
+    _FHIR + "ExportAuditEvents": _roles(*_ALL),
     # Infrastructure: public
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,

@@ -192,6 +192,32 @@ class Settings(BaseSettings):
     scoring_output_noise: float = Field(default=0.0, ge=0.0, le=4.0)
     web_ledger_vkey: str = ""  # pin the checkpoint verifier key; empty: the one the service serves (pinned per session)
 
+    # Break-glass (issue 15): how long a clinician's declaration permits emergency access (ETREAT/BTG).
+    breakglass_duration_s: int = Field(default=4 * 3600, ge=60, le=24 * 3600)
+
+    # The organisations ciphercare knows (id -> display name): the portal offers only these as consent
+    # recipients and the FHIR import accepts only these as actors; anything else is refused server-side.
+    organizations: dict[str, str] = Field(
+        default_factory=lambda: {
+            "hospital-a": "Hospital A",
+            "hospital-b": "Hospital B",
+            "clinic-c": "Clinic C",
+            "lab-d": "Laboratory D",
+            "research-e": "Research Institute E",
+            "public-health": "Regional Public Health Agency",
+        }
+    )
+
+    @field_validator("organizations")
+    @classmethod
+    def _org_ids(cls, orgs: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [o for o in orgs if not re.match(r"^(?=.{1,63}$)[a-z0-9]+(?:[-_][a-z0-9]+)*$", o)]
+        if bad or not orgs:
+            raise ValueError(f"organizations must map lower-case org ids to display names; bad ids: {bad}")
+        return orgs
+
     @field_validator("oidc_algorithms")
     @classmethod
     def _only_asymmetric(cls, algs: tuple[str, ...]) -> tuple[str, ...]:

@@ -28,6 +28,8 @@ from ciphercare.ledger.gateway import GatewayOptions, Transport
 from ciphercare.services.audit.compliance import ComplianceServicer  # compliance (issue 15)
 from ciphercare.services.audit.refusals import Refusal, RefusalRecorder, SecurityLog
 from ciphercare.services.audit.servicer import AccessLogServicer, AccessProjection
+from ciphercare.services.consent.breakglass import BreakGlassServicer
+from ciphercare.services.consent.fhir_service import FhirServicer
 from ciphercare.services.consent.servicer import ConsentServicer
 from ciphercare.services.identity.devissuer import DevIssuer, DevIssuerServer
 from ciphercare.services.identity.devlogin import DevLogin
@@ -53,10 +55,14 @@ from ciphercare.services.store.consistency import PrivacyProjection, check_store
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
+    breakglass_pb2,
+    breakglass_pb2_grpc,
     compliance_pb2,
     compliance_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
+    fhir_pb2,
+    fhir_pb2_grpc,
     scoring_pb2,
     scoring_pb2_grpc,
 )
@@ -75,6 +81,8 @@ SERVICE_NAMES = (
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
     SERVICE_NAME_V1,
+    breakglass_pb2.DESCRIPTOR.services_by_name["BreakGlassService"].full_name,
+    fhir_pb2.DESCRIPTOR.services_by_name["FhirService"].full_name,
 )
 
 #: The server's own ledger identity (opening a Fabric connection); refusals are never recorded under it.
@@ -277,6 +285,12 @@ class Application:
         # scoreperf (issue 16 item 3): with the store, a batch's access events are one accessbatch transaction.
         self.scoring = ScoringServicer(handles, self.settings, self.metrics, store=self.store)
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(self.scoring, server)
+        breakglass_pb2_grpc.add_BreakGlassServiceServicer_to_server(
+            BreakGlassServicer(handles, self.store, self.settings), server
+        )
+        fhir_pb2_grpc.add_FhirServiceServicer_to_server(
+            FhirServicer(handles, self.store, self.settings, self.projections), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_server_reflection(SERVICE_NAMES, server)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ciphercare.consent.breakglass import EVENT_BREAKGLASS_DECLARED, EVENT_BREAKGLASS_REVIEWED
 from ciphercare.consent.contracts import (
     ERASURE_OUTCOME_DESC,
     EVENT_ACCESS_RECORDED,
@@ -50,7 +51,9 @@ log = logging.getLogger("ciphercare.store")
 PRIVACY_PRINCIPAL = Principal(
     subject="service:ciphercare-privacy", org="ciphercare", roles=frozenset({"admin"}), client_id="ciphercare-server"
 )
-PRIVACY_EVENTS = frozenset({EVENT_CONSENT_GRANTED, EVENT_ACCESS_RECORDED})
+PRIVACY_EVENTS = frozenset(
+    {EVENT_CONSENT_GRANTED, EVENT_ACCESS_RECORDED, EVENT_BREAKGLASS_DECLARED, EVENT_BREAKGLASS_REVIEWED}
+)
 PRIVACY_CURSOR = "privacy"
 _CHUNK = 1024
 
@@ -110,6 +113,12 @@ class PrivacyProjection:
                 refs.append(DocumentRef(sha, pid, event.seq))
                 if evidence is not None:  # the signed form staff attached (kept off-chain by the service)
                     refs.append(DocumentRef(evidence, pid, event.seq))
+            elif event.name in (EVENT_BREAKGLASS_DECLARED, EVENT_BREAKGLASS_REVIEWED):
+                # Break-glass (issue 15): the justification / reviewer note documents, by hash.
+                payload = json.loads(event.payload)
+                sha = payload["text_sha256"] if event.name == EVENT_BREAKGLASS_DECLARED else payload["note_sha256"]
+                if sha:
+                    refs.append(DocumentRef(str(sha), str(payload["pid"]), event.seq))
             elif event.name == EVENT_ACCESS_RECORDED:
                 payload = json.loads(event.payload)
                 entity = payload.get("entity") or {}

@@ -51,7 +51,8 @@ log = logging.getLogger("ciphercare.store")
 
 ACCESS_PROJECTION = "access-events"
 PRIVACY_PROJECTION = "privacy"
-DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail", "consent-evidence"})
+DOCUMENT_KINDS = frozenset({"fhir-consent", "access-detail", "consent-evidence", "breakglass-justification",
+                            "breakglass-note"})
 
 
 

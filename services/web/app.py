@@ -325,7 +325,7 @@ class WebApp:
         return PlainTextResponse("ok")
 
     def build(self) -> Starlette:
-        from ciphercare.services.web import console, portal
+        from ciphercare.services.web import breakglass, console, portal
 
         routes = [
             Route("/", self.index),
@@ -336,6 +336,7 @@ class WebApp:
             Route("/signed-out", self.signed_out),
             *portal.routes(self),
             *console.routes(self),
+            *breakglass.routes(self),  # issue 15: break-glass review
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error,

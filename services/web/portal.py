@@ -31,7 +31,7 @@ from ciphercare.services.web.app import WebApp
 from ciphercare.services.web.backend import ServiceRefusal
 from ciphercare.services.web.integrity import remember_latest
 from ciphercare.services.web.sessions import Session
-from ciphercare.v1 import access_log_pb2, common_pb2, consent_pb2
+from ciphercare.v1 import access_log_pb2, breakglass_pb2, breakglass_pb2_grpc, common_pb2, consent_pb2
 
 HISTORY_PAGE = 20
 HISTORY_CAP = 2000
@@ -81,14 +81,26 @@ async def overview(web: WebApp, request: Request, session: Session) -> Response:
     if pid is None:
         return _not_found(web, request)
 
-    def load(client: CiphercareClient) -> tuple[list[consent_pb2.Consent], list[access_log_pb2.AccessEvent]]:
+    def load(client: CiphercareClient) -> tuple[list[consent_pb2.Consent], list[access_log_pb2.AccessEvent],
+                                                list[breakglass_pb2.BreakGlassDeclaration]]:
         consents = client.list_for_patient(pid, include_inactive=True)
         events = list(itertools.islice(
             client.search_all(access_log_pb2.SearchRequest(pid=pid, page_size=500)), HISTORY_CAP))
-        return consents, events
+        stub = breakglass_pb2_grpc.BreakGlassServiceStub(client.channel)
+        try:
+            declarations = list(client.call(stub.ListForPatient,
+                                            breakglass_pb2.ListBreakGlassForPatientRequest(pid=pid)).declarations)
+        except grpc.RpcError as exc:  # a role that may not list them sees none (the service decides)
+            if exc.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND):
+                raise
+            declarations = []
+        return consents, events, declarations
 
-    consents, events = await web.call(session, load)
-    views = [present.consent_view(c) for c in consents]
+    consents, events, declarations = await web.call(session, load)
+    user = session.user
+    own = bool(user and user.pid == pid and user.is_patient)
+    names = web.settings.organizations
+    views = [present.consent_view(c, own=own, names=names) for c in consents]
     order = {"proposed": 0, "active": 1, "scheduled": 2, "expired": 3, "revoked": 4}
     views.sort(key=lambda v: order[v.status])
     events.reverse()  # newest first
@@ -98,17 +110,18 @@ async def overview(web: WebApp, request: Request, session: Session) -> Response:
         page = 1
     pages = max(1, -(-len(events) // HISTORY_PAGE))
     page = min(page, pages)
-    shown = [present.access_view(e) for e in events[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE]]
+    shown = [present.access_view(e, own=own, names=names)
+             for e in events[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE]]
     receipts = [r for r in session.receipts.values() if r.get("pid") == pid]
-    user = session.user
+    emergencies = [present.breakglass_view(d, events, own=own, names=names) for d in reversed(declarations)]
     return web.render(request, "patient.html", {
-        "title": "My consents" if user and user.pid == pid else f"Patient {pid}",
-        "pid": pid, "own": bool(user and user.pid == pid), "consents": views,
+        "title": "My consents" if own else f"Patient {pid}",
+        "pid": pid, "own": own, "consents": views,
         "can_change": bool(user and user.may_offer_grant(pid)),
         "can_confirm": bool(user and user.is_patient and user.pid == pid),
         "events": shown, "page": page, "pages": pages, "event_count": len(events),
         "capped": len(events) >= HISTORY_CAP, "receipts": list(reversed(receipts)),
-        "quote": urllib.parse.quote,
+        "emergencies": emergencies, "quote": urllib.parse.quote,
     })
 
 
@@ -125,16 +138,20 @@ class GrantForm:
     expires: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 
-    def validate(self, today: date) -> datetime | None:
-        """Field checks before anything is sent; returns the exclusive end of the period (or None)."""
+    def validate(self, today: date, organizations: dict[str, str]) -> datetime | None:
+        """Field checks before anything is sent; returns the exclusive end of the period (or None).
+
+        The recipient must be one of the organisations ciphercare knows (``organizations``): the form offers
+        only those, and anything else sent to this handler is refused here, before the service is asked.
+        """
         if not self.organization:
-            self.errors["organization"] = "Enter the organisation that may use your data, for example hospital-b."
-        elif not ORG_RE.match(self.organization):
-            self.errors["organization"] = ("Use the organisation's id: lower-case letters and digits joined by "
-                                           "hyphens, for example hospital-b.")
+            self.errors["organization"] = "Choose the organisation that may use the data."
+        elif not ORG_RE.match(self.organization) or self.organization not in organizations:
+            self.errors["organization"] = ("Choose an organisation from the list; ciphercare does not know "
+                                           "this one.")
         if not self.purposes:
             self.errors["purposes"] = "Choose at least one purpose."
-        elif any(p not in codes.PURPOSES_OF_USE for p in self.purposes):
+        elif any(p not in present.GRANTABLE_PURPOSES for p in self.purposes):
             self.errors["purposes"] = "Choose purposes from the list."
         if not self.data_classes:
             self.errors["data_classes"] = "Choose at least one kind of data."
@@ -177,7 +194,7 @@ async def grant(web: WebApp, request: Request, session: Session) -> Response:
                          purposes=[str(v) for v in data.getlist("purposes")],
                          data_classes=[str(v) for v in data.getlist("data_classes")],
                          expires=str(data.get("expires", "")).strip())
-        end = form.validate(datetime.now(UTC).date())
+        end = form.validate(datetime.now(UTC).date(), web.settings.organizations)
         if not form.errors:
             period = common_pb2.Period()
             if end is not None:
@@ -201,7 +218,9 @@ async def grant(web: WebApp, request: Request, session: Session) -> Response:
                 else:
                     refusal = exc.message
             else:
-                view = present.consent_view(response.consent)
+                user = session.user
+                view = present.consent_view(response.consent, own=bool(user and user.pid == pid),
+                                            names=web.settings.organizations)
                 receipt["pid"] = pid
                 session.remember_receipt(response.receipt.tx_id, receipt)
                 session.flash.append({"text": f"Consent granted: {view.sentence}",
@@ -210,14 +229,14 @@ async def grant(web: WebApp, request: Request, session: Session) -> Response:
                 return RedirectResponse(f"/patients/{urllib.parse.quote(pid)}#consent-{response.consent.id}",
                                         status_code=303)
         status = 400
-    common = [p for p in present.COMMON_PURPOSES if p in codes.PURPOSES_OF_USE]
-    purposes = [(p, codes.PURPOSES_OF_USE[p]) for p in common] + [
-        (p, d) for p, d in codes.PURPOSES_OF_USE.items() if p not in common]
     user = session.user
+    own = bool(user and user.pid == pid and user.is_patient)
     return web.render(request, "grant.html", {
-        "title": "Grant consent", "pid": pid, "form": form, "refusal": refusal,
+        "title": "Grant consent", "pid": pid, "form": form, "refusal": refusal, "own": own,
         "may_grant": bool(user and user.may_offer_grant(pid)),
-        "purposes": purposes, "data_classes": [(c, present.data_class_words(c)) for c in codes.DATA_CLASSES],
+        "organizations": sorted(web.settings.organizations.items(), key=lambda kv: kv[1]),
+        "purpose_groups": present.PURPOSE_GROUPS,
+        "data_classes": [(c, present.data_class_words(c, own)) for c in codes.DATA_CLASSES],
         "today": datetime.now(UTC).date().isoformat(),
     }, status)
 
@@ -237,8 +256,9 @@ async def revoke(web: WebApp, request: Request, session: Session) -> Response:
     consent = await web.call(session, get)
     if consent.pid != pid:
         return _not_found(web, request)
-    view = present.consent_view(consent)
     user = session.user
+    view = present.consent_view(consent, own=bool(user and user.pid == pid and user.is_patient),
+                                names=web.settings.organizations)
     reasons = list(codes.REVOCATION_REASONS.items())
     if user is not None and user.is_patient:
         first = "declined-by-patient" if view.proposed else "patient-request"

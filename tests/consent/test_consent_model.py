@@ -83,7 +83,7 @@ def test_record_round_trip() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [
-        ("purposes", ["FOO"], "'FOO' is not a v3 ActReason purpose-of-use code; allowed: CAREMGT, CLINTRCH"),
+        ("purposes", ["FOO"], "'FOO' is not a v3 ActReason purpose-of-use code; allowed: BTG, CAREMGT, CLINTRCH"),
         ("purposes", [], "at least one"),
         ("purposes", ["TREAT", "TREAT"], "duplicate"),
         ("purposes", "TREAT", "expected a list"),

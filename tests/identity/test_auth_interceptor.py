@@ -389,10 +389,13 @@ def test_rules_table_shape() -> None:
     assert RULES[f"/{ACCESS_LOG}/Watch"].roles == {"hospital", "compliance-officer", "admin"}
     assert RULES[f"/{CONSENT}/Check"].roles == {"patient", "clinician", "hospital", "compliance-officer"}
     assert RULES[f"/{SCORING}/GetModelInfo"].roles == {"hospital", "clinician"}
-    assert len(RULES) == 7 + 7 + 3 + 4 + 4
+    assert len(RULES) == 7 + 7 + 3 + 4 + 7 + 3 + 4
     compliance = "ciphercare.v1.ComplianceService"
     assert RULES[f"/{compliance}/ListFlags"].roles == {"hospital", "compliance-officer", "admin"}
     assert RULES[f"/{compliance}/Export"].roles == {"clinician", "hospital", "compliance-officer", "admin"}
+    # consent 6, access log 7, scoring 3, break-glass 7 and FHIR 3 (issue 15), health and reflection 4
+    assert RULES["/ciphercare.v1.BreakGlassService/Declare"].roles == {"clinician"}
+    assert RULES["/ciphercare.v1.BreakGlassService/Review"].roles == {"compliance-officer"}
     with pytest.raises(ValueError):
         AccessRule(roles=frozenset({"root"}))
     with pytest.raises(ValueError):

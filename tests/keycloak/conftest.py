@@ -34,7 +34,7 @@ from testkit.keycloak import (
     KeycloakUnavailable,
     test_realms,
 )
-from testkit.matrix import HOSPITAL_B, DevTokens, World
+from testkit.matrix import CLINICIAN_B, HOSPITAL_B, DevTokens, World
 from testkit.server import ServerThread, make_settings
 
 from ciphercare.services.identity.devissuer import DevIssuer
@@ -64,6 +64,8 @@ class KeycloakPersonas:
             return self.tokens.client_credentials("hospital-a")
         if persona == HOSPITAL_B:
             return self.tokens.client_credentials("hospital-b")
+        if persona == CLINICIAN_B:  # writes the "other" break-glass fixtures (issue 15)
+            return self.tokens.user("clinician-b", "ciphercare-console")
         username, client = KEYCLOAK_USERS[persona]
         return self.tokens.user(username, client)
 

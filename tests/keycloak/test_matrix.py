@@ -30,10 +30,11 @@ def _id(case: tuple[str, str, str]) -> str:
 
 
 def test_matrix_covers_every_rpc_role_and_target() -> None:
-    assert len(EXPECTED) == len(METHODS) * len(PERSONAS) * len(TARGETS) == 18 * 6 * 2
+    assert len(EXPECTED) == len(METHODS) * len(PERSONAS) * len(TARGETS) == 28 * 6 * 2
     services = {m.split("/")[1] for m in METHODS}
     assert services == {"ciphercare.v1.ConsentService", "ciphercare.v1.AccessLogService",
-                        "ciphercare.v1.ComplianceService"}
+                        "ciphercare.v1.ComplianceService", "ciphercare.v1.BreakGlassService",
+                        "ciphercare.v1.FhirService"}
     table_methods = {m for m in RULES if m.split("/")[1] in services}
     assert table_methods == set(METHODS), "every RPC of these services must be in the matrix"
 

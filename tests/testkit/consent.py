@@ -113,3 +113,43 @@ def record(n: int = 1, **overrides: Any) -> ConsentRecord:
     d.update(grant_dict())
     d.update(overrides)
     return ConsentRecord.from_dict(d)
+
+
+# --- FHIR Consent resources for the interchange tests (issue 15) ------------------------------------------
+
+FHIR_ACT = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+FHIR_ORG = "urn:ciphercare:organization"
+
+
+def r4b_consent(**over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": "pt-1001"}},
+        "dateTime": "2025-12-01T10:00:00Z",
+        "sourceReference": {"reference": "DocumentReference/signed-form-1"},
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2025-12-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"},
+            "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                            "code": "IRCP"}]},
+                       "reference": {"identifier": {"system": FHIR_ORG, "value": "hospital-a"}}}],
+            "purpose": [{"system": FHIR_ACT, "code": "TREAT"}, {"system": FHIR_ACT, "code": "ETREAT"}],
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"},
+                      {"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}],
+            "provision": [{
+                "type": "deny",
+                "purpose": [{"system": FHIR_ACT, "code": "ETREAT"}],
+                "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}],
+                "period": {"start": "2026-03-01"},
+                "provision": [{"type": "permit",
+                               "actor": [{"role": {"text": "recipient"},
+                                          "reference": {"identifier": {"system": FHIR_ORG, "value": "hospital-a"}}}]}],
+            }],
+        },
+    }
+    doc.update(over)
+    return doc

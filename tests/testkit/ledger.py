@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from fabric_chaincode_python.fabric_contract_api.contractapi import (
@@ -12,8 +16,11 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import (
     TransactionContext,
 )
 
+from ciphercare.consent.contracts import new_chaincode
 from ciphercare.ledger.api import Principal
-from ciphercare.ledger.embedded.msp import ATTR_OID
+from ciphercare.ledger.embedded.log import HistoryRecord
+from ciphercare.ledger.embedded.msp import ATTR_OID, EmbeddedMSP
+from ciphercare.ledger.embedded.runtime import WorldStateStub, endorse_error, new_tx_id, run_without_loop
 
 ORIGIN = "ciphercare.test/ledger"
 
@@ -114,3 +121,80 @@ def kv_chaincode() -> ContractChaincode:
 
 ALICE = Principal("alice", "hospital-a", frozenset({"doctor", "admin"}), "portal", None)
 BOB = Principal("bob", "clinic_b", frozenset({"patient"}), "app", "pid-42")
+
+
+# --- A clocked world state for the contracts (break-glass expiry, issue 15) ---------------------------------
+#
+# The real chaincode through the ledger's own WorldStateStub and the library's dispatcher, with real creator
+# certificates from EmbeddedMSP; only the storage is a dict, so tests can move the transaction clock and see
+# the write set a refused transaction attempted.
+
+CLOCK_BASE_MS = 1_750_000_000_000  # 2025-06-15T15:06:40Z
+
+
+@dataclass(frozen=True)
+class ClockedReceipt:
+    tx_id: str
+    result: bytes
+    events: tuple[Any, ...]
+
+
+class ClockedWorldState:
+    """Each transaction advances the clock by ``step_ms``; ``advance(ms)`` jumps it."""
+
+    def __init__(self, step_ms: int = 1000) -> None:
+        self.state: dict[str, bytes] = {}
+        self._history: dict[str, list[HistoryRecord]] = {}
+        self._seq = itertools.count()
+        self.now_ms = CLOCK_BASE_MS
+        self.step_ms = step_ms
+        self.msp = EmbeddedMSP()
+        self.chaincode = new_chaincode()
+        self.committed_events: list[tuple[str, bytes]] = []
+        self.attempted_writes: tuple[tuple[str, bytes | None], ...] = ()
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+    def get(self, key: str) -> bytes | None:
+        return self.state.get(key)
+
+    def range(self, start: str, end: str) -> list[tuple[str, bytes]]:
+        return sorted((k, v) for k, v in self.state.items() if k >= start and (not end or k < end))
+
+    def history(self, key: str) -> list[HistoryRecord]:
+        return list(reversed(self._history.get(key, [])))
+
+    def _run(self, principal: Principal, contract: str, function: str, args: Sequence[str],
+             read_only: bool) -> ClockedReceipt:
+        identity = self.msp.identity(principal)
+        tx_id = new_tx_id(identity)
+        self.now_ms += self.step_ms
+        stub = WorldStateStub(
+            self, None, tx_id=tx_id, channel_id="ciphercare", chaincode_name="ciphercare",
+            function=f"{contract}:{function}", params=list(args), identity=identity, ts_ms=self.now_ms,
+            read_only=read_only,
+        )
+        response = run_without_loop(self.chaincode.invoke(stub))
+        self.attempted_writes = stub.write_set()
+        if response.status >= 400:
+            raise endorse_error(tx_id, response.message)
+        events = tuple(stub.get_events())
+        if not read_only:
+            seq = next(self._seq)
+            for key, value in stub.write_set():
+                if value is None:
+                    self.state.pop(key, None)
+                else:
+                    self.state[key] = value
+                self._history.setdefault(key, []).append(
+                    HistoryRecord(seq=seq, tx_id=tx_id, ts_ms=self.now_ms, value=value, is_delete=value is None)
+                )
+            self.committed_events.extend((e.event_name, e.payload) for e in events)
+        return ClockedReceipt(tx_id, bytes(response.payload), events)
+
+    def evaluate(self, principal: Principal, contract: str, function: str, args: Sequence[str]) -> bytes:
+        return self._run(principal, contract, function, args, True).result
+
+    def submit(self, principal: Principal, contract: str, function: str, args: Sequence[str]) -> ClockedReceipt:
+        return self._run(principal, contract, function, args, False)

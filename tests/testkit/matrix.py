@@ -24,15 +24,20 @@ from ciphercare.services.identity.rules import ADMIN, CLINICIAN, COMPLIANCE_OFFI
 from ciphercare.v1 import (
     access_log_pb2,
     access_log_pb2_grpc,
+    breakglass_pb2,
+    breakglass_pb2_grpc,
     compliance_pb2,
     compliance_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
+    fhir_pb2,
+    fhir_pb2_grpc,
 )
 
 PID_OWN, PID_OTHER = "pt-1001", "pt-1002"
 ORG_OWN, ORG_OTHER = "hospital-a", "hospital-b"
 HOSPITAL_B = "hospital-b"  # not a persona: writes the "other" fixtures
+CLINICIAN_B = "clinician-b"  # not a persona: declares the "other" break-glass fixture
 SUCCESS = access_log_pb2.ACCESS_OUTCOME_SUCCESS
 
 
@@ -40,6 +45,11 @@ class TokenSource(Protocol):
     def token(self, persona: str) -> str:
         """A bearer token for a persona of services/identity/matrix.py (or ``"hospital-b"``)."""
         ...
+
+
+def claims_roles(claims: dict[str, Any]) -> set[str]:
+    """The realm roles a token's claims carry."""
+    return set((claims.get("realm_access") or {}).get("roles") or [])
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -54,6 +64,7 @@ def claims_of(token: str) -> dict[str, Any]:
 DEV_USERS: dict[str, tuple[str, str, frozenset[str], str | None, str | None]] = {
     # persona: (username, client, roles, org, pid)
     CLINICIAN: ("clinician-a", "ciphercare-console", frozenset({CLINICIAN}), ORG_OWN, None),
+    CLINICIAN_B: ("clinician-b", "ciphercare-console", frozenset({CLINICIAN}), ORG_OTHER, None),
     PATIENT: ("patient-1001", "ciphercare-portal", frozenset({PATIENT}), None, PID_OWN),
     COMPLIANCE_OFFICER: ("officer", "ciphercare-console", frozenset({COMPLIANCE_OFFICER}), "regulator", None),
     ADMIN: ("admin", "ciphercare-console", frozenset({ADMIN}), "ciphercare-ops", None),
@@ -94,6 +105,7 @@ class World:
     channel: grpc.Channel
     consents: dict[str, str] = field(default_factory=dict)  # own/other -> consent id
     events: dict[str, access_log_pb2.AccessEvent] = field(default_factory=dict)  # own/other -> event
+    declarations: dict[str, str] = field(default_factory=dict)  # own/other -> break-glass declaration id
 
     @property
     def consent_stub(self) -> consent_pb2_grpc.ConsentServiceStub:
@@ -102,6 +114,20 @@ class World:
     @property
     def log_stub(self) -> access_log_pb2_grpc.AccessLogServiceStub:
         return access_log_pb2_grpc.AccessLogServiceStub(self.channel)
+
+    @property
+    def bg_stub(self) -> breakglass_pb2_grpc.BreakGlassServiceStub:
+        return breakglass_pb2_grpc.BreakGlassServiceStub(self.channel)
+
+    @property
+    def fhir_stub(self) -> fhir_pb2_grpc.FhirServiceStub:
+        return fhir_pb2_grpc.FhirServiceStub(self.channel)
+
+    def declare(self, writer: str, target: str) -> str:
+        pid = PID_OWN if target == "own" else PID_OTHER
+        request = breakglass_pb2.DeclareBreakGlassRequest(pid=pid, reason_code="life-threatening",
+                                                          justification="matrix fixture")
+        return str(self.bg_stub.Declare(request, metadata=self.meta(writer), timeout=15).declaration.id)
 
     def meta(self, persona: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.tokens.token(persona)}"),)
@@ -131,6 +157,8 @@ class World:
         for target, writer in (("own", HOSPITAL), ("other", HOSPITAL_B)):
             self.consents[target] = self.grant(writer, target).id
             self.events[target] = self.record(writer, target)
+        for target, clinician in (("own", CLINICIAN), ("other", CLINICIAN_B)):
+            self.declarations[target] = self.declare(clinician, target)
         return self
 
 
@@ -275,8 +303,88 @@ def run_case(world: World, method: str, persona: str, target: str) -> Outcome:
             filter=by_pid, format=compliance_pb2.EXPORT_FORMAT_JSON_LINES), metadata=meta, timeout=15)
         data = b"".join(chunk.data for chunk in chunks)
         return Outcome.ALLOWED if event.id.encode() in data else Outcome.FILTERED
+    bg, fs = world.bg_stub, world.fhir_stub
+    declaration = world.declarations[target]
+
+    def bg_declare() -> Outcome:
+        fresh = world.declare(persona, target)
+        got = bg.Get(breakglass_pb2.GetBreakGlassRequest(declaration_id=fresh), metadata=meta, timeout=15)
+        assert got.declaration.declared_by.subject == caller["sub"] and got.declaration.pid == pid
+        return Outcome.ALLOWED
+
+    def bg_record() -> Outcome:
+        # declared first (by the caller, for the target patient): the access is logged under it
+        if CLINICIAN in claims_roles(caller):
+            world.declare(persona, target)
+        response = bg.RecordAccess(breakglass_pb2.RecordBreakGlassAccessRequest(pid=pid, data_classes=["Observation"]),
+                                   metadata=meta, timeout=15)
+        assert response.event_id.startswith("ae-") and response.declaration_id.startswith("bg-")
+        return Outcome.ALLOWED
+
+    def bg_get() -> Outcome:
+        got = bg.Get(breakglass_pb2.GetBreakGlassRequest(declaration_id=declaration), metadata=meta, timeout=15)
+        assert got.declaration.id == declaration
+        return Outcome.ALLOWED
+
+    def bg_list_for_patient() -> Outcome:
+        found = bg.ListForPatient(breakglass_pb2.ListBreakGlassForPatientRequest(pid=pid), metadata=meta, timeout=15)
+        return Outcome.ALLOWED if declaration in {d.id for d in found.declarations} else Outcome.FILTERED
+
+    def bg_list_active() -> Outcome:
+        found = bg.ListActive(breakglass_pb2.ListActiveBreakGlassRequest(), metadata=meta, timeout=15)
+        return Outcome.ALLOWED if declaration in {d.id for d in found.declarations} else Outcome.FILTERED
+
+    def bg_list_for_review() -> Outcome:
+        found = bg.ListForReview(breakglass_pb2.ListBreakGlassForReviewRequest(), metadata=meta, timeout=15)
+        assert found.counts.total >= 2
+        return Outcome.ALLOWED if declaration in {d.id for d in found.declarations} else Outcome.FILTERED
+
+    def bg_review() -> Outcome:
+        fresh = world.declare(CLINICIAN if target == "own" else CLINICIAN_B, target)
+        done = bg.Review(breakglass_pb2.ReviewBreakGlassRequest(declaration_id=fresh, outcome="acknowledged"),
+                         metadata=meta, timeout=15)
+        assert done.declaration.reviews[-1].reviewed_by.subject == caller["sub"]
+        return Outcome.ALLOWED
+
+    def fhir_import() -> Outcome:
+        resource = {
+            "resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"identifier": {"system": "urn:ciphercare:pid", "value": pid}},
+            "sourceReference": {"reference": f"DocumentReference/signed-form-{pid}"},
+            "provision": {"type": "permit", "actor": [{"role": {"text": "recipient"}, "reference": {
+                "identifier": {"system": "urn:ciphercare:organization", "value": org}}}],
+                "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+                "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]},
+        }
+        done = fs.ImportConsent(fhir_pb2.ImportConsentRequest(resource_json=json.dumps(resource)), metadata=meta,
+                                timeout=15)
+        assert done.consent_id.startswith("cns-")
+        return Outcome.ALLOWED
+
+    def fhir_export() -> Outcome:
+        done = fs.ExportConsent(fhir_pb2.ExportConsentRequest(consent_id=consent_id), metadata=meta, timeout=15)
+        assert json.loads(done.resource_json)["id"] == consent_id
+        return Outcome.ALLOWED
+
+    def fhir_audit() -> Outcome:
+        done = fs.ExportAuditEvents(fhir_pb2.ExportAuditEventsRequest(pid=pid), metadata=meta, timeout=15)
+        ids = {e["resource"]["id"] for e in json.loads(done.bundle_json).get("entry", [])}
+        return Outcome.ALLOWED if event.id in ids else Outcome.FILTERED
 
     calls: dict[str, Callable[[], Outcome]] = {
+        "BreakGlassService/Declare": bg_declare,
+        "BreakGlassService/RecordAccess": bg_record,
+        "BreakGlassService/Get": bg_get,
+        "BreakGlassService/ListForPatient": bg_list_for_patient,
+        "BreakGlassService/ListActive": bg_list_active,
+        "BreakGlassService/ListForReview": bg_list_for_review,
+        "BreakGlassService/Review": bg_review,
+        "FhirService/ImportConsent": fhir_import,
+        "FhirService/ExportConsent": fhir_export,
+        "FhirService/ExportAuditEvents": fhir_audit,
         "ConsentService/Grant": grant,
         "ConsentService/Revoke": revoke,
         "ConsentService/Confirm": confirm,

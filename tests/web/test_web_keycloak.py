@@ -98,7 +98,7 @@ def test_sign_in_through_keycloak_grant_and_sign_out(keycloak_web: KeycloakWeb, 
 
     # The Keycloak access token works against the services: grant a consent.
     page.get_by_role("link", name="Grant a new consent").click()
-    page.get_by_label("Organisation that may use the data").fill("hospital-a")
+    page.get_by_label("Organisation that may use the data").select_option("hospital-a")
     page.get_by_label("Treatment", exact=True).check()
     page.get_by_label("Your vaccinations (Immunization)").check()
     page.get_by_role("button", name="Grant consent").click()

@@ -31,7 +31,7 @@ def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, pa
     expect(page.get_by_role("heading", level=1)).to_have_text("Grant a consent")
     screenshot(page, "03-grant-form")
     page.get_by_role("button", name="Grant consent").click()
-    expect(page.locator("#organization-error")).to_contain_text("Enter the organisation")
+    expect(page.locator("#organization-error")).to_contain_text("Choose the organisation")
     expect(page.locator("#purposes-error")).to_contain_text("Choose at least one purpose")
     expect(page.locator("#data_classes-error")).to_contain_text("Choose at least one kind of data")
     expect(page.get_by_label("Organisation that may use the data")).to_have_attribute("aria-invalid", "true")
@@ -39,7 +39,7 @@ def test_patient_grants_sees_revokes_and_sees_a_hospital_access(web_env: Any, pa
     screenshot(page, "04-grant-errors")
 
     until = (datetime.now(UTC) + timedelta(days=90)).date()
-    page.get_by_label("Organisation that may use the data").fill("hospital-b")
+    page.get_by_label("Organisation that may use the data").select_option("hospital-b")
     page.get_by_label("Treatment", exact=True).check()
     page.get_by_label("Your test results and measurements (lab, vital signs) (Observation)").check()
     page.get_by_label("Until (optional)").fill(until.isoformat())
@@ -168,8 +168,8 @@ def test_keyboard_only_grant_with_visible_focus(web_env: Any, page: Any) -> None
         .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')).length""")
     assert unlabelled == 0
 
+    page.get_by_label("Organisation that may use the data").select_option("hospital-a")
     page.get_by_label("Organisation that may use the data").focus()
-    page.keyboard.type("hospital-a")
     page.keyboard.press("Tab")
     expect(page.get_by_label("Treatment", exact=True)).to_be_focused()
     page.keyboard.press("Space")

@@ -59,7 +59,7 @@ def test_csrf_token_and_origin_are_checked(web_env: Any, context: Any) -> None:
     assert any(c.grantee_organization == "hospital-a" for c in _consents(web_env, "pt-1002"))
     page.goto(base + "/patients/pt-1002/consents/new")
     page.evaluate("document.querySelector('#grant-form input[name=csrf_token]').value = 'tampered'")
-    page.get_by_label("Organisation that may use the data").fill("hospital-b")
+    page.get_by_label("Organisation that may use the data").select_option("hospital-b")
     page.get_by_label("Treatment", exact=True).check()
     page.get_by_label("Your vaccinations (Immunization)").check()
     page.get_by_role("button", name="Grant consent").click()

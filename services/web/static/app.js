@@ -11,6 +11,19 @@
       button.setAttribute("aria-busy", "true");
     }
   });
+  // Times: the server writes UTC into <time datetime> (the fallback text); show them in the reader's time zone.
+  document.querySelectorAll("time[datetime][data-local]").forEach(function (el) {
+    var when = new Date(el.getAttribute("datetime"));
+    if (isNaN(when.getTime())) { return; }
+    var options = { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit",
+                    timeZoneName: "short" };
+    try {
+      var text = new Intl.DateTimeFormat(undefined, options).format(when);
+      el.title = el.textContent.trim();
+      el.textContent = text;
+      el.dataset.localized = "1";
+    } catch (e) { /* keep the UTC text */ }
+  });
   // A form came back with errors: move focus to the summary so screen readers announce it.
   var summary = document.querySelector("[data-autofocus]");
   if (summary) { summary.focus(); }

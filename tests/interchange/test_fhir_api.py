@@ -1,0 +1,125 @@
+"""FhirService over real gRPC and the `ciphercare fhir` CLI against a real server."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from fhir.resources.consent import Consent as ConsentR5
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.consent import Consent as ConsentR4B
+from testkit.consent import r4b_consent
+
+from ciphercare.services.audit.exports import balp_problems
+from ciphercare.services.cli.main import main
+from ciphercare.v1 import access_log_pb2, consent_pb2, fhir_pb2, fhir_pb2_grpc
+
+
+def _pid(tag: str) -> str:
+    return f"pt-fh{tag}-{datetime.now(UTC).strftime('%H%M%S%f')}"
+
+
+def stub(env, token: str):  # type: ignore[no-untyped-def]
+    client = env.client(token)
+    s = fhir_pb2_grpc.FhirServiceStub(client.channel)
+    meta = (("authorization", f"Bearer {token}"),)
+    return lambda name, req: getattr(s, name)(req, metadata=meta, timeout=15)
+
+
+def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()  # type: ignore[no-any-return]
+
+
+def doc_for(pid: str) -> dict:
+    doc = r4b_consent()
+    doc["patient"]["identifier"]["value"] = pid
+    doc["provision"]["period"] = {"start": "2025-01-01T00:00:00Z", "end": "2035-01-01T00:00:00Z"}
+    return doc
+
+
+@pytest.mark.parametrize("version", ["R4B", "R5"])
+def test_import_check_export_import_round_trip(env, version: str) -> None:
+    pid = _pid(version.lower())
+    hospital_token = env.token("hospital", org="hospital-a", subject="svc-hospital-a")
+    call = stub(env, hospital_token)
+    first = call("ImportConsent", fhir_pb2.ImportConsentRequest(resource_json=json.dumps(doc_for(pid))))
+    assert first.consent_id.startswith("cns-") and first.receipt.tx_id
+    decision = env.hospital().check(pid, "hospital-a", "TREAT", "Observation")
+    assert decision.consent_id == first.consent_id
+    exported = call("ExportConsent", fhir_pb2.ExportConsentRequest(consent_id=first.consent_id, fhir_version=version))
+    resource = json.loads(exported.resource_json)
+    (ConsentR4B if version == "R4B" else ConsentR5).model_validate(resource)
+    second = call("ImportConsent", fhir_pb2.ImportConsentRequest(resource_json=exported.resource_json,
+                                                                 fhir_version=version))
+    officer = env.officer()
+    a, b = (officer.consent.Get(consent_pb2.GetConsentRequest(consent_id=c), metadata=officer._meta(),
+                                timeout=15).consent for c in (first.consent_id, second.consent_id))
+    for field in ("pid", "grantee_organization", "decision", "purposes", "data_classes", "period", "provisions"):
+        assert getattr(a, field) == getattr(b, field), field
+
+
+def test_import_refusals_have_precise_statuses_and_write_nothing(env) -> None:
+    pid = _pid("bad")
+    call = stub(env, env.token("hospital", org="hospital-a", subject="svc-hospital-a"))
+    typo = doc_for(pid)
+    typo["provision"]["actor"][0]["reference"]["identifier"]["value"] = "hospital-zzz"
+    no_evidence = doc_for(pid)
+    no_evidence.pop("sourceReference")
+    for bad in (typo, no_evidence, {"resourceType": "Patient"}):
+        assert code_of(lambda bad=bad: call("ImportConsent", fhir_pb2.ImportConsentRequest(
+            resource_json=json.dumps(bad)))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: call("ImportConsent", fhir_pb2.ImportConsentRequest(
+        resource_json="{", fhir_version="R4B"))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: call("ImportConsent", fhir_pb2.ImportConsentRequest(
+        resource_json=json.dumps(doc_for(pid)), fhir_version="R3"))) == grpc.StatusCode.INVALID_ARGUMENT
+    other_patient = stub(env, env.token("patient", pid="pt-someone", subject="patient-pt-someone"))
+    assert code_of(lambda: other_patient("ImportConsent", fhir_pb2.ImportConsentRequest(
+        resource_json=json.dumps(doc_for(pid))))) == grpc.StatusCode.PERMISSION_DENIED
+    officer = stub(env, env.token("compliance-officer", org="regulator", subject="officer-1"))
+    assert code_of(lambda: officer("ImportConsent", fhir_pb2.ImportConsentRequest(
+        resource_json=json.dumps(doc_for(pid))))) == grpc.StatusCode.PERMISSION_DENIED
+    assert env.officer().list_for_patient(pid, include_inactive=True) == []
+    assert code_of(lambda: call("ExportConsent", fhir_pb2.ExportConsentRequest(
+        consent_id="cns-" + "0" * 32))) == grpc.StatusCode.NOT_FOUND
+
+
+def test_audit_event_bundle_follows_balp(env) -> None:
+    pid = _pid("ae")
+    hospital = env.hospital()
+    hospital.record(access_log_pb2.RecordRequest(
+        type="110110", subtype="read", action="R", outcome=access_log_pb2.ACCESS_OUTCOME_SUCCESS,
+        purpose_of_use="TREAT", pid=pid, data_classes=["Observation"], source_observer="hospital-a/ehr"))
+    call = stub(env, env.token("compliance-officer", org="regulator", subject="officer-1"))
+    response = call("ExportAuditEvents", fhir_pb2.ExportAuditEventsRequest(pid=pid))
+    bundle = json.loads(response.bundle_json)
+    Bundle.model_validate(bundle)
+    assert response.count == 1 and len(bundle["entry"]) == 1
+    assert balp_problems(bundle["entry"][0]["resource"]) == []
+    assert code_of(lambda: call("ExportAuditEvents", fhir_pb2.ExportAuditEventsRequest(
+        pid=pid, fhir_version="R5"))) == grpc.StatusCode.INVALID_ARGUMENT
+    # a patient sees only their own events: another patient's export is empty
+    stranger = stub(env, env.token("patient", pid="pt-stranger", subject="patient-pt-stranger"))
+    assert stranger("ExportAuditEvents", fhir_pb2.ExportAuditEventsRequest(pid=pid)).count == 0
+
+
+def test_cli_import_and_export(env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pid = _pid("cli")
+    source = tmp_path / "consent.json"
+    source.write_text(json.dumps(doc_for(pid)))
+    token = env.token("hospital", org="hospital-a", subject="svc-hospital-a")
+    base = ["--target", env.server.target, "--token", token, "--data-dir", str(tmp_path)]
+    assert main(["fhir", "import", str(source), *base]) == 0
+    consent_id = capsys.readouterr().out.split()[1]
+    assert consent_id.startswith("cns-")
+    out = tmp_path / "out.json"
+    assert main(["fhir", "export", consent_id, "--fhir-version", "R5", "-o", str(out), *base]) == 0
+    ConsentR5.model_validate(json.loads(out.read_text()))
+    source.write_text("{not json")
+    assert main(["fhir", "import", str(source), *base]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ciphercare: fhir: INVALID_ARGUMENT:") and "\n" not in err
