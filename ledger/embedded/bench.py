@@ -276,7 +276,7 @@ def _access_event(pid: str) -> str:
             "outcome": "success",
             "outcome_desc": "",
             "purpose_of_use": "TREAT",
-            "source": {"observer": "scoring-service"},
+            "source": {"observer": "hospital-a/scoring-service"},  # the caller org's own system
             "entity": {
                 "pid": pid,
                 "consent_id": None,

@@ -406,8 +406,9 @@ def test_mvcc_conflict_surfaces_as_commit_error_with_its_code(node: InProcessNod
             consent = gw.network("ciphercare").contract("ciphercare", "consent")
             granted = json.loads(await consent.submit("Grant", [_grant("pat-0001")]))
             # Two revocations endorsed against the same committed version of the consent ...
-            first = await consent.new_proposal("Revoke", arguments=[granted["id"], "patient-request"]).endorse()
-            second = await consent.new_proposal("Revoke", arguments=[granted["id"], "patient-request"]).endorse()
+            revoke = [granted["id"], "withdrawn-by-organization"]
+            first = await consent.new_proposal("Revoke", arguments=revoke).endorse()
+            second = await consent.new_proposal("Revoke", arguments=revoke).endorse()
             done = await first.submit()
             status = await done.status()
             assert status.successful and status.block_number == 1

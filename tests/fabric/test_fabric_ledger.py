@@ -21,6 +21,7 @@ from ciphercare.ledger.fabric.ledger import FabricLedger
 
 CLIN = Principal("u-clin-a", "hospital-a", frozenset({"clinician"}), "ehr-a")
 CLIN_B = Principal("u-clin-b", "hospital-b", frozenset({"clinician"}), "ehr-b")
+PATIENT = Principal("u-pat-1", "patients", frozenset({"patient"}), "portal", "pat-0001")
 SERVICE = Principal("service:ciphercare-gateway", "hospital-a", frozenset(), "ciphercare-server")
 
 
@@ -58,7 +59,8 @@ def test_submit_returns_a_receipt_whose_proof_verifies(ledger: FabricLedger, nod
 
 
 def test_evaluate_and_contract_refusals_keep_their_codes(ledger: FabricLedger) -> None:
-    ledger.submit(CLIN, "consent", "Grant", [_grant("pat-0001")])
+    proposed = json.loads(ledger.submit(CLIN, "consent", "Grant", [_grant("pat-0001")]).result)
+    ledger.submit(PATIENT, "consent", "Confirm", [proposed["id"]])  # a staff PERMIT is in force once confirmed
     decision = json.loads(
         ledger.evaluate(
             CLIN, "consent", "Check", ["pat-0001", "hospital-a", "TREAT", "Observation", "2025-06-01T00:00:00Z"]
@@ -71,7 +73,7 @@ def test_evaluate_and_contract_refusals_keep_their_codes(ledger: FabricLedger) -
     with pytest.raises(EndorseError) as err:
         ledger.submit(CLIN, "consent", "Revoke", ["cns-" + "0" * 32, "patient-request"])
     assert err.value.code == "NOT_FOUND" and len(err.value.tx_id) == 64
-    assert ledger.size() == 1
+    assert ledger.size() == 2
 
 
 def test_events_replay_then_follow(ledger: FabricLedger) -> None:
@@ -140,6 +142,8 @@ def test_contract_handles_over_the_fabric_transport(ledger: FabricLedger) -> Non
     async def body() -> None:
         receipt = await handles.consent(CLIN).submit("Grant", _grant("pat-0001"))
         assert receipt.seq == 0 and receipt.checkpoint.size == 1
+        proposed = json.loads(receipt.result)
+        await handles.consent(PATIENT).submit("Confirm", proposed["id"])  # staff PERMITs need the patient
         decision = await evaluate_json(
             handles.consent(CLIN), "Check", "pat-0001", "hospital-a", "TREAT", "Observation", "2025-06-01T00:00:00Z"
         )
@@ -158,7 +162,7 @@ def test_contract_handles_over_the_fabric_transport(ledger: FabricLedger) -> Non
 
     asyncio.run(body())
     log = handles.transparency
-    assert log.size() == 1 and [e.function for e in log.entries(0, 5)] == ["Grant"]
+    assert log.size() == 2 and [e.function for e in log.entries(0, 5)] == ["Grant", "Confirm"]
     assert log.verifier_key() == ledger.public_key_vkey()
 
 

@@ -215,7 +215,7 @@ def _event(pid: str, outcome: str = "success") -> str:
             "outcome": outcome,
             "outcome_desc": "",
             "purpose_of_use": "TREAT",
-            "source": {"observer": "scoring-service"},
+            "source": {"observer": "hospital-a/scoring-service"},  # a system of the clinician's own org
             "entity": {
                 "pid": pid,
                 "consent_id": None,

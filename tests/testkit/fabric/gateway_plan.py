@@ -100,14 +100,14 @@ def build_steps() -> list[dict[str, Any]]:
     p.check("pat-0006", at="2026-01-01T00:00:00Z")
     # revocation: revoked says revoked; a revoked deny no longer denies; revoke twice is refused
     g = p.grant("pat-0007")
-    p.submit("clinician_a", "consent", "Revoke", {"$ref": [g, "id"]}, "patient-request")
+    p.submit("clinician_a", "consent", "Revoke", {"$ref": [g, "id"]}, "withdrawn-by-organization")
     p.check("pat-0007")
     p.grant("pat-0008")
     d = p.grant("pat-0008", decision="deny")
     p.check("pat-0008")
-    p.submit("clinician_a", "consent", "Revoke", {"$ref": [d, "id"]}, "patient-request")
+    p.submit("clinician_a", "consent", "Revoke", {"$ref": [d, "id"]}, "withdrawn-by-organization")
     p.check("pat-0008")
-    p.submit("clinician_a", "consent", "Revoke", {"$ref": [d, "id"]}, "patient-request")
+    p.submit("clinician_a", "consent", "Revoke", {"$ref": [d, "id"]}, "withdrawn-by-organization")
     # nested provisions: deny inside permit, permit inside deny, deepest applying decides, siblings
     p.grant("pat-0009", provisions=[{"type": "deny", "data_classes": ["Condition"]}])
     p.check("pat-0009", data_class="Condition")
