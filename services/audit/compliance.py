@@ -34,6 +34,7 @@ from google.protobuf import json_format
 
 from ciphercare.consent import canonical
 from ciphercare.ledger.api import LedgerError, Principal
+from ciphercare.services.audit import convert as audit_convert
 from ciphercare.services.audit import exports
 from ciphercare.services.audit.servicer import AccessScope, event_proto
 from ciphercare.services.identity.interceptor import current_principal
@@ -70,9 +71,9 @@ def access_query(flt: compliance_pb2.AccessFilter, scope: AccessScope) -> Access
     """The store query of a request's filter within the caller's scope (INVALID_ARGUMENT on bad input)."""
     outcome = ""
     if flt.outcome:
-        if flt.outcome not in convert.OUTCOME_FROM_PROTO:
+        if flt.outcome not in audit_convert.OUTCOME_FROM_PROTO:
             raise invalid("filter.outcome is not a known AccessOutcome")
-        outcome = convert.OUTCOME_FROM_PROTO[flt.outcome]
+        outcome = audit_convert.OUTCOME_FROM_PROTO[flt.outcome]
     start = convert.ms_from_timestamp(flt.recorded_from) if flt.HasField("recorded_from") else None
     end = convert.ms_from_timestamp(flt.recorded_to) if flt.HasField("recorded_to") else None
     if start is not None and end is not None and end <= start:
@@ -376,8 +377,8 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
         agg = await asyncio.to_thread(self.queries.aggregate, query)
         return compliance_pb2.AggregateResponse(
             total=agg.total,
-            by_outcome=[compliance_pb2.OutcomeCount(outcome=convert.OUTCOME_TO_PROTO[o], count=n)
-                        for o, n in sorted(agg.by_outcome.items()) if o in convert.OUTCOME_TO_PROTO],
+            by_outcome=[compliance_pb2.OutcomeCount(outcome=audit_convert.OUTCOME_TO_PROTO[o], count=n)
+                        for o, n in sorted(agg.by_outcome.items()) if o in audit_convert.OUTCOME_TO_PROTO],
             by_day=[compliance_pb2.DayCount(day=datetime.fromtimestamp(d * 86400, tz=UTC).date().isoformat(),
                                             count=n, denied=k, errors=e) for d, n, k, e in agg.by_day],
             by_organization=[compliance_pb2.OrganizationCount(organization=o, count=n, denied=k, errors=e)

@@ -156,7 +156,7 @@ def _search(n: int, data: Path) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1e3
 
-    empty = dict(pid="", agent_subject="", agent_org="", purpose="", outcome="", recorded_from_ms=None,
+    empty: dict[str, Any] = dict(pid="", agent_subject="", agent_org="", purpose="", outcome="", recorded_from_ms=None,
                  recorded_to_ms=None, scope_pid=None, scope_org=None)
     result = {
         "by_patient_ms": median_ms(AccessQuery(**{**empty, "pid": f"pt-g{patients // 2:07d}"})),

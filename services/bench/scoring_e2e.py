@@ -121,7 +121,7 @@ def run_e2e_bench(*, quick: bool = False, out: Path | None = None, repeats: int 
                 proc.kill()
     raw["e2e_s"], raw["e2e_timings"], raw["max_abs_margin_error"] = runs, timings, errors
     one, full = min(runs["1"]), min(runs["full"])
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"figure": "one patient, end to end (s)", "service": one, "pipeline_alone": pipeline["one_patient_s"],
          "ratio": one / pipeline["one_patient_s"], "target": f"<= {TARGETS['single_patient_s']}",
          "met": one <= TARGETS["single_patient_s"]},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -72,7 +73,7 @@ def seed_demo_patients(target: str, issuer: DevIssuer, deadline_s: float,
               now - timedelta(days=5), None)
         step("demo patients: consents granted, one revoked, one expired", "pt-1001 x4, pt-1002 x1")
 
-        def record(who: CiphercareClient, pid: str, purpose: str, classes: list[str], outcome: int,
+        def record(who: CiphercareClient, pid: str, purpose: str, classes: list[str], outcome: Any,
                    consent_id: str = "", reason: str = "", subtype: str = "read") -> None:
             who.record(access_log_pb2.RecordRequest(
                 type="110110", subtype=subtype, action="R", outcome=outcome, outcome_description=reason,

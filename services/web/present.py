@@ -163,6 +163,8 @@ class ConsentView:
     recorded_by: str = ""
     #: Recorded by staff and awaiting the patient's (or proxy's) confirmation: not in force yet.
     proposed: bool = False
+    recorded_iso: str = ""
+    revoked_iso: str = ""
 
 
 def recorded_by_words(consent: consent_pb2.Consent) -> str:
