@@ -133,7 +133,7 @@ DECISION_REASONS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-# --- Break-glass (consent/breakglass.py) ----------------------------------------
+# --- Break-glass (consent/contracts/breakglass.py) ----------------------------------------
 
 #: Purposes a break-glass declaration (and the access it permits) may carry.
 BREAKGLASS_PURPOSES: frozenset[str] = frozenset({"ETREAT", "BTG"})

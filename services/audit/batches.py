@@ -31,9 +31,9 @@ from datetime import datetime
 from typing import Any
 
 from ciphercare.consent import canonical
-from ciphercare.consent.accessbatch import ACCESSBATCH_CONTRACT, EVENT_ACCESS_BATCH_RECORDED
 from ciphercare.consent.cache import LRU
 from ciphercare.consent.contracts import ERASURE_OUTCOME_DESC
+from ciphercare.consent.contracts.accessbatch import ACCESSBATCH_CONTRACT, EVENT_ACCESS_BATCH_RECORDED
 from ciphercare.consent.errors import ValidationError
 from ciphercare.consent.model import AccessEventInput, AuditAgent, AuditEntity, consent_id, pid
 from ciphercare.ledger.api import CommittedEvent, Principal, Receipt

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from ciphercare.consent import canonical, codes, model
-from ciphercare.consent.breakglass import declaration_id
+from ciphercare.consent.contracts.breakglass import declaration_id
 from ciphercare.consent.errors import ContractError
 from ciphercare.ledger.api import Principal
 from ciphercare.services.consent.breakglass_convert import declaration_to_proto, is_active

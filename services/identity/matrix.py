@@ -10,7 +10,7 @@ same table in prose.
 Three layers decide an outcome, and the table records their combined effect:
 
 1. the role table (:mod:`.rules`, enforced by the interceptor) -> ``DENIED``;
-2. the contracts (consent/contracts.py: patients only for their own ``pid``,
+2. the contracts (consent/contracts/__init__.py: patients only for their own ``pid``,
    providers only for their own organisation) -> ``DENIED`` or ``NOT_FOUND``;
 3. :class:`~ciphercare.services.audit.servicer.AccessScope` for the
    access-log projection -> ``NOT_FOUND`` or ``FILTERED``.

@@ -17,7 +17,7 @@ import grpc
 
 from ciphercare.consent import canonical
 from ciphercare.consent.contracts import ACCESSLOG_CONTRACT, CONSENT_CONTRACT
-from ciphercare.consent.model_registry import MODEL_CONTRACT
+from ciphercare.consent.contracts.model_registry import MODEL_CONTRACT
 from ciphercare.ledger.api import EventStream, Principal, Receipt
 from ciphercare.ledger.gateway import (
     DEFAULT_CHANNEL,
@@ -34,7 +34,7 @@ from ciphercare.v1 import common_pb2
 
 if TYPE_CHECKING:
     from ciphercare.ledger.embedded.ledger import EmbeddedLedger
-    from ciphercare.services.platform.tracing import Tracing
+    from ciphercare.services.platform.telemetry import Tracing
 
 PATIENTS_ORG = "patients"
 

@@ -41,13 +41,13 @@ from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.errors import ErrorMappingInterceptor
 from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.handlers import DecodeGuardInterceptor
-from ciphercare.services.platform.metrics import Metrics, MetricsInterceptor
 from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.reflection_v1 import SERVICE_NAME_V1, enable_server_reflection
 from ciphercare.services.platform.replicas import reuseport_options, writer_socket_path, writer_socket_usable
 from ciphercare.services.platform.settings import Settings
+from ciphercare.services.platform.telemetry import Tracing
+from ciphercare.services.platform.telemetry.metrics import Metrics, MetricsInterceptor
 from ciphercare.services.platform.tls import ClientCertificateInterceptor, server_credentials
-from ciphercare.services.platform.tracing import Tracing
 from ciphercare.services.privacy.operations import PseudonymGuardInterceptor, ledger_owner_lock, open_offchain_store
 from ciphercare.services.scoring.servicer import ScoringServicer
 from ciphercare.services.store import OffchainStore
@@ -150,7 +150,7 @@ class Application:
     owner_lock: Any = None  # the embedded ledger's single-owner lock (services/privacy/operations.py)
     _handles: ContractHandles | None = None
     metrics: Metrics = field(default_factory=Metrics)
-    tracing: Tracing | None = None  # OpenTelemetry, off by default (services/platform/tracing.py)
+    tracing: Tracing | None = None  # OpenTelemetry, off by default (services/platform/telemetry.py)
     metrics_port: int = 0
     _metrics_server: Any = None
     _projections: ProjectionRunner | None = None

@@ -128,7 +128,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         #: The off-chain store: with it, each batch's access events are one ``accessbatch:RecordBatch``
         #: transaction (members kept off-chain, one private receipt per patient); without it, one Record each.
         self.store = store
-        self.metrics = metrics  # services/platform/metrics.py: scoring patients, batches, quota refusals
+        self.metrics = metrics  # services/platform/telemetry/metrics.py: scoring patients, batches, quota refusals
         self.settings = settings
         self._deployment: Deployment | None = None
         self._lock = asyncio.Lock()

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ciphercare.consent.breakglass import EVENT_BREAKGLASS_DECLARED, EVENT_BREAKGLASS_REVIEWED
 from ciphercare.consent.contracts import (
     ERASURE_OUTCOME_DESC,
     EVENT_ACCESS_RECORDED,
     EVENT_CONSENT_GRANTED,
 )
+from ciphercare.consent.contracts.breakglass import EVENT_BREAKGLASS_DECLARED, EVENT_BREAKGLASS_REVIEWED
 from ciphercare.ledger.api import CommittedEvent, Principal
 from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.projections import committed_events

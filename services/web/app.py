@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ciphercare.services.identity.tokens import TokenVerifier
 from ciphercare.services.platform.settings import Settings
-from ciphercare.services.platform.tracing import Tracing, TracingMiddleware
+from ciphercare.services.platform.telemetry import Tracing, TracingMiddleware
 from ciphercare.services.web.backend import ServiceRefusal, Services, backend_security
 from ciphercare.services.web.oidc import LoginRequest, OidcClient, OidcError
 from ciphercare.services.web.sessions import PendingLogin, Session, SessionStore, WebUser

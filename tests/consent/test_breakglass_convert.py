@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ciphercare.consent.breakglass import Declaration
+from ciphercare.consent.contracts.breakglass import Declaration
 from ciphercare.services.consent.breakglass_convert import (
     declaration_from_proto,
     declaration_to_proto,

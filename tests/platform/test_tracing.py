@@ -19,7 +19,7 @@ from testkit.server import Env, ServerThread, make_settings
 
 from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.services.platform.settings import load_settings
-from ciphercare.services.platform.tracing import Tracing, read_spans
+from ciphercare.services.platform.telemetry import Tracing, read_spans
 from ciphercare.services.web.backend import Services
 from ciphercare.v1 import common_pb2, consent_pb2
 
@@ -50,7 +50,7 @@ def test_tracing_is_off_by_default_and_the_ledger_never_imports_opentelemetry() 
         "import ciphercare.ledger.gateway, ciphercare.ledger.embedded.ledger, ciphercare.ledger.fabric.ledger\n"
         "import ciphercare.services.platform.wiring, ciphercare.services.web.app\n"
         "from ciphercare.services.platform.settings import load_settings\n"
-        "from ciphercare.services.platform.tracing import Tracing\n"
+        "from ciphercare.services.platform.telemetry import Tracing\n"
         "assert Tracing.from_settings(load_settings()) is None\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
         "assert not loaded, loaded\n"
@@ -161,7 +161,7 @@ def test_web_requests_get_a_span_without_identifiers_from_the_path(tmp_path: Pat
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from ciphercare.services.platform.tracing import TracingMiddleware
+    from ciphercare.services.platform.telemetry import TracingMiddleware
 
     path = tmp_path / "web.jsonl"
     settings = make_settings(tmp_path, tracing_enabled=True, tracing_exporter="jsonl", tracing_jsonl_path=path)

@@ -233,7 +233,7 @@ def test_an_event_with_a_detail_document_is_never_batched() -> None:
 
 def test_the_contract_refuses_members_and_wrong_counts(env) -> None:  # type: ignore[no-untyped-def]
     """A hospital that crafts its own RecordBatch: pseudonyms, bad counts and bad roots are refused, nothing written."""
-    from ciphercare.consent.accessbatch import ACCESSBATCH_CONTRACT
+    from ciphercare.consent.contracts.accessbatch import ACCESSBATCH_CONTRACT
 
     handles = env.app.handles
     hospital = Principal(subject="svc-hospital-a", org="hospital-a", roles=frozenset({"hospital"}), client_id="c")

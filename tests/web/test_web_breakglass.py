@@ -1,6 +1,6 @@
 """Break-glass as the patient and the officer see it, and the plain-words portal fixes, in Debian's Chromium.
 
-The demo patients are filled by the demo's own seeding (services/cli/demo_patients.py) over real gRPC.
+The demo patients are filled by the demo's own seeding (services/cli/demo/patients.py) over real gRPC.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 from testkit.web import csrf_token, screenshot, sign_in
 
-from ciphercare.services.cli.demo_patients import seed_demo_patients
+from ciphercare.services.cli.demo.patients import seed_demo_patients
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""OpenTelemetry tracing, off by default (``CIPHERCARE_TRACING_ENABLED=false``).
+"""Telemetry: Prometheus metrics (:mod:`.metrics`) and OpenTelemetry tracing (this module).
+
+Tracing is off by default (``CIPHERCARE_TRACING_ENABLED=false``).
 
 When enabled, :class:`Tracing` owns a tracer provider of its own (never the process-global one, so
 several servers in one process keep their spans apart) and gives
@@ -14,7 +16,7 @@ several servers in one process keep their spans apart) and gives
 Attributes are method names, status codes, contract and function names, transaction ids and SQL verbs
 only: never a pid, a token, a document or a feature value (tests/privacy scans exported spans for the
 canary PHI). Exporters: OTLP over gRPC to ``tracing_endpoint``, or JSON lines to a file
-(:mod:`ciphercare.services.platform.tracing.export`). OpenTelemetry is imported only when tracing is on.
+(:mod:`ciphercare.services.platform.telemetry.export`). OpenTelemetry is imported only when tracing is on.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Tracing:
         provider = TracerProvider(resource=resource, sampler=sampler)
         if settings.tracing_exporter == "jsonl":
             path = settings.tracing_jsonl_path or settings.data_dir / "traces.jsonl"
-            from ciphercare.services.platform.tracing.export import JsonLinesSpanExporter
+            from ciphercare.services.platform.telemetry.export import JsonLinesSpanExporter
 
             provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
         else:

@@ -21,9 +21,9 @@ from typing import Any
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, TransactionContext
 
-from . import canonical, codes, model
-from .caller import caller_from_ctx
-from .errors import ValidationError, already_exists, not_found, permission_denied
+from .. import canonical, codes, model
+from ..caller import caller_from_ctx
+from ..errors import ValidationError, already_exists, not_found, permission_denied
 
 ACCESSBATCH_CONTRACT = "accessbatch"
 BATCH_KEY = "accessbatch"
@@ -76,7 +76,7 @@ class AccessBatchContract(Contract):
 
         The same rule as ``accesslog:Record``: only a hospital or clinician may record outcome ``success``.
         """
-        from .contracts import _tx_suffix, _tx_time  # the one reading of the transaction id and time
+        from . import _tx_suffix, _tx_time  # the one reading of the transaction id and time
 
         caller = caller_from_ctx(ctx)
         data = batch_input(model.loads_object(batch_json, "batch_json"))

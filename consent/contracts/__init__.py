@@ -24,19 +24,19 @@ from fabric_chaincode_python.fabric_contract_api.contractapi import (
     TransactionContext,
 )
 
-from . import canonical, codes, model
-from .breakglass import BreakGlassContract, active_declaration  # break-glass (issue 15)
-from .cache import LRU
-from .caller import Caller, caller_from_ctx
-from .decision import AccessRequest, decide, evaluate_consent
-from .errors import (
+from .. import canonical, codes, model
+from ..cache import LRU
+from ..caller import Caller, caller_from_ctx
+from ..decision import AccessRequest, decide, evaluate_consent
+from ..errors import (
     ValidationError,
     already_exists,
     failed_precondition,
     not_found,
     permission_denied,
 )
-from .model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord, Decision
+from ..model import AccessEvent, AccessEventInput, ConsentGrant, ConsentRecord, Decision
+from .breakglass import BreakGlassContract, active_declaration  # break-glass (issue 15)
 
 CONSENT_CONTRACT = "consent"
 ACCESSLOG_CONTRACT = "accesslog"
@@ -492,7 +492,7 @@ class ConsentContract(Contract):
     async def _decide(self, ctx: TransactionContext, request: AccessRequest) -> dict[str, Any]:
         """The Decision (as a dict) for an already validated and authorized request."""
         decision = decide(await self._for_patient(ctx, request.pid), request)
-        # --- break-glass (issue 15; consent/breakglass.py) -----------------------------------------
+        # --- break-glass (issue 15; consent/contracts/breakglass.py) -----------------------------------------
         # No consent permits: the caller's own active break-glass declaration for this patient does,
         # for ETREAT/BTG only, and the decision names it (reason_code "break-glass").
         if not decision.permitted and request.purpose in codes.BREAKGLASS_PURPOSES:

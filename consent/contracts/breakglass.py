@@ -22,9 +22,9 @@ from typing import Any
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, TransactionContext
 
-from . import canonical, codes, model
-from .caller import Caller, caller_from_ctx
-from .errors import ValidationError, already_exists, failed_precondition, not_found, permission_denied
+from .. import canonical, codes, model
+from ..caller import Caller, caller_from_ctx
+from ..errors import ValidationError, already_exists, failed_precondition, not_found, permission_denied
 
 BREAKGLASS_CONTRACT = "breakglass"
 BREAKGLASS_KEY = "breakglass"
@@ -153,7 +153,7 @@ def _parse(raw: bytes) -> Declaration:
     try:
         return Declaration.from_dict(canonical.loads(raw), "stored declaration")
     except (ValidationError, ValueError) as exc:
-        from .contracts import StoredStateError
+        from . import StoredStateError
 
         raise StoredStateError(f"stored break-glass declaration is malformed: {exc}") from None
 
@@ -198,7 +198,7 @@ async def active_declaration(stub: Any, caller: Caller, pid: str, purpose: str, 
     """
     if not caller.has_role(codes.ROLE_CLINICIAN) or purpose not in codes.BREAKGLASS_PURPOSES:
         return None
-    from .contracts import _tx_time
+    from . import _tx_time
 
     now = _tx_time(stub)
     found = [
@@ -273,7 +273,7 @@ class BreakGlassContract(Contract):
         if not caller.has_role(codes.ROLE_CLINICIAN):
             raise permission_denied("only a clinician may declare break-glass")
         data = _declare_input(declaration_json)
-        from .contracts import _tx_suffix, _tx_time
+        from . import _tx_suffix, _tx_time
 
         stub = ctx.get_stub()
         now = _tx_time(stub)
@@ -318,7 +318,7 @@ class BreakGlassContract(Contract):
             raise failed_precondition(f"break-glass declaration {decl_id} is already acknowledged")
         if declaration.review_status == outcome:
             raise failed_precondition(f"break-glass declaration {decl_id} is already {outcome}")
-        from .contracts import _tx_time
+        from . import _tx_time
 
         review = Review(outcome=outcome, reviewed_by=caller.actor_ref(),
                         reviewed_at=model.format_time(_tx_time(stub)), note_sha256=note)
@@ -352,7 +352,7 @@ class BreakGlassContract(Contract):
         caller = caller_from_ctx(ctx)
         if not (caller.is_oversight or caller.is_provider):
             raise permission_denied("only providers and oversight may list active break-glass declarations")
-        from .contracts import _tx_time
+        from . import _tx_time
 
         stub = ctx.get_stub()
         now = _tx_time(stub)

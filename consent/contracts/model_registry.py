@@ -13,9 +13,9 @@ from typing import Any
 
 from fabric_chaincode_python.fabric_contract_api.contractapi import Contract, TransactionContext
 
-from . import canonical, model
-from .caller import caller_from_ctx
-from .errors import ValidationError, already_exists, not_found, permission_denied
+from .. import canonical, model
+from ..caller import caller_from_ctx
+from ..errors import ValidationError, already_exists, not_found, permission_denied
 
 MODEL_CONTRACT = "model"
 MODEL_KEY = "model"
@@ -65,7 +65,7 @@ class ModelRegistryContract(Contract):
         key = stub.create_composite_key(MODEL_KEY, [record["model_sha256"]])
         if await stub.get_state(key):
             raise already_exists(f"model {record['model_sha256']} is already deployed")
-        from .contracts import _tx_time  # the one reading of the transaction time
+        from . import _tx_time  # the one reading of the transaction time
 
         record["deployed_at"] = model.format_time(_tx_time(stub))
         record["deployed_by"] = caller.actor_ref().to_dict()

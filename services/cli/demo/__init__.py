@@ -31,9 +31,9 @@ def _ts(moment: datetime):  # type: ignore[no-untyped-def]
 
 
 def _encrypted_scoring_round(target: str, issuer: DevIssuer, step, settings: Settings) -> bool:  # type: ignore[no-untyped-def]
-    """One consented and one refused patient through encrypted risk scoring (services/cli/demo_scoring.py)."""
+    """One consented and one refused patient through encrypted risk scoring (services/cli/demo/scoring.py)."""
     from ciphercare.sdk.scoring import ScoringError
-    from ciphercare.services.cli.demo_scoring import scoring_round
+    from ciphercare.services.cli.demo.scoring import scoring_round
 
     try:
         scoring_round(target, issuer, step, deadline_s=settings.client_deadline_s)
@@ -66,7 +66,7 @@ def run_demo(settings: Settings, target: str) -> int:
         print(f"ciphercare demo against {target} — patient pseudonym {pid}\n")
         compliance = clients["compliance"]
         # issue 15: the demo patients' portal comes alive (consents, history, an emergency access)
-        from ciphercare.services.cli.demo_patients import seed_demo_patients
+        from ciphercare.services.cli.demo.patients import seed_demo_patients
 
         seed_demo_patients(target, issuer, settings.client_deadline_s, step)
         verifier, start = compliance.verifier()
