@@ -30,13 +30,14 @@ def _ts(moment: datetime):  # type: ignore[no-untyped-def]
     return ts
 
 
-def _encrypted_scoring_round(target: str, issuer: DevIssuer, step, settings: Settings) -> bool:  # type: ignore[no-untyped-def]
+def _encrypted_scoring_round(target: str, issuer: DevIssuer, step, settings: Settings,  # type: ignore[no-untyped-def]
+                             vkey: str | None = None) -> bool:
     """One consented and one refused patient through encrypted risk scoring (services/cli/demo/scoring.py)."""
     from ciphercare.sdk.scoring import ScoringError
     from ciphercare.services.cli.demo.scoring import scoring_round
 
     try:
-        scoring_round(target, issuer, step, deadline_s=settings.client_deadline_s)
+        scoring_round(target, issuer, step, deadline_s=settings.client_deadline_s, vkey=vkey)
     except ScoringError as exc:
         print(f"ciphercare demo: encrypted scoring failed: {exc}", file=sys.stderr)
         return False
@@ -63,12 +64,20 @@ def run_demo(settings: Settings, target: str) -> int:
         print(f"  {len(steps):>2}. {label:<62} {outcome}")
 
     try:
-        print(f"ciphercare demo against {target} — patient pseudonym {pid}\n")
+        print(f"ciphercare demo against {target} — patient pseudonym {pid}")
+        # Every write receipt is verified against one key. A hospital pins the key its operator gives it
+        # (`ciphercare receipt vkey`); the demo, which may run against any target, trusts the service's key
+        # once, says so once, and pins it for every client it makes.
+        vkey = clients["compliance"].call(clients["compliance"].access_log.GetCheckpoint,
+                                          access_log_pb2.GetCheckpointRequest()).verifier_key
+        for c in clients.values():
+            c.vkey = vkey
+        print(f"checkpoint key trusted on first use: {vkey} (pin the operator's key in production)\n")
         compliance = clients["compliance"]
         # issue 15: the demo patients' portal comes alive (consents, history, an emergency access)
         from ciphercare.services.cli.demo.patients import seed_demo_patients
 
-        seed_demo_patients(target, issuer, settings.client_deadline_s, step)
+        seed_demo_patients(target, issuer, settings.client_deadline_s, step, vkey=vkey)
         verifier, start = compliance.verifier()
         start_size = start.checkpoint.tree_size
         step("compliance officer reads the signed checkpoint", f"tree size {start_size}, signature OK")
@@ -136,7 +145,7 @@ def run_demo(settings: Settings, target: str) -> int:
             step(f"inclusion proof of {event_id[:14]}…", f"verified in tree of {proof.tree_size}")
         first, second = compliance.verify_consistency(mid_size, verifier)
         step("consistency proof: the log only grew since the grant's receipt", f"{first} -> {second} verified")
-        if not _encrypted_scoring_round(target, issuer, step, settings):
+        if not _encrypted_scoring_round(target, issuer, step, settings, vkey):
             return 1
         # --- ledger integrity (issue 11): witness cosignature and a client rejecting a rolled-back log ---
         from ciphercare.services.cli.integrity import demo_transparency

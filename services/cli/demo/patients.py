@@ -37,13 +37,14 @@ def _period(start: datetime, end: datetime | None) -> common_pb2.Period:
 
 
 def seed_demo_patients(target: str, issuer: DevIssuer, deadline_s: float,
-                       step: Callable[[str, str], None]) -> bool:
+                       step: Callable[[str, str], None], *, vkey: str | None = None) -> bool:
     """Fill pt-1001/pt-1002 once; returns False when they already had consents (nothing written)."""
     now = datetime.now(UTC)
 
     def client(subject: str, roles: list[str], org: str = "", pid: str | None = None) -> CiphercareClient:
         return CiphercareClient.connect(target, issuer.issue(subject=subject, roles=roles, org=org, pid=pid,
-                                                             client_id="ciphercare-demo"), deadline_s=deadline_s)
+                                                             client_id="ciphercare-demo"), deadline_s=deadline_s,
+                                      vkey=vkey)
 
     p1 = client("patient-pt-1001", ["patient"], pid="pt-1001")
     p2 = client("patient-pt-1002", ["patient"], pid="pt-1002")

@@ -10,7 +10,8 @@ from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.v1 import common_pb2, consent_pb2
 
 
-def scoring_round(target: str, issuer: DevIssuer, step: Callable[[str, str], None], *, deadline_s: float) -> None:
+def scoring_round(target: str, issuer: DevIssuer, step: Callable[[str, str], None], *, deadline_s: float,
+                  vkey: str | None = None) -> None:
     """Patient A consents, patient B does not; hospital-a scores both under encryption."""
     from ciphercare.analytics.client.keys import KeyOwner
     from ciphercare.analytics.model.datasets import load_whas500
@@ -19,7 +20,7 @@ def scoring_round(target: str, issuer: DevIssuer, step: Callable[[str, str], Non
     tag = secrets.token_hex(3)
     consenting, refusing = f"pt-demo-{tag}-1", f"pt-demo-{tag}-2"
     patient = CiphercareClient.connect(target, issuer.issue(subject=f"patient-{consenting}", roles=["patient"], org="",
-                                                            pid=consenting), deadline_s=deadline_s)
+                                                            pid=consenting), deadline_s=deadline_s, vkey=vkey)
     hospital = ScoringClient.connect(target, issuer.issue(subject="svc-hospital-a-ehr", roles=["hospital"],
                                                           org="hospital-a", client_id="hospital-a"), deadline_s=120)
     try:
