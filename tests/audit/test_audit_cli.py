@@ -211,8 +211,13 @@ def test_verify_remembers_the_checkpoint_and_proves_inclusion(officer: Officer) 
     one_line_error(officer.run("verify", "--vkey", other_key, "--no-remember"), 4, "NOT verified",
                    "not signed by the pinned key")
     one_line_error(officer.run("verify", "--vkey", "not-a-key", "--no-remember"), 4, "NOT verified")
-    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--no-remember", "--event", "no-such-event"), 1,
-                   "NOT_FOUND")
+    # A well-formed id the log does not hold: not found (failed). An ill-formed one: bad usage, refused before
+    # anything is looked up.
+    unknown = "ae-" + uuid.uuid4().hex
+    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--no-remember", "--event", unknown), 1,
+                   "NOT_FOUND", unknown)
+    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--no-remember", "--event", "no-such-event"), 2,
+                   "INVALID_ARGUMENT", "no-such-event")
 
 
 def test_flags_and_refusals(officer: Officer) -> None:
