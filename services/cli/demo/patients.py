@@ -78,7 +78,8 @@ def seed_demo_patients(target: str, issuer: DevIssuer, deadline_s: float,
             who.record(access_log_pb2.RecordRequest(
                 type="110110", subtype=subtype, action="R", outcome=outcome, outcome_description=reason,
                 purpose_of_use=purpose, pid=pid, consent_id=consent_id, data_classes=classes,
-                source_observer="demo/ehr", detail_json=json.dumps({"view": "chart"})))
+                source_observer="",  # the default "<org>/<client>": the hospital's own system
+                detail_json=json.dumps({"view": "chart"})))
 
         record(hosp_a, "pt-1001", "TREAT", ["Observation"], SUCCESS, care)
         record(hosp_a, "pt-1001", "TREAT", ["MedicationStatement"], SUCCESS, care, subtype="search-type")
