@@ -327,7 +327,7 @@ def cmd_breakglass_show(args: argparse.Namespace) -> int:
     print(f"{d.id}  {'HIGH priority, ' if d.review_status != 'acknowledged' else ''}{d.review_status}")
     print(f"  patient {d.pid}, purpose {d.purpose}, reason {d.reason_code}")
     print(f"  declared by {d.declared_by.subject} ({d.declared_by.organization}) at {_iso(d.declared_at)}; "
-          f"{'open' if d.active else 'closed'} until {_iso(d.expires_at)}")
+          f"{'open until' if d.active else 'access window ended'} {_iso(d.expires_at)}")
     print(f"  justification: {response.justification or '(erased)'}")
     notes = list(response.review_notes)
     for i, review in enumerate(d.reviews):
