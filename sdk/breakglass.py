@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ciphercare.ledger.transparency.checkpoint import CheckpointError, CheckpointVerifier
 from ciphercare.sdk.client import CiphercareClient, ProofError, TokenSource
 from ciphercare.sdk.leaf import LeafError, parse_leaf
 from ciphercare.v1 import breakglass_pb2, breakglass_pb2_grpc
@@ -63,10 +64,16 @@ class BreakGlassReviewClient:
         return response
 
     def review(self, declaration_id: str, outcome: str, note: str = "") -> breakglass_pb2.ReviewBreakGlassResponse:
-        """Acknowledge or escalate; the write receipt is verified (see the module). Raises ``grpc.RpcError``
-        for a refusal and :class:`ProofError` when the receipt does not prove this review."""
+        """Acknowledge or escalate; the write receipt is verified (see the module). Raises ``ValueError`` for bad
+        input (nothing sent), ``grpc.RpcError`` for a refusal, and :class:`ProofError` when the review was
+        submitted but its receipt does not prove it."""
         if outcome not in REVIEW_OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(REVIEW_OUTCOMES)}, not {outcome!r}")
+        if self.client.vkey:  # a key that cannot check the receipt is refused before anything is written
+            try:
+                CheckpointVerifier.from_vkey(self.client.vkey)
+            except (CheckpointError, ValueError) as exc:
+                raise ValueError(f"the pinned verifier key is not a signed-note verifier key: {exc}") from None
         response: breakglass_pb2.ReviewBreakGlassResponse = self.client.call(
             self.stub.Review, breakglass_pb2.ReviewBreakGlassRequest(declaration_id=declaration_id, outcome=outcome,
                                                                      note=note))

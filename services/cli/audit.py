@@ -361,8 +361,11 @@ def cmd_breakglass_review(args: argparse.Namespace) -> int:
         review.client.vkey = review.client.verifier()[1].verifier_key
     try:
         response = review.review(args.declaration_id, outcome, note)
+    except ValueError as exc:
+        raise AuditCliError(str(exc), EXIT_USAGE) from None
     except ProofError as exc:
-        raise AuditCliError(f"NOT verified: {exc}", EXIT_UNVERIFIED) from exc
+        raise AuditCliError(f"NOT verified: the review was submitted but its receipt does not prove it: {exc}",
+                            EXIT_UNVERIFIED) from exc
     d, receipt = response.declaration, response.receipt
     print(f"{outcome} {d.id} (patient {d.pid}, declared by {d.declared_by.subject} of {d.declared_by.organization}"
           f"{', with a note' if note else ''})")

@@ -338,6 +338,8 @@ def test_breakglass_review_refusals_write_nothing(officer: Officer) -> None:
     one_line_error(officer.run("breakglass", "ack", target.id, "--note", "x" * 2001), 2, "INVALID_ARGUMENT")
     one_line_error(officer.run("breakglass", "ack", target.id, "--note", "a", "--note-file", "n.txt"), 2,
                    "--note or --note-file")
+    one_line_error(officer.run("breakglass", "ack", target.id, "--vkey", "not-a-key"), 2,
+                   "not a signed-note verifier key")
     assert ledger_size(officer) == size and offchain_documents(officer) == docs  # nothing written, off-chain included
     assert declaration(officer, target.id).declaration.review_status == "pending"
 
@@ -345,7 +347,11 @@ def test_breakglass_review_refusals_write_nothing(officer: Officer) -> None:
     # an acknowledgement are FAILED_PRECONDITION (one line, exit 1) and write nothing.
     assert officer.run("breakglass", "escalate", target.id, "--note", "refer to the board").returncode == 0
     one_line_error(officer.run("breakglass", "escalate", target.id), 1, "FAILED_PRECONDITION", "already escalated")
-    assert officer.run("breakglass", "ack", target.id).returncode == 0
+    # A receipt checked against a key that did not sign the log: the review is on the ledger, but the officer is
+    # told it is NOT verified (exit 4).
+    other_key = CheckpointSigner(officer.workdir / "bg-other.key", "ciphercare.local/ledger").vkey
+    one_line_error(officer.run("breakglass", "ack", target.id, "--vkey", other_key), 4, "NOT verified",
+                   "submitted")
     size, docs = ledger_size(officer), offchain_documents(officer)
     one_line_error(officer.run("breakglass", "ack", target.id, "--note", "again"), 1, "FAILED_PRECONDITION",
                    "already acknowledged")
