@@ -10,9 +10,10 @@ variable; ``--ca``, ``--cert``/``--key`` (mutual TLS) and ``--server-name`` set 
 - ``verify``: the latest checkpoint against a pinned verifier key (and a witness policy's quorum), consistency
   with the checkpoint this client verified last (remembered on disk by ``ciphercare.sdk.checkpoints``), and
   the inclusion of events by id;
-- ``flags``: unusual-access flags for a window, with their reasons.
-
-Break-glass review is not here yet: the break-glass RPCs do not exist (issue 15, item 2).
+- ``flags``: unusual-access flags for a window, with their reasons;
+- ``breakglass list|show|ack|escalate``: break-glass review (``BreakGlassService``): the declarations to review,
+  high priority first, one declaration with its justification, and the officer's acknowledgement or escalation
+  with a note, its write receipt verified (``ciphercare.sdk.breakglass``).
 
 Errors are one line on stderr. Exit codes: 0 done, 1 failed, 2 bad usage or settings, 3 not allowed
 (unauthenticated or permission denied), 4 a proof or checkpoint did not verify, 5 the service is unreachable.
@@ -65,7 +66,13 @@ def _token(args: argparse.Namespace) -> str:
 
 def connect(args: argparse.Namespace) -> Any:
     from ciphercare.sdk.audit import AuditClient
+
+    return AuditClient(_client(args))
+
+
+def _client(args: argparse.Namespace) -> Any:
     from ciphercare.sdk.channels import ChannelConfigError, ChannelSecurity
+    from ciphercare.sdk.client import CiphercareClient
 
     security = ChannelSecurity(
         tls=True if (args.ca or args.cert or args.tls) else None,
@@ -75,8 +82,8 @@ def connect(args: argparse.Namespace) -> Any:
         server_name=args.server_name or "",
     )
     try:
-        return AuditClient.connect(args.target, _token(args), deadline_s=args.timeout, security=security,
-                                   max_message_bytes=16 * 1024 * 1024)
+        return CiphercareClient.connect(args.target, _token(args), deadline_s=args.timeout, security=security,
+                                        max_message_bytes=16 * 1024 * 1024, vkey=getattr(args, "vkey", None) or None)
     except ChannelConfigError as exc:
         raise AuditCliError(str(exc), EXIT_USAGE) from exc
 
@@ -273,7 +280,107 @@ def cmd_flags(args: argparse.Namespace) -> int:
     return 0
 
 
+# Break-glass review ----------------------------------------------------------------------------
+
+
+def _breakglass(args: argparse.Namespace) -> Any:
+    from ciphercare.sdk.breakglass import BreakGlassReviewClient
+
+    return BreakGlassReviewClient(_client(args))
+
+
+def _declaration_line(d: Any) -> str:
+    from ciphercare.sdk.breakglass import high_priority
+
+    return (f"{'HIGH' if high_priority(d) else '-':8}  {d.review_status:12}  {_iso(d.declared_at):20}  "
+            f"{_iso(d.expires_at):20}  {'yes' if d.active else 'no':4}  {d.declared_by.subject[:20]:20}  "
+            f"{d.declared_by.organization[:14]:14}  {d.pid[:16]:16}  {d.purpose:7}  {d.reason_code[:27]:27}  {d.id}")
+
+
+def cmd_breakglass_list(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from ciphercare.sdk.breakglass import review_order
+
+    review = _breakglass(args)
+    status = "" if args.all else (args.status or "pending")
+    response = review.list_for_review(status)
+    declarations = review_order(response.declarations)
+    if args.json:
+        for d in declarations:
+            print(json.dumps(json_format.MessageToDict(d, preserving_proto_field_name=True), sort_keys=True))
+    else:
+        print(f"{'priority':8}  {'review':12}  {'declared (UTC)':20}  {'expires (UTC)':20}  {'open':4}  "
+              f"{'clinician':20}  {'organisation':14}  {'patient':16}  {'purpose':7}  {'reason':27}  declaration")
+        for d in declarations:
+            print(_declaration_line(d))
+    c = response.counts
+    print(f"{len(declarations):,} declaration(s) shown ({status or 'all'}, high priority first); in all {c.total:,}: "
+          f"{c.pending:,} pending, {c.escalated:,} escalated, {c.acknowledged:,} acknowledged, {c.active:,} still open",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_breakglass_show(args: argparse.Namespace) -> int:
+    response = _breakglass(args).get(args.declaration_id)
+    d = response.declaration
+    print(f"{d.id}  {'HIGH priority, ' if d.review_status != 'acknowledged' else ''}{d.review_status}")
+    print(f"  patient {d.pid}, purpose {d.purpose}, reason {d.reason_code}")
+    print(f"  declared by {d.declared_by.subject} ({d.declared_by.organization}) at {_iso(d.declared_at)}; "
+          f"{'open until' if d.active else 'access window ended'} {_iso(d.expires_at)}")
+    print(f"  justification: {response.justification or '(erased)'}")
+    notes = list(response.review_notes)
+    for i, review in enumerate(d.reviews):
+        note = notes[i] if i < len(notes) else ""
+        print(f"  {review.outcome} by {review.reviewed_by.subject} at {_iso(review.reviewed_at)}"
+              + (f": {note}" if note else ""))
+    return 0
+
+
+def _note(args: argparse.Namespace) -> str:
+    if args.note is not None and args.note_file:
+        raise AuditCliError("give --note or --note-file, not both", EXIT_USAGE)
+    if args.note_file:
+        try:
+            return Path(args.note_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuditCliError(f"cannot read note file {args.note_file}: {getattr(exc, 'strerror', None) or exc}",
+                                EXIT_USAGE) from None
+    return str(args.note or "").strip()
+
+
+def cmd_breakglass_review(args: argparse.Namespace) -> int:
+    from ciphercare.sdk.client import ProofError
+
+    outcome = {"ack": "acknowledged", "escalate": "escalated"}[args.breakglass_command]
+    note = _note(args)
+    review = _breakglass(args)
+    pinned = bool(review.client.vkey)
+    if not pinned:
+        # The receipt is still checked, against the key the service serves (said so below, not logged).
+        review.client.vkey = review.client.verifier()[1].verifier_key
+    try:
+        response = review.review(args.declaration_id, outcome, note)
+    except ValueError as exc:
+        raise AuditCliError(str(exc), EXIT_USAGE) from None
+    except ProofError as exc:
+        raise AuditCliError(f"NOT verified: the review was submitted but its receipt does not prove it: {exc}",
+                            EXIT_UNVERIFIED) from exc
+    d, receipt = response.declaration, response.receipt
+    print(f"{outcome} {d.id} (patient {d.pid}, declared by {d.declared_by.subject} of {d.declared_by.organization}"
+          f"{', with a note' if note else ''})")
+    key = "the pinned key" if pinned else "the key the service serves (pin one with --vkey)"
+    print(f"recorded on the ledger at sequence {receipt.sequence}, tx {receipt.tx_id}; receipt verified against {key}")
+    return 0
+
+
 # Wiring ----------------------------------------------------------------------------------------
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command as typed, for the one line: ``search``, ``breakglass ack`` ..."""
+    sub = getattr(args, "breakglass_command", None)
+    return f"{args.audit_command} {sub}" if sub else str(args.audit_command)
 
 
 def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -288,13 +395,13 @@ def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         try:
             return func(args)
         except AuditCliError as exc:
-            print(f"ciphercare audit {args.audit_command}: {exc}", file=sys.stderr)
+            print(f"ciphercare audit {_command(args)}: {exc}", file=sys.stderr)
             return exc.code
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
             details = (exc.details() if callable(getattr(exc, "details", None)) else "") or ""
             first_line = details.splitlines()[0] if details else code.name.lower().replace("_", " ")
-            print(f"ciphercare audit {args.audit_command}: {code.name}: {first_line}", file=sys.stderr)
+            print(f"ciphercare audit {_command(args)}: {code.name}: {first_line}", file=sys.stderr)
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 return EXIT_DENIED
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -305,7 +412,7 @@ def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         except BrokenPipeError:
             return EXIT_FAILED
         except OSError as exc:
-            print(f"ciphercare audit {args.audit_command}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"ciphercare audit {_command(args)}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_FAILED
 
     return run
@@ -335,7 +442,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``audit search|export|verify|flags`` to the top-level parser."""
+    """Add ``audit search|export|verify|flags|breakglass`` to the top-level parser."""
     audit = sub.add_parser("audit", help="compliance officer's tools against a remote ciphercare (token; no "
                                          "server files)")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -378,3 +485,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     flags.add_argument("--json", action="store_true", help="JSON lines instead of text")
     _connection_options(flags)
     flags.set_defaults(func=_run(cmd_flags))
+
+    breakglass = audit_sub.add_parser("breakglass", help="break-glass review: list declarations, show one, "
+                                                         "acknowledge or escalate")
+    bg_sub = breakglass.add_subparsers(dest="breakglass_command", required=True)
+    bg_list = bg_sub.add_parser("list", help="declarations to review, high priority first (default: pending)")
+    which = bg_list.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every declaration, high priority first")
+    which.add_argument("--status", choices=("pending", "escalated", "acknowledged"),
+                       help="only declarations in this review state (default pending)")
+    bg_list.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    _connection_options(bg_list)
+    bg_list.set_defaults(func=_run(cmd_breakglass_list))
+    show = bg_sub.add_parser("show", help="one declaration with its justification and the reviews")
+    show.add_argument("declaration_id", help="bg-<32 hex>")
+    _connection_options(show)
+    show.set_defaults(func=_run(cmd_breakglass_show))
+    for name, words in (("ack", "acknowledge (justified; final)"),
+                        ("escalate", "escalate (refer for investigation)")):
+        verb = bg_sub.add_parser(name, help=f"{words} a declaration; recorded on the ledger")
+        verb.add_argument("declaration_id", help="bg-<32 hex>")
+        verb.add_argument("--note", help="the review note (kept off-chain, its hash on the ledger; at most 2,000 "
+                                         "characters)")
+        verb.add_argument("--note-file", help="read the note from this file")
+        verb.add_argument("--vkey", default="", help="the log's verifier key you trust, to check the receipt")
+        _connection_options(verb)
+        verb.set_defaults(func=_run(cmd_breakglass_review))

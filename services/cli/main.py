@@ -193,8 +193,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from ciphercare.services.bench.gateway import main as gateway_bench
 
         return gateway_bench((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
+    if args.events is not None and args.events < 1:
+        raise CliError("--events must be at least 1")
     rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None,
-                     witness=getattr(args, "witness", False), million=getattr(args, "million", False))
+                     witness=getattr(args, "witness", False), million=getattr(args, "million", False),
+                     events=args.events, database_url=args.database_url)
     return 0 if rows else 1
 
 
@@ -255,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_ledger_serve(ledger_sub)
 
     bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
-    bench.add_argument("which", choices=["ledger", "anomaly", "check"])  # check: issue 16 item 2
+    # check: issue 16 item 2; audit: issue 15 item 5 (search p95 and a full streamed export at --events)
+    bench.add_argument("which", choices=["ledger", "anomaly", "check", "audit"])
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.add_argument("--witness", action="store_true",
@@ -263,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gateway", action="store_true",
                        help="ledger: durable tx/s and Check rate through the Fabric Gateway protocol beside in-process")
     bench.add_argument("--million", action="store_true", help="anomaly: include 10^6 events (minutes, ~1.4 GB)")
+    bench.add_argument("--events", type=int, default=None,
+                       help="audit: events in the store (default 10^6; 10^4 with --quick)")
+    bench.add_argument("--database-url", default="",
+                       help="audit: an empty PostgreSQL (or SQLite) store to fill instead of a temporary SQLite file")
     bench.set_defaults(func=cmd_bench)
 
     db = sub.add_parser("db", help="off-chain store")

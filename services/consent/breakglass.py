@@ -22,7 +22,6 @@ from ciphercare.consent.errors import ContractError
 from ciphercare.ledger.api import Principal
 from ciphercare.services.consent.breakglass_convert import declaration_to_proto, is_active
 from ciphercare.services.identity.interceptor import current_principal
-from ciphercare.services.platform import convert
 from ciphercare.services.platform.errors import forbidden, invalid, not_found, precondition
 from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.settings import Settings
@@ -111,7 +110,7 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
         receipt = await self._contract(principal).submit("Declare", self.ledger.arg(body))
         record = self.ledger.result(receipt)
         return breakglass_pb2.DeclareBreakGlassResponse(
-            declaration=declaration_to_proto(record, _now()), receipt=convert.receipt_to_proto(receipt)
+            declaration=declaration_to_proto(record, _now()), receipt=self.ledger.write_receipt(receipt)
         )
 
     async def Review(
@@ -142,7 +141,7 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
         receipt = await self._contract(principal).submit("Review", decl_id, request.outcome, note_sha)
         return breakglass_pb2.ReviewBreakGlassResponse(
             declaration=declaration_to_proto(self.ledger.result(receipt), _now()),
-            receipt=convert.receipt_to_proto(receipt),
+            receipt=self.ledger.write_receipt(receipt),
         )
 
     async def RecordAccess(
@@ -203,7 +202,7 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
         receipt = await self.ledger.accesslog(principal).submit("Record", self.ledger.arg(event))
         recorded = self.ledger.result(receipt)
         return breakglass_pb2.RecordBreakGlassAccessResponse(
-            event_id=recorded["id"], declaration_id=decl_id, receipt=convert.receipt_to_proto(receipt)
+            event_id=recorded["id"], declaration_id=decl_id, receipt=self.ledger.write_receipt(receipt)
         )
 
     # Reads --------------------------------------------------------------------

@@ -25,3 +25,26 @@ def test_run_writes_the_json_report(tmp_path: Path, capsys) -> None:  # type: ig
     written = json.loads(out.read_text())
     assert written["rows"] == 10**4 and written["results"] == rows and written["flags"]["history_events"] > 0
     assert "audit reads at 10,000 events" in capsys.readouterr().out
+
+
+def test_ciphercare_bench_audit_is_a_registered_command(tmp_path: Path) -> None:
+    """`ciphercare bench audit --quick --events N --json FILE`: the table on stdout, the figures in FILE."""
+    import subprocess
+
+    from testkit.process import CLI
+
+    out = tmp_path / "bench" / "audit.json"
+    result = subprocess.run([*CLI, "bench", "audit", "--quick", "--events", "2000", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # the table only: no library logging
+    assert "audit reads at 2,000 events" in result.stdout and "search: first page, organisation" in result.stdout
+    written = json.loads(out.read_text())
+    assert written["rows"] == 2000 and written["export"] == {**written["export"], "rows": 2000, "complete": True}
+    assert {row["what"] for row in written["results"]} >= {"search: first page, no filter",
+                                                          "search: deep page (cursor), organisation"}
+    assert all(row["p95_ms"] >= row["p50_ms"] > 0 for row in written["results"])
+    assert written["flags"]["history_events"] > 0
+
+    refused = subprocess.run([*CLI, "bench", "audit", "--events", "0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.strip() == "ciphercare: --events must be at least 1"

@@ -31,7 +31,7 @@ from ciphercare.sdk.channels import ChannelSecurity
 from ciphercare.sdk.client import CiphercareClient
 from ciphercare.services.cli.audit import Progress
 from ciphercare.services.identity.devissuer import DevIssuer
-from ciphercare.v1 import access_log_pb2
+from ciphercare.v1 import access_log_pb2, breakglass_pb2, breakglass_pb2_grpc
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -211,8 +211,13 @@ def test_verify_remembers_the_checkpoint_and_proves_inclusion(officer: Officer) 
     one_line_error(officer.run("verify", "--vkey", other_key, "--no-remember"), 4, "NOT verified",
                    "not signed by the pinned key")
     one_line_error(officer.run("verify", "--vkey", "not-a-key", "--no-remember"), 4, "NOT verified")
-    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--no-remember", "--event", "no-such-event"), 1,
-                   "NOT_FOUND")
+    # A well-formed id the log does not hold: not found (failed). An ill-formed one: bad usage, refused before
+    # anything is looked up.
+    unknown = "ae-" + uuid.uuid4().hex
+    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--no-remember", "--event", unknown), 1,
+                   "NOT_FOUND", unknown)
+    one_line_error(officer.run("verify", "--vkey", officer.vkey, "--no-remember", "--event", "no-such-event"), 2,
+                   "INVALID_ARGUMENT", "no-such-event")
 
 
 def test_flags_and_refusals(officer: Officer) -> None:
@@ -250,3 +255,121 @@ def test_tls_options_are_wired(officer: Officer) -> None:
                                                      "CIPHERCARE_TOKEN": officer.token},
                            capture_output=True, text=True, timeout=120)
     one_line_error(plain, 5, "search:")  # TLS by default to a remote host; nothing answers there in time
+
+
+# --- Break-glass review ---------------------------------------------------------------------------------------
+
+
+def declare(officer: Officer, pid: str, subject: str = "clin-bg-cli") -> breakglass_pb2.BreakGlassDeclaration:
+    clinician = officer.client(officer.env.token("clinician", org="hospital-a", subject=subject))
+    stub = breakglass_pb2_grpc.BreakGlassServiceStub(clinician.channel)
+    response = clinician.call(stub.Declare, breakglass_pb2.DeclareBreakGlassRequest(
+        pid=pid, reason_code="unconscious-patient", justification="Unconscious on arrival; checking allergies."))
+    return response.declaration
+
+
+def ledger_size(officer: Officer) -> int:
+    return int(officer.client(officer.token).verifier()[1].checkpoint.tree_size)
+
+
+def offchain_documents(officer: Officer) -> int:
+    from sqlalchemy import func, select
+
+    from ciphercare.services.store.models import Document
+
+    with officer.env.app.store.session() as session:
+        return int(session.scalar(select(func.count()).select_from(Document)) or 0)
+
+
+def declaration(officer: Officer, declaration_id: str) -> breakglass_pb2.GetBreakGlassResponse:
+    client = officer.client(officer.token)
+    stub = breakglass_pb2_grpc.BreakGlassServiceStub(client.channel)
+    return client.call(stub.Get, breakglass_pb2.GetBreakGlassRequest(declaration_id=declaration_id))
+
+
+def test_breakglass_an_officer_lists_high_priority_first_and_acknowledges(officer: Officer) -> None:
+    older = declare(officer, f"pt-bgcli-{uuid.uuid4().hex[:8]}")
+    newer = declare(officer, f"pt-bgcli-{uuid.uuid4().hex[:8]}")
+
+    pending = officer.run("breakglass", "list")
+    assert pending.returncode == 0, pending.stderr
+    rows = pending.stdout.strip().splitlines()[1:]
+    ids = [row.rsplit(" ", 1)[-1] for row in rows]
+    assert ids.index(newer.id) < ids.index(older.id)  # newest first among the pending
+    assert all(row.startswith("HIGH") and " pending " in row for row in rows)
+    assert "pending" in pending.stderr and "high priority first" in pending.stderr
+
+    size, docs = ledger_size(officer), offchain_documents(officer)
+    note = f"Checked with the ward: justified ({uuid.uuid4().hex[:6]})"
+    acked = officer.run("breakglass", "ack", older.id, "--note", note, "--vkey", officer.vkey)
+    assert acked.returncode == 0, acked.stderr
+    assert acked.stdout.startswith(f"acknowledged {older.id}") and "receipt verified against the pinned key" in \
+        acked.stdout
+    assert ledger_size(officer) == size + 1 and offchain_documents(officer) == docs + 1  # the review; its note
+    stored = declaration(officer, older.id)
+    assert stored.declaration.review_status == "acknowledged" and list(stored.review_notes) == [note]
+    assert stored.declaration.reviews[0].reviewed_by.subject == "officer-cli"
+
+    everything = officer.run("breakglass", "list", "--all", "--json")
+    assert everything.returncode == 0, everything.stderr
+    listed = [json.loads(line) for line in everything.stdout.splitlines()]
+    statuses = [d["review_status"] for d in listed]
+    assert statuses == sorted(statuses, key=["pending", "escalated", "acknowledged"].index)  # high priority first
+    assert {older.id, newer.id} <= {d["id"] for d in listed}
+    shown = officer.run("breakglass", "show", older.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "Unconscious on arrival" in shown.stdout and "acknowledged by officer-cli" in shown.stdout and \
+        note in shown.stdout
+
+
+def test_breakglass_review_refusals_write_nothing(officer: Officer) -> None:
+    target = declare(officer, f"pt-bgcli-{uuid.uuid4().hex[:8]}")
+    size, docs = ledger_size(officer), offchain_documents(officer)
+
+    hospital = officer.env.token("hospital", org="hospital-a", subject="svc-hospital-a")
+    one_line_error(officer.run("breakglass", "ack", target.id, "--note", "looks fine to us", token=hospital), 3,
+                   "PERMISSION_DENIED")
+    one_line_error(officer.run("breakglass", "list", token=hospital), 3, "PERMISSION_DENIED")
+    clinician = officer.env.token("clinician", org="hospital-a", subject="clin-bg-cli")
+    one_line_error(officer.run("breakglass", "escalate", target.id, token=clinician), 3, "PERMISSION_DENIED")
+    unknown = "bg-" + uuid.uuid4().hex
+    one_line_error(officer.run("breakglass", "ack", unknown), 1, "NOT_FOUND")
+    one_line_error(officer.run("breakglass", "ack", "bg-nonsense"), 2, "INVALID_ARGUMENT")
+    one_line_error(officer.run("breakglass", "ack", target.id, "--note", "x" * 2001), 2, "INVALID_ARGUMENT")
+    one_line_error(officer.run("breakglass", "ack", target.id, "--note", "a", "--note-file", "n.txt"), 2,
+                   "--note or --note-file")
+    one_line_error(officer.run("breakglass", "ack", target.id, "--vkey", "not-a-key"), 2,
+                   "not a signed-note verifier key")
+    assert ledger_size(officer) == size and offchain_documents(officer) == docs  # nothing written, off-chain included
+    assert declaration(officer, target.id).declaration.review_status == "pending"
+
+    # The contract's transitions: pending -> escalated -> acknowledged; the same outcome twice and anything after
+    # an acknowledgement are FAILED_PRECONDITION (one line, exit 1) and write nothing.
+    assert officer.run("breakglass", "escalate", target.id, "--note", "refer to the board").returncode == 0
+    one_line_error(officer.run("breakglass", "escalate", target.id), 1, "FAILED_PRECONDITION", "already escalated")
+    # A receipt checked against a key that did not sign the log: the review is on the ledger, but the officer is
+    # told it is NOT verified (exit 4).
+    other_key = CheckpointSigner(officer.workdir / "bg-other.key", "ciphercare.local/ledger").vkey
+    one_line_error(officer.run("breakglass", "ack", target.id, "--vkey", other_key), 4, "NOT verified",
+                   "submitted")
+    size, docs = ledger_size(officer), offchain_documents(officer)
+    one_line_error(officer.run("breakglass", "ack", target.id, "--note", "again"), 1, "FAILED_PRECONDITION",
+                   "already acknowledged")
+    one_line_error(officer.run("breakglass", "escalate", target.id), 1, "FAILED_PRECONDITION",
+                   "already acknowledged")
+    assert ledger_size(officer) == size and offchain_documents(officer) == docs
+    assert [r.outcome for r in declaration(officer, target.id).declaration.reviews] == ["escalated", "acknowledged"]
+
+
+def test_breakglass_review_order_is_high_priority_then_newest() -> None:
+    from ciphercare.sdk.breakglass import high_priority, review_order
+
+    def made(name: str, status: str, seconds: int) -> breakglass_pb2.BreakGlassDeclaration:
+        d = breakglass_pb2.BreakGlassDeclaration(id=name, review_status=status)
+        d.declared_at.FromSeconds(seconds)
+        return d
+
+    mixed = [made("ack-new", "acknowledged", 50), made("pend-old", "pending", 10), made("esc", "escalated", 40),
+             made("pend-new", "pending", 30), made("ack-old", "acknowledged", 5)]
+    assert [d.id for d in review_order(mixed)] == ["pend-new", "pend-old", "esc", "ack-new", "ack-old"]
+    assert [high_priority(d) for d in review_order(mixed)] == [True, True, True, False, False]

@@ -32,7 +32,7 @@ OUTCOME_NAME = {access_log_pb2.ACCESS_OUTCOME_SUCCESS: "success", access_log_pb2
 def record(client, pid: str, outcome: int = SUCCESS) -> access_log_pb2.AccessEvent:
     return client.record(access_log_pb2.RecordRequest(
         type="110110", subtype="read", action="R", outcome=outcome, purpose_of_use="TREAT", pid=pid,
-        data_classes=["Observation"], source_observer="test/ehr",
+        data_classes=["Observation"], source_observer="",  # the default: "<org>/<client>"
         outcome_description="" if outcome == SUCCESS else "no-consent")).event
 
 
