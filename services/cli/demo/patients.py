@@ -75,10 +75,11 @@ def seed_demo_patients(target: str, issuer: DevIssuer, deadline_s: float,
 
         def record(who: CiphercareClient, pid: str, purpose: str, classes: list[str], outcome: Any,
                    consent_id: str = "", reason: str = "", subtype: str = "read") -> None:
+            org = "hospital-a" if who is hosp_a else "hospital-b"  # an organisation records from its own systems
             who.record(access_log_pb2.RecordRequest(
                 type="110110", subtype=subtype, action="R", outcome=outcome, outcome_description=reason,
                 purpose_of_use=purpose, pid=pid, consent_id=consent_id, data_classes=classes,
-                source_observer="demo/ehr", detail_json=json.dumps({"view": "chart"})))
+                source_observer=f"{org}/ehr", detail_json=json.dumps({"view": "chart"})))
 
         record(hosp_a, "pt-1001", "TREAT", ["Observation"], SUCCESS, care)
         record(hosp_a, "pt-1001", "TREAT", ["MedicationStatement"], SUCCESS, care, subtype="search-type")
