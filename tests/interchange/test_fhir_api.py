@@ -138,6 +138,31 @@ def test_a_proposed_document_is_never_put_in_force_by_import(env, version: str) 
         consent_pb2.CONSENT_DECISION_PERMIT
 
 
+def test_under_the_immediate_policy_a_proposed_document_is_refused(server_kit, tmp_path: Path) -> None:
+    """Policy `immediate`: staff permits are in force at once, so a document proposed to the patient would be
+    put in force by its import: FAILED_PRECONDITION, nothing written; the same document as `active` goes in."""
+    from ciphercare.services.identity.devissuer import DevIssuer
+
+    settings = server_kit.make_settings(tmp_path, consent_staff_permit="immediate")
+    server = server_kit.ServerThread(settings).start()
+    try:
+        env = server_kit.Env(server=server, issuer=DevIssuer.from_settings(settings))
+        pid = _pid("imm")
+        proposed = doc_for(pid)
+        proposed["status"] = "proposed"
+        call = stub(env, env.token("hospital", org="hospital-a", subject="svc-hospital-a"))
+        before = ledger_and_offchain(env)
+        with pytest.raises(grpc.RpcError) as err:
+            call("ImportConsent", fhir_pb2.ImportConsentRequest(resource_json=json.dumps(proposed)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "consent_staff_permit immediate" in err.value.details()
+        assert ledger_and_offchain(env) == before
+        active = call("ImportConsent", fhir_pb2.ImportConsentRequest(resource_json=json.dumps(doc_for(pid))))
+        assert active.status == "active"
+    finally:
+        server.stop()
+
+
 def test_import_refusals_have_precise_statuses_and_write_nothing(env) -> None:
     pid = _pid("bad")
     call = stub(env, env.token("hospital", org="hospital-a", subject="svc-hospital-a"))
