@@ -114,8 +114,9 @@ _ROWS: dict[str, tuple[tuple[Outcome, Outcome], ...]] = {
     "BreakGlassService/ListActive": ((A, F), (A, F), (D, D), (A, A), (A, A), (D, D)),
     "BreakGlassService/ListForReview": ((D, D), (D, D), (D, D), (A, A), (A, A), (D, D)),
     "BreakGlassService/Review": ((D, D), (D, D), (D, D), (A, A), (D, D), (D, D)),
-    # FHIR interchange (issue 15): an import is a Grant, exports read like Get and Search.
-    "FhirService/ImportConsent": ((A, A), (A, A), (A, D), (D, D), (D, D), (D, D)),
+    # FHIR interchange (issue 15): an import is a Grant (staff name only their own organisation as recipient),
+    # exports read like Get and Search.
+    "FhirService/ImportConsent": ((A, D), (A, D), (A, D), (D, D), (D, D), (D, D)),
     "FhirService/ExportConsent": ((A, N), (A, N), (A, N), (A, A), (A, A), (D, D)),
     "FhirService/ExportAuditEvents": ((A, F), (A, F), (A, F), (A, A), (A, A), (D, D)),
 }
