@@ -223,8 +223,10 @@ def test_cli_import_and_export(env, tmp_path: Path, capsys: pytest.CaptureFixtur
     token = env.token("hospital", org="hospital-a", subject="svc-hospital-a")
     base = ["--target", env.server.target, "--token", token, "--data-dir", str(tmp_path)]
     assert main(["fhir", "import", str(source), *base]) == 0
-    consent_id = capsys.readouterr().out.split()[1]
+    out = capsys.readouterr().out
+    consent_id = out.split()[1]
     assert consent_id.startswith("cns-")
+    assert "(proposed: in force once the patient confirms it;" in out  # a staff import, said in the one line
     out = tmp_path / "out.json"
     assert main(["fhir", "export", consent_id, "--fhir-version", "R5", "-o", str(out), *base]) == 0
     ConsentR5.model_validate(json.loads(out.read_text()))
