@@ -8,7 +8,8 @@ An access is *explained* when one of these covers it at the time it happened:
   purpose. A consent is an organisation-level basis, so it explains accesses by service accounts
   (scoring, research export) and non-treatment purposes; a treatment access by an individual
   clinician also needs that clinician's care relationship (or a break-glass declaration);
-- a **break-glass declaration** by the requester for the patient, within its time limit.
+- a **break-glass declaration** by the requester (at the requester's organisation, when the declarations
+  name it) for the patient, within its time limit.
 
 Explained accesses are not suspicious one by one; what remains goes to the features and the model.
 ``no_basis`` marks the stronger case: neither a consent of the patient with the organisation nor any
@@ -40,7 +41,7 @@ BASIS_NAMES: dict[int, str] = {
 ROSTER_COLUMNS = ("requester", "org", "team", "kind")  # kind: "clinician" | "service"
 CARE_COLUMNS = ("pid", "org", "team", "start", "end")
 CONSENT_COLUMNS = ("consent_id", "pid", "org", "purpose", "start", "end", "revoked")
-BREAK_GLASS_COLUMNS = ("requester", "pid", "start", "end")
+BREAK_GLASS_COLUMNS = ("requester", "pid", "start", "end")  # optional: "org", the declarer's organisation
 
 
 def _frame(data: pd.DataFrame | None, columns: tuple[str, ...], what: str) -> pd.DataFrame:
@@ -57,6 +58,8 @@ class AuditContext:
     """What can explain an access (no PHI: pseudonyms, codes and times in ms).
 
     ``consents`` has one row per (consent, purpose); ``end`` and ``revoked`` are ``INT64_MAX`` when open.
+    ``break_glass`` has one row per declaration, ``end`` inclusive; with an ``org`` column a declaration
+    explains only its declarer's accesses at that organisation (as ``consent:Check`` decides).
     """
 
     roster: pd.DataFrame
@@ -72,9 +75,11 @@ class AuditContext:
         """A context from tables with the documented columns (any may be omitted: nothing explains then)."""
         if care_grace_ms < 0:
             raise ValueError("care_grace_ms must be >= 0")
+        glass = _frame(break_glass, BREAK_GLASS_COLUMNS, "break_glass")
+        if break_glass is not None and "org" in break_glass.columns:
+            glass = glass.assign(org=break_glass["org"].to_numpy(dtype=object))
         return cls(_frame(roster, ROSTER_COLUMNS, "roster"), _frame(care, CARE_COLUMNS, "care"),
-                   _frame(consents, CONSENT_COLUMNS, "consents"),
-                   _frame(break_glass, BREAK_GLASS_COLUMNS, "break_glass"), care_grace_ms)
+                   _frame(consents, CONSENT_COLUMNS, "consents"), glass, care_grace_ms)
 
 
 _OPEN_MS = int(np.iinfo(np.int64).max)
@@ -106,6 +111,26 @@ def consents_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     if not rows:
         return _frame(None, CONSENT_COLUMNS, "consents")
     return pd.DataFrame(rows, columns=list(CONSENT_COLUMNS))
+
+
+def break_glass_from_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The ``break_glass`` table (with ``org``) from the breakglass contract's declarations (the ledger's JSON).
+
+    A declaration explains its declarer's accesses to its patient from ``declared_at`` until ``expires_at``
+    (exclusive), whatever its review state: an escalated declaration still explains *why* the record was
+    opened; whether the reason was good is the review's question, and the repeated-break-glass rule
+    looks at how often a clinician declares.
+    """
+    rows: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        try:
+            declarer = record["declared_by"]
+            rows.append({"requester": str(declarer["subject"]), "org": str(declarer["org"]),
+                         "pid": str(record["pid"]), "start": timestamp_ms(record["declared_at"]),
+                         "end": timestamp_ms(record["expires_at"]) - 1})
+        except KeyError as exc:
+            raise ValueError(f"break-glass declaration {index} lacks {exc.args[0]!r}") from exc
+    return pd.DataFrame(rows, columns=[*BREAK_GLASS_COLUMNS, "org"])
 
 
 @dataclass(frozen=True)
@@ -170,7 +195,8 @@ def explain(events: pd.DataFrame, context: AuditContext) -> Explanation:
     open_rows = base[basis == UNEXPLAINED]
     glass = context.break_glass.assign(start=context.break_glass["start"].astype(np.int64),
                                        end=context.break_glass["end"].astype(np.int64))
-    by_glass = _covered(open_rows[["_row", "time", "requester", "pid"]], glass, ["requester", "pid"], "start", "end")
+    on = ["requester", "pid", "org"] if "org" in glass.columns else ["requester", "pid"]
+    by_glass = _covered(open_rows[["_row", "time", *on]], glass, on, "start", "end")
     basis[by_glass] = BY_BREAK_GLASS
 
     # No basis at all: no consent of the patient with the organisation and no episode there.

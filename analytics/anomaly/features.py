@@ -194,8 +194,12 @@ def window_features(
         start = break_glass["start"].to_numpy(dtype=np.int64)
         declared = pd.DataFrame({"requester": break_glass["requester"].to_numpy(dtype=object),
                                  "window": ((start + offset) // window_ms) * window_ms - offset})
-        counts = declared.groupby(["requester", "window"]).size().rename("bg")
-        joined = out.reset_index()[keys].join(counts, on=["requester", "window"])
+        on = ["requester", "window"]
+        if "org" in break_glass.columns:  # declarations naming the declarer's organisation count there only
+            declared["org"] = break_glass["org"].to_numpy(dtype=object)
+            on = ["requester", "org", "window"]
+        counts = declared.groupby(on).size().rename("bg")
+        joined = out.reset_index()[keys].join(counts, on=on)
         out["break_glass"] = joined["bg"].fillna(0).to_numpy()
 
     for name in ("unexplained_patients", "max_unexplained_repeat", "crowd", "scoring_patients", "export_patients",

@@ -207,7 +207,7 @@ class _World:
         self.ep_pat, self.ep_org, self.ep_team = ep_pat, ep_org, ep_team
         self.ep_start = ep_start.astype(np.int64)
         self.ep_end = (ep_start + duration).astype(np.int64)
-        self.glass: list[tuple[str, str, int, int]] = []  # (requester, pid, start, end)
+        self.glass: list[tuple[str, str, str, int, int]] = []  # (requester, org, pid, start, end)
         self._vip_turn = 0
         self.grace_ms = int(config.care_grace_days * DAY_MS)
 
@@ -317,7 +317,8 @@ class _World:
 
     def break_glass(self, out: _Builder, label: str, staff: int, patient: int, at: int) -> None:
         end = at + int(self.c.break_glass_hours * HOUR_MS)
-        self.glass.append((str(self.staff_id[staff]), str(self.pid[patient]), at, end))
+        org = str(self.org_names[self.staff_org[staff]])
+        self.glass.append((str(self.staff_id[staff]), org, str(self.pid[patient]), at, end))
         n = int(self.rng.integers(2, 6))
         times = np.sort(at + self.rng.integers(0, HOUR_MS, n))
         self.clinician_access(out, label, staff, np.full(n, patient), times, purpose="ETREAT")
@@ -548,7 +549,7 @@ class _World:
         research = pd.DataFrame({"consent_id": self.research_id[p], "pid": self.pid[p],
                                  "org": np.array(self.org_names, dtype=object)[o], "purpose": "HRESCH",
                                  "start": self.start_ms - 400 * DAY_MS, "end": INT64_MAX, "revoked": INT64_MAX})
-        glass = pd.DataFrame(self.glass, columns=["requester", "pid", "start", "end"])
+        glass = pd.DataFrame(self.glass, columns=["requester", "org", "pid", "start", "end"])
         return AuditContext.build(roster=pd.concat([roster, services], ignore_index=True), care=care,
                                   consents=pd.concat([treat, research], ignore_index=True), break_glass=glass,
                                   care_grace_ms=self.grace_ms)

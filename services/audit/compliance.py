@@ -7,7 +7,8 @@ colleague). Every read runs in SQL over the projection (``services/store/audit_q
 
 Flags come from the unusual-access detector (``analytics/anomaly``): fitted on the consortium's own
 access events in the ``compliance_flag_history_days`` before the window, then run over the window. What
-can explain an access: the agents' roles (clinician or service account) and the consents on the ledger.
+can explain an access: the agents' roles (clinician or service account), the consents on the ledger and
+the break-glass declarations on the ledger (the declarer's own accesses to that patient while it lasts).
 Care relationships and rosters live in the hospitals' systems, not here, so every clinician's treatment
 access is "unexplained" to the detector and the rules and the model carry the load (docs/ANOMALY.md).
 """
@@ -150,15 +151,20 @@ class FlagEngine:
         self.handles = handles
         self.queries = queries
         self.history_ms = history_days * DAY_MS
-        self._cache: OrderedDict[tuple[int, int, int, int], FlagRun] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, int, int, int, str], FlagRun] = OrderedDict()
         self._lock = threading.Lock()
 
-    def run(self, start_ms: int, end_ms: int, consents: dict[str, list[dict[str, Any]]]) -> FlagRun:
-        """Fit on the history before ``start_ms`` and detect over [start_ms, end_ms) (CPU bound: off the loop)."""
+    def run(self, start_ms: int, end_ms: int, consents: dict[str, list[dict[str, Any]]],
+            declarations: Iterable[dict[str, Any]] = ()) -> FlagRun:
+        """Fit on the history before ``start_ms`` and detect over [start_ms, end_ms) (CPU bound: off the loop).
+
+        ``declarations``: the breakglass contract's declarations; each explains its declarer's accesses to its
+        patient at the declarer's organisation while it is active, and counts towards repeated break-glass.
+        """
         import pandas as pd
 
         from ciphercare.analytics.anomaly import AccessAnomalyDetector, AuditContext, events_from_records
-        from ciphercare.analytics.anomaly.explain import consents_from_records
+        from ciphercare.analytics.anomaly.explain import break_glass_from_records, consents_from_records
 
         history_start = start_ms - self.history_ms
         history = list(self.queries.detector_records(AccessQuery(recorded_from_ms=history_start,
@@ -176,7 +182,8 @@ class FlagEngine:
                            "no access events in the history window: the detector has nothing to learn from")
         roster = pd.DataFrame(_roster([*history, *window]), columns=["requester", "org", "team", "kind"])
         consent_rows = consents_from_records(record for records in consents.values() for record in records)
-        context = AuditContext.build(roster=roster, consents=consent_rows)
+        context = AuditContext.build(roster=roster, consents=consent_rows,
+                                     break_glass=break_glass_from_records(declarations))
         try:
             detector = AccessAnomalyDetector().fit(events_from_records(history), context)
         except ValueError as exc:
@@ -218,15 +225,38 @@ class FlagEngine:
             await asyncio.sleep(0)  # an in-process ledger evaluates synchronously: let other calls through
         return found
 
+    async def declarations(self, start_ms: int, end_ms: int) -> tuple[list[dict[str, Any]], str]:
+        """The break-glass declarations that overlap the history or the window (read as the server), and a
+        notice when they could not be read (then nothing is explained by break-glass: more flags, never fewer)."""
+        if self.handles is None:
+            return [], ""  # no ledger (the benchmark)
+        try:
+            records = await evaluate_json(self.handles.contract(DETECTOR_PRINCIPAL, "breakglass"), "ListForReview")
+        except LedgerError as exc:
+            log.warning("break-glass declarations not read for flag explanation: %s", type(exc).__name__)
+            return [], "break-glass declarations could not be read; accesses under them count as unexplained"
+        lo, hi = start_ms - self.history_ms, end_ms
+        out = []
+        for record in records:
+            declared = convert.ms_from_timestamp(convert.timestamp_from_iso(record["declared_at"]))
+            expires = convert.ms_from_timestamp(convert.timestamp_from_iso(record["expires_at"]))
+            if expires > lo and declared < hi:
+                out.append(record)
+        return out, ""
+
     async def flags(self, start_ms: int, end_ms: int) -> FlagRun:
         size = await asyncio.to_thread(lambda: (self.queries.max_seq(), self.queries.count(AccessQuery())))
-        key = (start_ms, end_ms, *size)
+        declarations, glass_notice = await self.declarations(start_ms, end_ms)
+        # A new declaration (or review) changes what is explained: it is part of the cache key.
+        key = (start_ms, end_ms, *size, len(declarations), glass_notice)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         pids, wanted = await asyncio.to_thread(self.pids_needing_consents, start_ms, end_ms)
         consents = await self.consents(pids)
-        result = await asyncio.to_thread(self._locked_run, start_ms, end_ms, consents)
+        result = await asyncio.to_thread(self._locked_run, start_ms, end_ms, consents, declarations)
+        if glass_notice:
+            result = dataclasses.replace(result, notice=(result.notice + " " if result.notice else "") + glass_notice)
         if wanted > len(pids):  # say so: fewer explanations can only mean more flags, never fewer
             result = dataclasses.replace(result, notice=(result.notice + " " if result.notice else "") + (
                 f"consents were read for {len(pids)} of {wanted} patients accessed by service accounts or for "
@@ -236,9 +266,10 @@ class FlagEngine:
             self._cache.popitem(last=False)
         return result
 
-    def _locked_run(self, start_ms: int, end_ms: int, consents: dict[str, list[dict[str, Any]]]) -> FlagRun:
+    def _locked_run(self, start_ms: int, end_ms: int, consents: dict[str, list[dict[str, Any]]],
+                    declarations: list[dict[str, Any]]) -> FlagRun:
         with self._lock:  # one detector run at a time: it is CPU bound and the machine is shared
-            return self.run(start_ms, end_ms, consents)
+            return self.run(start_ms, end_ms, consents, declarations)
 
 
 def flag_to_proto(data: dict[str, Any]) -> compliance_pb2.UnusualAccessFlag:

@@ -81,7 +81,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise _error(f"cannot read {args.file}: {exc.strerror}") from None
     response = _call(args, "ImportConsent", fhir_pb2.ImportConsentRequest(resource_json=text,
                                                                          fhir_version=args.fhir_version))
-    print(f"imported {response.consent_id} (ledger seq {response.receipt.sequence}, tx {response.receipt.tx_id})")
+    state = ("proposed: in force once the patient confirms it" if response.status == "proposed"
+             else response.status or "active")
+    print(f"imported {response.consent_id} ({state}; ledger seq {response.receipt.sequence}, "
+          f"tx {response.receipt.tx_id})")
     return 0
 
 

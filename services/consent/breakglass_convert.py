@@ -74,12 +74,3 @@ def declaration_from_proto(message: breakglass_pb2.BreakGlassDeclaration) -> dic
         ],
     }
 
-
-def detector_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Declarations (contract JSON, e.g. from ``ListForReview``) as the unusual-access detector's
-    ``break_glass`` table rows: requester (the declarer's subject), pid, start and end in ms since the epoch."""
-    def ms(text: str) -> int:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-    return [{"requester": r["declared_by"]["subject"], "pid": r["pid"], "start": ms(r["declared_at"]),
-             "end": ms(r["expires_at"])} for r in records]

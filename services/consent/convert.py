@@ -147,6 +147,7 @@ def decision_to_proto(decision: dict[str, Any], evaluated_at: str) -> consent_pb
         decision=DECISION_TO_PROTO[decision["decision"]],
         consent_id=decision.get("consent_id") or "",
         reason=decision.get("reason", ""),
+        breakglass_id=decision.get("breakglass_id") or "",
     )
     if evaluated_at:
         response.evaluated_at.CopyFrom(timestamp_from_iso(evaluated_at))
@@ -154,8 +155,11 @@ def decision_to_proto(decision: dict[str, Any], evaluated_at: str) -> consent_pb
 
 
 def decision_from_proto(message: consent_pb2.CheckResponse) -> dict[str, Any]:
-    return {
+    out = {
         "decision": _decision_from_proto(message.decision, "decision"),
         "consent_id": message.consent_id or None,
         "reason": message.reason,
     }
+    if message.breakglass_id:  # only break-glass decisions carry it
+        out["breakglass_id"] = message.breakglass_id
+    return out

@@ -16,6 +16,9 @@ Mapping (ciphercare field <- R4B / R5):
 * nested provisions <- ``provision.provision`` (type, purposes, data classes, actors, period); R5 has no
   ``provision.type``: ciphercare writes it in the extension :data:`PROVISION_TYPE_URL`, and a provision
   without it is an exception to its parent (the opposite decision), as R5 defines;
+* status <- ``active``, or R4B ``proposed`` / R5 ``draft`` for a consent staff recorded that awaits the
+  patient's confirmation (exported the same way; a revoked consent exports as ``inactive``, which import
+  refuses);
 * evidence <- ``sourceAttachment`` / ``sourceReference`` (R5: lists); its SHA-256 (canonical JSON of those
   fields) is what the ledger records as ``evidence_sha256``.
 
@@ -52,6 +55,9 @@ PROVISION_TYPE_URL = "https://ciphercare.dev/fhir/StructureDefinition/provision-
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 LOINC = "http://loinc.org"
 MAX_RESOURCE_BYTES = 256 * 1024
+#: Consent.status of a consent staff recorded that awaits the patient's confirmation: R4B has ``proposed``
+#: ("presented to the patient for review"); R5 dropped it, its ``draft`` is "not yet intended to be acted upon".
+PROPOSED_STATUS = {R4B: "proposed", R5: "draft"}
 
 
 class FhirImportError(ValueError):
@@ -198,6 +204,20 @@ def _pid(document: Mapping[str, Any], fhir_version: str) -> str:
         raise FhirImportError(exc.detail) from None
 
 
+def status_of(document: Mapping[str, Any], fhir_version: str) -> str:
+    """The consent status a FHIR Consent asks for: ``active``, or ``proposed`` (R4B ``proposed``, R5 ``draft``:
+    recorded on the patient's behalf, not in force until the patient confirms it). The ledger status is
+    still the consent contract's to decide (a staff-recorded PERMIT is proposed whatever the document says);
+    the import service refuses a proposed document the ledger would put in force at once."""
+    status = document.get("status")
+    if status == "active":
+        return codes.CONSENT_STATUS_ACTIVE
+    if status == PROPOSED_STATUS[fhir_version]:
+        return codes.CONSENT_STATUS_PROPOSED
+    raise FhirImportError(f"Consent.status: only an active consent, or one proposed to the patient "
+                          f"({PROPOSED_STATUS[fhir_version]!r} in {fhir_version}), can be imported, got {status!r}")
+
+
 def evidence_of(document: Mapping[str, Any]) -> dict[str, Any]:
     """The evidence fields of a Consent (``sourceAttachment`` / ``sourceReference``), as present."""
     return {k: document[k] for k in ("sourceAttachment", "sourceReference") if document.get(k)}
@@ -211,8 +231,7 @@ def consent_from_fhir(text: str, fhir_version: str, organizations: Mapping[str, 
                       now_iso: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the ``consent:Grant`` input without ``document_sha256``, the validated document) of a FHIR Consent."""
     document = _parse(text, fhir_version)
-    if document.get("status") != "active":
-        raise FhirImportError(f"Consent.status: only an active consent can be imported, got {document.get('status')!r}")
+    status_of(document, fhir_version)
     pid = _pid(document, fhir_version)
     if fhir_version == R4B:
         root = document.get("provision")
@@ -308,7 +327,8 @@ def _provision_out(p: Mapping[str, Any], fhir_version: str, organizations: Mappi
 def consent_to_fhir(record: Mapping[str, Any], evidence: Mapping[str, Any], fhir_version: str,
                     organizations: Mapping[str, str]) -> dict[str, Any]:
     """A ledger consent record (+ its document's evidence) as a FHIR Consent of ``fhir_version``."""
-    status = "active" if record["status"] == codes.CONSENT_STATUS_ACTIVE else "inactive"
+    status = {codes.CONSENT_STATUS_ACTIVE: "active", codes.CONSENT_STATUS_PROPOSED: PROPOSED_STATUS[fhir_version]
+              }.get(record["status"], "inactive")
     root = {
         "type": record["decision"],
         "actors": [record["grantee_org"]],

@@ -1,39 +1,43 @@
 """FhirService: FHIR Consent import/export and BALP AuditEvent bundles over gRPC.
 
 Import validates completely (library model, code bindings, organisation registry, the ledger's own
-consent validation, who may grant for whom) before it writes the document off-chain and the grant on the
-ledger, in that order (as ConsentService.Grant does). Exports read through the contracts as the caller,
-so they show exactly what the caller may see.
+consent validation, who may grant for whom, the status the document asks for) before it writes the
+document off-chain and the grant on the ledger, in that order (as ConsentService.Grant does). Exports read
+through the contracts as the caller, so they show exactly what the caller may see.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
-from ciphercare.consent import canonical
+from ciphercare.consent import canonical, codes
+from ciphercare.ledger.api import Principal
 from ciphercare.services.audit.exports import audit_bundle
 from ciphercare.services.audit.servicer import AccessScope, event_proto
 from ciphercare.services.consent.fhir_interchange import (
+    PROPOSED_STATUS,
     R4B,
     FhirImportError,
     consent_from_fhir,
     consent_to_fhir,
     evidence_of,
+    status_of,
     version,
 )
+from ciphercare.services.consent.servicer import grant_authority
 from ciphercare.services.identity.interceptor import current_principal
 from ciphercare.services.platform import convert
-from ciphercare.services.platform.errors import forbidden, invalid, not_found
+from ciphercare.services.platform.errors import invalid, not_found, precondition
 from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.settings import Settings
 from ciphercare.services.store import AccessQuery, DocumentErasedError, OffchainStore
 from ciphercare.v1 import fhir_pb2, fhir_pb2_grpc
 
-STAFF_ROLES = frozenset({"hospital", "clinician"})
 DEFAULT_EXPORT = 1000
 MAX_EXPORT = 10_000
 _PAGE = 1000
@@ -65,17 +69,38 @@ class FhirServicer(fhir_pb2_grpc.FhirServiceServicer):
             grant, document = consent_from_fhir(request.resource_json, fhir_version, self.organizations, _now_iso())
         except FhirImportError as exc:
             raise invalid(str(exc)) from None
-        staff = bool(principal.roles & STAFF_ROLES)
-        own = "patient" in principal.roles and principal.pid == grant["pid"]
-        if not staff and not own:
-            raise forbidden("a patient may import a consent only for their own pseudonym")
-        if staff and not own and "evidence_sha256" not in grant:
+        # Who speaks for whom: the contract's rule, checked first so a refused import stores nothing off-chain.
+        authority = grant_authority(principal, grant["pid"], grant["grantee_org"])
+        if authority == "staff" and "evidence_sha256" not in grant:
             raise invalid("a consent recorded on a patient's behalf must carry the evidence of their agreement "
                           "(sourceAttachment or sourceReference)")
+        await self._check_status(principal, authority, grant, status_of(document, fhir_version), fhir_version)
         grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document), pid=grant["pid"])
         receipt = await self.ledger.consent(principal).submit("Grant", self.ledger.arg(grant))
         record = self.ledger.result(receipt)
-        return fhir_pb2.ImportConsentResponse(consent_id=record["id"], receipt=convert.receipt_to_proto(receipt))
+        return fhir_pb2.ImportConsentResponse(consent_id=record["id"], receipt=convert.receipt_to_proto(receipt),
+                                              status=record["status"])
+
+    async def _check_status(self, principal: Principal, authority: str, grant: dict[str, Any], wanted: str,
+                            fhir_version: str) -> None:
+        """A document proposed to the patient (R4B ``proposed``, R5 ``draft``) is imported only where the ledger
+        records it as proposed too: a staff PERMIT under the ``confirm`` policy. The ledger never puts in force
+        what the document says is not; an ``active`` document from staff is still only proposed (the contract
+        decides, the patient confirms): import cannot bypass the authority rule either way."""
+        if wanted != codes.CONSENT_STATUS_PROPOSED:
+            return
+        shown = PROPOSED_STATUS[fhir_version]
+        if authority == "patient":
+            raise invalid(f"Consent.status: {shown!r} is for a consent staff record on the patient's behalf; the "
+                          "patient (or proxy) records a consent in force at once: import it with status 'active', "
+                          "or confirm the proposed consent (ConsentService.Confirm)")
+        if grant["decision"] != codes.PERMIT:
+            raise invalid(f"Consent.status: {shown!r}: a deny staff record is in force at once (it only "
+                          "restricts); import it with status 'active'")
+        policy = await evaluate_json(self.ledger.consent(principal), "GetPolicy")
+        if policy.get("staff_permit") != codes.STAFF_PERMIT_CONFIRM:
+            raise precondition(f"Consent.status: {shown!r}: the consent policy puts permits staff record in force "
+                               "at once (consent_staff_permit immediate); import it with status 'active'")
 
     async def ExportConsent(
         self, request: fhir_pb2.ExportConsentRequest, context: grpc.aio.ServicerContext

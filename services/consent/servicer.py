@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -40,7 +42,7 @@ def _require(value: str, field: str) -> str:
     return value
 
 
-def _grant_authority(principal: Principal, pid: str, grantee: str) -> str:
+def grant_authority(principal: Principal, pid: str, grantee: str) -> str:
     """Whom a Grant by ``principal`` speaks for, or PERMISSION_DENIED: the contract's rule, checked first
     so a refused Grant stores nothing off-chain."""
     if "patient" in principal.roles and (principal.pid == pid or (
@@ -59,12 +61,41 @@ def _grant_authority(principal: Principal, pid: str, grantee: str) -> str:
     raise forbidden("only a patient (for themselves), their proxy, a hospital or a clinician may grant a consent")
 
 
-class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
-    """Grant, revoke, read and check consents; every write returns a ledger receipt."""
+def unknown_organization(grant: Mapping[str, Any], organizations: Mapping[str, str]) -> str | None:
+    """Why a Grant input names an organisation outside the registry (the ``organizations`` setting), or None.
 
-    def __init__(self, ledger: ContractHandles, store: OffchainStore) -> None:
+    The recipient and every actor of a nested provision must be organisations ciphercare knows: a typo
+    (``hospital-zzz``) would otherwise be a consent nobody can ever use, shown to the patient as in force.
+    """
+    known = ", ".join(sorted(organizations)) or "none configured"
+
+    def refusal(org: object, field: str) -> str:
+        return f"{field}: {str(org)[:64]!r} is not an organisation ciphercare knows; known: {known}"
+
+    if grant.get("grantee_org") not in organizations:
+        return refusal(grant.get("grantee_org"), "grantee_organization")
+    pending = [(p, f"provisions[{i}]") for i, p in enumerate(grant.get("provisions") or [])]
+    while pending:
+        provision, path = pending.pop(0)
+        for j, actor in enumerate(provision.get("actors") or []):
+            if actor not in organizations:
+                return refusal(actor, f"{path}.actors[{j}]")
+        pending += [(c, f"{path}.provisions[{k}]") for k, c in enumerate(provision.get("provisions") or [])]
+    return None
+
+
+class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
+    """Grant, revoke, read and check consents; every write returns a ledger receipt.
+
+    ``organizations`` is the registry a Grant's recipient and actors must come from (the ``organizations``
+    setting); empty (a read replica, which forwards writes): every Grant is refused.
+    """
+
+    def __init__(self, ledger: ContractHandles, store: OffchainStore,
+                 organizations: Mapping[str, str] | None = None) -> None:
         self.ledger = ledger
         self.store = store
+        self.organizations = dict(organizations or {})
 
     async def Grant(
         self, request: consent_pb2.GrantRequest, context: grpc.aio.ServicerContext
@@ -80,7 +111,10 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         grant = consent_convert.grant_input_from_proto(request, document_sha256="0" * 64)
         if not grant["period"].get("start"):
             grant["period"]["start"] = _now_iso()
-        authority = _grant_authority(principal, request.pid, request.grantee_organization)
+        unknown = unknown_organization(grant, self.organizations)
+        if unknown is not None:
+            raise invalid(unknown)
+        authority = grant_authority(principal, request.pid, request.grantee_organization)
         try:
             ConsentGrant.from_dict(grant, "consent")  # the contract's own validation, before any write
         except ValidationError as exc:

@@ -270,7 +270,9 @@ class Application:
             options=options,
         )
         handles = self.handles
-        consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(handles, self.store), server)
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(
+            ConsentServicer(handles, self.store, self.settings.organizations), server
+        )
         access_log_pb2_grpc.add_AccessLogServiceServicer_to_server(
             AccessLogServicer(handles, self.store, self.projections, observers=self.settings.record_observers), server
         )

@@ -15,6 +15,7 @@ from ciphercare.analytics.anomaly.explain import (
     BY_CONSENT,
     UNEXPLAINED,
     AuditContext,
+    break_glass_from_records,
     consents_from_records,
     explain,
 )
@@ -133,3 +134,31 @@ def test_consents_from_ledger_records() -> None:
     assert explain(events, context).basis.tolist() == [BY_CONSENT, UNEXPLAINED, BY_CONSENT, UNEXPLAINED]
     with pytest.raises(ValueError, match="consent record 0 lacks 'decision'"):
         consents_from_records([{"id": "x"}])
+
+
+def test_break_glass_from_ledger_declarations_is_scoped_to_the_declarer_and_its_window() -> None:
+    """The breakglass contract's declarations as the detector's table: the declarer (subject *and* organisation,
+    as ``consent:Check`` requires), the patient, declared_at until expires_at (exclusive); a review changes
+    nothing (an escalated declaration still says why the record was opened)."""
+    def iso(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    declarer = {"subject": "u1", "org": "h-a", "roles": ["clinician"]}
+    records = [{"id": "bg-" + "a" * 32, "pid": "p4", "declared_by": declarer, "declared_at": iso(at(0, 10)),
+                "expires_at": iso(at(0, 14)), "review_status": "escalated"}]
+    table = break_glass_from_records(records)
+    assert table.to_dict("records") == [{"requester": "u1", "pid": "p4", "start": at(0, 10), "end": at(0, 14) - 1,
+                                         "org": "h-a"}]
+    context = AuditContext.build(break_glass=table)
+    elsewhere = dict(ev(at(0, 11), "u1", "p4", "ETREAT"), org="h-b")
+    events = check_events(pd.DataFrame([ev(at(0, 10), "u1", "p4", "ETREAT"), ev(at(0, 14) - 1, "u1", "p4", "ETREAT"),
+                                        ev(at(0, 14), "u1", "p4", "ETREAT"), ev(at(0, 11), "u2", "p4", "ETREAT"),
+                                        ev(at(0, 11), "u1", "p5", "ETREAT"), elsewhere]))
+    basis = explain(events, context).basis.tolist()
+    explained = {(row.time, row.requester, row.pid, row.org) for row, b in zip(events.itertuples(), basis, strict=True)
+                 if b == BY_BREAK_GLASS}
+    # the first and last millisecond of the window; not after it, not another clinician, patient or organisation
+    assert explained == {(at(0, 10), "u1", "p4", "h-a"), (at(0, 14) - 1, "u1", "p4", "h-a")}
+    assert basis.count(UNEXPLAINED) == 4
+    with pytest.raises(ValueError, match="declaration 0 lacks 'declared_by'"):
+        break_glass_from_records([{"pid": "p4"}])

@@ -8,6 +8,7 @@ flag names the pull without ever seeing the detail.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pandas as pd
@@ -23,6 +24,7 @@ from ciphercare.services.identity.devissuer import DevIssuer
 from ciphercare.v1 import access_log_pb2, consent_pb2
 
 PULLED = 50
+HOUR_MS = 3_600_000
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +90,57 @@ def test_consents_on_the_ledger_explain_research_access(env: Env) -> None:
     explanation = explain(events, AuditContext.build(roster=roster, consents=consents))
     basis = dict(zip(events["pid"], explanation.basis.tolist(), strict=True))
     assert basis == {granted: BY_CONSENT, refused: UNEXPLAINED}
+
+
+def test_break_glass_on_the_ledger_explains_access_and_repeats_are_flagged(env: Env) -> None:
+    """Declarations made over gRPC reach the flags: a clinician's access under their own active declaration is
+    explained; one clinician declaring for several patients is flagged as repeated break-glass; a colleague
+    opening the same patients without declaring is not explained by someone else's declarations."""
+    from ciphercare.sdk.audit import AuditClient
+    from ciphercare.services.bench.audit import insert_events, simulated_history
+    from ciphercare.v1 import breakglass_pb2, breakglass_pb2_grpc, compliance_pb2
+
+    now = int(time.time() * 1000)
+    insert_events(env.app.store, simulated_history(now - HOUR_MS))  # days of history: a ledger is not back-dated
+
+    def declare_and_open(subject: str, pids: list[str]) -> list[str]:
+        client = env.client(env.token("clinician", org="hospital-a", subject=subject))
+        stub = breakglass_pb2_grpc.BreakGlassServiceStub(client.channel)
+        ids = []
+        for pid in pids:
+            ids.append(client.call(stub.Declare, breakglass_pb2.DeclareBreakGlassRequest(
+                pid=pid, reason_code="unconscious-patient", justification="arrived unconscious")).declaration.id)
+            client.call(stub.RecordAccess, breakglass_pb2.RecordBreakGlassAccessRequest(
+                pid=pid, data_classes=["Observation", "AllergyIntolerance"]))
+        return ids
+
+    many = [f"pid-bg-many-{i}" for i in range(4)]
+    declare_and_open("clin-bg-once", ["pid-bg-once-1"])
+    declared = declare_and_open("clin-bg-many", many)
+    colleague = env.client(env.token("clinician", org="hospital-a", subject="clin-bg-none"))
+    for pid in many:  # the same patients, ETREAT, no declaration of their own
+        colleague.record(access_log_pb2.RecordRequest(
+            type="110110", subtype="read", action="R", outcome=access_log_pb2.ACCESS_OUTCOME_SUCCESS,
+            purpose_of_use="ETREAT", pid=pid, data_classes=["Observation"], source_observer="hospital-a/ehr"))
+
+    request = compliance_pb2.ListFlagsRequest()
+    request.window_start.FromMilliseconds(now - HOUR_MS // 2)
+    request.window_end.FromMilliseconds(now + HOUR_MS)
+    pages = list(AuditClient(env.officer()).flags(request))
+    assert pages[0].notice == ""
+    flags = {flag.requester_subject: flag for page in pages for flag in page.flags}
+    flag = flags["clin-bg-many"]
+    assert (flag.organization, flag.kind) == ("hospital-a", "break_glass") and "rule:break_glass" in flag.detectors
+    expected = f"reached {len(many)} patient(s) on break-glass alone"
+    assert any(r.startswith(expected) and f"{len(many)} declaration(s) in this window" in r for r in flag.reasons), \
+        list(flag.reasons)
+    assert list(flag.patients) == []  # every access of theirs is explained (by their declarations), none unexplained
+    assert len(set(declared)) == len(many)
+    # One declaration, one patient, opened under it: explained, nothing unusual.
+    assert "clin-bg-once" not in flags
+    # The colleague's accesses are not explained by clin-bg-many's declarations: whatever is said of them,
+    # it is not break-glass, and the patients behind it are the unexplained ones.
+    if "clin-bg-none" in flags:
+        other = flags["clin-bg-none"]
+        assert other.kind != "break_glass" and not any("break-glass" in r for r in other.reasons)
+        assert set(other.patients) == set(many)

@@ -62,9 +62,18 @@ def test_declare_then_check_permits_with_break_glass_and_access_is_logged(env):
     assert declared.receipt.tx_id
     during = clin.client.check(pid, "hospital-a", "ETREAT", "Observation")
     assert during.decision == consent_pb2.CONSENT_DECISION_PERMIT and d.id in during.reason
+    # CheckResponse names the declaration that permits (and no consent) when the reason is break-glass
+    assert during.breakglass_id == d.id and during.consent_id == ""
+    assert before.breakglass_id == ""
+    # an active declaration covers both break-glass purposes (ETREAT, BTG), and names itself for each
+    btg = clin.client.check(pid, "hospital-a", "BTG", "Observation")
+    assert btg.decision == consent_pb2.CONSENT_DECISION_PERMIT and btg.breakglass_id == d.id
     # another clinician of the same hospital is not covered
     other = clinician(env, subject="clin-a-2")
-    assert other.client.check(pid, "hospital-a", "ETREAT", "Observation").decision == consent_pb2.CONSENT_DECISION_DENY
+    not_covered = other.client.check(pid, "hospital-a", "ETREAT", "Observation")
+    assert not_covered.decision == consent_pb2.CONSENT_DECISION_DENY and not_covered.breakglass_id == ""
+    # a consent-based decision carries no declaration id, even for the declarer
+    assert clin.client.check(pid, "hospital-a", "TREAT", "Observation").breakglass_id == ""
     assert status_of(lambda: other.RecordAccess(breakglass_pb2.RecordBreakGlassAccessRequest(
         pid=pid, data_classes=["Observation"]))) == grpc.StatusCode.FAILED_PRECONDITION
     # the refused attempt is on the record as a denied access by that clinician

@@ -207,6 +207,44 @@ def test_bad_grant_input_is_refused_and_nothing_written(env, mutate, code, fragm
     assert _ledger_size(env) == before
 
 
+def _offchain_rows(env) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from ciphercare.services.store.models import Document
+
+    with env.app.store.session() as session:
+        documents = int(session.scalar(select(func.count()).select_from(Document)) or 0)
+    return documents, env.app.store.data_key_count()
+
+
+def test_grant_to_an_organisation_outside_the_registry_is_refused_and_nothing_written(env):
+    """A typo'd recipient (the portal once showed a consent to `hospital-zzz` as active) is INVALID_ARGUMENT with
+    the registry named; nothing reaches the ledger or the off-chain store, whoever asks."""
+    pid = new_pid()
+    typo_actor = consent_pb2.ConsentProvision(type=DENY, actors=["hospital-a"], provisions=[
+        consent_pb2.ConsentProvision(type=PERMIT, actors=["clinic-zz"])])
+    requests = [
+        (env.patient(pid), dict(grantee_organization="hospital-zzz"), "grantee_organization: 'hospital-zzz'"),
+        (env.patient(pid), dict(grantee_organization="hospital-a", provisions=[typo_actor]),
+         "provisions[0].provisions[0].actors[0]: 'clinic-zz'"),
+        (env.hospital("hospital-a"), dict(grantee_organization="Hospital-A"), "'Hospital-A'"),
+    ]
+    before = (_ledger_size(env), *_offchain_rows(env))
+    for client, fields, fragment in requests:
+        request = consent_pb2.GrantRequest(pid=pid, decision=PERMIT, purposes=["TREAT"],
+                                           data_classes=["Observation"], **fields)
+        with pytest.raises(grpc.RpcError) as err:
+            client.grant(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = err.value.details()
+        assert fragment in details and "is not an organisation ciphercare knows" in details, details
+        assert "hospital-b" in details and "\n" not in details  # the registry is named, in one line
+    assert (_ledger_size(env), *_offchain_rows(env)) == before
+    assert env.patient(pid).list_for_patient(pid, include_inactive=True) == []
+    # The same request with a known recipient goes through: the refusal was about the organisation only.
+    assert grant(env, pid, org="hospital-b").consent.grantee_organization == "hospital-b"
+
+
 def test_patient_cannot_grant_for_someone_else(env):
     import json
 

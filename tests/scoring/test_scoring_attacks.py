@@ -126,8 +126,12 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     data_dir = tmp_path_factory.mktemp("scoring-attacks")
     default_training().package.save(data_dir / "scoring" / "model.json")
+    # hospital-q and hospital-c are registered too: a consent names only organisations ciphercare knows.
+    from ciphercare.services.platform.settings import Settings
+
+    organizations = {**Settings().organizations, "hospital-q": "Hospital Q", "hospital-c": "Hospital C"}
     settings = make_settings(data_dir, scoring_quota_patients=QUOTA, scoring_quota_window_s=3600,
-                             scoring_max_contexts_per_org=2, scoring_context_idle_s=600)
+                             scoring_max_contexts_per_org=2, scoring_context_idle_s=600, organizations=organizations)
     server = ServerThread(settings).start()
     try:
         yield Env(server=server, issuer=DevIssuer.from_settings(settings))

@@ -203,13 +203,15 @@ class CheckRequest(_message.Message):
     def __init__(self, pid: _Optional[str] = ..., recipient_organization: _Optional[str] = ..., purpose: _Optional[str] = ..., data_class: _Optional[str] = ..., at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("decision", "consent_id", "reason", "evaluated_at")
+    __slots__ = ("decision", "consent_id", "reason", "evaluated_at", "breakglass_id")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVALUATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BREAKGLASS_ID_FIELD_NUMBER: _ClassVar[int]
     decision: ConsentDecision
     consent_id: str
     reason: str
     evaluated_at: _timestamp_pb2.Timestamp
-    def __init__(self, decision: _Optional[_Union[ConsentDecision, str]] = ..., consent_id: _Optional[str] = ..., reason: _Optional[str] = ..., evaluated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    breakglass_id: str
+    def __init__(self, decision: _Optional[_Union[ConsentDecision, str]] = ..., consent_id: _Optional[str] = ..., reason: _Optional[str] = ..., evaluated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., breakglass_id: _Optional[str] = ...) -> None: ...

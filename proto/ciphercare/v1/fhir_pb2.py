@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ciphercare.v1 import common_pb2 as ciphercare_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63iphercare/v1/fhir.proto\x12\rciphercare.v1\x1a\x1a\x63iphercare/v1/common.proto\"C\n\x14ImportConsentRequest\x12\x15\n\rresource_json\x18\x01 \x01(\t\x12\x14\n\x0c\x66hir_version\x18\x02 \x01(\t\"Z\n\x15ImportConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\"@\n\x14\x45xportConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66hir_version\x18\x02 \x01(\t\".\n\x15\x45xportConsentResponse\x12\x15\n\rresource_json\x18\x01 \x01(\t\"L\n\x18\x45xportAuditEventsRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x14\n\x0c\x66hir_version\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"?\n\x19\x45xportAuditEventsResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r2\xad\x02\n\x0b\x46hirService\x12Z\n\rImportConsent\x12#.ciphercare.v1.ImportConsentRequest\x1a$.ciphercare.v1.ImportConsentResponse\x12Z\n\rExportConsent\x12#.ciphercare.v1.ExportConsentRequest\x1a$.ciphercare.v1.ExportConsentResponse\x12\x66\n\x11\x45xportAuditEvents\x12\'.ciphercare.v1.ExportAuditEventsRequest\x1a(.ciphercare.v1.ExportAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63iphercare/v1/fhir.proto\x12\rciphercare.v1\x1a\x1a\x63iphercare/v1/common.proto\"C\n\x14ImportConsentRequest\x12\x15\n\rresource_json\x18\x01 \x01(\t\x12\x14\n\x0c\x66hir_version\x18\x02 \x01(\t\"j\n\x15ImportConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12-\n\x07receipt\x18\x02 \x01(\x0b\x32\x1c.ciphercare.v1.LedgerReceipt\x12\x0e\n\x06status\x18\x03 \x01(\t\"@\n\x14\x45xportConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66hir_version\x18\x02 \x01(\t\".\n\x15\x45xportConsentResponse\x12\x15\n\rresource_json\x18\x01 \x01(\t\"L\n\x18\x45xportAuditEventsRequest\x12\x0b\n\x03pid\x18\x01 \x01(\t\x12\x14\n\x0c\x66hir_version\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"?\n\x19\x45xportAuditEventsResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r2\xad\x02\n\x0b\x46hirService\x12Z\n\rImportConsent\x12#.ciphercare.v1.ImportConsentRequest\x1a$.ciphercare.v1.ImportConsentResponse\x12Z\n\rExportConsent\x12#.ciphercare.v1.ExportConsentRequest\x1a$.ciphercare.v1.ExportConsentResponse\x12\x66\n\x11\x45xportAuditEvents\x12\'.ciphercare.v1.ExportAuditEventsRequest\x1a(.ciphercare.v1.ExportAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPORTCONSENTREQUEST']._serialized_start=71
   _globals['_IMPORTCONSENTREQUEST']._serialized_end=138
   _globals['_IMPORTCONSENTRESPONSE']._serialized_start=140
-  _globals['_IMPORTCONSENTRESPONSE']._serialized_end=230
-  _globals['_EXPORTCONSENTREQUEST']._serialized_start=232
-  _globals['_EXPORTCONSENTREQUEST']._serialized_end=296
-  _globals['_EXPORTCONSENTRESPONSE']._serialized_start=298
-  _globals['_EXPORTCONSENTRESPONSE']._serialized_end=344
-  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_start=346
-  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_end=422
-  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_start=424
-  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_end=487
-  _globals['_FHIRSERVICE']._serialized_start=490
-  _globals['_FHIRSERVICE']._serialized_end=791
+  _globals['_IMPORTCONSENTRESPONSE']._serialized_end=246
+  _globals['_EXPORTCONSENTREQUEST']._serialized_start=248
+  _globals['_EXPORTCONSENTREQUEST']._serialized_end=312
+  _globals['_EXPORTCONSENTRESPONSE']._serialized_start=314
+  _globals['_EXPORTCONSENTRESPONSE']._serialized_end=360
+  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_start=362
+  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_end=438
+  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_start=440
+  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_end=503
+  _globals['_FHIRSERVICE']._serialized_start=506
+  _globals['_FHIRSERVICE']._serialized_end=807
 # @@protoc_insertion_point(module_scope)

@@ -14,12 +14,14 @@ class ImportConsentRequest(_message.Message):
     def __init__(self, resource_json: _Optional[str] = ..., fhir_version: _Optional[str] = ...) -> None: ...
 
 class ImportConsentResponse(_message.Message):
-    __slots__ = ("consent_id", "receipt")
+    __slots__ = ("consent_id", "receipt", "status")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     receipt: _common_pb2.LedgerReceipt
-    def __init__(self, consent_id: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ...) -> None: ...
+    status: str
+    def __init__(self, consent_id: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.LedgerReceipt, _Mapping]] = ..., status: _Optional[str] = ...) -> None: ...
 
 class ExportConsentRequest(_message.Message):
     __slots__ = ("consent_id", "fhir_version")

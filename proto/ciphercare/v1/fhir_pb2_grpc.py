@@ -59,6 +59,13 @@ class FhirServiceServicer(object):
         actors, purposes, periods, data classes and evidence (sourceAttachment /
         sourceReference in R4B, sourceReference in R5). INVALID_ARGUMENT with the
         first offending path when the resource or a code binding is invalid.
+        Consent.status "active", or "proposed" (R4B) / "draft" (R5) for a
+        consent staff record that awaits the patient's confirmation. The
+        ledger decides the status as for ConsentService.Grant: a PERMIT staff
+        import is proposed until the patient confirms it, whatever the
+        document says; a proposed document the ledger would put in force at
+        once (imported by the patient, a deny, or under the "immediate" policy)
+        is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
