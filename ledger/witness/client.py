@@ -4,7 +4,8 @@
 takes the NEWEST one (a burst of commits is witnessed once, at its end: a witness only needs
 consistency from the size it last cosigned), sends it with a consistency proof to every
 witness of the policy in parallel, learns a witness's size from a 409 answer and retries,
-and records a checkpoint in ``<ledger>.cosigned`` once a quorum has cosigned it.
+and records a checkpoint in ``<ledger>.cosigned`` once a quorum has cosigned it. Progress listeners
+hear (newest published size, newest quorum-cosigned size) whenever either moves (the witness lag metric).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ciphercare.ledger.witness.server import SIZE_CONTENT_TYPE, request_body
 log = logging.getLogger(__name__)
 
 ProofFn = Callable[[int, int], list[bytes]]
+#: Called with (newest published checkpoint size, newest quorum-cosigned size); must not block.
+ProgressListener = Callable[[int, int], None]
 
 
 class WitnessRefusal(LedgerError):
@@ -160,6 +163,8 @@ class WitnessSubmitter:
         self._closed = False
         self.refusal: str | None = None
         self.rounds = 0
+        self._published = 0
+        self._listeners: list[ProgressListener] = []
         self._pool = ThreadPoolExecutor(max(1, len(policy.witnesses)), thread_name_prefix="witness")
         self._http = KeepAlive()
         latest = self._file.latest()
@@ -177,7 +182,33 @@ class WitnessSubmitter:
         with self._cond:
             if self._pending is None or cp.size >= self._pending.size:
                 self._pending = cp
+            self._published = max(self._published, cp.size)
             self._cond.notify_all()
+        self._report()
+
+    def add_progress_listener(self, listener: ProgressListener) -> None:
+        """Tell ``listener`` (published, cosigned) now and whenever a checkpoint is published or cosigned."""
+        with self._cond:
+            self._listeners.append(listener)
+        self._report()
+
+    def progress(self) -> tuple[int, int]:
+        """(newest published checkpoint size, newest quorum-cosigned checkpoint size; 0 before the first)."""
+        with self._cond:
+            cosigned = 0 if self._latest_cosigned is None else self._latest_cosigned[0].size
+            return self._published, cosigned
+
+    def _report(self) -> None:
+        with self._cond:
+            listeners = list(self._listeners)
+        if not listeners:
+            return
+        published, cosigned = self.progress()
+        for listener in listeners:
+            try:
+                listener(published, cosigned)
+            except Exception:  # noqa: BLE001 - a metric must never stop witnessing
+                log.exception("witness progress listener failed")
 
     def latest_cosigned(self) -> tuple[Checkpoint, bytes] | None:
         """The newest checkpoint cosigned by a quorum, and its note with the cosignature lines."""
@@ -197,6 +228,8 @@ class WitnessSubmitter:
 
     def witness_round(self, cp: Checkpoint) -> tuple[int, list[str]]:
         """Submit ``cp`` to every witness now; returns (cosignatures, problems). Raises WitnessRefusal."""
+        with self._cond:
+            self._published = max(self._published, cp.size)
         futures = [
             (w, self._pool.submit(cosign_with, w, cp.note, cp.size, self.proof_fn, self.timeout_s,
                                   self._sizes[w.name], self._http.post))
@@ -229,6 +262,7 @@ class WitnessSubmitter:
                 if self._latest_cosigned is None or cp.size >= self._latest_cosigned[0].size:
                     self._latest_cosigned = (cp, note)
                 self._cond.notify_all()
+            self._report()
         return len(lines), problems
 
     def _run(self) -> None:

@@ -202,12 +202,12 @@ async def record_batch(handles: ContractHandles, store: OffchainStore, principal
     leaves = [make_leaf(e) for e in events]
     tree = batch_root(leaves)
     root = tree.root().hex()
-    await asyncio.to_thread(store.stage_access_batch, root, leaves)
+    await store.run(store.stage_access_batch, root, leaves)
     try:
         receipt = await handles.contract(principal, ACCESSBATCH_CONTRACT).submit("RecordBatch", handles.arg(
             {"root": root, "count": len(leaves), "outcomes": _outcome_counts(leaves), "observer": observer}))
     except BaseException:
-        await asyncio.shield(asyncio.to_thread(store.drop_access_batch, root))
+        await asyncio.shield(store.run(store.drop_access_batch, root))
         raise
     record = json.loads(receipt.result)
     batch = RecordedBatch(record, receipt, leaves, tree)

@@ -245,15 +245,16 @@ class FlagEngine:
         return out, ""
 
     async def flags(self, start_ms: int, end_ms: int) -> FlagRun:
-        size = await asyncio.to_thread(lambda: (self.queries.max_seq(), self.queries.count(AccessQuery())))
+        size = await self.queries.store.run(lambda: (self.queries.max_seq(), self.queries.count(AccessQuery())))
         declarations, glass_notice = await self.declarations(start_ms, end_ms)
         # A new declaration (or review) changes what is explained: it is part of the cache key.
         key = (start_ms, end_ms, *size, len(declarations), glass_notice)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        pids, wanted = await asyncio.to_thread(self.pids_needing_consents, start_ms, end_ms)
+        pids, wanted = await self.queries.store.run(self.pids_needing_consents, start_ms, end_ms)
         consents = await self.consents(pids)
+        # CPU bound (the detectors), one run at a time: the default executor, not one of the store's threads
         result = await asyncio.to_thread(self._locked_run, start_ms, end_ms, consents, declarations)
         if glass_notice:
             result = dataclasses.replace(result, notice=(result.notice + " " if result.notice else "") + glass_notice)
@@ -355,7 +356,7 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
                 raise invalid("page_token is malformed")
             if data.get("q") != fingerprint:
                 raise invalid("page_token belongs to a flag listing with a different window or filters")
-        self._read_committed()
+        await self.queries.store.run(self._read_committed)
         run = await self.engine.flags(start_ms, end_ms)
         visible = [f for f in run.flags
                    if (scope.org is None or f["organization"] == scope.org)
@@ -390,9 +391,9 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
         newest_first = request.order != compliance_pb2.SEARCH_ORDER_OLDEST_FIRST
         fingerprint = query.fingerprint() + ("d" if newest_first else "a")
         cursor = decode_search_token(request.page_token, fingerprint) if request.page_token else None
-        self._read_committed()
-        page = await asyncio.to_thread(self.queries.page, query, limit=page_size, newest_first=newest_first,
-                                       cursor=cursor)
+        await self.queries.store.run(self._read_committed)
+        page = await self.queries.store.run(self.queries.page, query, limit=page_size, newest_first=newest_first,
+                                            cursor=cursor)
         return compliance_pb2.ComplianceSearchResponse(
             events=[event_proto(r) for r in page.rows],
             next_page_token=encode_search_token("next", page.next_after, fingerprint)
@@ -404,8 +405,8 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
                         context: grpc.aio.ServicerContext) -> compliance_pb2.AggregateResponse:
         scope = AccessScope(current_principal())
         query = access_query(request.filter, scope)
-        self._read_committed()
-        agg = await asyncio.to_thread(self.queries.aggregate, query)
+        await self.queries.store.run(self._read_committed)
+        agg = await self.queries.store.run(self.queries.aggregate, query)
         return compliance_pb2.AggregateResponse(
             total=agg.total,
             by_outcome=[compliance_pb2.OutcomeCount(outcome=audit_convert.OUTCOME_TO_PROTO[o], count=n)
@@ -421,16 +422,16 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
         query = access_query(request.filter, scope)
         if request.format not in compliance_pb2.ExportFormat.values():
             raise invalid("format is not a known ExportFormat")
-        self._read_committed()
-        bound = await asyncio.to_thread(self.queries.max_seq)
-        total = await asyncio.to_thread(self.queries.count, query, max_seq=bound)
+        await self.queries.store.run(self._read_committed)
+        bound = await self.queries.store.run(self.queries.max_seq)
+        total = await self.queries.store.run(self.queries.count, query, max_seq=bound)
         batches = (list(map(event_proto, rows)) for rows in self.queries.iter_rows(query, max_seq=bound,
                                                                                    batch=EXPORT_BATCH))
         pieces = export_pieces(batches, request.format or compliance_pb2.EXPORT_FORMAT_CSV)
         buffer: list[bytes] = []
         size = rows = 0
         while True:
-            piece = await asyncio.to_thread(next, pieces, None)
+            piece = await self.queries.store.run(next, pieces, None)
             if piece is None:
                 break
             data, count = piece

@@ -191,7 +191,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             raise invalid(exc.detail) from exc
         await self._precheck_consent(principal, data)
         if detail is not None:
-            self.store.put_document("access-detail", detail, pid=request.pid)
+            await self.store.run(self.store.put_document, "access-detail", detail, pid=request.pid)
         receipt = await self.ledger.accesslog(principal).submit("Record", self.ledger.arg(event))
         committed = [e for e in receipt.events if e.name == EVENT_NAME]
         if len(committed) != 1:
@@ -201,7 +201,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         )
         # Read-your-writes for Search; the projector applies the same row idempotently.
         try:
-            self.store.project_access_events([row])
+            await self.store.run(self.store.project_access_events, [row])
         except STORE_UNAVAILABLE_ERRORS:
             # The event is committed (the ledger is the source of truth): its receipt goes back, and the index
             # row follows from the projection runner once the store is back (issue 14, dependency faults).
@@ -242,6 +242,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
     # Reads ------------------------------------------------------------------
 
     def _visible(self, event_id: str, principal: Principal) -> AccessEventIndex:
+        """The index row of ``event_id`` if the caller may see it (reads the store: call on a store thread)."""
         row = self.store.get_access_event(event_id)
         if row is None:
             self._read_committed()
@@ -256,7 +257,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         if not request.event_id:
             raise invalid("event_id is required")
         _check_event_id(request.event_id)
-        row = self._visible(request.event_id, current_principal())
+        row = await self.store.run(self._visible, request.event_id, current_principal())
         return access_log_pb2.GetAccessEventResponse(event=event_proto(row))
 
     async def Search(
@@ -286,10 +287,15 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         )
         after, member = (decode_page_token_at(request.page_token, query.fingerprint()) if request.page_token
                          else (-1, None))
-        self._read_committed()
-        rows, more = self.store.search_access_events(query, after_seq=after, limit=page_size, after_member=member)
+        rows, more = await self.store.run(self._search, query, after, page_size, member)
         token = encode_page_token(rows[-1].seq, query.fingerprint(), rows[-1].member) if more and rows else ""
         return access_log_pb2.SearchResponse(events=[event_proto(r) for r in rows], next_page_token=token)
+
+    def _search(self, query: AccessQuery, after: int, limit: int, member: int | None
+                ) -> tuple[list[AccessEventIndex], bool]:
+        """One page of the index once it is level with the ledger (on a store thread)."""
+        self._read_committed()
+        return self.store.search_access_events(query, after_seq=after, limit=limit, after_member=member)
 
     # Proofs -----------------------------------------------------------------
 
@@ -351,7 +357,8 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
         target = request.WhichOneof("target")
         if target == "event_id":
             _check_event_id(request.event_id)
-            seq = self._visible(request.event_id, principal).seq
+            visible = await self.store.run(self._visible, request.event_id, principal)
+            seq = visible.seq
         elif target == "sequence":
             seq = request.sequence
             if seq >= self.log.size():
@@ -377,7 +384,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
             checkpoint=convert.checkpoint_to_proto(checkpoint),
         )
         if target == "event_id":  # scoreperf (issue 16): a batched event's membership (salt, member, path)
-            membership = membership_for_row(self.store, self.log, self._visible(request.event_id, principal))
+            membership = await self.store.run(membership_for_row, self.store, self.log, visible)
             if membership is not None:
                 response.batch_membership.CopyFrom(membership_to_proto(membership))
         return response
@@ -413,7 +420,7 @@ class AccessLogServicer(access_log_pb2_grpc.AccessLogServiceServicer):
                     return
                 # scoreperf (issue 16): a batch entry streams one event per member (members read off-chain)
                 rows = ([index_from_event(event)] if event.name == EVENT_NAME
-                        else await asyncio.to_thread(project_batches, self.store, [event], True))
+                        else await self.store.run(project_batches, self.store, [event], True))
                 for row in rows:
                     if not scope.allows(row):
                         continue

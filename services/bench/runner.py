@@ -25,6 +25,8 @@ from typing import Any
 
 import grpc
 
+from ciphercare.services.bench.pki import KEY_KIND
+
 
 def _percentile(values: list[float], q: float) -> float:
     if not values:
@@ -215,13 +217,15 @@ def _protoset(call: str, directory: str) -> list[str]:
 
 
 def _ghz(ghz: str, port: int, call: str, data: Any, metadata: dict[str, str], duration_s: float,
-         concurrency: int, connections: int) -> dict[str, Any]:
+         concurrency: int, connections: int, cacert: Path | None = None) -> dict[str, Any]:
+    """One ghz run; ``cacert``: over TLS, the server's certificate checked against this CA (else plaintext)."""
+    security = ["--cacert", str(cacert)] if cacert is not None else ["--insecure"]
     with tempfile.TemporaryDirectory(prefix="ciphercare-ghz-") as tmp:
         data_path = os.path.join(tmp, "data.json")
         with open(data_path, "w") as fh:
             json.dump(data, fh)
         out = subprocess.run(
-            [ghz, "--insecure", *_protoset(call, tmp), "--call", call, "--data-file", data_path,
+            [ghz, *security, *_protoset(call, tmp), "--call", call, "--data-file", data_path,
              "--metadata", json.dumps(metadata), "--duration", f"{duration_s}s", "--concurrency", str(concurrency),
              "--connections", str(connections),
              "--format", "json", f"127.0.0.1:{port}"],
@@ -263,12 +267,13 @@ def _tree_cpu_s(pid: int) -> float:
 
 
 def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections: int = 4,
-                    processes: int = 1, health_s: float = 5.0, repeats: int = 1) -> dict[str, Any]:
+                    processes: int = 1, health_s: float = 5.0, repeats: int = 1, tls: bool = False) -> dict[str, Any]:
     """``Check`` and the gRPC Health floor under ghz (a Go load generator), server in its own process.
 
     The same server, the same run: first ``ConsentService/Check`` as a hospital over 50 patients with a
     consent each (round robin), then ``grpc.health.v1.Health/Check`` with the same concurrency. Server CPU
-    per call comes from /proc.
+    per call comes from /proc. ``tls``: the server serves TLS only, with a certificate made for this run
+    (services/bench/pki.py); the clients (the set-up and ghz) check it against the run's CA.
     """
     ghz = ghz_binary()
     if ghz is None:
@@ -282,6 +287,16 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
         env = dict(os.environ, CIPHERCARE_DATA_DIR=tmp, CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
                    CIPHERCARE_GRPC_PORT="0", CIPHERCARE_METRICS_PORT="0", CIPHERCARE_WEB_ENABLED="false",
                    CIPHERCARE_GRPC_PROCESSES=str(processes))
+        for name in list(env):  # only what this run sets: no TLS or mTLS settings from the caller's environment
+            if name.startswith("CIPHERCARE_TLS_"):
+                del env[name]
+        pki = None
+        if tls:
+            from ciphercare.services.bench.pki import make_pki
+
+            pki = make_pki(Path(tmp) / "tls")
+            env.update(CIPHERCARE_TLS_CERT_PATH=str(pki.cert), CIPHERCARE_TLS_KEY_PATH=str(pki.key))
+        cacert = pki.ca if pki is not None else None
         settings = load_settings(data_dir=Path(tmp), dev_issuer_port=issuer_port)
         proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -292,9 +307,14 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
             hospital = issuer.issue(subject="bench-hospital", roles=["hospital"], org="hospital-a")
             pids = [f"pt-bench-{i:04d}" for i in range(50)]
 
+            def channel() -> grpc.aio.Channel:
+                if cacert is None:
+                    return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+                return grpc.aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(cacert.read_bytes()))
+
             async def grant_all() -> None:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = consent_pb2_grpc.ConsentServiceStub(channel)
+                async with channel() as channel_:
+                    stub = consent_pb2_grpc.ConsentServiceStub(channel_)
                     for pid in pids:
                         token = issuer.issue(subject=f"bench-{pid}", roles=["patient"], org="", pid=pid)
                         await stub.Grant(consent_pb2.GrantRequest(
@@ -307,25 +327,26 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
             checks = [{"pid": pid, "recipient_organization": "hospital-a", "purpose": "TREAT",
                        "data_class": "Observation"} for pid in pids]
             auth = {"authorization": f"Bearer {hospital}"}
-            _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, 1.0, concurrency, connections)
+            _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, 1.0, concurrency, connections, cacert)
             check, check_cpu, health, health_cpu = None, 0.0, None, 0.0
             # The machine may be shared: the best of ``repeats`` short runs of each, alternated, same server.
             for _ in range(max(1, repeats)):
                 cpu0 = _tree_cpu_s(proc.pid)
                 run = _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, duration_s, concurrency,
-                           connections)
+                           connections, cacert)
                 cpu = _tree_cpu_s(proc.pid) - cpu0
                 if check is None or run["rps"] > check["rps"]:
                     check, check_cpu = run, cpu
                 cpu0 = _tree_cpu_s(proc.pid)
                 run = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, health_s), concurrency,
-                           connections)
+                           connections, cacert)
                 cpu = _tree_cpu_s(proc.pid) - cpu0
                 if health is None or run["rps"] > health["rps"]:
                     health, health_cpu = run, cpu
             assert check is not None and health is not None  # noqa: S101 - at least one run
             return {
                 "load_generator": "ghz",
+                "tls": f"server TLS, {KEY_KIND} certificate made in the run" if tls else "",
                 "processes": processes,
                 "server_processes_measured": 1 + len(_children(proc.pid)),
                 "concurrency": concurrency,
@@ -345,10 +366,19 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
 
 def bench_check_scaling(process_counts: tuple[int, ...] = (1, 2, 3, 4), *, duration_s: float = 4.0,
                         health_s: float = 3.0, repeats: int = 2, concurrency: int = 32,
-                        connections: int = 16) -> list[dict[str, Any]]:
-    """``Check`` and the Health floor under ghz for each number of server processes (issue 16 item 2)."""
-    return [bench_check_ghz(duration_s=duration_s, concurrency=concurrency, connections=connections,
-                            processes=n, health_s=health_s, repeats=repeats) for n in process_counts]
+                        connections: int = 16, tls_counts: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """``Check`` and the Health floor under ghz for each number of server processes (issue 16 item 2); for
+    the counts in ``tls_counts`` the same again over TLS (issue 14), as the run's ``tls`` entry."""
+    def measure(n: int, tls: bool) -> dict[str, Any]:
+        return bench_check_ghz(duration_s=duration_s, concurrency=concurrency, connections=connections,
+                               processes=n, health_s=health_s, repeats=repeats, tls=tls)
+
+    results = []
+    for n in process_counts:
+        run = measure(n, False)
+        run["with_tls"] = measure(n, True) if n in tls_counts else None
+        results.append(run)
+    return results
 
 
 def check_scaling_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -366,7 +396,35 @@ def check_scaling_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"metric": f"{n} process(es): server CPU per Check / per Health",
                      "value": f"{g['check_server_cpu_us']:.0f} / {g['health_server_cpu_us']:.0f} us", "target": "",
                      "met": ""})
+        secure = g.get("with_tls")
+        if secure:
+            t, th = secure["check"], secure["health"]
+            rows.append({"metric": f"{n} process(es), TLS: Check RPS, p50 / p99",
+                         "value": f"{t['rps']:.0f}, {t['p50_ms']:.2f} / {t['p99_ms']:.2f} ms",
+                         "target": ">= 3000, p99 <= 10 ms",
+                         "met": "yes" if t["rps"] >= 3000 and t["p99_ms"] <= 10 and not t["errors"] else "NO"})
+            rows.append({"metric": f"{n} process(es), TLS / plaintext: Check RPS, p99; Health RPS",
+                         "value": f"{t['rps'] / c['rps']:.2f}, {t['p99_ms'] / c['p99_ms']:.2f}; "
+                                  f"{th['rps'] / h['rps']:.2f}", "target": "", "met": ""})
+            rows.append({"metric": f"{n} process(es), TLS: server CPU per Check / per Health",
+                         "value": f"{secure['check_server_cpu_us']:.0f} / {secure['health_server_cpu_us']:.0f} us",
+                         "target": "", "met": ""})
     return rows
+
+
+def check_tls_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per process count measured both ways: Check RPS and p99 in plaintext and with TLS, and their ratios."""
+    summary = []
+    for g in results:
+        secure = g.get("with_tls")
+        if not secure:
+            continue
+        plain, tls = g["check"], secure["check"]
+        summary.append({"processes": g["processes"], "plaintext_rps": plain["rps"], "plaintext_p99_ms": plain["p99_ms"],
+                        "tls_rps": tls["rps"], "tls_p99_ms": tls["p99_ms"],
+                        "rps_ratio_tls_to_plaintext": tls["rps"] / plain["rps"],
+                        "p99_ratio_tls_to_plaintext": tls["p99_ms"] / plain["p99_ms"], "tls": secure["tls"]})
+    return summary
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -426,16 +484,19 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
         if ghz_binary() is None:
             raise RuntimeError("ghz not found: set GHZ_BIN or `go install github.com/bojand/ghz/cmd/ghz@v0.121.0`")
         counts = (1, 2) if quick else (1, 2, 3, 4)
+        # TLS beside plaintext (issue 14): every process count, or the first one only in a quick run.
         results = bench_check_scaling(counts, duration_s=1.5 if quick else 4.0, health_s=1.5 if quick else 3.0,
-                                      repeats=1 if quick else 2)
+                                      repeats=1 if quick else 2, tls_counts=counts[:1] if quick else counts)
         rows = check_scaling_rows(results)
-        print("ghz, 32 in flight over 16 connections; best of the runs per process count (shared machine)")
+        print("ghz, 32 in flight over 16 connections; best of the runs per process count (shared machine); "
+              f"TLS: a server certificate ({KEY_KIND}) made in the run, checked by ghz (--cacert)")
         print(_table(rows))
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"benchmark": "check", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                                       "rows": rows, "runs": results}, indent=2))
+                                       "rows": rows, "tls_vs_plaintext": check_tls_summary(results),
+                                       "runs": results}, indent=2))
             print(f"\nwrote {out}")
         return rows
     if which != "ledger":

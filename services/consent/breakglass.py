@@ -102,9 +102,8 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
         purpose = _purpose(request.purpose)
         text = _text(request.justification, "justification", required=True)
         # Off-chain first (a crash leaves an unreferenced document, never a declaration without its text).
-        sha = self.store.put_document(
-            JUSTIFICATION_KIND, sealed_text_document(JUSTIFICATION_KIND, pid, text, principal.subject), pid=pid
-        )
+        justification = sealed_text_document(JUSTIFICATION_KIND, pid, text, principal.subject)
+        sha = await self.store.run(self.store.put_document, JUSTIFICATION_KIND, justification, pid=pid)
         body = {"pid": pid, "purpose": purpose, "reason_code": reason, "text_sha256": sha,
                 "duration_s": self.duration_s}
         receipt = await self._contract(principal).submit("Declare", self.ledger.arg(body))
@@ -134,10 +133,8 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
             raise forbidden("a declaration may not be reviewed by its own declarer")
         note_sha = ""
         if note:
-            note_sha = self.store.put_document(
-                NOTE_KIND, sealed_text_document(NOTE_KIND, current["pid"], note, principal.subject),
-                pid=current["pid"],
-            )
+            sealed = sealed_text_document(NOTE_KIND, current["pid"], note, principal.subject)
+            note_sha = await self.store.run(self.store.put_document, NOTE_KIND, sealed, pid=current["pid"])
         receipt = await self._contract(principal).submit("Review", decl_id, request.outcome, note_sha)
         return breakglass_pb2.ReviewBreakGlassResponse(
             declaration=declaration_to_proto(self.ledger.result(receipt), _now()),
@@ -207,6 +204,12 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
 
     # Reads --------------------------------------------------------------------
 
+    def _texts_of(self, record: dict[str, Any]) -> tuple[str, list[str]]:
+        """A declaration's justification and review notes, read off-chain (on a store thread)."""
+        pid = record["pid"]
+        notes = [self._text_of(r["note_sha256"], pid) for r in record["reviews"]]
+        return self._text_of(record["text_sha256"], pid), notes
+
     def _text_of(self, sha: str | None, pid: str) -> str:
         if not sha:
             return ""
@@ -228,10 +231,9 @@ class BreakGlassServicer(breakglass_pb2_grpc.BreakGlassServiceServicer):
         record = await evaluate_json(self._contract(principal), "Get", decl_id)
         if record is None:  # pragma: no cover - the contract answers NOT_FOUND itself
             raise not_found(f"break-glass declaration {decl_id} not found")
+        justification, notes = await self.store.run(self._texts_of, record)
         return breakglass_pb2.GetBreakGlassResponse(
-            declaration=declaration_to_proto(record, _now()),
-            justification=self._text_of(record["text_sha256"], record["pid"]),
-            review_notes=[self._text_of(r["note_sha256"], record["pid"]) for r in record["reviews"]],
+            declaration=declaration_to_proto(record, _now()), justification=justification, review_notes=notes
         )
 
     async def ListForPatient(

@@ -35,7 +35,7 @@ from ciphercare.services.platform.errors import invalid, not_found, precondition
 from ciphercare.services.platform.gateway import ContractHandles, evaluate_json
 from ciphercare.services.platform.projections import ProjectionRunner
 from ciphercare.services.platform.settings import Settings
-from ciphercare.services.store import AccessQuery, DocumentErasedError, OffchainStore
+from ciphercare.services.store import AccessEventIndex, AccessQuery, DocumentErasedError, OffchainStore
 from ciphercare.v1 import fhir_pb2, fhir_pb2_grpc
 
 DEFAULT_EXPORT = 1000
@@ -75,7 +75,8 @@ class FhirServicer(fhir_pb2_grpc.FhirServiceServicer):
             raise invalid("a consent recorded on a patient's behalf must carry the evidence of their agreement "
                           "(sourceAttachment or sourceReference)")
         await self._check_status(principal, authority, grant, status_of(document, fhir_version), fhir_version)
-        grant["document_sha256"] = self.store.put_document("fhir-consent", canonical.dumps(document), pid=grant["pid"])
+        grant["document_sha256"] = await self.store.run(self.store.put_document, "fhir-consent",
+                                                        canonical.dumps(document), pid=grant["pid"])
         receipt = await self.ledger.consent(principal).submit("Grant", self.ledger.arg(grant))
         record = self.ledger.result(receipt)
         return fhir_pb2.ImportConsentResponse(consent_id=record["id"], receipt=convert.receipt_to_proto(receipt),
@@ -114,12 +115,27 @@ class FhirServicer(fhir_pb2_grpc.FhirServiceServicer):
             raise invalid(str(exc)) from None
         record = await evaluate_json(self.ledger.consent(principal), "Get", request.consent_id)
         try:
-            body = self.store.get_document(record["document_sha256"], pid=record["pid"])
+            body = await self.store.run(self.store.get_document, record["document_sha256"], pid=record["pid"])
         except DocumentErasedError as exc:
             raise not_found(f"the FHIR document of consent {request.consent_id} was erased") from exc
         evidence = evidence_of(json.loads(body)) if body is not None else {}
         resource = consent_to_fhir(record, evidence, fhir_version, self.organizations)
         return fhir_pb2.ExportConsentResponse(resource_json=json.dumps(resource, sort_keys=True))
+
+    def _newest_rows(self, query: AccessQuery, limit: int) -> list[AccessEventIndex]:
+        """The newest ``limit`` index rows of ``query``, oldest first, once the index is level (a store thread)."""
+        if self._projections is not None:
+            self._projections.read_committed()
+        rows: list[AccessEventIndex] = []
+        after, more = -1, True
+        while more:
+            page, more = self.store.search_access_events(query, after_seq=after, limit=_PAGE)
+            if not page:
+                break
+            rows.extend(page)
+            rows = rows[-limit:]
+            after = page[-1].seq
+        return rows
 
     async def ExportAuditEvents(
         self, request: fhir_pb2.ExportAuditEventsRequest, context: grpc.aio.ServicerContext
@@ -133,17 +149,8 @@ class FhirServicer(fhir_pb2_grpc.FhirServiceServicer):
         if limit > MAX_EXPORT:
             raise invalid(f"limit must be at most {MAX_EXPORT}")
         scope = AccessScope(principal)
-        if self._projections is not None:
-            self._projections.read_committed()
         query = AccessQuery(pid=request.pid, scope_pid=scope.pid, scope_org=scope.org)
-        rows, after, more = [], -1, True
-        while more:
-            page, more = self.store.search_access_events(query, after_seq=after, limit=_PAGE)
-            if not page:
-                break
-            rows.extend(page)
-            rows = rows[-limit:]
-            after = page[-1].seq
+        rows = await self.store.run(self._newest_rows, query, limit)
         events = [event_proto(r) for r in reversed(rows)]  # newest first
         bundle = audit_bundle(events, f"urn:ciphercare:fhir/AuditEvent?patient={request.pid}", "collection")
         return fhir_pb2.ExportAuditEventsResponse(bundle_json=json.dumps(bundle, sort_keys=True), count=len(events))

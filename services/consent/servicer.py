@@ -148,8 +148,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         # before the ledger write leaves an unreferenced document (removed at start-up with its data key
         # if it is the patient's only one), never a consent whose document is missing.
         if evidence is not None:
-            self.store.put_document("consent-evidence", evidence, pid=grant["pid"])
-        self.store.put_document("fhir-consent", body, pid=grant["pid"])
+            await self.store.run(self.store.put_document, "consent-evidence", evidence, pid=grant["pid"])
+        await self.store.run(self.store.put_document, "fhir-consent", body, pid=grant["pid"])
         receipt = await self.ledger.consent(principal).submit("Grant", self.ledger.arg(grant))
         record = self.ledger.result(receipt)
         return consent_pb2.GrantResponse(
@@ -186,7 +186,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         _require(request.consent_id, "consent_id")
         record = await evaluate_json(self.ledger.consent(principal), "Get", request.consent_id)
         try:
-            document = self.store.get_document(record.get("document_sha256", ""), pid=record["pid"])
+            document = await self.store.run(self.store.get_document, record.get("document_sha256", ""),
+                                            pid=record["pid"])
         except DocumentErasedError as exc:
             raise not_found(f"the FHIR document of consent {request.consent_id} was erased (right to erasure)") from exc
         if document is None:

@@ -344,6 +344,9 @@ class Application:
         if self.settings.metrics_enabled:
             self.metrics.observe_ledger(self.ledger.stats, self.ledger.size,
                                         lambda: {p.cursor_name: p.cursor() for p in projections.projections})
+            witnessing = getattr(self.ledger, "witnessing", None)  # the embedded ledger's witness submitter
+            if witnessing is not None:
+                self.metrics.observe_witnessing(witnessing)
             try:
                 self._metrics_server, self.metrics_port = self.metrics.serve(self.settings.metrics_host,
                                                                              self.settings.metrics_port)

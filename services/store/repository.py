@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -46,8 +46,11 @@ from ciphercare.services.store.models import (
     ProjectionCursor,
     Pseudonym,
 )
+from ciphercare.services.store.offloop import StoreExecutor
 
 log = logging.getLogger("ciphercare.store")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 ACCESS_PROJECTION = "access-events"
 PRIVACY_PROJECTION = "privacy"
@@ -253,14 +256,22 @@ def make_engine(
 class OffchainStore:
     """Repository over the off-chain database."""
 
-    def __init__(self, engine: Engine, kek: KeyEncryptionKey | None = None) -> None:
+    def __init__(self, engine: Engine, kek: KeyEncryptionKey | None = None, *, workers: int = 10) -> None:
         self.engine = engine
         self.kek = kek
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: Async handlers reach the store through :meth:`run`, never on the event loop (``offloop.py``).
+        self.offloop = StoreExecutor(workers)
 
     @classmethod
     def from_url(cls, url: str, *, kek: KeyEncryptionKey | None = None, **engine_options: Any) -> OffchainStore:
-        return cls(make_engine(url, **engine_options), kek)
+        # As many store threads as the pool hands out connections (pool_size plus as many overflow).
+        workers = 2 * int(engine_options.get("pool_size", 5))
+        return cls(make_engine(url, **engine_options), kek, workers=workers)
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await a store call (``store.run(store.put_document, ...)``) off the event loop (``offloop.py``)."""
+        return await self.offloop.run(fn, *args, **kwargs)
 
     @property
     def dialect(self) -> str:
@@ -299,6 +310,7 @@ class OffchainStore:
         return self._sessions()
 
     def close(self) -> None:
+        self.offloop.close()
         self.engine.dispose()
 
     def _insert(self, model: type) -> Any:

@@ -257,22 +257,61 @@ def test_settings_cover_identity_ledger_tls_and_observability(helm_bin: str,
 
 def test_settings_variables_the_app_knows_are_spelled_as_it_reads_them(
         docs: dict[str, list[dict[str, Any]]]) -> None:
-    """Every CIPHERCARE_* variable the chart sets is a Settings field, or one of the names announced for the
-    settings being added by issues 11, 13 and 14's tracing (listed here so a typo cannot hide)."""
+    """Every CIPHERCARE_* variable the chart sets is a Settings field, or one of the names announced for
+    settings not landed yet (listed here so a typo cannot hide)."""
     from ciphercare.services.platform.settings import Settings
 
     known = {f"CIPHERCARE_{name.upper()}" for name in Settings.model_fields} | {"CIPHERCARE_CONFIG"}
-    announced = {
-        "CIPHERCARE_FABRIC_CONNECTION_PROFILE", "CIPHERCARE_TRACING_ENABLED",
-        "CIPHERCARE_TRACING_ENDPOINT", "CIPHERCARE_TRACING_SAMPLE_RATIO", "CIPHERCARE_TRACING_SERVICE_NAME",
-    }
+    announced = {"CIPHERCARE_FABRIC_CONNECTION_PROFILE"}
     used = {name for overlay in docs.values() for w in workloads(overlay) for c in containers(w)
             for name in env_of(c) if name.startswith("CIPHERCARE_")}
     assert used - known - announced == set()
     assert {n for n in used if n.startswith(("CIPHERCARE_TLS_", "CIPHERCARE_METRICS_", "CIPHERCARE_LEDGER_",
-                                             "CIPHERCARE_WITNESS_", "CIPHERCARE_CHECKPOINT_"))} <= known
+                                             "CIPHERCARE_WITNESS_", "CIPHERCARE_CHECKPOINT_",
+                                             "CIPHERCARE_TRACING_"))} <= known
     assert {"CIPHERCARE_DATABASE_URL", "CIPHERCARE_KEK_PATH", "CIPHERCARE_OIDC_ISSUER"} & used == {
         "CIPHERCARE_KEK_PATH", "CIPHERCARE_OIDC_ISSUER"}  # the database URL only ever arrives in the secret file
+
+
+def test_every_tracing_setting_is_a_value_pointed_at_the_operations_doc(helm_bin: str) -> None:
+    """Each tracing_* setting of the services can be set from values (both exporters), reaches the API only,
+    is spelled as the services read it, and the values file and docs/OPERATIONS.md name every one."""
+    from ciphercare.services.platform.settings import Settings
+
+    settings = {f"CIPHERCARE_{name.upper()}" for name in Settings.model_fields if name.startswith("tracing_")}
+    otlp = documents(template(
+        helm_bin, "--set", "tracing.enabled=true", "--set", "tracing.endpoint=https://collector.example.org:4317",
+        "--set", "tracing.otlpInsecure=false", "--set", "tracing.serviceName=hospital-a",
+        "--set-json", "tracing.sampleRatio=0.25").stdout)
+    jsonl = documents(template(helm_bin, "--set", "tracing.enabled=true", "--set", "tracing.exporter=jsonl",
+                               "--set", "tracing.jsonlPath=/var/lib/ciphercare/spans.jsonl").stdout)
+    api = env_of(pod_spec(by_kind(otlp, "Deployment")[_name("api")])["containers"][0])
+    assert {k: v for k, v in api.items() if k.startswith("CIPHERCARE_TRACING_")} == {
+        "CIPHERCARE_TRACING_ENABLED": "true", "CIPHERCARE_TRACING_EXPORTER": "otlp",
+        "CIPHERCARE_TRACING_ENDPOINT": "https://collector.example.org:4317",
+        "CIPHERCARE_TRACING_OTLP_INSECURE": "false", "CIPHERCARE_TRACING_SERVICE_NAME": "hospital-a-api",
+        "CIPHERCARE_TRACING_SAMPLE_RATIO": "0.25"}
+    to_file = env_of(pod_spec(by_kind(jsonl, "Deployment")[_name("api")])["containers"][0])
+    assert to_file["CIPHERCARE_TRACING_EXPORTER"] == "jsonl"
+    assert to_file["CIPHERCARE_TRACING_JSONL_PATH"] == "/var/lib/ciphercare/spans.jsonl"
+    assert "CIPHERCARE_TRACING_ENDPOINT" not in to_file  # no collector needed for the file exporter
+    assert {k for k in [*api, *to_file] if k.startswith("CIPHERCARE_TRACING_")} == settings  # every one, no other
+    for values, where in ((api, "otlp"), (to_file, "jsonl")):  # the values parse as the services' settings
+        read = Settings(**{k.removeprefix("CIPHERCARE_").lower(): v for k, v in values.items()
+                           if k.startswith("CIPHERCARE_TRACING_")})
+        assert read.tracing_enabled and read.tracing_exporter == where
+    # the ledger node emits no spans: it is given no tracing settings
+    ledger = env_of(pod_spec(by_kind(otlp, "StatefulSet")[_name("ledger")])["containers"][0])
+    assert not [k for k in ledger if k.startswith("CIPHERCARE_TRACING_")]
+    values_text = (CHART / "values.yaml").read_text()
+    operations = (REPO / "docs" / "OPERATIONS.md").read_text()
+    deploy = (REPO / "docs" / "DEPLOY.md").read_text()
+    assert "docs/OPERATIONS.md" in values_text and "OPERATIONS.md" in deploy
+    for name in settings:
+        short = name.removeprefix("CIPHERCARE_")
+        assert f"# {short}" in values_text, f"values.yaml does not name {short}"
+        assert f"`{short}`" in operations, f"docs/OPERATIONS.md does not describe {short}"
+        assert short in deploy, f"docs/DEPLOY.md does not map {short}"
 
 
 def test_files_by_value_reach_the_configmap(docs: dict[str, list[dict[str, Any]]]) -> None:
@@ -400,6 +439,8 @@ BAD_VALUES = [
     (["--set", "settings.extra.DATABASE_URL=postgresql://u:p@db/x"], "DATABASE_URL"),
     (["--set", "kek.secretName=Not_A_Name"], "/kek/secretName"),
     (["--set", "tracing.enabled=true"], "/tracing/endpoint"),
+    (["--set", "tracing.exporter=zipkin"], "/tracing/exporter"),
+    (["--set", "tracing.jsonlPath=traces.jsonl"], "/tracing/jsonlPath"),
     (["--set", "witness.enabled=true"], "anyOf"),
     (["--set", "tls.enabled=false"], "/tls/enabled"),
     (["--set", "ledger.tls.enabled=false"], "/ledger/tls/enabled"),
@@ -423,6 +464,7 @@ def test_schema_accepts_the_documented_combinations(helm_bin: str) -> None:
         ["--set", "api.replicas=5", "--set", "tls.enabled=true", "--set", "metrics.enabled=true"],
         ["--set", "witness.enabled=false", "--set", "networkPolicy.enabled=false"],
         ["--set", "image.digest=sha256:" + "0" * 64],
+        ["--set", "tracing.enabled=true", "--set", "tracing.exporter=jsonl"],  # the file exporter needs no collector
     ):
         assert template(helm_bin, *args).returncode == 0
 

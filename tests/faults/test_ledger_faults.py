@@ -52,7 +52,7 @@ def grant_request(pid: str) -> consent_pb2.GrantRequest:
 def record_request(pid: str) -> access_log_pb2.RecordRequest:
     return access_log_pb2.RecordRequest(type="110110", subtype="read", action="R", purpose_of_use="TREAT", pid=pid,
                                         outcome=access_log_pb2.ACCESS_OUTCOME_SUCCESS, data_classes=["Observation"],
-                                        source_observer="test/ehr")
+                                        source_observer="hospital-a/ehr")
 
 
 class Node:

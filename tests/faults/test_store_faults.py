@@ -5,7 +5,8 @@ the server reaches it only through the proxy. Asserted for every fault:
 
 * fail closed: a Grant or a Record with a detail document whose off-chain write fails writes nothing to the
   ledger and returns UNAVAILABLE with a readable message (never INTERNAL or UNKNOWN);
-* Check keeps answering: a consent decision is a ledger read and needs no off-chain document;
+* Check keeps answering: a consent decision is a ledger read and needs no off-chain document, also while
+  another call waits on a slow database (store calls run on the store's threads, never on the event loop);
 * recovery without a restart: the next call after the database returns succeeds, and the access-event
   index catches up with what the ledger committed meanwhile;
 * no leak over 100 stop/heal cycles: threads, open fds, pool connections checked out, resident memory.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -46,7 +48,7 @@ def grant_request(pid: str) -> consent_pb2.GrantRequest:
 def record_request(pid: str, detail: str = "") -> access_log_pb2.RecordRequest:
     return access_log_pb2.RecordRequest(type="110110", subtype="read", action="R", purpose_of_use="TREAT", pid=pid,
                                         outcome=access_log_pb2.ACCESS_OUTCOME_SUCCESS, data_classes=["Observation"],
-                                        source_observer="test/ehr", detail_json=detail)
+                                        source_observer="hospital-a/ehr", detail_json=detail)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +163,34 @@ def test_slow_store_still_answers_correctly(env: Env, proxy: FaultProxy) -> None
     response = patient.grant(grant_request(pid))
     assert ledger_size(env) == before + 1
     got = patient.call(patient.consent.Get, consent_pb2.GetConsentRequest(consent_id=response.consent.id))
+    assert pid in got.fhir_consent_json
+
+
+def test_check_answers_while_a_store_call_waits_on_a_slow_database(env: Env, proxy: FaultProxy) -> None:
+    # Check needs no store; a Grant stores its FHIR document before it writes the ledger. With the database's
+    # packets held in the proxy, the Grant waits on PostgreSQL: a Check made meanwhile must answer, i.e. the
+    # Grant's store call is not holding the server's event loop.
+    pid = new_pid()
+    patient = env.patient(pid)
+    hospital = env.hospital()
+    patient.grant(grant_request(pid))  # the PERMIT Check will find; the pool holds connections
+    assert wait_until(lambda: projection_level(env)), "the projections did not catch up"  # no store traffic left
+    before = ledger_size(env)
+    proxy.hold()  # latency until released: every packet to and from PostgreSQL waits
+    with ThreadPoolExecutor(max_workers=2) as calls:
+        try:
+            slow_grant = calls.submit(patient.grant, grant_request(pid))
+            assert wait_until(lambda: proxy.held > 0), "the Grant never reached the database"
+            check = calls.submit(hospital.check, pid, "hospital-a", "TREAT", "Observation")
+            # Liveness bound only (a blocked loop would never answer): the ordering below is the assertion.
+            assert check.result(timeout=60).decision == PERMIT
+            assert not slow_grant.done(), "the Grant finished first: nothing was shown"
+            assert ledger_size(env) == before, "the Grant wrote the ledger before its off-chain document"
+        finally:
+            proxy.release()
+        granted = slow_grant.result(timeout=60)  # and the slowed call completes once the database answers
+    assert granted.receipt.tx_id and ledger_size(env) == before + 1
+    got = patient.call(patient.consent.Get, consent_pb2.GetConsentRequest(consent_id=granted.consent.id))
     assert pid in got.fhir_consent_json
 
 

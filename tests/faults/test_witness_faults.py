@@ -4,12 +4,14 @@ submits checkpoints to it through a :class:`FaultProxy`.
 A witness is a check on the operator, not a gate on writes (docs/TRANSPARENCY.md): while it is away,
 writes keep their receipts and the newest cosigned checkpoint falls behind; once it answers again, the
 next checkpoint (with a consistency proof from the size it last cosigned) brings it level, without a
-restart. No thread, fd or memory leak over 100 outage cycles.
+restart. ``ciphercare_witness_lag_entries`` on ``/metrics`` shows how far behind it is, set by the
+submitter as checkpoints are published and cosigned. No thread, fd or memory leak over 100 outage cycles.
 """
 
 from __future__ import annotations
 
 import itertools
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,6 +153,30 @@ def test_writes_go_on_and_witnessing_catches_up(env: Env, witness: Witness, faul
     witness.proxy.pass_through()
     final = write(env)
     assert level(env, final), f"witnessing did not catch up after the witness came back ({fault})"
+
+
+def witness_lag(env: Env) -> float:
+    """``ciphercare_witness_lag_entries`` as ``/metrics`` shows it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{env.app.metrics_port}/metrics", timeout=20) as page:
+        text = page.read().decode()
+    for line in text.splitlines():
+        if line.startswith("ciphercare_witness_lag_entries "):
+            return float(line.split()[1])
+    raise AssertionError("no ciphercare_witness_lag_entries on /metrics")
+
+
+def test_witness_lag_on_metrics_follows_the_witness(env: Env, witness: Witness) -> None:
+    assert witness.proxy is not None
+    assert level(env, write(env)), "the witness did not cosign while healthy"
+    assert wait_until(lambda: witness_lag(env) == 0), witness_lag(env)
+    witness.proxy.refuse()
+    size = [write(env) for _ in range(3)][-1]  # three checkpoints the witness never sees
+    behind = cosigned_size(env)
+    assert size - behind >= 3
+    assert wait_until(lambda: witness_lag(env) == size - behind), (witness_lag(env), size, behind)
+    witness.proxy.pass_through()
+    assert level(env, write(env)), "witnessing did not catch up"
+    assert wait_until(lambda: witness_lag(env) == 0), witness_lag(env)
 
 
 def test_no_leak_over_100_witness_outages(env: Env, witness: Witness) -> None:

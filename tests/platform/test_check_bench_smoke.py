@@ -1,5 +1,6 @@
 """Smoke run of ``ciphercare bench check --quick``: Check and the Health floor under ghz with 1 and 2 server
-processes. No timing assertions: the figures live in docs/BENCHMARKS.md."""
+processes, and with 1 process over TLS beside plaintext (a certificate made in the run, checked by ghz).
+No timing assertions: the figures live in docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -25,10 +26,18 @@ def test_bench_check_quick_measures_check_and_the_floor_with_one_and_two_process
                            "--json", str(out)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Health floor" in proc.stdout and " DEBUG " not in proc.stdout + proc.stderr
+    assert "TLS / plaintext" in proc.stdout
     report = json.loads(out.read_text())
     runs = report["runs"]
     assert [r["processes"] for r in runs] == [1, 2]
-    for run in runs:
+    secure = runs[0]["with_tls"]
+    assert secure is not None and secure["tls"] and runs[1]["with_tls"] is None  # quick: TLS with 1 process
+    assert not runs[0]["tls"]  # the plaintext run beside it
+    (summary,) = report["tls_vs_plaintext"]
+    assert summary["processes"] == 1 and summary["tls_rps"] == secure["check"]["rps"]
+    assert summary["rps_ratio_tls_to_plaintext"] == summary["tls_rps"] / summary["plaintext_rps"]
+    assert summary["p99_ratio_tls_to_plaintext"] == summary["tls_p99_ms"] / summary["plaintext_p99_ms"]
+    for run in [*runs, secure]:
         # Every process of the server was measured (the writer and its replicas), and every call answered.
         assert run["server_processes_measured"] == run["processes"]
         for name in ("check", "health"):

@@ -124,6 +124,7 @@ def test_tls_refuses_plaintext_and_wrong_ca_and_serves_metrics(tmp_path: Path, p
         assert 'ciphercare_rpc_total{code="UNAUTHENTICATED",method="/ciphercare.v1.ConsentService/Check"}' in text
         assert 'ciphercare_auth_refusals_total{code="UNAUTHENTICATED"}' in text
         assert "ciphercare_ledger_tree_size" in text and "ciphercare_projection_lag_entries" in text
+        assert "ciphercare_witness_lag_entries" not in text  # no witnesses configured: no lag to show
         assert "pt-tls-1" not in text and "pt-tls-2" not in text and token not in text  # no pid, no token
     finally:
         server.stop()

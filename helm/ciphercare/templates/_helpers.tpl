@@ -228,7 +228,8 @@ that its TLS probe (which presents it) is accepted. "ciphercare.tlsEnv" (dict "c
 {{- end }}
 {{- end -}}
 
-{{/* Prometheus /metrics (settings metrics_*) and tracing (issue 14; names announced, off by default). */}}
+{{/* Prometheus /metrics (settings metrics_*) and, for the API only, tracing (settings tracing_*, off by default;
+docs/OPERATIONS.md "Tracing"). */}}
 {{- define "ciphercare.observabilityEnv" -}}
 {{- if .ctx.Values.metrics.enabled }}
 - name: CIPHERCARE_METRICS_ENABLED
@@ -241,15 +242,25 @@ that its TLS probe (which presents it) is accepted. "ciphercare.tlsEnv" (dict "c
 - name: CIPHERCARE_METRICS_ENABLED
   value: "false"
 {{- end }}
-{{- if .ctx.Values.tracing.enabled }}
+{{- $tracing := .ctx.Values.tracing }}
+{{- if and $tracing.enabled (eq .component "api") }}
 - name: CIPHERCARE_TRACING_ENABLED
   value: "true"
+- name: CIPHERCARE_TRACING_EXPORTER
+  value: {{ $tracing.exporter | quote }}
+{{- if eq $tracing.exporter "otlp" }}
 - name: CIPHERCARE_TRACING_ENDPOINT
-  value: {{ .ctx.Values.tracing.endpoint | quote }}
-- name: CIPHERCARE_TRACING_SAMPLE_RATIO
-  value: {{ .ctx.Values.tracing.sampleRatio | quote }}
+  value: {{ $tracing.endpoint | quote }}
+- name: CIPHERCARE_TRACING_OTLP_INSECURE
+  value: {{ $tracing.otlpInsecure | quote }}
+{{- else if $tracing.jsonlPath }}
+- name: CIPHERCARE_TRACING_JSONL_PATH
+  value: {{ $tracing.jsonlPath | quote }}
+{{- end }}
 - name: CIPHERCARE_TRACING_SERVICE_NAME
-  value: {{ printf "ciphercare-%s" .component | quote }}
+  value: {{ printf "%s-%s" $tracing.serviceName .component | quote }}
+- name: CIPHERCARE_TRACING_SAMPLE_RATIO
+  value: {{ $tracing.sampleRatio | quote }}
 {{- end }}
 {{- end -}}
 
@@ -298,9 +309,9 @@ failureThreshold: {{ .failures | default 3 }}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
 
-{{/* Egress to the trace collector when tracing is on (a NetworkPolicy egress rule). */}}
+{{/* Egress to the trace collector when the API exports spans over OTLP (a NetworkPolicy egress rule). */}}
 {{- define "ciphercare.tracingEgress" -}}
-{{- if and .Values.tracing.enabled .Values.tracing.collector }}
+{{- if and .Values.tracing.enabled (eq .Values.tracing.exporter "otlp") .Values.tracing.collector }}
 - to:
     {{- toYaml .Values.tracing.collector | nindent 4 }}
   ports:

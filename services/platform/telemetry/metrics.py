@@ -41,13 +41,28 @@ class Metrics:
                                        registry=r)
         self.scoring_quota_refusals = Counter("ciphercare_scoring_quota_refusals_total",
                                               "Score calls refused by a quota", ["organization"], registry=r)
+        # Registered by observe_witnessing() only when witnesses are configured (no witnesses: no lag to show).
         self.witness_lag = Gauge("ciphercare_witness_lag_entries",
-                                 "entries between the latest checkpoint and the latest witnessed one", registry=r)
+                                 "entries between the latest checkpoint and the latest witnessed one", registry=None)
+        self._witnessing_observed = False
 
     def observe_ledger(self, stats: Callable[[], dict[str, int]], tree_size: Callable[[], int],
                        projection_cursors: Callable[[], dict[str, int]]) -> None:
         """Read the ledger's and projections' figures at scrape time (no work on the hot path)."""
         self.registry.register(_LedgerCollector(stats, tree_size, projection_cursors))
+
+    def observe_witnessing(self, witnessing: Any) -> None:
+        """Set the witness lag from the witness submitter each time a checkpoint is published or cosigned.
+
+        ``witnessing`` is the ledger's submitter (``ciphercare.ledger.witness.client.WitnessSubmitter``): it
+        calls back with (newest published checkpoint size, newest quorum-cosigned size).
+        """
+        if self._witnessing_observed:
+            return
+        self._witnessing_observed = True
+        self.registry.register(self.witness_lag)
+        gauge = self.witness_lag
+        witnessing.add_progress_listener(lambda published, cosigned: gauge.set(max(0, published - cosigned)))
 
     def serve(self, host: str, port: int) -> tuple[Any, int]:
         """Serve ``/metrics`` over HTTP on ``host:port`` (0: any free port); returns (server, port)."""

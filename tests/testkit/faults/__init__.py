@@ -2,8 +2,9 @@
 
 * :class:`FaultProxy` -- a small asyncio TCP proxy on loopback between a client (the server under test)
   and a real dependency (PostgreSQL, the identity provider, a witness). It passes bytes through, and on
-  demand delays them (latency injection), resets new connections with a probability (flakiness), resets
-  every open connection (a dependency restart), or refuses everything (the dependency is down).
+  demand delays them (latency injection: a fixed delay, or held until the test releases them), resets new
+  connections with a probability (flakiness), resets every open connection (a dependency restart), or
+  refuses everything (the dependency is down).
 * :class:`PrivateCluster` -- a PostgreSQL cluster of the test's own, made with Debian's ``initdb`` and
   driven with ``pg_ctl``, so it can be stopped and started without disturbing the shared test server.
 * :class:`ResourceCounts` -- threads, open file descriptors, resident memory and checked-out pool
@@ -39,7 +40,8 @@ class FaultProxy:
     """A TCP proxy on ``127.0.0.1:<port>`` to ``upstream``, with faults switched on and off at run time.
 
     Modes (:meth:`pass_through`, :meth:`refuse`, :meth:`blackhole`) say what happens to NEW connections;
-    ``delay_s`` delays every chunk in both directions; ``reset_probability`` resets that share of new
+    ``delay_s`` delays every chunk in both directions; :meth:`hold` delays them until :meth:`release` (latency
+    the test ends, so an ordering can be asserted without timing); ``reset_probability`` resets that share of new
     connections at once; :meth:`cut` resets every open connection. Runs its own event loop in a thread.
     """
 
@@ -51,6 +53,8 @@ class FaultProxy:
         self.mode = "pass"
         self.accepted = 0
         self.resets = 0
+        self.held = 0  # chunks waiting in hold() right now
+        self._released: asyncio.Event | None = None
         self._random = random.Random(seed)
         self._conns: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,8 +89,30 @@ class FaultProxy:
     # -- faults ------------------------------------------------------------------------------------
 
     def pass_through(self) -> None:
-        """Heal: new connections pass, no delay, no resets."""
+        """Heal: new connections pass, no delay, no resets, nothing held."""
         self.mode, self.delay_s, self.reset_probability = "pass", 0.0, 0.0
+        self.release()
+
+    def hold(self) -> None:
+        """Latency without a set length: every chunk, both ways, waits until :meth:`release`."""
+        self._on_loop(lambda released: released.clear())
+
+    def release(self) -> None:
+        """End :meth:`hold`: the held chunks go on, in order."""
+        self._on_loop(lambda released: released.set())
+
+    def _on_loop(self, action: Any) -> None:
+        loop, released = self._loop, self._released
+        if loop is None or released is None:
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            action(released)
+            done.set()
+
+        loop.call_soon_threadsafe(run)
+        done.wait(5)
 
     def refuse(self, cut_open: bool = True) -> None:
         """The dependency is down: every new connection is reset at once (and, by default, open ones too)."""
@@ -132,6 +158,8 @@ class FaultProxy:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stopped = asyncio.Event()
+            self._released = asyncio.Event()
+            self._released.set()
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
             self._ready.set()
             await self._stopped.wait()
@@ -182,6 +210,13 @@ class FaultProxy:
                     break
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                released = self._released
+                if released is not None and not released.is_set():
+                    self.held += 1
+                    try:
+                        await released.wait()
+                    finally:
+                        self.held -= 1
                 writer.write(chunk)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
