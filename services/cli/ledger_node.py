@@ -37,13 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from ciphercare.consent.contracts import new_chaincode
     from ciphercare.ledger.embedded.gateway_server import MspRegistry, NodeTLS, org_msp_ids, start_node
-    from ciphercare.ledger.embedded.ledger import EmbeddedLedger
     from ciphercare.services.platform.settings import load_settings
-    from ciphercare.services.privacy.operations import LedgerOwnerLock
-
-    logging.getLogger().setLevel(logging.WARNING)  # the Fabric shim sets the root logger to DEBUG at import
 
     extra: dict[str, Any] = {"ledger_backend": "embedded"}
     if args.port is not None:
@@ -55,6 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _Refused(f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+    from ciphercare.services.platform.logs import configure_logging
+
+    # JSON lines only, as every component (the Fabric shim sets the root logger to DEBUG at import)
+    configure_logging(settings, level=logging.WARNING)
     tls = None
     cert = _read(settings.ledger_node_tls_cert_path, "TLS certificate")
     key = _read(settings.ledger_node_tls_key_path, "TLS key")
@@ -69,23 +68,36 @@ def _serve(args: argparse.Namespace) -> int:
             f"listening on {settings.ledger_node_host} needs TLS (CIPHERCARE_LEDGER_NODE_TLS_CERT_PATH and "
             "CIPHERCARE_LEDGER_NODE_TLS_KEY_PATH); plaintext only on a loopback address"
         )
+    from ciphercare.services.privacy.operations import LedgerOwnerLock
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = LedgerOwnerLock(settings.resolved_ledger_path)
     except Exception as exc:  # noqa: BLE001 - one readable line
         raise _Refused(str(exc)) from exc
+    from ciphercare.services.platform.telemetry.metrics import Metrics
+    from ciphercare.services.platform.wiring import open_embedded_ledger
+
     msp_dir = settings.resolved_ledger_msp_dir
-    ledger = EmbeddedLedger(
-        path=settings.resolved_ledger_path,
-        signing_key_path=settings.resolved_ledger_key_path,
-        origin=settings.ledger_origin,
-        chaincode=new_chaincode(),
-        channel=settings.ledger_channel,
-        chaincode_name=settings.ledger_chaincode,
-        max_batch=settings.ledger_group_commit_max_batch,
-        max_wait_ms=settings.ledger_group_commit_max_wait_ms,
-        msp_dir=msp_dir,
-    )
+    try:  # the same integrity settings as `up`: published checkpoints, retired keys, key mode, witnesses
+        ledger = open_embedded_ledger(settings, channel=settings.ledger_channel,
+                                      chaincode_name=settings.ledger_chaincode, msp_dir=msp_dir)
+    except Exception as exc:  # noqa: BLE001 - a refused start (rolled-back log, bad key mode ...): one line
+        lock.release()
+        raise _Refused(f"the ledger did not open: {exc}") from exc
+    metrics_server: Any = None
+    metrics_note = ""
+    if settings.metrics_enabled:
+        metrics = Metrics()
+        metrics.observe_ledger(ledger.stats, ledger.size, dict)
+        if ledger.witnessing is not None:
+            metrics.observe_witnessing(ledger.witnessing)
+        try:
+            metrics_server, metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+            metrics_note = f", /metrics on {settings.metrics_host}:{metrics_port}"
+        except OSError as exc:  # the node stays up without /metrics; say so
+            print(f"ciphercare: /metrics not started on port {settings.metrics_port}: {exc.strerror}",
+                  file=sys.stderr)
 
     async def run() -> None:
         server, port, gateway = await start_node(
@@ -103,7 +115,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(
             f"ledger node: gateway.Gateway on {settings.ledger_node_host}:{port} "
             f"({'TLS' if tls else 'plaintext'}), channel {settings.ledger_channel}, "
-            f"chaincode {settings.ledger_chaincode}, MSPs {', '.join(org_msp_ids(msp_dir)) or '(none yet)'}",
+            f"chaincode {settings.ledger_chaincode}, MSPs {', '.join(org_msp_ids(msp_dir)) or '(none yet)'}"
+            f"{metrics_note}",
             flush=True,
         )
         await stop.wait()
@@ -113,6 +126,11 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     finally:
+        if metrics_server is not None:
+            http_server, thread = metrics_server
+            http_server.shutdown()
+            http_server.server_close()
+            thread.join(5)
         ledger.close()
         lock.release()
     print("ledger node stopped", file=sys.stderr)

@@ -102,6 +102,16 @@ def open_ledger(settings: Settings) -> EmbeddedLedger:
 
         # Duck-typed like EmbeddedLedger for what the wiring uses (size, stats, close, the old Ledger protocol).
         return open_fabric_ledger(settings, GATEWAY_PRINCIPAL)  # type: ignore[return-value]
+    return open_embedded_ledger(settings)
+
+
+def open_embedded_ledger(settings: Settings, **node: Any) -> EmbeddedLedger:
+    """The embedded ledger with every integrity setting: the one constructor for ``up`` and ``ledger serve``.
+
+    ``node``: what only the Fabric Gateway node adds (channel, chaincode name, MSP directory). Both get the
+    published-checkpoint file (a node refuses to start on a rolled-back log), retired keys, the key-mode check
+    and the witness policy (every checkpoint is submitted to the witnesses)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     key_path = settings.resolved_ledger_key_path
     if key_path.resolve().is_relative_to(settings.data_dir.resolve()):
         log.warning("the checkpoint signing key is kept with the data it signs; set CIPHERCARE_CHECKPOINT_KEY_PATH "
@@ -121,6 +131,7 @@ def open_ledger(settings: Settings) -> EmbeddedLedger:
         witness_policy=_witness_policy(settings),
         witness_timeout_s=settings.witness_timeout_s,
         witness_wait_ms=settings.witness_wait_ms,
+        **node,
     )
 
 

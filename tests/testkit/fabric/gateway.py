@@ -155,10 +155,15 @@ def in_process_node(tmp: Path, *, max_wait_ms: float = 2.0, tls: NodeTLS | None 
 
 
 @contextmanager
-def serve_process(data_dir: Path) -> Iterator[str]:
-    """``ciphercare ledger serve --port 0`` as a real process; yields its ``host:port``."""
+def serve_process(data_dir: Path, extra_env: dict[str, str] | None = None,
+                  first_line: list[str] | None = None) -> Iterator[str]:
+    """``ciphercare ledger serve --port 0`` as a real process; yields its ``host:port``.
+
+    ``extra_env``: settings for the node; ``first_line``: receives the line the node printed when it started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERCARE_")}
     env["CIPHERCARE_DATA_DIR"] = str(data_dir)
+    env["CIPHERCARE_METRICS_PORT"] = "0"  # any free port: several nodes may run at once
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "ciphercare.services.cli.main", "ledger", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -169,6 +174,8 @@ def serve_process(data_dir: Path) -> Iterator[str]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
+        if first_line is not None:
+            first_line.append(line)
         if "gateway.Gateway on " not in line:
             proc.kill()
             raise RuntimeError(f"ledger serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
