@@ -73,12 +73,14 @@ def seed_demo_patients(target: str, issuer: DevIssuer, deadline_s: float,
               now - timedelta(days=5), None)
         step("demo patients: consents granted, one revoked, one expired", "pt-1001 x4, pt-1002 x1")
 
+        systems = {hosp_a: "hospital-a", hosp_b: "hospital-b"}  # an observer is the hospital's own system
+
         def record(who: CiphercareClient, pid: str, purpose: str, classes: list[str], outcome: Any,
                    consent_id: str = "", reason: str = "", subtype: str = "read") -> None:
             who.record(access_log_pb2.RecordRequest(
                 type="110110", subtype=subtype, action="R", outcome=outcome, outcome_description=reason,
                 purpose_of_use=purpose, pid=pid, consent_id=consent_id, data_classes=classes,
-                source_observer="demo/ehr", detail_json=json.dumps({"view": "chart"})))
+                source_observer=f"{systems[who]}/ehr", detail_json=json.dumps({"view": "chart"})))
 
         record(hosp_a, "pt-1001", "TREAT", ["Observation"], SUCCESS, care)
         record(hosp_a, "pt-1001", "TREAT", ["MedicationStatement"], SUCCESS, care, subtype="search-type")
