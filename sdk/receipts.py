@@ -312,7 +312,8 @@ def verify_ledger_part(receipt: dict[str, Any], trusted_vkey: str | None, fields
     if wrong:
         result.problems.append(f"{', '.join(wrong)} differ(s) from the leaf")
         return result, None, -1
-    result.checks.append(f"the leaf is transaction {entry['tx_id']} (leaf sha256 {hashlib.sha256(leaf).hexdigest()[:16]}…)")
+    digest = hashlib.sha256(leaf).hexdigest()[:16]
+    result.checks.append(f"the leaf is transaction {entry['tx_id']} (leaf sha256 {digest}…)")
     return result, entry, index
 
 
