@@ -253,6 +253,28 @@ def _children(pid: int) -> list[str]:
     return children
 
 
+def _tree_thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of a server and its children, split: each process's main thread (its asyncio event loop,
+    where gRPC aio, the interceptors, the servicer and the contract run) and its other threads (gRPC's
+    event engine, executors), each in user and kernel time."""
+    out = {"main_user": 0.0, "main_sys": 0.0, "other_user": 0.0, "other_sys": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for process in [str(pid), *_children(pid)]:
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            where = "main" if task.name == process else "other"
+            out[f"{where}_user"] += int(fields[11]) / tick
+            out[f"{where}_sys"] += int(fields[12]) / tick
+    return out
+
+
+def _split_us(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, float]:
+    return {k: round((after[k] - before[k]) / max(1, calls) * 1e6, 1) for k in before}
+
+
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds of a server and its child processes."""
     total = _process_cpu_s(pid)
@@ -313,19 +335,23 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
             _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, warmup_s, concurrency, connections)
             check, check_cpu, health, health_cpu = None, 0.0, None, 0.0
             # The machine may be shared: the best of ``repeats`` short runs of each, alternated, same server.
+            check_split: dict[str, float] = {}
+            health_split: dict[str, float] = {}
             for _ in range(max(1, repeats)):
-                cpu0 = _tree_cpu_s(proc.pid)
+                cpu0, split0 = _tree_cpu_s(proc.pid), _tree_thread_cpu_s(proc.pid)
                 run = _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, duration_s, concurrency,
                            connections)
                 cpu = _tree_cpu_s(proc.pid) - cpu0
                 if check is None or run["rps"] > check["rps"]:
                     check, check_cpu = run, cpu
-                cpu0 = _tree_cpu_s(proc.pid)
+                    check_split = _split_us(split0, _tree_thread_cpu_s(proc.pid), run["count"])
+                cpu0, split0 = _tree_cpu_s(proc.pid), _tree_thread_cpu_s(proc.pid)
                 run = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, health_s), concurrency,
                            connections)
                 cpu = _tree_cpu_s(proc.pid) - cpu0
                 if health is None or run["rps"] > health["rps"]:
                     health, health_cpu = run, cpu
+                    health_split = _split_us(split0, _tree_thread_cpu_s(proc.pid), run["count"])
             assert check is not None and health is not None  # noqa: S101 - at least one run
             return {
                 "load_generator": "ghz",
@@ -337,6 +363,9 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
                 "check_server_cpu_us": check_cpu / max(1, check["count"]) * 1e6,
                 "health": health,
                 "health_server_cpu_us": health_cpu / max(1, health["count"]) * 1e6,
+                # µs per call by thread kind (main = each process's event loop) and user / kernel time
+                "check_cpu_split_us": check_split,
+                "health_cpu_split_us": health_split,
             }
         finally:
             proc.terminate()
@@ -370,6 +399,13 @@ def check_scaling_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"metric": f"{n} process(es): server CPU per Check / per Health",
                      "value": f"{g['check_server_cpu_us']:.0f} / {g['health_server_cpu_us']:.0f} us", "target": "",
                      "met": ""})
+        cs, hs = g.get("check_cpu_split_us") or {}, g.get("health_cpu_split_us") or {}
+        if cs and hs:
+            rows.append({"metric": f"{n} process(es): CPU per call in the event-loop threads, user + kernel "
+                                   "(Check / Health); other threads",
+                         "value": f"{cs['main_user']:.0f} + {cs['main_sys']:.0f} / {hs['main_user']:.0f} + "
+                                  f"{hs['main_sys']:.0f} us; {cs['other_user'] + cs['other_sys']:.0f} / "
+                                  f"{hs['other_user'] + hs['other_sys']:.0f} us", "target": "", "met": ""})
     return rows
 
 

@@ -65,6 +65,7 @@ def _extra_checks(name: str, report: dict[str, Any]) -> None:
                 assert run[call]["status_codes"].get("OK", 0) > 0 and run[call]["errors"] == 0
                 assert set(run[call]["status_codes"]) <= {"OK", "Unavailable"}  # Unavailable: ghz stopping
             assert run["check_server_cpu_us"] > 0 and run["health_server_cpu_us"] > 0
+            assert run["check_cpu_split_us"]["main_user"] > 0 and run["health_cpu_split_us"]["main_user"] > 0
     elif name == "ledger":
         metrics = [r["metric"] for r in report["rows"]]
         assert metrics[0].startswith("physical limit") and any(m.startswith("curve:") for m in metrics)
