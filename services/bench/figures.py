@@ -49,6 +49,15 @@ def _ledger(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _witness(report: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = report["rows"]
+    base = next((r for r in rows if str(r["metric"]).startswith("appends/s, no witness")), None)
+    if base is None:
+        return []
+    return [figure(str(r["metric"]), r["raw"], "appends/s", str(base["metric"]), base["raw"])
+            for r in rows if str(r["metric"]).startswith("appends/s") and r is not base and "raw" in r]
+
+
 def _check_figure(run: dict[str, Any], label: str) -> dict[str, Any]:
     check, health = run["check"], run["health"]
     return figure(f"Check RPS, {label} (p99 {check['p99_ms']:.1f} ms, "
@@ -138,8 +147,8 @@ def _number(value: Any) -> float | None:
 
 
 FIGURES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
-    "ledger": _ledger, "check": _check, "scoring": _scoring, "scoring-server": _scoring, "scoring-e2e": _scoring_e2e,
-    "growth": _growth, "anomaly": _anomaly, "auth": _auth, "audit": _audit,
+    "ledger": _ledger, "ledger-witness": _witness, "check": _check, "scoring": _scoring, "scoring-server": _scoring,
+    "scoring-e2e": _scoring_e2e, "growth": _growth, "anomaly": _anomaly, "auth": _auth, "audit": _audit,
 }
 
 

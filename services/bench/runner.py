@@ -467,7 +467,7 @@ def _run(which: str, *, quick: bool, smoke: bool, out: Path | None, witness: boo
     if which == "ledger" and witness:  # the cost of witnessing (ledger integrity, issue 11)
         from ciphercare.ledger.witness.bench import bench_witnessing, format_witness_rows
 
-        rows = bench_witnessing(duration_s=0.5 if smoke else 1.5 if quick else 3.0,
+        rows = bench_witnessing(duration_s=1.0 if smoke else 1.5 if quick else 3.0,
                                 samples=20 if smoke else 50 if quick else 200)
         print(format_witness_rows(rows))
         if out is not None:

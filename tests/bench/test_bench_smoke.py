@@ -29,6 +29,9 @@ CLI = [sys.executable, "-m", "ciphercare.services.cli.main"]
 REQUIRED = {"ledger", "check", "scoring", "scoring-e2e", "growth", "anomaly", "auth"}
 #: Benchmarks whose figures have no anchor in the same run (ratio None is then expected).
 ANCHORLESS = {"anomaly"}
+#: Variants of a registered benchmark run by a flag, smoked as well (``ledger --gateway`` has its own smoke in
+#: tests/fabric/test_fabric_bench.py).
+VARIANTS = [("ledger", "--witness")]
 LOG_LINE = re.compile(r"(^|\s)(DEBUG|INFO)(\s|$)", re.MULTILINE)
 
 
@@ -66,6 +69,8 @@ def _extra_checks(name: str, report: dict[str, Any]) -> None:
                 assert set(run[call]["status_codes"]) <= {"OK", "Unavailable"}  # Unavailable: ghz stopping
             assert run["check_server_cpu_us"] > 0 and run["health_server_cpu_us"] > 0
             assert run["check_cpu_split_us"]["main_user"] > 0 and run["health_cpu_split_us"]["main_user"] > 0
+    elif name == "ledger --witness":
+        assert report["benchmark"] == "ledger-witness" and len(report["figures"]) == 2
     elif name == "ledger":
         metrics = [r["metric"] for r in report["rows"]]
         assert metrics[0].startswith("physical limit") and any(m.startswith("curve:") for m in metrics)
@@ -82,9 +87,10 @@ def _extra_checks(name: str, report: dict[str, Any]) -> None:
         assert report["result"]["jwks_fetches"] == 1  # no network on the hot path
 
 
-@pytest.mark.parametrize("name", registered())
-def test_bench_smoke(name: str, tmp_path: Path) -> None:
-    if name in ("check", "ledger") and ghz_binary() is None:
+@pytest.mark.parametrize(("name", "flags"), [pytest.param(name, (), id=name) for name in registered()]
+                         + [pytest.param(n, (f,), id=f"{n}{f}") for n, f in VARIANTS])
+def test_bench_smoke(name: str, flags: tuple[str, ...], tmp_path: Path) -> None:
+    if name in ("check", "ledger") and not flags and ghz_binary() is None:
         message = "ghz not installed (go install github.com/bojand/ghz/cmd/ghz@v0.121.0; or set GHZ_BIN)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
@@ -93,7 +99,7 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
     home.mkdir()
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, HOME=str(home), CIPHERCARE_DATA_DIR=str(tmp_path / "data"))
-    proc = subprocess.run([*CLI, "bench", name, "--smoke", "--json", str(out)], capture_output=True, text=True,
+    proc = subprocess.run([*CLI, "bench", name, *flags, "--smoke", "--json", str(out)], capture_output=True, text=True,
                           timeout=240, check=False, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-2500:]
     for stream in (proc.stdout, proc.stderr):
@@ -113,4 +119,4 @@ def test_bench_smoke(name: str, tmp_path: Path) -> None:
     # Concrete ML was neither installed nor run (its virtualenv lives under HOME's cache).
     assert not (home / ".cache" / "ciphercare" / "concrete-venv").exists()
     assert "Concrete ML 1" not in proc.stdout and "concrete_ml" not in report.get("raw", {})
-    _extra_checks(name, report)
+    _extra_checks(" ".join((name, *flags)), report)
