@@ -485,7 +485,7 @@ def _run(which: str, *, quick: bool, smoke: bool, out: Path | None, witness: boo
     if which == "growth":  # scoreperf: append, proof, start-up, RSS and search from 10^4 to 10^6 entries
         from ciphercare.services.bench.growth import run_growth_bench
 
-        return run_growth_bench(quick=quick, out=out, sizes=(10**3,) if smoke else None)
+        return run_growth_bench(quick=quick, out=out, sizes=(10**3, 2 * 10**3) if smoke else None)
     if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 

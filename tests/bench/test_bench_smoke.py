@@ -82,7 +82,7 @@ def _extra_checks(name: str, report: dict[str, Any]) -> None:
     elif name == "scoring-e2e":
         assert report["raw"]["max_abs_margin_error"]["full"] < 1e-3
     elif name == "growth":
-        assert report["rows"] and report["rows"][0]["entries"] >= 1000
+        assert len(report["rows"]) == 2 and report["rows"][1]["entries"] > report["rows"][0]["entries"] >= 1000
     elif name == "auth":
         assert report["result"]["jwks_fetches"] == 1  # no network on the hot path
 
