@@ -22,24 +22,30 @@ import hashlib
 import json
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from ciphercare.ledger.transparency.merkle import leaf_hash, verify_inclusion
+from ciphercare.sdk.leaf import access_event_message, differences
 from ciphercare.sdk.receipts import (
+    BATCH_KIND,
     HOW_TO_VERIFY,
+    RECEIPT_FIELDS,
     RECEIPT_TYPE,
     ReceiptCheck,
     ReceiptError,
     _now_iso,
     checkpoint_section,
     proof_section,
-    verify_receipt,
+    verify_ledger_part,
 )
 from ciphercare.v1 import access_log_pb2
 
-BATCH_KIND = "access-event-batched"
 BATCH_EVENT_NAME = "AccessBatchRecorded"
 SALT_BYTES = 32
+ACCESSBATCH = "accessbatch"
+BATCH_STATEMENT = "This access event is recorded on the ciphercare ledger, as one member of a batch."
+BATCH_RECEIPT_FIELDS = RECEIPT_FIELDS | {"batch"}
+_BATCH_SECTION = frozenset({"batch_id", "root", "batch_size", "position", "salt_b64", "member_json", "audit_path"})
 _ID_DOMAIN = b"ciphercare/access-batch-member/v1\x00"
 HOW_TO_VERIFY_BATCH = (
     HOW_TO_VERIFY + " Then: hash SHA-256(0x00 || salt || member_json), fold in batch.audit_path (RFC 9162, "
@@ -59,7 +65,7 @@ def batch_event_receipt(event: dict[str, Any] | access_log_pb2.AccessEvent, memb
         "type": RECEIPT_TYPE,
         "kind": BATCH_KIND,
         "issued_at": _now_iso(),
-        "statement": "This access event is recorded on the ciphercare ledger, as one member of a batch.",
+        "statement": BATCH_STATEMENT,
         "event": event,
         "batch": dict(membership),
         "transaction": {"tx_id": tx_id, "leaf_index": sequence},
@@ -96,13 +102,17 @@ def verify_batch_receipt(receipt: dict[str, Any], trusted_vkey: str | None = Non
     """Verify a batched access-event receipt offline (``expected_pid``: also demand it is about this patient)."""
     if receipt.get("kind") != BATCH_KIND:
         raise ReceiptError(f"not a {BATCH_KIND} receipt")
-    result = verify_receipt(receipt, trusted_vkey)
-    if not result.ok:
+    result, entry, index = verify_ledger_part(receipt, trusted_vkey, BATCH_RECEIPT_FIELDS,
+                                              {BATCH_KIND: BATCH_STATEMENT})
+    if entry is None:
         return result
-    result.ok = False
     batch = receipt.get("batch")
     if not isinstance(batch, dict):
         raise ReceiptError("batch is missing")
+    unknown = sorted(str(k)[:40] for k in batch if k not in _BATCH_SECTION)
+    if unknown:
+        result.problems.append(f"batch field(s) {', '.join(unknown)} are not part of a batch receipt")
+        return result
     try:
         salt = base64.b64decode(batch["salt_b64"], validate=True)
         member_bytes = str(batch["member_json"]).encode("utf-8")
@@ -110,18 +120,21 @@ def verify_batch_receipt(receipt: dict[str, Any], trusted_vkey: str | None = Non
         position, size = batch["position"], batch["batch_size"]
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise ReceiptError(f"batch section is malformed: {exc}") from None
-    if not isinstance(position, int) or not isinstance(size, int) or len(salt) != SALT_BYTES:
+    if type(position) is not int or type(size) is not int or len(salt) != SALT_BYTES:
         raise ReceiptError("batch.position and batch_size must be integers and the salt 32 bytes")
-    leaf = base64.b64decode(receipt["inclusion_proof"]["leaf"])
-    entry = json.loads(leaf)
     records = [json.loads(base64.b64decode(e.get("payload_b64", ""))) for e in entry.get("events", [])
-               if e.get("name") == BATCH_EVENT_NAME]
-    if len(records) != 1:
+               if isinstance(e, dict) and e.get("name") == BATCH_EVENT_NAME]
+    if entry.get("contract") != ACCESSBATCH or len(records) != 1 or not isinstance(records[0], dict):
         result.problems.append("the transaction does not record exactly one access batch")
         return result
     record = records[0]
     if record.get("count") != size:
         result.problems.append(f"the receipt says the batch has {size} members, the ledger says {record.get('count')}")
+        return result
+    shown_section = {"batch_id": record.get("id"), "root": record.get("root")}
+    wrong = [f"batch.{k}" for k, v in shown_section.items() if batch.get(k, v) != v]
+    if wrong:
+        result.problems.append(f"{', '.join(wrong)} differ(s) from the ledger's batch record")
         return result
     if not verify_inclusion(leaf_hash(salt + member_bytes), position, size, path, bytes.fromhex(record["root"])):
         result.problems.append("the member's salted hash does not lead to the batch root on the ledger")
@@ -139,10 +152,23 @@ def verify_batch_receipt(receipt: dict[str, Any], trusted_vkey: str | None = Non
     if member.get("id") != _member_id(salt):
         result.problems.append("the member's id is not the one its salt gives")
         return result
-    event = receipt.get("event")
-    if not isinstance(event, dict) or not _event_matches(event, member, record):
-        result.problems.append("the event in the receipt is not this member with the batch's agent and time")
+    try:
+        expected = access_event_message(_member_event(member, record), index, entry["tx_id"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        result.problems.append(f"the member cannot be read as an access event: {str(exc)[:200]}")
         return result
+    shown = receipt.get("event")
+    if not isinstance(shown, dict):
+        raise ReceiptError("event is missing or not an object")
+    try:
+        shown_event = ParseDict(shown, access_log_pb2.AccessEvent())
+    except (ParseError, ValueError, TypeError) as exc:
+        raise ReceiptError(f"event is malformed: {str(exc)[:200]}") from None
+    wrong = [f"event.{name}" for name in differences(expected, shown_event)]
+    if wrong:
+        result.problems.append(f"{', '.join(wrong)} differ(s) from this member with the batch's agent and time")
+        return result
+    result.checks.append("every field of the event shown equals the member with the batch's agent and time")
     pid = (member.get("entity") or {}).get("pid")
     if expected_pid is not None and pid != expected_pid:
         result.problems.append("the event is about another patient")
@@ -152,27 +178,11 @@ def verify_batch_receipt(receipt: dict[str, Any], trusted_vkey: str | None = Non
     return result
 
 
-def _event_matches(event: dict[str, Any], member: dict[str, Any], record: dict[str, Any]) -> bool:
-    """The receipt's event (proto JSON or contract JSON) says what the member and batch record say."""
+def _member_event(member: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A member's full access event: its own fields, the batch's agent and recorded time (as the services
+    project it, ``services/audit/batches.py``)."""
     entity = member.get("entity") or {}
-    got_entity = event.get("entity") or {}
-    agent = event.get("agent") or {}
-    pairs = [
-        (event.get("id"), member.get("id")),
-        (event.get("pid") or got_entity.get("pid"), entity.get("pid")),
-        (event.get("purpose_of_use") or None, member.get("purpose_of_use") or None),
-        ((agent.get("org") or agent.get("organization")), record["agent"].get("org")),
-        (agent.get("subject"), record["agent"].get("subject")),
-    ]
-    if event.get("recorded") and isinstance(event.get("recorded"), str):
-        pairs.append((_instant(event["recorded"]), _instant(record["recorded"])))
-    return all(a == b for a, b in pairs)
-
-
-def _instant(text: str) -> str:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat(timespec="milliseconds")
+    return {**member, "recorded": record["recorded"], "agent": record["agent"], "entity": entity}
 
 
 __all__ = ["BATCH_KIND", "batch_event_receipt", "membership_from_proto", "verify_batch_receipt"]

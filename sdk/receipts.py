@@ -189,24 +189,63 @@ def _parse(shown: Any, message: Message, what: str) -> Message:
         raise ReceiptError(f"{what} is malformed: {str(exc)[:200]}") from None
 
 
+#: The kind of a receipt for one member of an access batch (``ciphercare.sdk.batch_receipts``).
+BATCH_KIND = "access-event-batched"
+
+
 def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> ReceiptCheck:
-    """Verify a receipt offline (see the module docstring); ``trusted_vkey`` is the key you pinned."""
+    """Verify a receipt offline (see the module docstring); ``trusted_vkey`` is the key you pinned.
+
+    A batched access-event receipt is verified by :func:`ciphercare.sdk.batch_receipts.verify_batch_receipt`.
+    """
+    if receipt.get("type") != RECEIPT_TYPE:
+        raise ReceiptError(f"not a {RECEIPT_TYPE} document")
+    if receipt.get("kind") == BATCH_KIND:
+        from ciphercare.sdk.batch_receipts import verify_batch_receipt
+
+        return verify_batch_receipt(receipt, trusted_vkey)
+    result, entry, index = verify_ledger_part(receipt, trusted_vkey, RECEIPT_FIELDS, STATEMENTS)
+    if entry is None:
+        return result
+    kind = str(receipt["kind"])
+    try:
+        problems = _record_problems(receipt, kind, entry, index)
+    except ReceiptError:
+        raise
+    except (LeafError, KeyError, ValueError, TypeError) as exc:
+        problems = [f"the leaf's record cannot be read: {str(exc)[:200]}"]
+    if problems:
+        result.problems.extend(problems)
+        return result
+    result.checks.append("every field shown on the receipt equals the ledger's record")
+    result.ok = True
+    return result
+
+
+def verify_ledger_part(receipt: dict[str, Any], trusted_vkey: str | None, fields: frozenset[str],
+                       statements: dict[str, str]) -> tuple[ReceiptCheck, dict[str, Any] | None, int]:
+    """The checks every receipt kind shares: only ``fields``, the kind's statement, the signed checkpoint,
+    the RFC 9162 inclusion of the leaf and the transaction it names.
+
+    Returns the check so far (never ``ok``), the parsed leaf (None when a check failed: the problem is in the
+    check) and the leaf's index; the caller compares the record the receipt shows with the leaf.
+    """
     result = ReceiptCheck(ok=False)
     if receipt.get("type") != RECEIPT_TYPE:
         raise ReceiptError(f"not a {RECEIPT_TYPE} document")
-    unknown = sorted(str(k)[:40] for k in receipt if k not in RECEIPT_FIELDS)
+    unknown = sorted(str(k)[:40] for k in receipt if k not in fields)
     if unknown:
         result.problems.append(
             f"field(s) {', '.join(unknown)} are not part of a receipt (a receipt carries no verification claims; "
             "verify it yourself)"
         )
-        return result
+        return result, None, -1
     kind = receipt.get("kind")
-    if kind not in STATEMENTS:
-        raise ReceiptError(f"kind {str(kind)[:40]!r} is not a receipt kind ({', '.join(sorted(STATEMENTS))})")
-    if receipt.get("statement") != STATEMENTS[kind]:
+    if kind not in statements:
+        raise ReceiptError(f"kind {str(kind)[:40]!r} is not a receipt kind ({', '.join(sorted(statements))})")
+    if receipt.get("statement") != statements[kind]:
         result.problems.append(f"statement differs from what a {kind} receipt says")
-        return result
+        return result, None, -1
     log = _section(receipt, "log")
     vkey = log.get("verifier_key")
     if trusted_vkey is None:
@@ -215,7 +254,7 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
             raise ReceiptError("log.verifier_key is missing (and no key was pinned)")
     elif isinstance(vkey, str) and vkey and vkey != trusted_vkey:
         result.problems.append("log.verifier_key is not the key you pinned")
-        return result
+        return result, None, -1
     section = _section(receipt, "checkpoint")
     key = trusted_vkey or vkey
     if not isinstance(key, str):
@@ -228,7 +267,7 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
         raise ReceiptError("checkpoint.signed_note is missing") from None
     except (CheckpointError, ValueError) as exc:
         result.problems.append(f"checkpoint.signed_note: signature does not verify: {exc}")
-        return result
+        return result, None, -1
     result.tree_size, result.root_hash_hex = checkpoint.size, checkpoint.root_hash.hex()
     shown_checkpoint = {"origin": checkpoint.origin, "tree_size": checkpoint.size,
                         "root_hash": checkpoint.root_hash.hex()}
@@ -237,13 +276,13 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
         wrong.append("log.origin")
     if wrong:
         result.problems.append(f"{', '.join(wrong)} differ(s) from the signed checkpoint")
-        return result
+        return result, None, -1
     result.checks.append(f"checkpoint signed by {verifier.key_name}: {checkpoint.origin}, tree size {checkpoint.size}")
     proof = receipt.get("inclusion_proof")
     if not isinstance(proof, dict):
         result.problems.append("no inclusion proof in this receipt: "
                                + str(receipt.get("inclusion_proof_unavailable") or "none given")[:200])
-        return result
+        return result, None, -1
     leaf = _unb64(proof.get("leaf"), "inclusion_proof.leaf")
     path = [_unb64(h, "inclusion_proof.audit_path") for h in proof.get("audit_path", [])]
     index, size = proof.get("leaf_index"), proof.get("tree_size")
@@ -251,19 +290,19 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
         raise ReceiptError("inclusion_proof.leaf_index and tree_size must be integers")
     if size != checkpoint.size:
         result.problems.append(f"inclusion_proof.tree_size is {size} but the checkpoint covers {checkpoint.size}")
-        return result
+        return result, None, -1
     if proof.get("leaf_hash") not in (None, leaf_hash(leaf).hex()):
         result.problems.append("inclusion_proof.leaf_hash is not the hash of the leaf")
-        return result
+        return result, None, -1
     if not verify_inclusion(leaf_hash(leaf), index, size, path, checkpoint.root_hash):
         result.problems.append("inclusion_proof: the audit path does not lead to the signed root")
-        return result
+        return result, None, -1
     result.checks.append(f"leaf {index} is included in the tree of size {size} (RFC 9162)")
     try:
         entry = parse_leaf(leaf)
     except LeafError as exc:
         result.problems.append(f"inclusion_proof.leaf: {exc}")
-        return result
+        return result, None, -1
     transaction = _section(receipt, "transaction")
     wrong = []
     if transaction.get("tx_id") != entry["tx_id"]:
@@ -272,21 +311,10 @@ def verify_receipt(receipt: dict[str, Any], trusted_vkey: str | None = None) -> 
         wrong.append("transaction.leaf_index")
     if wrong:
         result.problems.append(f"{', '.join(wrong)} differ(s) from the leaf")
-        return result
-    result.checks.append(f"the leaf is transaction {entry['tx_id']}")
-    try:
-        problems = _record_problems(receipt, kind, entry, index)
-    except ReceiptError:
-        raise
-    except (LeafError, KeyError, ValueError, TypeError) as exc:
-        problems = [f"the leaf's record cannot be read: {str(exc)[:200]}"]
-    if problems:
-        result.problems.extend(problems)
-        return result
-    result.checks.append("every field shown on the receipt equals the ledger's record")
-    result.checks.append(f"leaf sha256 {hashlib.sha256(leaf).hexdigest()[:16]}…")
-    result.ok = True
-    return result
+        return result, None, -1
+    digest = hashlib.sha256(leaf).hexdigest()[:16]
+    result.checks.append(f"the leaf is transaction {entry['tx_id']} (leaf sha256 {digest}…)")
+    return result, entry, index
 
 
 def _record_problems(receipt: dict[str, Any], kind: str, entry: dict[str, Any], index: int) -> list[str]:

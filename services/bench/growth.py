@@ -168,8 +168,9 @@ def _search(n: int, data: Path) -> dict[str, float]:
     return result
 
 
-def run_growth_bench(*, quick: bool = False, out: Path | None = None) -> list[dict[str, Any]]:
-    sizes = (10**3, 10**4) if quick else (10**4, 10**5, 10**6)
+def run_growth_bench(*, quick: bool = False, out: Path | None = None,
+                     sizes: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    sizes = sizes or ((10**3, 10**4) if quick else (10**4, 10**5, 10**6))
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-growth-") as tmp:

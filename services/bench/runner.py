@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from ciphercare.services.bench import BENCHMARKS  # noqa: F401 - the registry, re-exported
 from ciphercare.services.bench.pki import KEY_KIND
 
 
@@ -255,6 +256,28 @@ def _children(pid: int) -> list[str]:
     return children
 
 
+def _tree_thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of a server and its children, split: each process's main thread (its asyncio event loop,
+    where gRPC aio, the interceptors, the servicer and the contract run) and its other threads (gRPC's
+    event engine, executors), each in user and kernel time."""
+    out = {"main_user": 0.0, "main_sys": 0.0, "other_user": 0.0, "other_sys": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for process in [str(pid), *_children(pid)]:
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            where = "main" if task.name == process else "other"
+            out[f"{where}_user"] += int(fields[11]) / tick
+            out[f"{where}_sys"] += int(fields[12]) / tick
+    return out
+
+
+def _split_us(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, float]:
+    return {k: round((after[k] - before[k]) / max(1, calls) * 1e6, 1) for k in before}
+
+
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds of a server and its child processes."""
     total = _process_cpu_s(pid)
@@ -267,7 +290,8 @@ def _tree_cpu_s(pid: int) -> float:
 
 
 def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections: int = 4,
-                    processes: int = 1, health_s: float = 5.0, repeats: int = 1, tls: bool = False) -> dict[str, Any]:
+                    processes: int = 1, health_s: float = 5.0, repeats: int = 1, tls: bool = False,
+                    warmup_s: float = 1.0) -> dict[str, Any]:
     """``Check`` and the gRPC Health floor under ghz (a Go load generator), server in its own process.
 
     The same server, the same run: first ``ConsentService/Check`` as a hospital over 50 patients with a
@@ -327,22 +351,27 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
             checks = [{"pid": pid, "recipient_organization": "hospital-a", "purpose": "TREAT",
                        "data_class": "Observation"} for pid in pids]
             auth = {"authorization": f"Bearer {hospital}"}
-            _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, 1.0, concurrency, connections, cacert)
+            _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, warmup_s, concurrency, connections,
+                 cacert)
             check, check_cpu, health, health_cpu = None, 0.0, None, 0.0
             # The machine may be shared: the best of ``repeats`` short runs of each, alternated, same server.
+            check_split: dict[str, float] = {}
+            health_split: dict[str, float] = {}
             for _ in range(max(1, repeats)):
-                cpu0 = _tree_cpu_s(proc.pid)
+                cpu0, split0 = _tree_cpu_s(proc.pid), _tree_thread_cpu_s(proc.pid)
                 run = _ghz(ghz, port, "ciphercare.v1.ConsentService.Check", checks, auth, duration_s, concurrency,
                            connections, cacert)
                 cpu = _tree_cpu_s(proc.pid) - cpu0
                 if check is None or run["rps"] > check["rps"]:
                     check, check_cpu = run, cpu
-                cpu0 = _tree_cpu_s(proc.pid)
+                    check_split = _split_us(split0, _tree_thread_cpu_s(proc.pid), run["count"])
+                cpu0, split0 = _tree_cpu_s(proc.pid), _tree_thread_cpu_s(proc.pid)
                 run = _ghz(ghz, port, "grpc.health.v1.Health.Check", {}, {}, min(duration_s, health_s), concurrency,
                            connections, cacert)
                 cpu = _tree_cpu_s(proc.pid) - cpu0
                 if health is None or run["rps"] > health["rps"]:
                     health, health_cpu = run, cpu
+                    health_split = _split_us(split0, _tree_thread_cpu_s(proc.pid), run["count"])
             assert check is not None and health is not None  # noqa: S101 - at least one run
             return {
                 "load_generator": "ghz",
@@ -355,6 +384,9 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
                 "check_server_cpu_us": check_cpu / max(1, check["count"]) * 1e6,
                 "health": health,
                 "health_server_cpu_us": health_cpu / max(1, health["count"]) * 1e6,
+                # µs per call by thread kind (main = each process's event loop) and user / kernel time
+                "check_cpu_split_us": check_split,
+                "health_cpu_split_us": health_split,
             }
         finally:
             proc.terminate()
@@ -366,12 +398,13 @@ def bench_check_ghz(duration_s: float = 10.0, concurrency: int = 32, connections
 
 def bench_check_scaling(process_counts: tuple[int, ...] = (1, 2, 3, 4), *, duration_s: float = 4.0,
                         health_s: float = 3.0, repeats: int = 2, concurrency: int = 32,
-                        connections: int = 16, tls_counts: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+                        connections: int = 16, tls_counts: tuple[int, ...] = (),
+                        warmup_s: float = 1.0) -> list[dict[str, Any]]:
     """``Check`` and the Health floor under ghz for each number of server processes (issue 16 item 2); for
-    the counts in ``tls_counts`` the same again over TLS (issue 14), as the run's ``tls`` entry."""
+    the counts in ``tls_counts`` the same again over TLS (issue 14), as the run's ``with_tls`` entry."""
     def measure(n: int, tls: bool) -> dict[str, Any]:
         return bench_check_ghz(duration_s=duration_s, concurrency=concurrency, connections=connections,
-                               processes=n, health_s=health_s, repeats=repeats, tls=tls)
+                               processes=n, health_s=health_s, repeats=repeats, tls=tls, warmup_s=warmup_s)
 
     results = []
     for n in process_counts:
@@ -396,6 +429,13 @@ def check_scaling_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"metric": f"{n} process(es): server CPU per Check / per Health",
                      "value": f"{g['check_server_cpu_us']:.0f} / {g['health_server_cpu_us']:.0f} us", "target": "",
                      "met": ""})
+        cs, hs = g.get("check_cpu_split_us") or {}, g.get("health_cpu_split_us") or {}
+        if cs and hs:
+            rows.append({"metric": f"{n} process(es): CPU per call in the event-loop threads, user + kernel "
+                                   "(Check / Health); other threads",
+                         "value": f"{cs['main_user']:.0f} + {cs['main_sys']:.0f} / {hs['main_user']:.0f} + "
+                                  f"{hs['main_sys']:.0f} us; {cs['other_user'] + cs['other_sys']:.0f} / "
+                                  f"{hs['other_user'] + hs['other_sys']:.0f} us", "target": "", "met": ""})
         secure = g.get("with_tls")
         if secure:
             t, th = secure["check"], secure["health"]
@@ -438,21 +478,52 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
-              witness: bool = False, million: bool = False, events: int | None = None,
+def run_bench(which: str, *, quick: bool = False, smoke: bool = False, out: Path | None = None,
+              witness: bool = False, million: bool = False, concrete: bool = False, events: int | None = None,
               database_url: str = "") -> list[dict[str, Any]]:
-    if which == "audit":  # compliance reads at scale (issue 15 item 5): services/bench/audit.py, docs/BENCHMARKS.md
-        import logging
+    """Run benchmark ``which``; with ``out`` write its JSON report plus its headline ``figures``
+    (:mod:`ciphercare.services.bench.figures`) and the options it ran with.
 
-        # The Fabric shim, imported with the audit servicer, sets the root logger to DEBUG and libraries narrate
-        # their imports: print the table only.
-        logging.disable(logging.INFO)
-        from ciphercare.services.audit import servicer  # noqa: F401
+    ``smoke``: the smallest sizes (checks the benchmark runs; its figures mean little); benchmarks without
+    smoke sizes run ``quick``. ``concrete``: Concrete ML in ``scoring`` (never installed or run without it).
+    """
+    _quiet_logging()
+    rows = _run(which, quick=quick or smoke, smoke=smoke, out=out, witness=witness, million=million,
+                concrete=concrete, events=events, database_url=database_url)
+    if out is not None and out.is_file():
+        from ciphercare.services.bench.figures import figures_for
+
+        report = json.loads(out.read_text())
+        if isinstance(report, dict):
+            report["figures"] = figures_for(report)
+            report["options"] = {"quick": quick, "smoke": smoke, "concrete_ml": concrete}
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    return rows
+
+
+def _quiet_logging() -> None:
+    """Tables and JSON only: the Fabric shim's import sets the root logger to DEBUG (``basicConfig``), and
+    alembic and the embedded services log at INFO; import the shim first, then keep warnings only."""
+    import logging
+
+    import fabric_chaincode_python.fabric_shim.logging  # noqa: F401 - its import-time basicConfig, once
+
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("alembic", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _run(which: str, *, quick: bool, smoke: bool, out: Path | None, witness: bool, million: bool,
+         concrete: bool, events: int | None, database_url: str) -> list[dict[str, Any]]:
+    if which == "audit":  # compliance reads at scale (issue 15 item 5): services/bench/audit.py
         from ciphercare.services.bench.audit import run_audit_bench
 
-        logging.disable(logging.NOTSET)
-        logging.getLogger().setLevel(logging.WARNING)
-        return run_audit_bench(quick=quick, out=out, database_url=database_url, events=events)
+        return run_audit_bench(quick=quick, out=out, database_url=database_url,
+                               events=2_000 if smoke and events is None else events)
+    if which == "auth":  # identity: one bearer-token verification (services/bench/auth.py)
+        from ciphercare.services.bench.auth import run_auth_bench
+
+        return run_auth_bench(n=500 if smoke else 5000, out=out)
     if which == "anomaly":  # unusual-access detection: analytics/anomaly/bench.py (docs/ANOMALY.md)
         from ciphercare.analytics.anomaly.bench import run_anomaly_bench
 
@@ -460,7 +531,8 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
     if which == "ledger" and witness:  # the cost of witnessing (ledger integrity, issue 11)
         from ciphercare.ledger.witness.bench import bench_witnessing, format_witness_rows
 
-        rows = bench_witnessing(duration_s=1.5 if quick else 3.0, samples=50 if quick else 200)
+        rows = bench_witnessing(duration_s=1.0 if smoke else 1.5 if quick else 3.0,
+                                samples=20 if smoke else 50 if quick else 200)
         print(format_witness_rows(rows))
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -471,22 +543,26 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
     if which == "scoring-e2e":  # scoreperf: end to end beside the HE pipeline alone (services/bench/scoring_e2e.py)
         from ciphercare.services.bench.scoring_e2e import run_e2e_bench
 
+        if smoke:
+            return run_e2e_bench(quick=True, out=out, repeats=1, n=64)
         return run_e2e_bench(quick=quick, out=out)
     if which == "growth":  # scoreperf: append, proof, start-up, RSS and search from 10^4 to 10^6 entries
         from ciphercare.services.bench.growth import run_growth_bench
 
-        return run_growth_bench(quick=quick, out=out)
+        return run_growth_bench(quick=quick, out=out, sizes=(10**3, 2 * 10**3) if smoke else None)
     if which == "scoring":  # encrypted risk scoring: services/bench/scoring.py
         from ciphercare.services.bench.scoring import run_scoring_bench
 
-        return run_scoring_bench(quick=quick, out=out)
+        return run_scoring_bench(quick=quick, out=out, concrete=concrete, smoke=smoke)
     if which == "check":  # issue 16 item 2: Check with 1..4 server processes, the Health floor beside it
         if ghz_binary() is None:
             raise RuntimeError("ghz not found: set GHZ_BIN or `go install github.com/bojand/ghz/cmd/ghz@v0.121.0`")
         counts = (1, 2) if quick else (1, 2, 3, 4)
         # TLS beside plaintext (issue 14): every process count, or the first one only in a quick run.
-        results = bench_check_scaling(counts, duration_s=1.5 if quick else 4.0, health_s=1.5 if quick else 3.0,
-                                      repeats=1 if quick else 2, tls_counts=counts[:1] if quick else counts)
+        short = 0.5 if smoke else 1.5
+        results = bench_check_scaling(counts, duration_s=short if quick else 4.0, health_s=short if quick else 3.0,
+                                      repeats=1 if quick else 2, tls_counts=counts[:1] if quick else counts,
+                                      warmup_s=0.3 if smoke else 1.0)
         rows = check_scaling_rows(results)
         print("ghz, 32 in flight over 16 connections; best of the runs per process count (shared machine); "
               f"TLS: a server certificate ({KEY_KIND}) made in the run, checked by ghz (--cacert)")
@@ -501,15 +577,15 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
         return rows
     if which != "ledger":
         raise ValueError(f"unknown benchmark {which!r}")
-    import logging
-
     from ciphercare.ledger.embedded.bench import run_ledger_bench
 
-    logging.getLogger().setLevel(logging.WARNING)  # the Fabric shim's import set it to DEBUG: print the table only
-    sizes = (10**4, 10**5) if quick else (10**4, 10**5, 10**6)
-    rows = list(run_ledger_bench(sizes=sizes, quick=quick))
+    sizes = (10**4,) if smoke else (10**4, 10**5) if quick else (10**4, 10**5, 10**6)
+    if smoke:
+        rows = list(run_ledger_bench(sizes=sizes, quick=True, duration_s=0.2, in_flights=(1, 8)))
+    else:
+        rows = list(run_ledger_bench(sizes=sizes, quick=quick))
     if ghz_binary() is not None:
-        g = bench_check_ghz(duration_s=2.0 if quick else 10.0)
+        g = bench_check_ghz(duration_s=0.5 if smoke else 2.0 if quick else 10.0, warmup_s=0.3 if smoke else 1.0)
         c, h = g["check"], g["health"]
         load = f"ghz, {g['concurrency']} in flight over {g['connections']} connections, 1 server process"
         check: dict[str, Any] = g
@@ -525,7 +601,7 @@ def run_bench(which: str, *, quick: bool = False, out: Path | None = None,
                      "value": f"{g['health_server_cpu_us']:.0f} us, {c['rps'] / h['rps']:.2f}", "target": "",
                      "met": ""})
     else:
-        check = bench_check_rps(duration_s=3.0 if quick else 10.0)
+        check = bench_check_rps(duration_s=1.0 if smoke else 3.0 if quick else 10.0)
         rows.append({"metric": "Check RPS over gRPC (Python load generator: ghz not found; 1 server process)",
                      "value": f"{check['rps']:.0f}", "target": ">= 3000",
                      "met": "yes" if check["rps"] >= 3000 else "NO"})

@@ -5,9 +5,10 @@ One run, one machine, one model and data set: the default WHAS500 model (100 tre
 ``--quick``: 4,096). ciphercare is measured twice: the server's evaluation alone (the service's
 worker pool, 2 processes) and end to end through the real gRPC service in its own process (consent
 check and access event per patient included) with the hospital SDK at batch 1, 256 and full.
-Concrete ML's encrypted XGBoost (same training split, trees, depth and learning rate) runs in its own
-virtualenv (installed on first use); at ~1-2 minutes per patient it executes one patient, and its
-accuracy is taken from its FHE simulation of the held-out split.
+Concrete ML's encrypted XGBoost (same training split, trees, depth and learning rate) runs only when
+asked (``--concrete``), in its own virtualenv (installed on first use, then reused from the cache); at
+~1-2 minutes per patient it executes one patient, and its accuracy is taken from its FHE simulation of
+the held-out split.
 """
 
 from __future__ import annotations
@@ -221,13 +222,16 @@ def run_server_bench(*, out: Path | None = None, batches: int = 3) -> list[dict[
     return rows
 
 
-def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete: bool = True) -> list[dict[str, Any]]:
+def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete: bool = False,
+                      smoke: bool = False) -> list[dict[str, Any]]:
     """Run every measurement, print one table, write JSON; returns the table rows.
 
-    ``quick``: the server's throughput only, with and without slot ownership and validity (about a minute).
+    ``quick``: the server's throughput only, with and without slot ownership and validity (about a minute);
+    ``smoke``: the same with one batch. ``concrete``: also Concrete ML (installs it on first use; never
+    without this flag).
     """
-    if quick:
-        return run_server_bench(out=out)
+    if quick or smoke:
+        return run_server_bench(out=out, batches=1 if smoke else 3)
     import xgboost as xgb
 
     from ciphercare.analytics.client.keys import KeyOwner
@@ -359,7 +363,7 @@ def run_scoring_bench(*, quick: bool = False, out: Path | None = None, concrete:
                          "agreement": float(np.mean((p_sim > 0.5) == (reference[:n_test] > 0))),
                          "max_abs_margin_error": None})
     else:
-        concrete_note = "Concrete ML skipped (--no-concrete)"
+        concrete_note = "Concrete ML not run (ask for it with --concrete)"
 
     full = runs["full"]
     server_rate = n / server["full_s"]

@@ -55,8 +55,10 @@ def _pipeline(package: Any, keys: Any, bits: np.ndarray, work: Path, repeats: in
             "one_patient_all_s": one[1:], "full_batch_all_s": full}  # type: ignore[dict-item]
 
 
-def run_e2e_bench(*, quick: bool = False, out: Path | None = None, repeats: int = 3) -> list[dict[str, Any]]:
-    """One full batch (4,096 patients; --quick: 512) and one patient, end to end and pipeline alone."""
+def run_e2e_bench(*, quick: bool = False, out: Path | None = None, repeats: int = 3,
+                  n: int | None = None) -> list[dict[str, Any]]:
+    """One full batch (4,096 patients; --quick: 512; ``n``: that many) and one patient, end to end and
+    pipeline alone."""
     from ciphercare.analytics.client.keys import KeyOwner
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.training import train_model
@@ -69,7 +71,7 @@ def run_e2e_bench(*, quick: bool = False, out: Path | None = None, repeats: int 
     training = train_model(dataset)
     package = training.package
     keys = KeyOwner.generate()
-    n = 512 if quick else keys.params.slots
+    n = n or (512 if quick else keys.params.slots)
     rng = np.random.default_rng(1)
     x = dataset.x[rng.integers(0, len(dataset), n)]
     reference = training.xgboost_margin(x)

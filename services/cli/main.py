@@ -192,11 +192,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if getattr(args, "gateway", False):  # fabricgw: the Fabric Gateway protocol beside in-process
         from ciphercare.services.bench.gateway import main as gateway_bench
 
-        return gateway_bench((["--quick"] if args.quick else []) + (["--json", args.json] if args.json else []))
+        return gateway_bench((["--quick"] if args.quick or args.smoke else [])
+                             + (["--json", args.json] if args.json else []))
     if args.events is not None and args.events < 1:
         raise CliError("--events must be at least 1")
-    rows = run_bench(args.which, quick=args.quick, out=Path(args.json) if args.json else None,
-                     witness=getattr(args, "witness", False), million=getattr(args, "million", False),
+    rows = run_bench(args.which, quick=args.quick, smoke=args.smoke, out=Path(args.json) if args.json else None,
+                     witness=args.witness, million=args.million, concrete=args.concrete,
                      events=args.events, database_url=args.database_url)
     return 0 if rows else 1
 
@@ -257,11 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_ledger_serve(ledger_sub)
 
-    bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the figures)")
-    # check: issue 16 item 2; audit: issue 15 item 5 (search p95 and a full streamed export at --events)
-    bench.add_argument("which", choices=["ledger", "anomaly", "check", "audit"])
+    from ciphercare.services.bench import BENCHMARKS
+
+    bench = sub.add_parser(
+        "bench", help="benchmarks (print a table; --json writes the figures)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="benchmarks:\n" + "\n".join(f"  {name:<12} {text}" for name, text in BENCHMARKS.items())
+        + "\n\nEach --json report has its headline 'figures': figure, value, anchor (measured in the same run), "
+          "ratio, target, met.")
+    bench.add_argument("which", choices=list(BENCHMARKS), metavar="{" + ",".join(BENCHMARKS) + "}")
     bench.add_argument("--json", help="write results as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.add_argument("--smoke", action="store_true",
+                       help="the smallest sizes: checks that the benchmark runs (CI); its figures mean little")
+    bench.add_argument("--concrete", action="store_true",
+                       help="scoring: also Concrete ML (installed on first use into a cache; never without this flag)")
     bench.add_argument("--witness", action="store_true",
                        help="ledger: the cost of witnessing (appends/s with and without a witness, checkpoint latency)")
     bench.add_argument("--gateway", action="store_true",

@@ -238,10 +238,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     score.add_argument("--deadline", type=float, default=600.0, help="deadline per call in seconds")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=cmd_score)
-
-    bench = sub.choices.get("bench")
-    if bench is not None:
-        for action in bench._actions:
-            if action.dest == "which" and action.choices is not None and "scoring" not in action.choices:
-                # scoreperf (issue 16): scoring end to end beside the HE pipeline; ledger and search growth
-                action.choices = [*action.choices, "scoring", "scoring-e2e", "growth"]

@@ -216,7 +216,7 @@ def test_compose_matches_the_network(env: dict[str, Any]) -> None:
 
 def test_chaincode_definitions_are_the_contracts(definitions: dict[str, str], env: dict[str, Any]) -> None:
     contracts = set(new_chaincode()._contracts) - {SYSTEM_CONTRACT}
-    assert set(definitions) == contracts == {"consent", "accesslog", "model", "accessbatch"}
+    assert set(definitions) == contracts == {"consent", "accesslog", "model", "accessbatch", "breakglass"}
     metadata = json.loads((NET / "chaincode/metadata.json").read_text())
     assert metadata == {"type": "ccaas", "label": env["CC_LABEL"]}
     connection = json.loads((NET / "chaincode/connection.json").read_text())
@@ -388,7 +388,7 @@ def test_connection_profiles_written_by_the_script(env: dict[str, Any], tmp_path
         x = profile["x-ciphercare"]
         assert x == {"channel": env["CHANNEL_NAME"], "mspId": env["msp"][org], "gatewayPeer": env["peers"][org][0][0],
                      "chaincodes": {"consent": "consent", "accesslog": "accesslog", "model": "model",
-                                    "accessbatch": "accessbatch"}}
+                                    "accessbatch": "accessbatch", "breakglass": "breakglass"}}
     # a missing TLS CA refuses to write anything (no half profile)
     shutil.rmtree(crypto / "peerOrganizations" / f"hospital-b.{env['DOMAIN']}")
     shutil.rmtree(profiles)

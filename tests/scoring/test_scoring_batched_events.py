@@ -135,6 +135,18 @@ def test_forged_and_other_patients_receipts_are_refused(env, scored: ScoreRun, t
     agent = copy.deepcopy(good)  # another agent in the stated event
     agent["event"]["agent"]["organization"] = "hospital-x"
     forgeries.append(agent)
+    outcome = copy.deepcopy(good)  # any other field of the stated event (every field is compared)
+    outcome["event"]["outcome"] = "ACCESS_OUTCOME_DENIED"
+    forgeries.append(outcome)
+    claims = copy.deepcopy(good)  # a self-asserted verification claim
+    claims["verified"] = True
+    forgeries.append(claims)
+    batch_claims = copy.deepcopy(good)
+    batch_claims["batch"]["verified"] = True
+    forgeries.append(batch_claims)
+    other_batch = copy.deepcopy(good)  # the batch section names another batch id
+    other_batch["batch"]["batch_id"] = "ab-" + "0" * 32
+    forgeries.append(other_batch)
     for i, forged in enumerate(forgeries):
         assert not verify_batch_receipt(forged).ok, i
         file = tmp_path / f"forged-{i}.json"
