@@ -46,20 +46,25 @@ ADMIN = Principal("u-admin", "ciphercare", frozenset({"admin"}), "console")
 SHA = {name: format(i, "x") * 64 for i, name in enumerate(("document", "evidence", "model", "root", "text"), 1)}
 
 
-def network_definitions() -> list[str]:
-    """CC_DEFINITIONS of definitions.env, read by bash itself."""
+def network_definitions() -> dict[str, list[str]]:
+    """definition -> the contracts it serves (CC_DEFINITIONS, CC_CONTRACTS_<definition>), read by bash itself."""
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    out = subprocess.run(["bash", "-c", f'set -euo pipefail; source {DEFINITIONS!s}; printf %s "$CC_DEFINITIONS"'],
-                         capture_output=True, text=True, check=True, env=env).stdout
-    return out.split()
+    script = (f'set -euo pipefail; source {DEFINITIONS!s}; for d in $CC_DEFINITIONS; do v="CC_CONTRACTS_$d"; '
+              'printf "%s=%s\\n" "$d" "${!v:-}"; done')
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    found = {name: contracts.split() for name, _, contracts in (line.partition("=") for line in out.splitlines())}
+    # without CC_CONTRACTS_<definition>, a definition named after a contract serves that contract
+    return {name: contracts or ([name] if name in CONTRACTS else []) for name, contracts in found.items()}
 
 
-def serving(definitions: Sequence[str]) -> dict[str, str]:
-    """contract -> the definition that serves it: the one of its own name, else the one named after no contract."""
-    general = [d for d in definitions if d not in CONTRACTS]
-    assert len(general) <= 1, f"more than one definition named after no contract: {general}"
-    layout = {c: c if c in definitions else (general[0] if general else "") for c in CONTRACTS}
-    assert all(layout.values()), f"contracts no definition serves: {sorted(c for c, d in layout.items() if not d)}"
+def serving(definitions: dict[str, list[str]]) -> dict[str, str]:
+    """contract -> the definition serving it; every contract exactly once."""
+    layout: dict[str, str] = {}
+    for name, contracts in definitions.items():
+        for contract in contracts:
+            assert contract not in layout, f"{contract} is served by {layout[contract]} and {name}"
+            layout[contract] = name
+    assert set(layout) == CONTRACTS, f"served: {sorted(layout)}; the contracts: {sorted(CONTRACTS)}"
     return layout
 
 
@@ -214,7 +219,7 @@ def test_the_sequence_behaves_the_same_with_the_networks_namespaces() -> None:
 
 
 def test_per_contract_namespaces_break_the_sequence() -> None:
-    """The check above can fail: one definition per contract (the layout this test replaced) does."""
+    """The check above can fail: one definition per contract (the network's earlier layout) does."""
     with pytest.raises(EndorseError) as refused:
-        play(NamespacedWorld(serving(sorted(CONTRACTS))))
+        play(NamespacedWorld(serving({c: [c] for c in CONTRACTS})))
     assert refused.value.code == "FAILED_PRECONDITION" and "does not exist" in refused.value.message
