@@ -41,9 +41,10 @@ contracts behave on a peer exactly as they do embedded:
 
 The stub also gains what the Go shim does and the Python one lacks: simple-key
 validation and the ``"\\x01"`` substitute for an empty range start key, and
-``get_transient``. On the channel each contract has a chaincode definition of
-its own name and endorsement policy; :func:`definition_refusal` keeps a
-contract from being reached through another contract's definition.
+``get_transient``. On the channel one chaincode definition, ``ciphercare``,
+serves every contract from one state namespace (the contracts read each
+other's state); :func:`definition_refusal` refuses every contract through a
+definition named after a contract, which would be a namespace of its own.
 
 This module imports nothing from ``ciphercare.ledger`` or ``ciphercare.services``:
 the chaincode package stays deployable alone.
@@ -330,21 +331,24 @@ SYSTEM_CONTRACT = "org.hyperledger.fabric"
 def definition_refusal(chaincode: ContractChaincode, stub: ServerStub) -> str | None:
     """Why this transaction may not run, or None.
 
-    On the channel every contract has a chaincode definition of its own name (``consent``,
-    ``accesslog``, ``model``), each with its own endorsement policy, all served by this one package.
-    A contract is therefore reachable only through the definition of its name: otherwise a write could
-    be endorsed under another contract's (weaker) policy. A definition named after no contract (the
-    embedded ledger's single ``ciphercare``) reaches every contract.
+    On a peer every chaincode definition is its own state namespace, and the contracts read each other's
+    state: ``accesslog:Record`` reads the consent an event cites, ``consent:Check`` and ``CheckMany`` read
+    break-glass declarations. So one definition serves them all: ``ciphercare`` on the channel
+    (``fabric-network/chaincode/definitions.env``), as in the embedded ledger and ``ciphercare ledger serve``.
+    A definition named after a contract (``consent``, ``accesslog``, ...) would hold that contract's state
+    apart from the others' (an event citing a consent refused, break-glass never permitting): every
+    contract is refused through it, the contract API's own metadata contract excepted.
     """
     contracts = getattr(chaincode, "_contracts", {})
     if stub.chaincode_name not in contracts:
         return None
     namespace, _, _ = chaincode._get_namespace_function_and_params(stub)
-    if namespace in (stub.chaincode_name, SYSTEM_CONTRACT):
+    if namespace == SYSTEM_CONTRACT:
         return None
     return (
-        f"PERMISSION_DENIED: contract {namespace!r} is served only through the chaincode definition "
-        f"{namespace!r}, not {stub.chaincode_name!r}"
+        f"PERMISSION_DENIED: contract {namespace!r} is not served through the chaincode definition "
+        f"{stub.chaincode_name!r}: the contracts read each other's state and are served only through one "
+        "definition named after no contract (ciphercare)"
     )
 
 

@@ -3,7 +3,8 @@
 # Write one connection profile per hospital (build/connection-profiles/<org>.json): Fabric's common
 # connection profile (organizations, peers with their TLS CA, the channel) plus an "x-ciphercare"
 # section: the channel, the gateway peer of the org, its MSP id, and the chaincode definition that
-# serves each contract. This is what a hospital's ciphercare node is configured from.
+# serves each contract (all of them: "ciphercare", chaincode/definitions.env). This is what a hospital's
+# ciphercare node is configured from.
 # Usage: scripts/connection-profile.sh
 set -euo pipefail
 # shellcheck source=env.sh
@@ -63,8 +64,11 @@ for client_org in $HOSPITAL_ORGS; do
       "$CHANNEL_NAME" "$client_msp" "$(host_of "$gateway")"
     sep=""
     for name in $CC_DEFINITIONS; do
-      printf '%s"%s": "%s"' "$sep" "$name" "$name"
-      sep=", "
+      contracts_var="CC_CONTRACTS_$name"
+      for contract in ${!contracts_var:?no contracts for $name in definitions.env}; do
+        printf '%s"%s": "%s"' "$sep" "$contract" "$name"
+        sep=", "
+      done
     done
     printf '}}\n}\n'
   } >"$out"

@@ -2,8 +2,8 @@
 # shellcheck source-path=SCRIPTDIR
 # Deploy the ciphercare contracts through the chaincode lifecycle: package (ccaas: connection.json +
 # metadata.json), install on every peer, start each hospital's chaincode server with the package id,
-# approve every definition of chaincode/definitions.env for every hospital, commit, and write the
-# connection profiles ciphercare reads.
+# approve the definition of chaincode/definitions.env ("ciphercare": every contract, one state namespace)
+# for every hospital, commit, and write the connection profiles ciphercare reads.
 # Usage: scripts/deploy-chaincode.sh native|compose   (CC_SEQUENCE=n for an upgrade)
 set -euo pipefail
 # shellcheck source=env.sh

@@ -31,7 +31,8 @@ export ORDERER_ADMIN_OFFSET=3
 export CCAAS_hospital_a="ccaas.hospital-a.ciphercare.example:9999"
 export CCAAS_hospital_b="ccaas.hospital-b.ciphercare.example:9998"
 
-# Chaincode package (one package, one chaincode definition per contract: chaincode/definitions.env).
+# Chaincode package (one package, one chaincode definition "ciphercare" serving every contract:
+# chaincode/definitions.env).
 export CC_LABEL="ciphercare_1.0"
 export CC_VERSION="1.0"
 export CC_SEQUENCE="${CC_SEQUENCE:-1}"

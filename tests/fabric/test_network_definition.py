@@ -5,8 +5,10 @@ What is checked here is the definition, not a running network: no peer or ordere
 Names, hosts, ports and MSP ids come from scripts/env.sh (read by bash itself) and must agree with
 crypto-config.yaml, configtx.yaml (both profiles), compose/compose.yaml, the Fabric CA configs, the
 chaincode package and definitions, the external builder configuration, and the connection profiles
-that scripts/connection-profile.sh writes. Chaincode definitions must be the contracts of consent/, and
-every endorsement policy must name only channel members and need two organisations.
+that scripts/connection-profile.sh writes. One chaincode definition serves every contract of consent/ (they
+read each other's state: tests/fabric/test_state_namespaces.py), under the name the services, the chart and
+the ledger node use; its endorsement policy names only channel members, needs two organisations, and needs
+every hospital for model deployments.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from ciphercare.consent.caller import msp_id_for_org
 from ciphercare.consent.contracts import new_chaincode
+from ciphercare.services.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NET = ROOT / "fabric-network"
@@ -82,6 +85,18 @@ def definitions() -> dict[str, str]:
     names = raw["CC_DEFINITIONS"].split()
     policies = shell_vars(str(NET / "chaincode/definitions.env"), [f"CC_POLICY_{n}" for n in names])
     return {n: policies[f"CC_POLICY_{n}"] for n in names}
+
+
+@pytest.fixture(scope="module")
+def served(definitions: dict[str, str]) -> dict[str, str]:
+    """contract -> the definition serving it (CC_CONTRACTS_<definition>); a contract served twice fails."""
+    raw = shell_vars(str(NET / "chaincode/definitions.env"), [f"CC_CONTRACTS_{n}" for n in definitions])
+    layout: dict[str, str] = {}
+    for name in definitions:
+        for contract in raw[f"CC_CONTRACTS_{name}"].split():
+            assert contract not in layout, (contract, layout.get(contract), name)
+            layout[contract] = name
+    return layout
 
 
 def test_every_yaml_and_json_file_parses() -> None:
@@ -214,9 +229,20 @@ def test_compose_matches_the_network(env: dict[str, Any]) -> None:
             assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
 
 
-def test_chaincode_definitions_are_the_contracts(definitions: dict[str, str], env: dict[str, Any]) -> None:
+def test_one_chaincode_definition_serves_every_contract(
+    definitions: dict[str, str], served: dict[str, str], env: dict[str, Any]
+) -> None:
     contracts = set(new_chaincode()._contracts) - {SYSTEM_CONTRACT}
-    assert set(definitions) == contracts == {"consent", "accesslog", "model", "accessbatch", "breakglass"}
+    assert set(served) == contracts == {"consent", "accesslog", "model", "accessbatch", "breakglass"}
+    assert set(definitions) == set(served.values()) == {"ciphercare"}
+    # the chaincode server refuses every contract through a definition named after one (consent/server.py)
+    assert not set(definitions) & contracts
+    # what the services (settings, the chart's default and production example) and the ledger node invoke
+    chart = yaml.safe_load((ROOT / "helm/ciphercare/values.yaml").read_text())["ledger"]
+    production = yaml.safe_load((ROOT / "helm/ciphercare/ci/production-values.yaml").read_text())["ledger"]
+    assert Settings.model_fields["ledger_chaincode"].default == chart["chaincode"] == production["chaincode"] \
+        == "ciphercare"
+    assert Settings.model_fields["ledger_channel"].default == chart["channel"] == env["CHANNEL_NAME"]
     metadata = json.loads((NET / "chaincode/metadata.json").read_text())
     assert metadata == {"type": "ccaas", "label": env["CC_LABEL"]}
     connection = json.loads((NET / "chaincode/connection.json").read_text())
@@ -289,6 +315,22 @@ def test_endorsement_policies_name_members_and_need_two_organisations(
         assert {r for _, r in principals} == {"peer"}, (name, text)  # endorsements come from peers
         assert min(len(s) for s in satisfying_org_sets(tree)) >= 2, (name, text)  # no single org endorses alone
     assert min(len(s) for s in satisfying_org_sets(parse_policy("OR('HospitalAMSP.peer', 'HospitalBMSP.peer')"))) == 1
+
+
+def test_model_deployments_need_every_hospital(
+    definitions: dict[str, str], served: dict[str, str], env: dict[str, Any]
+) -> None:
+    """The definition serving the model registry is satisfied only by every member: AND of all of them.
+
+    With the channel's two hospitals OutOf(2, A, B) is that. A third hospital makes this fail: the shared
+    definition's OutOf(2, ...) would then let two deploy a model (docs/FABRIC.md, "Endorsement policies").
+    """
+    members = frozenset(env["msp"].values())
+    every = parse_policy("AND(" + ", ".join(f"'{m}.peer'" for m in sorted(members)) + ")")
+    assert set(satisfying_org_sets(every)) == {members}
+    assert set(satisfying_org_sets(parse_policy(definitions[served["model"]]))) == {members}
+    three = "OutOf(2, 'HospitalAMSP.peer', 'HospitalBMSP.peer', 'HospitalCMSP.peer')"
+    assert set(satisfying_org_sets(parse_policy(three))) != {members | {"HospitalCMSP"}}  # the check can fail
 
 
 def test_external_builder_configuration_covers_what_release_reads() -> None:
@@ -387,8 +429,8 @@ def test_connection_profiles_written_by_the_script(env: dict[str, Any], tmp_path
         assert set(profile["channels"][env["CHANNEL_NAME"]]["peers"]) == all_peers
         x = profile["x-ciphercare"]
         assert x == {"channel": env["CHANNEL_NAME"], "mspId": env["msp"][org], "gatewayPeer": env["peers"][org][0][0],
-                     "chaincodes": {"consent": "consent", "accesslog": "accesslog", "model": "model",
-                                    "accessbatch": "accessbatch", "breakglass": "breakglass"}}
+                     "chaincodes": dict.fromkeys(("consent", "accesslog", "model", "accessbatch", "breakglass"),
+                                                 "ciphercare")}
     # a missing TLS CA refuses to write anything (no half profile)
     shutil.rmtree(crypto / "peerOrganizations" / f"hospital-b.{env['DOMAIN']}")
     shutil.rmtree(profiles)
