@@ -238,7 +238,18 @@ def test_up_with_three_processes_shares_the_port_and_survives_a_replica_dying(tm
         pid = new_pid()
         Node(port, issuer).grant(pid)
         os.kill(replicas[0], signal.SIGKILL)
-        for _ in range(20):  # new connections: the kernel hands them to the processes still listening
+        # Once it is dead (its listening socket closed with it; a connection racing the kill itself may be
+        # reset, as on any server, and clients retry UNAVAILABLE) ...
+        def alive(pid: int) -> bool:
+            try:
+                return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return False
+
+        deadline = time.monotonic() + 10
+        while alive(replicas[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(20):  # ... new connections: the kernel hands them to the processes still listening
             node = Node(port, issuer)
             assert node.check(pid).decision == PERMIT
             node.channel.close()
