@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Build the ciphercare images without any container registry, from Debian packages only, and start one.
+# Build the ciphercare images without any container registry, from Debian packages only, and start them.
 #
 #   deploy/containers/build-local.sh base              # Debian bookworm + python3.11 root (debootstrap) as a base image
 #   deploy/containers/build-local.sh build [TARGET..]  # build targets (default: api) on that base, docker format
-#   deploy/containers/build-local.sh smoke [TARGET]    # start an image (api, witness, chaincode) with runc: read-only root, uid 10001,
-#                                                       # no capabilities; run its health check; stop it
+#   deploy/containers/build-local.sh smoke [TARGET..]  # start each image (default: api) with runc: read-only root,
+#                                                       # uid 10001, no capabilities, own network namespace; run
+#                                                       # its health check; stop it with SIGTERM (exit 0)
 #
 # Needs root and Debian's buildah, debootstrap and runc (apt-get install buildah debootstrap runc). Storage is
 # buildah's vfs driver (works without overlay support). Behind a TLS-inspecting proxy, set PIP_CA_BUNDLE to
@@ -42,18 +43,34 @@ build() {
 }
 
 smoke() {
-  local target=${1:-api} work ctr mnt pid rc=0 check
+  local target rc=0
+  for target in "${@:-api}"; do
+    echo "== smoke $target"
+    smoke_one "$target" || { rc=1; echo "== smoke $target: FAILED"; }
+  done
+  return "$rc"
+}
+
+smoke_one() {
+  local target=$1 work ctr mnt pid rc=0 code=0 check status
   case "$target" in
     api) check=(grpc 127.0.0.1:50051) ;;
+    ledger) check=(tcp 127.0.0.1:7051) ;;
     witness) check=(http http://127.0.0.1:7060/vkey) ;;
     chaincode) check=(tcp 127.0.0.1:9999) ;;
-    *) echo "smoke: api, witness or chaincode (ledger serve is not built yet)" >&2; return 2 ;;
+    *) echo "smoke: api, ledger, witness or chaincode" >&2; return 2 ;;
   esac
   work=$(mktemp -d)
   mkdir -p "$work/bundle" "$work/data"
   chown 10001:10001 "$work/data" && chmod 0750 "$work/data"
   ctr=$("${B[@]}" from "localhost/ciphercare-$target:$TAG")
   mnt=$("${B[@]}" mount "$ctr")
+  echo "-- no private key in the image (PEM blocks in any file):"
+  if grep -rlIE --exclude-dir=proc --exclude-dir=sys -e '^-----BEGIN [A-Z ]*PRIVATE KEY-----' "$mnt"; then
+    rc=1; echo "a private key is baked in!"
+  else
+    echo "none"
+  fi
   (cd "$work/bundle" && runc spec)
   python3 - "$work/bundle/config.json" "$mnt" "$work/data" "$target" <<'PY'
 import json
@@ -64,6 +81,8 @@ path, rootfs, data, target = sys.argv[1:]
 LOG = "hospital-b.example.org/ledger+4a1d5aec+AUuAZai3wxnSRFJ/FjQFRrv74lL/cIR42bsmSzuD2Xe1"
 ARGS = {
     "api": ["ciphercare", "up"],
+    # plaintext is allowed on loopback only (the chart's node listens with TLS); no MSP yet, a fresh log
+    "ledger": ["ciphercare", "ledger", "serve", "--port", "7051"],
     "witness": ["ciphercare", "witness", "serve", "--dir", "/var/lib/ciphercare", "--host", "127.0.0.1", "--port",
                 "7060", "--name", "witness.example.org", "--log", LOG],
     "chaincode": ["ciphercare", "chaincode", "serve"],
@@ -76,11 +95,13 @@ p.update(terminal=False, user={"uid": 10001, "gid": 10001}, cwd="/var/lib/cipher
 p["env"] = ["PATH=/opt/ciphercare/bin:/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1",
             "CIPHERCARE_DATA_DIR=/var/lib/ciphercare", "CIPHERCARE_GRPC_HOST=127.0.0.1", "CIPHERCARE_GRPC_PORT=50051",
             "CIPHERCARE_WEB_HOST=127.0.0.1", "CIPHERCARE_WEB_PORT=3000", "CIPHERCARE_DEV_ISSUER_ENABLED=false",
+            "CIPHERCARE_LEDGER_NODE_HOST=127.0.0.1",
             "CIPHERCARE_OIDC_ISSUER=https://127.0.0.1:1/realms/ciphercare",
             "CHAINCODE_ID=ciphercare_1.0:smoke", "CHAINCODE_SERVER_ADDRESS=127.0.0.1:9999", "CHAINCODE_TLS_DISABLED=true"]
 p["capabilities"] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
-# the host's network namespace, so the check below reaches 127.0.0.1 inside; no cgroup setup needed
-c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] not in ("network", "cgroup")]
+# its own network namespace (runc brings up loopback; `runc exec` joins it, so the check reaches 127.0.0.1
+# inside and no host port is taken); no cgroup setup needed
+c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] != "cgroup"]
 c["linux"].pop("resources", None)
 c["mounts"] = [m for m in c["mounts"] if m["destination"] not in ("/tmp", "/sys/fs/cgroup")] + [
     {"destination": "/var/lib/ciphercare", "type": "bind", "source": data, "options": ["rbind", "rw"]},
@@ -101,12 +122,19 @@ PY
   if [ "$target" = api ]; then
     runc exec "ciphercare-smoke-$$" ciphercare-healthcheck http http://127.0.0.1:3000/healthz && echo "web: ok" || rc=1
   fi
-  echo "-- the root filesystem is read-only, the user is not root:"
+  echo "-- the root filesystem is read-only, the process is uid 10001 with no capabilities:"
   if runc exec "ciphercare-smoke-$$" sh -c 'touch /opt/ciphercare/probe' 2>/dev/null; then rc=1; echo "root fs writable!"; fi
-  runc exec "ciphercare-smoke-$$" id
+  status=$(runc exec "ciphercare-smoke-$$" grep -E '^(Uid|Gid|Cap[A-Za-z]+|NoNewPrivs):' /proc/1/status)
+  echo "$status"
+  printf '%s\n' "$status" | awk '
+    /^(Uid|Gid):/ { for (i = 2; i <= 5; i++) if ($i != 10001) bad = 1 }
+    /^Cap/ { if ($2 !~ /^0+$/) bad = 1 }
+    /^NoNewPrivs:/ { if ($2 != 1) bad = 1 }
+    END { exit bad }' || { rc=1; echo "not uid 10001 without capabilities!"; }
   runc kill "ciphercare-smoke-$$" TERM
-  wait "$pid" || rc=$?
-  echo "-- exit status after SIGTERM: $rc; state written:"
+  wait "$pid" || code=$?
+  [ "$code" = 0 ] || rc=1
+  echo "-- exit status after SIGTERM: $code; state written:"
   ls -l "$work/data"
   runc delete -f "ciphercare-smoke-$$" 2>/dev/null || true
   "${B[@]}" umount "$ctr" >/dev/null
@@ -119,5 +147,5 @@ case "${1:-}" in
   base) base ;;
   build) shift; build "$@" ;;
   smoke) shift; smoke "$@" ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
