@@ -156,3 +156,46 @@ def figures_for(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The headline figures of a JSON report, by its ``benchmark`` (empty for one without a summary)."""
     make = FIGURES.get(str(report.get("benchmark")))
     return make(report) if make is not None else []
+
+
+def markdown_table(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """Every report's figures as one Markdown table (what ``scripts/bench`` prints at the end of a run)."""
+
+    def num(value: Any) -> str:
+        if value is None:
+            return "—"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+    lines = ["| benchmark | figure | measured | anchor (same run) | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for name, report in reports:
+        for f in report.get("figures") or figures_for(report):
+            anchor = f"{f['anchor']}: {num(f['anchor_value'])}" if f["anchor"] else "—"
+            met = {True: "yes", False: "**no**", None: ""}[f["met"]]
+            lines.append(f"| {name} | {f['figure']} | {num(f['value'])} {f['unit']} | {anchor} | "
+                         f"{num(f['ratio'])} | {f['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ciphercare.services.bench.figures FILE.json ...``: the figures of those reports as a table."""
+    import json
+    import sys
+    from pathlib import Path
+
+    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    reports = []
+    for path in paths:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"figures: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(report, dict):
+            reports.append((path.stem, report))
+    print(markdown_table(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
