@@ -201,7 +201,10 @@ def run_growth_bench(*, quick: bool = False, out: Path | None = None,
         scoring_rss = measure_scoring_rss(40_000)
         print(f"  scoring call of {scoring_rss['patients']:,} patients ({scoring_rss['scored']:,} scored in "
               f"{scoring_rss['score_s']:.1f} s): server + workers RSS {scoring_rss['rss_before_mb']:.0f} MB before, "
-              f"{scoring_rss['rss_peak_mb']:.0f} MB at peak", flush=True)
+              f"{scoring_rss['rss_peak_mb']:.0f} MB at peak; {scoring_rss['grant_s']:.0f} s to grant the consents, "
+              f"{scoring_rss['grant_retries']} grants retried after UNAVAILABLE", flush=True)
+        for cause, count in scoring_rss["unavailable_causes"].items():
+            print(f"    server log, dependency unavailable x{count}: {cause}", flush=True)
     load_after = os.getloadavg()
     headers = ["entries", "append_p50_ms", "append_p99_ms", "inclusion_proof_us", "startup_s", "rss_after_open_mb",
                "ledger_file_mb", "by_patient_ms", "org_first_page_ms", "time_range_last_page_ms"]

@@ -48,20 +48,56 @@ def _server_process(data_dir: Path) -> tuple[subprocess.Popen[str], int, Any]:
     issuer_port = free_port()
     env = dict(os.environ, CIPHERCARE_DATA_DIR=str(data_dir), CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port),
                CIPHERCARE_GRPC_PORT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # The server's JSON log is kept beside its data (server.log), so a refusal during set-up can be explained.
+    with open(data_dir / "server.log", "ab") as server_log:
+        proc = subprocess.Popen([sys.executable, "-m", "ciphercare.services.cli.main", "up"], env=env,
+                                stdout=subprocess.PIPE, stderr=server_log, text=True)
     port = _wait_for_port(proc, 90.0)
     return proc, port, load_settings(data_dir=data_dir, dev_issuer_port=issuer_port)
 
 
+#: Grants the set-up retried after UNAVAILABLE (the service's "nothing was written, retry later").
+GRANT_RETRIES: list[str] = []
+
+
+def unavailable_causes(data_dir: Path) -> dict[str, int]:
+    """The server log's "dependency unavailable" warnings (``server.log``), counted by driver message."""
+    causes: dict[str, int] = {}
+    try:
+        lines = (data_dir / "server.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return causes
+    for line in lines:
+        if '"dependency unavailable"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        key = f"{record.get('error', '?')}: {record.get('detail', '')}"
+        causes[key] = causes.get(key, 0) + 1
+    return causes
+
+
 async def worker_once(stub: Any, issuer: Any, pid: str) -> None:
+    """One patient's Grant; UNAVAILABLE (nothing written) is retried as a client should, up to 8 times."""
+    import grpc
+
     from ciphercare.v1 import common_pb2, consent_pb2
 
     token = issuer.issue(subject=f"patient-{pid}", roles=["patient"], org="", pid=pid)
-    await stub.Grant(consent_pb2.GrantRequest(
+    request = consent_pb2.GrantRequest(
         pid=pid, grantee_organization="hospital-a", decision=consent_pb2.CONSENT_DECISION_PERMIT,
-        purposes=["TREAT"], data_classes=["Observation"], period=common_pb2.Period()),
-        metadata=[("authorization", f"Bearer {token}")], timeout=60)
+        purposes=["TREAT"], data_classes=["Observation"], period=common_pb2.Period())
+    for attempt in range(9):
+        try:
+            await stub.Grant(request, metadata=[("authorization", f"Bearer {token}")], timeout=60)
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 8:
+                raise
+            GRANT_RETRIES.append(exc.details() or "")
+            await asyncio.sleep(min(0.25 * 2 ** attempt, 4.0))
 
 
 async def _grant_all(target: str, issuer: Any, pids: list[str]) -> None:

@@ -184,13 +184,15 @@ def measure_scoring_rss(patients: int = 40_000) -> dict[str, Any]:
     from ciphercare.analytics.model.datasets import load_whas500
     from ciphercare.analytics.model.training import train_model
     from ciphercare.sdk.scoring import ScoringClient
-    from ciphercare.services.bench.scoring import _grant_all, _server_process
+    from ciphercare.services.bench.scoring import GRANT_RETRIES, _grant_all, _server_process, unavailable_causes
     from ciphercare.services.identity.devissuer import DevIssuer
 
     dataset = load_whas500()
     package = train_model(dataset).package
     keys = KeyOwner.generate()
     x = dataset.x[np.random.default_rng(3).integers(0, len(dataset), patients)]
+    retries_before = len(GRANT_RETRIES)
+    causes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="ciphercare-bench-rss-") as tmp:
         data_dir = Path(tmp) / "server"
         (data_dir / "scoring").mkdir(parents=True)
@@ -231,6 +233,9 @@ def measure_scoring_rss(patients: int = 40_000) -> dict[str, Any]:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            causes = unavailable_causes(data_dir)
     scored = sum(r.status == "scored" for r in run.results)
+    # Grants the set-up had to retry (UNAVAILABLE: nothing written) and the server's own account of why.
     return {"patients": patients, "scored": scored, "grant_s": grant_s, "score_s": seconds,
-            "rss_before_mb": idle / 2**20, "rss_peak_mb": peak[0] / 2**20}
+            "rss_before_mb": idle / 2**20, "rss_peak_mb": peak[0] / 2**20,
+            "grant_retries": len(GRANT_RETRIES) - retries_before, "unavailable_causes": causes}

@@ -119,6 +119,13 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("unhandled error in %s", method, exc_info=(type(exc), exc, exc.__traceback__))
+    elif dependency_unavailable(exc) is not None:
+        # The operator needs to know which dependency failed and how; the first line of the driver's message
+        # names it (statements are logged without their parameters: hide_parameters on every engine).
+        # Other dependencies' messages may carry keys or ids, so only the type is logged for them.
+        detail = str(exc).splitlines()[0][:200] if isinstance(exc, sa_exc.SQLAlchemyError) and str(exc) else ""
+        log.warning("dependency unavailable", extra={"method": method, "code": code.name,
+                                                     "error": type(exc).__name__, "detail": detail})
     else:
         log.info("rpc refused", extra={"method": method, "code": code.name})
     if on_refusal is not None and code in RECORDED_CODES:

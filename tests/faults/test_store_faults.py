@@ -15,6 +15,7 @@ the server reaches it only through the proxy. Asserted for every fault:
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -107,7 +108,7 @@ def projection_level(env: Env) -> bool:
     return all(p.cursor() >= size for p in env.app.projections.projections)
 
 
-def test_store_down_fails_closed_and_recovers(env: Env, proxy: FaultProxy) -> None:
+def test_store_down_fails_closed_and_recovers(env: Env, proxy: FaultProxy, caplog: pytest.LogCaptureFixture) -> None:
     patient_pid = new_pid()
     patient = env.patient(patient_pid)
     hospital = env.hospital()
@@ -115,7 +116,14 @@ def test_store_down_fails_closed_and_recovers(env: Env, proxy: FaultProxy) -> No
 
     proxy.refuse()  # PostgreSQL unreachable: open connections reset, new ones refused
     before = ledger_size(env)
-    assert_store_unavailable(refused(lambda: patient.grant(grant_request(patient_pid))))
+    with caplog.at_level(logging.WARNING, logger="ciphercare.errors"):
+        assert_store_unavailable(refused(lambda: patient.grant(grant_request(patient_pid))))
+    # The operator's log names the failed dependency and the driver's error, never the request's pid.
+    warnings = [vars(r) for r in caplog.records
+                if r.name == "ciphercare.errors" and r.getMessage() == "dependency unavailable"]
+    assert warnings, "a store outage left no warning in the server log"
+    assert warnings[-1]["error"] in {"OperationalError", "InterfaceError", "TimeoutError", "DBAPIError"}
+    assert warnings[-1]["detail"] and patient_pid not in warnings[-1]["detail"]
     assert_store_unavailable(refused(lambda: hospital.record(record_request(patient_pid, '{"note": "x"}'))))
     assert ledger_size(env) == before, "a refused write reached the ledger"
 
