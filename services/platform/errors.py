@@ -121,7 +121,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
         log.error("unhandled error in %s", method, exc_info=(type(exc), exc, exc.__traceback__))
     elif dependency_unavailable(exc) is not None:
         # The operator needs to know which dependency failed and how; the first line of the driver's message
-        # names it (statements are logged without their parameters: hide_parameters on every engine).
+        # names it (SQLAlchemy puts the statement and its parameters on later lines, which are not logged).
         # Other dependencies' messages may carry keys or ids, so only the type is logged for them.
         detail = str(exc).splitlines()[0][:200] if isinstance(exc, sa_exc.SQLAlchemyError) and str(exc) else ""
         log.warning("dependency unavailable", extra={"method": method, "code": code.name,
