@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 
@@ -28,6 +27,7 @@ from ciphercare.ledger.embedded.msp import EmbeddedMSP
 from ciphercare.ledger.fabric import ConnectOptions, EndorseError, Gateway, X509Identity, connect
 from ciphercare.ledger.fabric.errors import CommitError, GatewayError
 from ciphercare.ledger.fabric.signer import new_private_key_signer
+from testkit import component_missing
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "fabric" / "node"
 CHANNEL = "ciphercare"
@@ -40,9 +40,7 @@ def require_node() -> str:
     installed = (NODE_DIR / "node_modules" / "@hyperledger" / "fabric-gateway").is_dir()
     if node is None or not installed:
         msg = "node and tests/fabric/node/node_modules are needed (scripts/setup/50-node-fabric.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        component_missing(msg)
     return node
 
 
@@ -54,9 +52,7 @@ def require_go_client() -> str:
     path = os.environ.get("CIPHERCARE_TEST_FABRIC_GO") or str(GO_DIR / "bin" / "conformance")
     if not os.access(path, os.X_OK):
         msg = "the Go Fabric Gateway conformance client is needed (scripts/setup/55-go-fabric.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        component_missing(msg)
     return path
 
 
