@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -19,6 +19,7 @@ from grpc import aio
 Behaviour = Callable[..., Any]
 #: ``wrap(inner, request_streaming, response_streaming) -> behaviour``
 Wrapper = Callable[[Behaviour, bool, bool], Behaviour]
+State = TypeVar("State")
 
 _FACTORIES = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -41,6 +42,50 @@ def rewrap(handler: grpc.RpcMethodHandler, wrap: Wrapper) -> grpc.RpcMethodHandl
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def around(handler: grpc.RpcMethodHandler, start: Callable[[aio.ServicerContext], State],
+           finish: Callable[[State, aio.ServicerContext, BaseException | None], None]) -> grpc.RpcMethodHandler:
+    """``handler`` with ``start(context)`` before each call and ``finish(state, context, error)`` after it.
+
+    ``finish`` runs once the call is over: after the unary result, after a stream's last item, or when the
+    behaviour raised (``error`` is the exception, re-raised afterwards). Observers (metrics, tracing) use it.
+    """
+
+    def wrap(inner: Behaviour, request_streaming: bool, response_streaming: bool) -> Behaviour:
+        if response_streaming:
+            async def streamed(request: Any, context: aio.ServicerContext) -> Any:
+                state, error = start(context), None
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(state, context, error)
+            return streamed
+
+        async def unary(request: Any, context: aio.ServicerContext) -> Any:
+            state, error = start(context), None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(state, context, error)
+        return unary
+
+    return rewrap(handler, wrap)
+
+
+def final_code(context: aio.ServicerContext, error: BaseException | None) -> str:
+    """The name of the status a finished call ended with (OK, or UNKNOWN for an error gRPC did not map)."""
+    code = context.code() if hasattr(context, "code") else None
+    if code is None:
+        code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
 # --- Undecodable requests -----------------------------------------------------------------------------

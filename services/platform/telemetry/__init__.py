@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
-from ciphercare.services.platform.handlers import Behaviour, rewrap
+from ciphercare.services.platform.handlers import around, final_code
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -201,14 +201,12 @@ class TracingInterceptor(aio.ServerInterceptor):
             token = otel_context.attach(set_span_in_context(span, parent))
             return span, token
 
-        def finish(span: Any, token: Any, context: aio.ServicerContext, error: BaseException | None) -> None:
+        def finish(started: tuple[Any, Any], context: aio.ServicerContext, error: BaseException | None) -> None:
             from opentelemetry import context as otel_context
             from opentelemetry.trace import Status, StatusCode
 
-            code = context.code() if hasattr(context, "code") else None
-            if code is None:
-                code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            span, token = started
+            name = final_code(context, error)
             span.set_attribute("rpc.grpc.status_code", name)
             if name != "OK":
                 span.set_status(Status(StatusCode.ERROR, name))
@@ -218,34 +216,7 @@ class TracingInterceptor(aio.ServerInterceptor):
             except ValueError:  # finished in another context (a generator closed elsewhere)
                 pass
 
-        def wrap(inner: Behaviour, request_streaming: bool, response_streaming: bool) -> Behaviour:
-            if response_streaming:
-                async def streamed(request: Any, context: aio.ServicerContext) -> Any:
-                    span, token = start(context)
-                    error = None
-                    try:
-                        async for item in inner(request, context):
-                            yield item
-                    except BaseException as exc:
-                        error = exc
-                        raise
-                    finally:
-                        finish(span, token, context, error)
-                return streamed
-
-            async def unary(request: Any, context: aio.ServicerContext) -> Any:
-                span, token = start(context)
-                error = None
-                try:
-                    return await inner(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(span, token, context, error)
-            return unary
-
-        return rewrap(handler, wrap)
+        return around(handler, start, finish)
 
 
 class TracingMiddleware:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
-from ciphercare.services.platform.handlers import Behaviour, rewrap
+from ciphercare.services.platform.handlers import around, final_code
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -120,36 +120,7 @@ class MetricsInterceptor(aio.ServerInterceptor):
         metrics = self.metrics
 
         def finish(started: float, context: aio.ServicerContext, error: BaseException | None) -> None:
-            code = context.code() if hasattr(context, "code") else None
-            if code is None:
-                code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-            metrics.rpc_total.labels(method, name).inc()
+            metrics.rpc_total.labels(method, final_code(context, error)).inc()
             metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
 
-        def wrap(inner: Behaviour, request_streaming: bool, response_streaming: bool) -> Behaviour:
-            if response_streaming:
-                async def streamed(request: Any, context: aio.ServicerContext) -> Any:
-                    started, error = time.perf_counter(), None
-                    try:
-                        async for item in inner(request, context):
-                            yield item
-                    except BaseException as exc:
-                        error = exc
-                        raise
-                    finally:
-                        finish(started, context, error)
-                return streamed
-
-            async def unary(request: Any, context: aio.ServicerContext) -> Any:
-                started, error = time.perf_counter(), None
-                try:
-                    return await inner(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(started, context, error)
-            return unary
-
-        return rewrap(handler, wrap)
+        return around(handler, lambda _context: time.perf_counter(), finish)
