@@ -221,7 +221,23 @@ def test_with_the_writer_gone_a_replica_refuses_writes_with_unavailable_and_keep
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        out += [int(c) for c in (task / "children").read_text().split()]
+        try:  # a thread may exit between the listing and the read
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _live_replicas(up_pid: int) -> list[int]:
+    """`up`'s replica processes that are running (not zombies, not gone between the listing and the read)."""
+    out = []
+    for child in _children(up_pid):
+        try:
+            if ("replica" in Path(f"/proc/{child}/cmdline").read_text()
+                    and "zombie" not in Path(f"/proc/{child}/status").read_text()):
+                out.append(child)
+        except FileNotFoundError:
+            continue
     return out
 
 
@@ -232,22 +248,19 @@ def test_up_with_three_processes_shares_the_port_and_survives_a_replica_dying(tm
                CIPHERCARE_DEV_ISSUER_PORT=str(issuer_port), CIPHERCARE_WEB_ENABLED="false")
     up, port = start_cli_server(env)
     try:
-        replicas = [p for p in _children(up.pid) if "replica" in Path(f"/proc/{p}/cmdline").read_text()]
+        replicas = _live_replicas(up.pid)
         assert len(replicas) == 2
         issuer = DevIssuer.from_settings(load_settings(data_dir=data, dev_issuer_port=issuer_port))
         pid = new_pid()
         Node(port, issuer).grant(pid)
         os.kill(replicas[0], signal.SIGKILL)
-        # Once it is dead (its listening socket closed with it; a connection racing the kill itself may be
-        # reset, as on any server, and clients retry UNAVAILABLE) ...
-        def alive(pid: int) -> bool:
-            try:
-                return "zombie" not in Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:
-                return False
-
+        # Once it is gone (its listening socket closed with it; a connection racing the kill itself may be
+        # reset, as on any server, and clients retry UNAVAILABLE) ... "Gone" is reaped by `up`, not merely a
+        # zombie: the thread-group leader turns zombie while the process's other threads (gRPC's pollers) are
+        # still exiting and holding its descriptors, the listening socket among them, and a connection the
+        # kernel hands that socket meanwhile is reset (seen once in CI). The leader is reaped only after them.
         deadline = time.monotonic() + 10
-        while alive(replicas[0]) and time.monotonic() < deadline:
+        while Path(f"/proc/{replicas[0]}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         for _ in range(20):  # ... new connections: the kernel hands them to the processes still listening
             node = Node(port, issuer)
@@ -255,8 +268,7 @@ def test_up_with_three_processes_shares_the_port_and_survives_a_replica_dying(tm
             node.channel.close()
         deadline = time.monotonic() + 90  # and `up` starts another replica in its place
         while time.monotonic() < deadline:
-            now = [p for p in _children(up.pid) if "replica" in Path(f"/proc/{p}/cmdline").read_text()
-                   and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+            now = _live_replicas(up.pid)
             if len(now) == 2 and replicas[0] not in now:
                 break
             time.sleep(0.5)
