@@ -14,8 +14,9 @@ refuses, a pid the pseudonym guard refuses, a message that does not parse) -- is
 answer (status, message, trailing metadata) goes back unchanged. So refusals are logged on the ledger by
 the writer exactly as with one process, and a replica never writes anything.
 
-Failure behaviour: a replica that dies takes only its own connections with it (its peers keep the port;
-``up`` starts a new one); if the writer dies, replicas go on answering Check and refuse every forwarded
+Failure behaviour: a replica that dies takes only its own connections with it, and those the kernel hands
+its listening socket while its threads are still exiting (they are reset; clients retry ``UNAVAILABLE``);
+its peers keep the port and ``up`` starts a new one. If the writer dies, replicas go on answering Check and refuse every forwarded
 call with ``UNAVAILABLE``.
 
 Mutual TLS: a replica applies the client-certificate allow-list itself before serving or forwarding. The
