@@ -254,6 +254,9 @@ def test_no_leak_over_100_outages(env: Env, proxy: FaultProxy) -> None:
         assert_store_unavailable(refused(lambda: patient.grant(grant_request(pid))))
         proxy.pass_through()
         patient.grant(grant_request(pid))
+    # A connection in use at this instant is not a leak: the projection follower indexes the last grant on
+    # its own thread (seen once in CI: checked_out=1 at the last cycle). A leaked one is never checked in.
+    wait_until(lambda: engine.pool.checkedout() == 0, timeout_s=10.0)
     end = ResourceCounts.now(engine)
     print(f"100 cycles: {start} -> {end}")  # shown with -s
     assert end.checked_out == 0, end
