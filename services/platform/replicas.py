@@ -15,9 +15,9 @@ answer (status, message, trailing metadata) goes back unchanged. So refusals are
 the writer exactly as with one process, and a replica never writes anything.
 
 Failure behaviour: a replica that dies takes only its own connections with it, and those the kernel hands
-its listening socket while its threads are still exiting (they are reset; clients retry ``UNAVAILABLE``);
-its peers keep the port and ``up`` starts a new one. If the writer dies, replicas go on answering Check
-and refuse every forwarded call with ``UNAVAILABLE``.
+its listening socket while its threads are still exiting (they are reset: the caller gets ``UNAVAILABLE``
+for a call that was never served, and may retry it); its peers keep the port and ``up`` starts a new one.
+If the writer dies, replicas go on answering Check and refuse every forwarded call with ``UNAVAILABLE``.
 
 Mutual TLS: a replica applies the client-certificate allow-list itself before serving or forwarding. The
 writer's Unix socket is plaintext and made owner-only (mode 0600) inside the data directory; the bearer
