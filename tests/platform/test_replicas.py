@@ -255,10 +255,11 @@ def test_up_with_three_processes_shares_the_port_and_survives_a_replica_dying(tm
         Node(port, issuer).grant(pid)
         os.kill(replicas[0], signal.SIGKILL)
         # Once it is gone (its listening socket closed with it; a connection racing the kill itself may be
-        # reset, as on any server, and clients retry UNAVAILABLE) ... "Gone" is reaped by `up`, not merely a
-        # zombie: the thread-group leader turns zombie while the process's other threads (gRPC's pollers) are
-        # still exiting and holding its descriptors, the listening socket among them, and a connection the
-        # kernel hands that socket meanwhile is reset (seen once in CI). The leader is reaped only after them.
+        # reset, as on any server: its caller gets UNAVAILABLE for a call never served, and may retry) ...
+        # "Gone" is reaped by `up`, not merely a zombie: the thread-group leader turns zombie while the
+        # process's other threads (gRPC's pollers) are still exiting and holding its descriptors, the listening
+        # socket among them, and a connection the kernel hands that socket meanwhile is reset (seen once in
+        # CI). The leader is reaped only after them.
         deadline = time.monotonic() + 10
         while Path(f"/proc/{replicas[0]}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
